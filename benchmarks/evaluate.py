@@ -1,0 +1,262 @@
+"""Evaluate normalization policies on test streams: the library calls behind ``tta-bench run``.
+
+A grid run (:class:`benchmarks.grid.Run`) is one stream (setting, order, seed) evaluated for several
+policies in lockstep: each policy has its own adapted copy of the model, every batch is fed to all of
+them, and errors are counted per domain from ``batch.domain``. Policies are reset before each episode of
+the stream (spec S4: one episode per domain in ``single``, one for the whole stream otherwise), so the
+rows of one episode are known when it ends. A killed run loses at most the episode in progress: in
+``single`` one domain, in ``continual``/``mixed``/``gradual`` the whole stream, which is run again.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import streams
+import tta
+from benchmarks.grid import CLEAN, GridConfig, Run, domains
+
+log = logging.getLogger(__name__)
+
+Domain = tuple[str, int]
+
+
+@dataclasses.dataclass
+class Tally:
+    """Images seen and misclassified in one domain."""
+
+    n: int = 0
+    errors: int = 0
+
+    @property
+    def error(self) -> float:
+        """Error in percent (NaN before any image)."""
+        return 100.0 * self.errors / self.n if self.n else float("nan")
+
+
+def adapted_copy(model: nn.Module, policy: str, options: Mapping[str, Any] | None = None, *, seed: int = 0) -> nn.Module:
+    """A deep copy of ``model`` adapted with ``policy`` in eval mode; ``model`` itself is untouched.
+
+    A policy that takes a ``seed`` option (``unmix_tns``) gets the run's ``seed`` unless ``options`` set
+    one, so repeated seeds also vary its random initialization.
+    """
+    options = dict(options or {})
+    if "seed" in tta.policy_options(policy) and "seed" not in options:
+        options["seed"] = seed
+    adapted = tta.adapt(copy.deepcopy(model), policy, **options)
+    return adapted.eval()
+
+
+def domain_of(item: Any) -> Domain:
+    """Normalize one ``batch.domain`` entry to ``(corruption, severity)``; clean images are ``("none", 0)``."""
+    corruption, severity = item
+    corruption = str(corruption)
+    return (CLEAN, 0) if corruption == CLEAN else (corruption, int(severity))
+
+
+def evaluate_batches(
+    models: Mapping[str, nn.Module],
+    batches: Iterable[Any],
+    *,
+    device: torch.device | str = "cpu",
+    on_batch: Callable[[dict[str, dict[Domain, Tally]]], None] | None = None,
+) -> dict[str, dict[Domain, Tally]]:
+    """Feed every batch to every model (each adapting as it goes); count errors per policy and domain.
+
+    ``batches`` yields objects with ``x`` (float images in [0, 1]), ``y`` (labels) and ``domain`` (one
+    (corruption, severity) per image), i.e. :class:`streams.Batch`. ``on_batch`` is called with the tallies
+    so far after each batch (progress display).
+    """
+    device = torch.device(device)
+    tallies: dict[str, dict[Domain, Tally]] = {name: {} for name in models}
+    with torch.no_grad():
+        for batch in batches:
+            x = batch.x.to(device, non_blocking=True)
+            y = batch.y.to(device, non_blocking=True)
+            batch_domains = [domain_of(item) for item in batch.domain]
+            groups = _group_indices(batch_domains)
+            for name, model in models.items():
+                wrong = (model(x).argmax(dim=1) != y).cpu()
+                for domain, index in groups.items():
+                    tally = tallies[name].setdefault(domain, Tally())
+                    tally.n += len(index)
+                    tally.errors += int(wrong[index].sum())
+            if on_batch is not None:
+                on_batch(tallies)
+    return tallies
+
+
+def evaluate_stream(
+    models: Mapping[str, nn.Module],
+    stream: Any,
+    *,
+    device: torch.device | str = "cpu",
+) -> dict[str, dict[Domain, Tally]]:
+    """Evaluate adapted models over a whole :class:`streams.Stream`, resetting them before each episode
+    (spec S4); errors per policy and domain. The notebook's one-call version of :func:`run_grid`."""
+    totals: dict[str, dict[Domain, Tally]] = {name: {} for name in models}
+    for _, batches in stream.episodes():
+        for adapted in models.values():
+            tta.reset(adapted)
+        for name, per_domain in evaluate_batches(models, batches, device=device).items():
+            for domain, tally in per_domain.items():
+                total = totals[name].setdefault(domain, Tally())
+                total.n += tally.n
+                total.errors += tally.errors
+    return totals
+
+
+def _group_indices(batch_domains: Sequence[Domain]) -> dict[Domain, torch.Tensor]:
+    groups: dict[Domain, list[int]] = {}
+    for i, domain in enumerate(batch_domains):
+        groups.setdefault(domain, []).append(i)
+    return {domain: torch.tensor(index, dtype=torch.long) for domain, index in groups.items()}
+
+
+def load_source(config: GridConfig, *, data_dir: str | os.PathLike[str] | None = None) -> Any:
+    """The stream source of ``config.dataset`` (spec S1)."""
+    return streams_source(config.dataset, data_dir=data_dir)
+
+
+def streams_source(dataset: str, *, data_dir: str | os.PathLike[str] | None = None) -> Any:
+    """Fashion-MNIST's embedded test set for ``fmnist-c`` (corrupted on the fly, spec S1); the
+    precomputed robustbench sets under ``data_dir`` for the others (read, never corrupted again)."""
+    if dataset == "fmnist-c":
+        return streams.fashion_mnist("test")
+    folders = {"cifar10-c": "CIFAR-10-C", "cifar100-c": "CIFAR-100-C", "imagenet-c": "ImageNet-C"}
+    if dataset not in folders:
+        raise ValueError(f"unknown dataset {dataset!r}; choose from: fmnist-c, {', '.join(folders)}")
+    if data_dir is None:
+        raise ValueError(f"dataset {dataset} is read from files: pass --data-dir, the folder holding {folders[dataset]}/")
+    if dataset == "imagenet-c":
+        return streams.imagenet_c_source(data_dir)
+    return streams.cifar_c_source(dataset, data_dir)
+
+
+def build_stream(
+    config: GridConfig,
+    run: Run,
+    source: Any,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Any:
+    """The :class:`streams.Stream` of one grid run."""
+    corruptions = None if config.corruptions == (CLEAN,) else list(config.corruptions)
+    return streams.Stream(
+        source,
+        corruptions=corruptions,
+        severities=list(config.severities),
+        order=run.order,
+        setting=run.setting,
+        batch_size=config.batch_size,
+        n_examples=config.n_examples,
+        seed=run.seed,
+        cache_dir=cache_dir,
+    )
+
+
+def make_row(config: GridConfig, run: Run, policy: str, domain: Domain, tally: Tally) -> dict[str, Any]:
+    """One result row (the keys ``benchmarks.results`` requires, plus context)."""
+    corruption, severity = domain
+    return {
+        "policy": policy,
+        "setting": run.setting,
+        "order": run.order,
+        "seed": run.seed,
+        "corruption": corruption,
+        "severity": severity,
+        "n": tally.n,
+        "errors": tally.errors,
+        "error": round(tally.error, 4),
+        "dataset": config.dataset,
+        "model": config.model,
+        "batch_size": config.batch_size,
+        "options": config.options.get(policy, {}),
+    }
+
+
+@dataclasses.dataclass
+class Progress:
+    """Callbacks a front end (the CLI's progress bar) may set; all optional."""
+
+    on_batch: Callable[[Run, Domain | None, dict[str, dict[Domain, Tally]]], None] | None = None
+    on_rows: Callable[[list[dict[str, Any]]], None] | None = None
+
+
+def run_grid(
+    config: GridConfig,
+    model: nn.Module,
+    *,
+    done: Callable[[tuple[str, str, str, int, str, int]], bool],
+    save: Callable[[list[dict[str, Any]]], Any],
+    source: Any = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    device: torch.device | str = "cpu",
+    progress: Progress | None = None,
+) -> None:
+    """Evaluate every run of the grid, skipping rows ``done`` says exist; ``save`` each episode's rows.
+
+    ``save`` is called once per finished episode with its new rows (the results store appends and
+    flushes them), so an interrupt loses only the episode in progress.
+    """
+    from benchmarks.grid import expand
+
+    progress = progress or Progress()
+    if source is None:
+        source = load_source(config, data_dir=data_dir)
+    model = model.to(device).eval()
+    for run in expand(config):
+        run_domains = domains(config, run.setting)
+        pending = [p for p in run.policies if not all(done(_key(p, run, d)) for d in run_domains)]
+        if not pending:
+            continue
+        stream = build_stream(config, run, source, cache_dir=cache_dir)
+        models = {p: adapted_copy(model, p, config.options.get(p), seed=run.seed) for p in pending}
+        for episode_domain, batches in stream.episodes():
+            episode_domains = _episode_domains(episode_domain, run_domains, run.setting)
+            todo = [p for p in pending if not all(done(_key(p, run, d)) for d in episode_domains)]
+            if not todo:
+                continue
+            live = {p: models[p] for p in todo}
+            for adapted in live.values():
+                tta.reset(adapted)
+            label = episode_domains[0] if len(episode_domains) == 1 else None
+
+            def on_batch(tallies: dict[str, dict[Domain, Tally]], _run: Run = run, _label: Domain | None = label) -> None:
+                if progress.on_batch is not None:
+                    progress.on_batch(_run, _label, tallies)
+
+            tallies = evaluate_batches(live, batches, device=device, on_batch=on_batch)
+            rows = [
+                make_row(config, run, p, d, tallies[p][d])
+                for d in episode_domains
+                for p in todo
+                if d in tallies[p] and not done(_key(p, run, d))
+            ]
+            missing = [d for d in episode_domains if not any(d in tallies[p] for p in todo)]
+            if missing:
+                raise RuntimeError(f"the stream of {run} yielded no image of domains {missing}")
+            save(rows)
+            if progress.on_rows is not None:
+                progress.on_rows(rows)
+
+
+def _key(policy: str, run: Run, domain: Domain) -> tuple[str, str, str, int, str, int]:
+    return (policy, run.setting, run.order, run.seed, domain[0], domain[1])
+
+
+def _episode_domains(episode_domain: Any, run_domains: list[Domain], setting: str) -> list[Domain]:
+    """The domains one episode covers: its own in ``single``, all of the run's otherwise."""
+    if setting == "single":
+        return [domain_of(episode_domain)]
+    return run_domains

@@ -1,0 +1,320 @@
+"""The benchmark grid: validated arguments, their fingerprint and the ordered list of runs.
+
+A benchmark command names lists (policies, settings, orders, seeds, corruptions, severities); the grid is
+their product. This module turns raw strings into a validated :class:`GridConfig`, expands it into
+:class:`Run` objects in a fixed order, and names every result row it will produce (:func:`row_keys`), so
+that the results store can tell what is finished (spec S3, S4; issue 5).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import streams
+import tta
+from streams.orderings import parse_order as streams_parse_order
+from streams.settings import SETTINGS
+
+DATASETS: tuple[str, ...] = ("fmnist-c", "cifar10-c", "cifar100-c", "imagenet-c")
+CLEAN = "none"
+"""The corruption name of the clean test set (spec S5: domain label of clean images)."""
+
+RowKey = tuple[str, str, str, int, str, int]
+"""Identity of one result row: (policy, setting, order, seed, corruption, severity)."""
+
+MODEL_PREFIXES: tuple[str, ...] = ("robustbench:", "torchvision:", "timm:")
+
+
+@dataclasses.dataclass(frozen=True)
+class GridConfig:
+    """Everything that decides which numbers a benchmark produces (and nothing that does not).
+
+    Where the data lives (``data_dir``, ``cache_dir``), the output folder and the device are not part of
+    it: moving the data or resuming on another machine gives the same rows.
+    """
+
+    dataset: str
+    model: str
+    policies: tuple[str, ...]
+    settings: tuple[str, ...]
+    orders: tuple[str, ...]
+    corruptions: tuple[str, ...]
+    severities: tuple[int, ...]
+    seeds: tuple[int, ...]
+    batch_size: int
+    n_examples: int | None
+    options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (lists instead of tuples), stored as the results folder's config."""
+        return {
+            "dataset": self.dataset,
+            "model": self.model,
+            "policies": list(self.policies),
+            "settings": list(self.settings),
+            "orders": list(self.orders),
+            "corruptions": list(self.corruptions),
+            "severities": list(self.severities),
+            "seeds": list(self.seeds),
+            "batch_size": self.batch_size,
+            "n_examples": self.n_examples,
+            "options": {p: dict(sorted(o.items())) for p, o in sorted(self.options.items())},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> GridConfig:
+        """Inverse of :meth:`to_json` (no validation: the dict was written by :meth:`to_json`)."""
+        return cls(
+            dataset=data["dataset"],
+            model=data["model"],
+            policies=tuple(data["policies"]),
+            settings=tuple(data["settings"]),
+            orders=tuple(data["orders"]),
+            corruptions=tuple(data["corruptions"]),
+            severities=tuple(int(s) for s in data["severities"]),
+            seeds=tuple(int(s) for s in data["seeds"]),
+            batch_size=int(data["batch_size"]),
+            n_examples=None if data["n_examples"] is None else int(data["n_examples"]),
+            options={p: dict(o) for p, o in data.get("options", {}).items()},
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One stream of the grid: a (setting, order, seed) evaluated for several policies in lockstep.
+
+    All policies of a run see the same batches, so the stream is read (and corrupted) once for all of
+    them; each policy still has its own model copy and state.
+    """
+
+    setting: str
+    order: str
+    seed: int
+    policies: tuple[str, ...]
+
+
+def split_list(text: str) -> list[str]:
+    """Split a comma list, dropping blanks: ``"a, b,"`` -> ``["a", "b"]``."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _unique(values: Sequence[Any], what: str) -> None:
+    seen: set[Any] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"{what} {value!r} is listed twice")
+        seen.add(value)
+
+
+def parse_policies(text: str) -> tuple[str, ...]:
+    """``"all"`` or a comma list of names from the shared registry ``tta.policies()``."""
+    known = list(tta.policies())
+    names = split_list(text)
+    if names == ["all"]:
+        return tuple(known)
+    if not names:
+        raise ValueError(f"no policy given; choose from: all, {', '.join(known)}")
+    for name in names:
+        if name not in known:
+            raise ValueError(f"unknown policy {name!r}; choose from: all, {', '.join(known)}")
+    _unique(names, "policy")
+    return tuple(names)
+
+
+def parse_settings(text: str) -> tuple[str, ...]:
+    """A comma list of domain settings (spec S4)."""
+    names = split_list(text)
+    if not names:
+        raise ValueError(f"no setting given; choose from: {', '.join(SETTINGS)}")
+    for name in names:
+        if name not in SETTINGS:
+            raise ValueError(f"unknown setting {name!r}; choose from: {', '.join(SETTINGS)}")
+    _unique(names, "setting")
+    return tuple(names)
+
+
+def parse_order(text: str) -> str:
+    """Validate one label ordering with the streams' own parser (spec S3) and return its canonical
+    spelling (``dirichlet:0.10`` -> ``dirichlet:0.1``), so equal orders fingerprint equally."""
+    return str(streams_parse_order(text))
+
+
+def parse_orders(text: str) -> tuple[str, ...]:
+    """A comma list of orderings, see :func:`parse_order`."""
+    orders = [parse_order(part) for part in split_list(text)]
+    if not orders:
+        raise ValueError("no order given; e.g. --order iid,dirichlet:0.1")
+    _unique(orders, "order")
+    return tuple(orders)
+
+
+def parse_corruptions(text: str) -> tuple[str, ...]:
+    """``"all"`` (the 15 benchmark corruptions, standard order), ``"none"`` (the clean test set) or a comma
+    list of names from ``streams.CORRUPTIONS`` and ``streams.EXTRA_CORRUPTIONS`` (spec S2)."""
+    known = list(streams.CORRUPTIONS) + list(streams.EXTRA_CORRUPTIONS)
+    names = split_list(text)
+    if names == ["all"]:
+        return tuple(streams.CORRUPTIONS)
+    if names == [CLEAN]:
+        return (CLEAN,)
+    if not names:
+        raise ValueError("no corruption given; write all, none, or a comma list")
+    for name in names:
+        if name == CLEAN:
+            raise ValueError("'none' (the clean test set) cannot be mixed with corruptions; run it alone")
+        if name not in known:
+            raise ValueError(f"unknown corruption {name!r}; choose from: all, none, {', '.join(known)}")
+    _unique(names, "corruption")
+    return tuple(names)
+
+
+def parse_ints(text: str, what: str, *, low: int | None = None, high: int | None = None) -> tuple[int, ...]:
+    """A comma list of integers in ``[low, high]``."""
+    values = []
+    for part in split_list(text):
+        try:
+            value = int(part)
+        except ValueError:
+            raise ValueError(f"{what} {part!r} is not an integer") from None
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = f"{low if low is not None else '-inf'}..{high if high is not None else 'inf'}"
+            raise ValueError(f"{what} {value} is out of range {bounds}")
+        values.append(value)
+    if not values:
+        raise ValueError(f"no {what} given")
+    _unique(values, what)
+    return tuple(values)
+
+
+def parse_option(text: str) -> tuple[str, str, Any]:
+    """Parse ``policy.key=value``; the value is a Python literal (``ast.literal_eval``), else a string."""
+    target, sep, raw = text.partition("=")
+    policy, dot, key = target.strip().partition(".")
+    if not sep or not dot or not policy or not key:
+        raise ValueError(f"option {text!r} is not of the form policy.key=value (e.g. alpha_bn.alpha=0.2)")
+    try:
+        value = ast.literal_eval(raw.strip())
+    except (ValueError, SyntaxError):
+        value = raw.strip()
+    return policy, key.strip(), value
+
+
+def parse_options(texts: Iterable[str], policies: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Group ``policy.key=value`` options by policy; each policy must be one of the grid's policies."""
+    options: dict[str, dict[str, Any]] = {}
+    for text in texts:
+        policy, key, value = parse_option(text)
+        if policy not in tta.policies():
+            raise ValueError(
+                f"option {text!r}: unknown policy {policy!r}; choose from: {', '.join(tta.policies())}"
+            )
+        if policy not in policies:
+            raise ValueError(f"option {text!r}: policy {policy!r} is not among --policies")
+        accepted = tta.policy_options(policy)
+        if key not in accepted:
+            takes = ", ".join(f"{k}={v!r}" for k, v in accepted.items()) or "no options"
+            raise ValueError(f"option {text!r}: policy {policy!r} has no option {key!r}; it takes: {takes}")
+        if key in options.get(policy, {}):
+            raise ValueError(f"option {policy}.{key} is given twice")
+        options.setdefault(policy, {})[key] = value
+    return options
+
+
+def normalize_model(spec: str) -> str:
+    """``bundled`` and ``<library>:<name>`` stay as written; a path becomes absolute, so a rerun from
+    another folder is recognized as the same model."""
+    spec = spec.strip()
+    if not spec:
+        raise ValueError("empty --model; use bundled, robustbench:<name>, torchvision:<name>, timm:<name> or a path")
+    if spec == "bundled" or spec.startswith(MODEL_PREFIXES):
+        return spec
+    return os.path.abspath(os.path.expanduser(spec))
+
+
+def make_config(
+    *,
+    dataset: str,
+    model: str = "bundled",
+    policies: str = "all",
+    settings: str = "single",
+    orders: str = "iid",
+    corruptions: str = "all",
+    severities: str = "5",
+    seeds: str = "0",
+    batch_size: int = 64,
+    n_examples: int | None = None,
+    options: Iterable[str] = (),
+) -> GridConfig:
+    """Validate the raw command-line strings and build the :class:`GridConfig`; errors name the argument."""
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose from: {', '.join(DATASETS)}")
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    if n_examples is not None and n_examples < 1:
+        raise ValueError(f"--n-examples must be >= 1, got {n_examples}")
+    policy_names = parse_policies(policies)
+    setting_names = parse_settings(settings)
+    corruption_names = parse_corruptions(corruptions)
+    if corruption_names == (CLEAN,) and set(setting_names) != {"single"}:
+        raise ValueError("the clean test set (--corruptions none) has one domain; use --setting single")
+    return GridConfig(
+        dataset=dataset,
+        model=normalize_model(model),
+        policies=policy_names,
+        settings=setting_names,
+        orders=parse_orders(orders),
+        corruptions=corruption_names,
+        severities=parse_ints(severities, "severity", low=1, high=5),
+        seeds=parse_ints(seeds, "seed", low=0),
+        batch_size=batch_size,
+        n_examples=n_examples,
+        options=parse_options(options, policy_names),
+    )
+
+
+def expand(config: GridConfig) -> list[Run]:
+    """The runs of the grid in execution order: setting, then order, then seed (outermost first)."""
+    return [
+        Run(setting=setting, order=order, seed=seed, policies=config.policies)
+        for setting in config.settings
+        for order in config.orders
+        for seed in config.seeds
+    ]
+
+
+def domains(config: GridConfig, setting: str) -> list[tuple[str, int]]:
+    """The distinct (corruption, severity) domains a setting visits, in stream order (spec S4).
+
+    ``gradual`` visits severities 1..5..1 of each corruption whatever ``--severity`` says; each distinct
+    domain gives one row (its visits pooled).
+    """
+    if config.corruptions == (CLEAN,):
+        return [(CLEAN, 0)]
+    severities = (1, 2, 3, 4, 5) if setting == "gradual" else config.severities
+    return [(c, s) for c in config.corruptions for s in severities]
+
+
+def row_key(row: dict[str, Any]) -> RowKey:
+    """The identity of a stored result row."""
+    return (
+        str(row["policy"]),
+        str(row["setting"]),
+        str(row["order"]),
+        int(row["seed"]),
+        str(row["corruption"]),
+        int(row["severity"]),
+    )
+
+
+def row_keys(config: GridConfig) -> list[RowKey]:
+    """Every row the grid produces, in execution order."""
+    return [
+        (policy, run.setting, run.order, run.seed, corruption, severity)
+        for run in expand(config)
+        for corruption, severity in domains(config, run.setting)
+        for policy in run.policies
+    ]

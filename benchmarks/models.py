@@ -1,0 +1,293 @@
+"""Model loading for the benchmark (issue 5): one spec string -> an eval-mode model taking [0, 1] images.
+
+Specs:
+- ``bundled``: the shipped Fashion-MNIST ResNet (:mod:`benchmarks.source_model`).
+- ``robustbench:<name>``: a RobustBench model-zoo entry of the ``corruptions`` threat model, through
+  ``robustbench.utils.load_model``; its preprocessing is already inside the model.
+- ``torchvision:<name>``: ``torchvision.models.get_model(name, weights="DEFAULT")``.
+- ``timm:<name>``: ``timm.create_model(name, pretrained=True)``.
+- a path to a checkpoint holding a whole pickled ``nn.Module`` (``torch.save(model, path)``): loaded with
+  ``weights_only=False``, so only pass files you trust.
+- ``package.module:callable``: calls ``callable()`` (no arguments), which must return an ``nn.Module``.
+
+Nothing is downloaded implicitly: when the weights are not in the local cache, one
+:class:`MissingWeightsError` names the missing file, where it was looked for, and how to get it.
+Every model must contain BatchNorm layers (what the tta policies adapt); otherwise ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import re
+from collections import OrderedDict
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from benchmarks.source_model import Standardize, load_bundled_model
+from tta.surgery import is_batchnorm
+
+__all__ = [
+    "DATASETS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "MissingWeightsError",
+    "canonical_dataset",
+    "count_batchnorm",
+    "default_model_dir",
+    "load_model",
+]
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: Canonical dataset names, and the spellings accepted for each (case-insensitive, "-"/"_" ignored).
+DATASETS: dict[str, tuple[str, ...]] = {
+    "fmnist": ("fmnist", "fmnistc", "fashionmnist", "fashionmnistc"),
+    "cifar10": ("cifar10", "cifar10c"),
+    "cifar100": ("cifar100", "cifar100c"),
+    "imagenet": ("imagenet", "imagenetc"),
+}
+
+# RobustBench ImageNet entries whose weights come from torchvision, not from model_dir.
+_ROBUSTBENCH_TORCHVISION = {"Standard_R50": ("resnet50", "IMAGENET1K_V1")}
+
+_CALLABLE_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+class MissingWeightsError(FileNotFoundError):
+    """Pretrained weights are not in the local cache, and nothing is downloaded implicitly."""
+
+
+def count_batchnorm(model: nn.Module) -> int:
+    """Number of BatchNorm layers (1d/2d/3d, SyncBatchNorm and subclasses) in ``model``."""
+    return sum(1 for module in model.modules() if is_batchnorm(module))
+
+
+def default_model_dir() -> Path:
+    """Where RobustBench checkpoints are looked for: ``$TTA_CACHE_DIR/models`` (else ``~/.cache/tta/models``)."""
+    from streams.cache import default_cache_dir
+
+    return default_cache_dir() / "models"
+
+
+def canonical_dataset(dataset: str) -> str:
+    """``"fmnist-c"``, ``"CIFAR-10-C"``, ``"imagenet"`` ... -> one of ``DATASETS``' keys."""
+    key = re.sub(r"[-_\s]", "", dataset.lower())
+    for name, spellings in DATASETS.items():
+        if key in spellings:
+            return name
+    raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(DATASETS)} (a '-c' suffix is fine)")
+
+
+def load_model(
+    spec: str,
+    *,
+    dataset: str,
+    device: torch.device | str | None = None,
+    model_dir: str | os.PathLike[str] | None = None,
+) -> nn.Module:
+    """Load the model named by ``spec`` for ``dataset``, in eval mode on ``device`` (spec forms: module doc).
+
+    Every returned model takes images as floats in [0, 1]: the bundled and RobustBench models normalize
+    inside; torchvision and timm models are wrapped as ``nn.Sequential(normalize, model)`` with their
+    ImageNet mean/std. ``model_dir`` is RobustBench's checkpoint folder (default :func:`default_model_dir`).
+    Raises :class:`MissingWeightsError` when weights are not cached, ``ValueError`` for an unknown spec or
+    dataset, or a model without BatchNorm.
+    """
+    dataset = canonical_dataset(dataset)
+    kind, _, name = spec.partition(":")
+    if spec == "bundled":
+        if dataset != "fmnist":
+            raise ValueError(f"the bundled model is a Fashion-MNIST classifier; dataset is {dataset!r}")
+        model = load_bundled_model()
+    elif kind == "robustbench" and name:
+        model = _load_robustbench(name, dataset, Path(model_dir) if model_dir else default_model_dir())
+    elif kind == "torchvision" and name:
+        _require_imagenet(spec, dataset)
+        model = _load_torchvision(name)
+    elif kind == "timm" and name:
+        _require_imagenet(spec, dataset)
+        model = _load_timm(name)
+    elif Path(spec).expanduser().is_file():
+        model = _load_path(Path(spec).expanduser())
+    elif _CALLABLE_SPEC.match(spec):
+        model = _load_callable(spec)
+    elif spec.endswith((".pt", ".pth", ".ckpt")) or os.sep in spec:
+        raise FileNotFoundError(f"model checkpoint {spec!r} does not exist")
+    else:
+        raise ValueError(
+            f"unknown model spec {spec!r}; use 'bundled', 'robustbench:<name>', 'torchvision:<name>', "
+            "'timm:<name>', a path to a saved nn.Module, or 'package.module:callable'"
+        )
+    if count_batchnorm(model) == 0:
+        raise ValueError(
+            f"model {spec!r} ({type(model).__name__}) has no BatchNorm layer; the tta policies adapt "
+            "BatchNorm statistics, so they cannot adapt this model"
+        )
+    return model.to(device).eval()
+
+
+def _require_imagenet(spec: str, dataset: str) -> None:
+    if dataset != "imagenet":
+        raise ValueError(f"{spec!r} is an ImageNet-1k classifier; it cannot be evaluated on {dataset!r}")
+
+
+def _normalized(model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> nn.Module:
+    """``model`` behind a fixed standardization, so that it takes [0, 1] images."""
+    return nn.Sequential(OrderedDict(normalize=Standardize(list(mean), list(std)), model=model))
+
+
+def _hub_checkpoint(url: str) -> Path:
+    """Where ``torch.hub.load_state_dict_from_url`` caches ``url``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+
+
+def _missing(what: str, path: Path, how: str) -> MissingWeightsError:
+    return MissingWeightsError(f"{what}: weights file {path} not found (folder {path.parent}); {how}")
+
+
+def _load_torchvision(name: str) -> nn.Module:
+    import torchvision
+
+    try:
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+    except (ValueError, KeyError) as error:
+        raise ValueError(f"torchvision has no model {name!r} with pretrained weights: {error}") from error
+    path = _hub_checkpoint(weights.url)
+    if not path.is_file():
+        raise _missing(
+            f"torchvision:{name} ({weights})", path,
+            f"download {weights.url} into that folder (or set TORCH_HOME to a cache that has it)",
+        )
+    model = torchvision.models.get_model(name, weights="DEFAULT")
+    preset = weights.transforms()
+    mean, std = getattr(preset, "mean", IMAGENET_MEAN), getattr(preset, "std", IMAGENET_STD)
+    return _normalized(model, tuple(mean), tuple(std))
+
+
+def _timm_cached_file(name: str) -> str:
+    """Local path of the pretrained weights timm would fetch for ``name``; MissingWeightsError if none."""
+    import huggingface_hub
+    import huggingface_hub.constants
+    import timm
+
+    if not timm.is_model(name):
+        raise ValueError(f"timm has no model {name!r}")
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
+        raise ValueError(f"timm model {name!r} has no pretrained weights")
+    if cfg.file:
+        return cfg.file
+    looked = []
+    if cfg.hf_hub_id:
+        repo_id, _, revision = cfg.hf_hub_id.partition("@")
+        filenames = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+        for filename in filenames:
+            found = huggingface_hub.try_to_load_from_cache(repo_id, filename, revision=revision or None)
+            if isinstance(found, str):
+                return found
+        looked.append(
+            f"Hugging Face repo {repo_id} ({' or '.join(filenames)}) in the hub cache "
+            f"{huggingface_hub.constants.HF_HUB_CACHE}"
+        )
+    if cfg.url:
+        path = _hub_checkpoint(cfg.url)
+        if path.is_file():
+            return str(path)
+        looked.append(str(path))
+    raise MissingWeightsError(
+        f"timm:{name}: pretrained weights not cached: looked for {'; and for '.join(looked)}. Run "
+        f"timm.create_model({name!r}, pretrained=True) where there is internet and copy that cache here"
+    )
+
+
+def _load_timm(name: str) -> nn.Module:
+    import timm
+
+    path = _timm_cached_file(name)
+    # Point timm at the cached file so it reads it directly instead of asking the hub for updates.
+    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": path})
+    cfg = model.pretrained_cfg
+    return _normalized(model, tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)))
+
+
+def _load_robustbench(name: str, dataset: str, model_dir: Path) -> nn.Module:
+    from streams._robustbench import import_robustbench
+
+    if dataset not in ("cifar10", "cifar100", "imagenet"):
+        raise ValueError(f"RobustBench has no {dataset!r} models; use cifar10, cifar100 or imagenet")
+    robustbench = import_robustbench()
+    from robustbench.model_zoo import model_dicts
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+
+    zoo = model_dicts[BenchmarkDataset(dataset)][ThreatModel.corruptions]
+    if name not in zoo:
+        raise ValueError(
+            f"RobustBench has no {dataset} corruptions model {name!r}; available: {', '.join(zoo)}"
+        )
+    for path in _robustbench_files(name, dataset, zoo[name], model_dir):
+        if not path.is_file():
+            raise _missing(
+                f"robustbench:{name} ({dataset}, corruptions)", path,
+                "run robustbench.utils.load_model once where there is internet with the same model_dir "
+                f"(threat_model='corruptions') and copy {model_dir} here, or pass model_dir",
+            )
+    return robustbench.utils.load_model(
+        name, model_dir=str(model_dir), dataset=dataset, threat_model="corruptions"
+    )
+
+
+def _robustbench_files(name: str, dataset: str, entry: dict, model_dir: Path) -> list[Path]:
+    """The files ``robustbench.utils.load_model`` reads (and would otherwise download) for ``name``."""
+    import timm
+
+    timm_name = f"{name.lower().replace('-', '_')}_{dataset}_corruptions"
+    if timm.is_model(timm_name):
+        return [Path(_timm_cached_file(timm_name))]
+    if dataset == "imagenet" and name in _ROBUSTBENCH_TORCHVISION:
+        import torchvision
+
+        arch, tag = _ROBUSTBENCH_TORCHVISION[name]
+        return [_hub_checkpoint(torchvision.models.get_model_weights(arch)[tag].url)]
+    base = model_dir / dataset / "corruptions" / f"{name}.pt"
+    if isinstance(entry.get("gdrive_id"), list):
+        return [Path(f"{base}_m{i}.pt") for i in range(len(entry["gdrive_id"]))]
+    if not entry.get("gdrive_id"):
+        raise ValueError(f"RobustBench model {name!r} has no downloadable checkpoint")
+    return [base]
+
+
+def _load_path(path: Path) -> nn.Module:
+    """A whole ``nn.Module`` saved with ``torch.save``; unpickling runs code, so the file must be trusted."""
+    obj = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(obj, dict):
+        raise ValueError(
+            f"{path} holds a dict (a state_dict?), not an nn.Module; save the whole model with "
+            "torch.save(model, path), or use a 'package.module:callable' spec that builds and loads it"
+        )
+    if not isinstance(obj, nn.Module):
+        raise ValueError(f"{path} holds a {type(obj).__name__}, not an nn.Module")
+    return obj
+
+
+def _load_callable(spec: str) -> nn.Module:
+    module_name, _, attr = spec.partition(":")
+    try:
+        target = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"model spec {spec!r}: cannot import module {module_name!r}: {error}") from error
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise ValueError(f"model spec {spec!r}: {module_name} has no attribute {attr!r}")
+        target = getattr(target, part)
+    model = target()
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model spec {spec!r} returned a {type(model).__name__}, not an nn.Module")
+    return model

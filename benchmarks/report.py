@@ -1,0 +1,226 @@
+"""Tables and plots from benchmark result rows: ``report.md``, ``results.csv`` and ``errors.png``.
+
+Everything here is computed from the rows of ``results.jsonl`` alone (plus the folder's ``config.json``
+for the display order), so ``tta-bench report DIR`` rebuilds the same files after the fact. Means are
+unweighted over domains (each corruption counts once, as in the published tables) and over seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+REPORT_NAME = "report.md"
+CSV_NAME = "results.csv"
+PLOT_NAME = "errors.png"
+
+CSV_COLUMNS: tuple[str, ...] = (
+    "dataset", "model", "policy", "setting", "order", "seed", "corruption", "severity",
+    "n", "errors", "error", "batch_size", "options",
+)
+
+Rows = Sequence[dict[str, Any]]
+
+
+def _ordered(values: list[Any], preferred: Sequence[Any] | None) -> list[Any]:
+    """``values`` (deduplicated) in the order of ``preferred``, unknown ones after in first-seen order."""
+    unique = list(dict.fromkeys(values))
+    if not preferred:
+        return unique
+    rank = {value: i for i, value in enumerate(preferred)}
+    return sorted(unique, key=lambda v: (rank.get(v, len(rank)), unique.index(v)))
+
+
+def domain_label(corruption: str, severity: int, *, with_severity: bool) -> str:
+    """Column name of a domain: ``fog`` or ``fog-5`` when several severities are reported."""
+    return f"{corruption}-{severity}" if with_severity and corruption != "none" else corruption
+
+
+def _mean(values: Sequence[float]) -> float:
+    return statistics.fmean(values) if values else math.nan
+
+
+def _fmt(value: float) -> str:
+    return "" if math.isnan(value) else f"{value:.1f}"
+
+
+def mean_errors(rows: Rows) -> dict[tuple[str, str, str], dict[int, float]]:
+    """Mean error over domains per (policy, setting, order) and seed."""
+    per_seed: dict[tuple[str, str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        per_seed[(row["policy"], row["setting"], row["order"])][int(row["seed"])].append(float(row["error"]))
+    return {key: {seed: _mean(errors) for seed, errors in seeds.items()} for key, seeds in per_seed.items()}
+
+
+def summary_table(rows: Rows, *, policies: Sequence[str] | None = None) -> str:
+    """Markdown table: one line per policy, one column per (setting, order): the mean error in percent
+    over domains, averaged over seeds (``mean ± std`` over seeds when there are several)."""
+    means = mean_errors(rows)
+    policy_names = _ordered([key[0] for key in means], policies)
+    columns = list(dict.fromkeys((key[1], key[2]) for key in means))
+    single_setting = len({setting for setting, _ in columns}) == 1
+    headers = ["policy"] + [order if single_setting else f"{setting} {order}" for setting, order in columns]
+    table = []
+    for policy in policy_names:
+        line = [policy]
+        for setting, order in columns:
+            seeds = means.get((policy, setting, order))
+            if not seeds:
+                line.append("")
+                continue
+            values = list(seeds.values())
+            cell = _fmt(_mean(values))
+            if len(values) > 1:
+                cell += f" ± {statistics.stdev(values):.1f}"
+            line.append(cell)
+        table.append(line)
+    return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def domain_table(
+    rows: Rows, *, policies: Sequence[str] | None = None, corruptions: Sequence[str] | None = None
+) -> str:
+    """Markdown table: one line per (policy, setting, order), one column per domain (error in percent,
+    averaged over seeds) and their mean."""
+    severities = {int(row["severity"]) for row in rows if row["corruption"] != "none"}
+    with_severity = len(severities) > 1
+    cells: dict[tuple[str, str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    domain_order: list[tuple[str, int]] = []
+    for row in rows:
+        domain = (row["corruption"], int(row["severity"]))
+        domain_order.append(domain)
+        label = domain_label(*domain, with_severity=with_severity)
+        cells[(row["policy"], row["setting"], row["order"])][label].append(float(row["error"]))
+    corruption_rank = {c: i for i, c in enumerate(corruptions or [])}
+    unique_domains = list(dict.fromkeys(domain_order))
+    unique_domains.sort(key=lambda d: (corruption_rank.get(d[0], len(corruption_rank)), d[1]))
+    labels = list(dict.fromkeys(domain_label(*d, with_severity=with_severity) for d in unique_domains))
+    policy_rank = {p: i for i, p in enumerate(_ordered([k[0] for k in cells], policies))}
+    keys = sorted(cells, key=lambda k: (policy_rank[k[0]], list(cells).index(k)))
+    means = mean_errors(rows)
+    table = []
+    for key in keys:
+        line = list(key)
+        line += [_fmt(_mean(cells[key].get(label, []))) for label in labels]
+        line.append(_fmt(_mean(list(means[key].values()))))
+        table.append(line)
+    headers = ["policy", "setting", "order", *labels, "mean"]
+    return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def write_csv(rows: Rows, path: str | Path) -> Path:
+    """All rows as CSV, one line per result row (options as JSON)."""
+    path = Path(path)
+    extra = sorted({key for row in rows for key in row} - set(CSV_COLUMNS))
+    with open(path, "w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=[*CSV_COLUMNS, *extra])
+        writer.writeheader()
+        for row in rows:
+            out = {key: row.get(key, "") for key in writer.fieldnames}
+            if isinstance(out["options"], dict):
+                out["options"] = json.dumps(out["options"], sort_keys=True)
+            writer.writerow(out)
+    return path
+
+
+def plot_errors(
+    rows: Rows,
+    path: str | Path,
+    *,
+    policies: Sequence[str] | None = None,
+    corruptions: Sequence[str] | None = None,
+    title: str = "",
+) -> Path:
+    """Error per domain, one line per policy, one panel per (setting, order); saved as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    severities = {int(row["severity"]) for row in rows if row["corruption"] != "none"}
+    with_severity = len(severities) > 1
+    panels: dict[tuple[str, str], dict[str, dict[str, list[float]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list))
+    )
+    corruption_rank = {c: i for i, c in enumerate(corruptions or [])}
+    domain_keys = sorted(
+        {(row["corruption"], int(row["severity"])) for row in rows},
+        key=lambda d: (corruption_rank.get(d[0], len(corruption_rank)), d[1]),
+    )
+    labels = list(dict.fromkeys(domain_label(*d, with_severity=with_severity) for d in domain_keys))
+    for row in rows:
+        label = domain_label(row["corruption"], int(row["severity"]), with_severity=with_severity)
+        panels[(row["setting"], row["order"])][row["policy"]][label].append(float(row["error"]))
+    policy_names = _ordered([row["policy"] for row in rows], policies)
+    n_panels = max(len(panels), 1)
+    width = max(6.0, 0.45 * len(labels) + 2.5)
+    figure, axes = plt.subplots(n_panels, 1, figsize=(width, 3.6 * n_panels), squeeze=False)
+    x = list(range(len(labels)))
+    for axis, ((setting, order), by_policy) in zip(axes[:, 0], panels.items()):
+        for policy in policy_names:
+            if policy not in by_policy:
+                continue
+            y = [_mean(by_policy[policy].get(label, [])) for label in labels]
+            axis.plot(x, y, marker="o", markersize=3, linewidth=1.2, label=policy)
+        axis.set_title(f"{setting}, {order}", fontsize=10)
+        axis.set_ylabel("error (%)")
+        axis.set_xticks(x)
+        axis.set_xticklabels(labels, rotation=45, ha="right", fontsize=8)
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize=7, ncol=2, loc="best")
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def write_report(
+    folder: str | Path,
+    rows: Rows,
+    *,
+    config: dict[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Write ``report.md``, ``results.csv`` and ``errors.png`` into ``folder``; return their paths."""
+    if not rows:
+        raise ValueError(f"no result rows in {folder}: nothing to report")
+    folder = Path(folder)
+    config = config or {}
+    policies = config.get("policies")
+    corruptions = config.get("corruptions")
+    title = f"{config.get('dataset', '')} {config.get('model', '')}".strip()
+    lines = [f"# Benchmark report{': ' + title if title else ''}", ""]
+    if config:
+        lines += [
+            "Arguments: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in config.items()),
+            "",
+        ]
+    lines += [
+        "## Mean error (%) over domains",
+        "",
+        summary_table(rows, policies=policies),
+        "",
+        "## Error (%) per domain",
+        "",
+        domain_table(rows, policies=policies, corruptions=corruptions),
+        "",
+        f"![error per corruption]({PLOT_NAME})",
+        "",
+    ]
+    report_path = folder / REPORT_NAME
+    report_path.write_text("\n".join(lines), encoding="utf-8")
+    return {
+        "report": report_path,
+        "csv": write_csv(rows, folder / CSV_NAME),
+        "plot": plot_errors(rows, folder / PLOT_NAME, policies=policies, corruptions=corruptions, title=title),
+    }

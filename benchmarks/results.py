@@ -1,0 +1,170 @@
+"""The append-only results store of a benchmark folder: ``config.json`` plus ``results.jsonl``.
+
+``results.jsonl`` holds one JSON object per finished (policy, setting, order, seed, domain), appended,
+flushed and fsynced as soon as it is known, so a killed run loses nothing already reported. ``config.json``
+holds the :class:`benchmarks.grid.GridConfig` the rows were produced with. Reopening a folder with a
+different configuration is refused (never mixed): the identity of a results folder is its whole grid
+configuration (dataset, model, policies, settings, orders, corruptions, severities, seeds, batch size,
+number of examples, policy options); the data location, cache, device and output folder are not part of it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from benchmarks.grid import GridConfig, RowKey, row_key
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+RESULTS_NAME = "results.jsonl"
+REQUIRED_KEYS: tuple[str, ...] = (
+    "policy", "setting", "order", "seed", "corruption", "severity", "n", "errors", "error",
+)
+
+
+class ConfigMismatchError(ValueError):
+    """The folder holds results of a different configuration."""
+
+
+def _describe_differences(old: dict[str, Any], new: dict[str, Any]) -> str:
+    lines = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            lines.append(f"  {key}: {old.get(key)!r} there, {new.get(key)!r} now")
+    return "\n".join(lines)
+
+
+def read_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """All complete rows of a ``results.jsonl``; a torn last line (a write cut by a kill) is ignored.
+
+    A malformed line anywhere else is an error naming the line: the file was edited or corrupted.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    torn = lines.pop()  # text after the last newline: empty unless the last write was cut
+    if torn.strip():
+        log.warning("%s: ignoring an incomplete last line (an interrupted write)", path)
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg}); fix or delete the line") from None
+        missing = [key for key in REQUIRED_KEYS if key not in row]
+        if missing:
+            raise ValueError(f"{path}, line {number}: missing keys {missing}")
+        rows.append(row)
+    return rows
+
+
+def read_config(folder: str | os.PathLike[str]) -> GridConfig:
+    """The configuration a results folder was produced with."""
+    path = Path(folder) / CONFIG_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: {folder} is not a benchmark results folder")
+    return GridConfig.from_json(json.loads(path.read_text(encoding="utf-8")))
+
+
+class ResultStore:
+    """The results of one grid configuration in one folder; open with :meth:`open`."""
+
+    def __init__(self, folder: Path, config: GridConfig, rows: list[dict[str, Any]]) -> None:
+        self.folder = folder
+        self.config = config
+        self._rows = rows
+        self._done: set[RowKey] = {row_key(row) for row in rows}
+
+    @property
+    def results_path(self) -> Path:
+        return self.folder / RESULTS_NAME
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike[str], config: GridConfig) -> ResultStore:
+        """Open (or create) ``folder`` for ``config``.
+
+        Raises :class:`ConfigMismatchError` when the folder already holds rows of another configuration,
+        or rows without a ``config.json``. A torn last line left by a kill is cut off so appends stay
+        one object per line.
+        """
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        config_path = folder / CONFIG_NAME
+        results_path = folder / RESULTS_NAME
+        wanted = config.to_json()
+        rows = read_rows(results_path)
+        if rows:
+            if not config_path.exists():
+                raise ConfigMismatchError(
+                    f"{results_path} has results but no {CONFIG_NAME}: cannot tell which arguments made "
+                    f"them; use another --out folder"
+                )
+            stored = json.loads(config_path.read_text(encoding="utf-8"))
+            if stored != wanted:
+                raise ConfigMismatchError(
+                    f"{folder} holds results of different arguments; they are not mixed.\n"
+                    f"{_describe_differences(stored, wanted)}\n"
+                    f"Rerun with the same arguments to resume, or choose another --out folder "
+                    f"(or delete {folder} to start over)."
+                )
+        else:
+            _write_atomic(config_path, json.dumps(wanted, indent=2) + "\n")
+        _cut_torn_tail(results_path)
+        return cls(folder, config, rows)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The stored rows, in the order they were appended."""
+        return list(self._rows)
+
+    def done(self, key: RowKey) -> bool:
+        """Whether the row ``key`` is stored."""
+        return key in self._done
+
+    def append(self, rows: Iterable[dict[str, Any]]) -> int:
+        """Append the rows not stored yet (one write, then flush and fsync); returns how many were new."""
+        new = []
+        for row in rows:
+            missing = [key for key in REQUIRED_KEYS if key not in row]
+            if missing:
+                raise ValueError(f"result row misses keys {missing}: {row}")
+            key = row_key(row)
+            if key in self._done:
+                continue
+            self._done.add(key)
+            new.append(row)
+        if not new:
+            return 0
+        text = "".join(json.dumps(row, sort_keys=False) + "\n" for row in new)
+        with open(self.results_path, "a", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        self._rows.extend(new)
+        return len(new)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """Truncate ``path`` after its last newline (drops a partial line left by a killed writer)."""
+    if not path.exists():
+        return
+    with open(path, "rb+") as file:
+        data = file.read()
+        end = data.rfind(b"\n") + 1
+        if end != len(data):
+            file.truncate(end)

@@ -1,0 +1,179 @@
+"""Write ``examples/compare_policies.ipynb`` (without outputs) from the cells below.
+
+Edit the cells here and rerun ``python examples/build_compare_policies.py``; the notebook is the
+generated artifact, executed by ``tests/benchmarks/test_notebook.py`` at a small size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+NOTEBOOK = Path(__file__).resolve().parent / "compare_policies.ipynb"
+
+CELLS = [
+    new_markdown_cell(
+        """# Comparing normalization policies on Fashion-MNIST-C
+
+The bundled Fashion-MNIST model is adapted with every policy of `tta.policies()` and evaluated on
+corrupted test streams (severity 5, each corruption its own episode: setting `single`). Two questions:
+
+1. **How does label correlation hurt?** The label order inside each domain is swept from i.i.d. through
+   Dirichlet orders with shrinking δ (NOTE's protocol, spec S3) to class-sorted, the δ → 0 limit.
+2. **How far do the adapted statistics move?** For the stateful policies, each layer's adapted mean is
+   compared with its source mean over a stream.
+
+The benchmark CLI (`tta-bench run`) calls the same functions; this notebook is small enough to read."""
+    ),
+    new_code_cell(
+        """import os
+
+# Size knobs (the test suite runs this notebook with small values through these variables).
+N_EXAMPLES = int(os.environ.get("TTA_NB_N", 10000))  # images per corruption
+CORRUPTIONS = os.environ.get("TTA_NB_CORRUPTIONS", "all")  # "all" or a comma list
+SEVERITY = 5
+BATCH_SIZE = 64
+SEED = 0
+ORDERS = ["iid", "dirichlet:1.0", "dirichlet:0.1", "dirichlet:0.01", "sorted"]"""
+    ),
+    new_code_cell(
+        """import statistics
+
+import matplotlib.pyplot as plt
+import torch
+from tabulate import tabulate
+
+import streams
+import tta
+from benchmarks import evaluate, grid
+from benchmarks.models import load_bundled_model
+
+model = load_bundled_model()
+source = streams.fashion_mnist("test")
+policies = tta.policies()
+corruptions = list(grid.parse_corruptions(CORRUPTIONS))
+print(f"{len(policies)} policies, {len(corruptions)} corruptions, {N_EXAMPLES} images each")"""
+    ),
+    new_markdown_cell(
+        """## Error against label correlation
+
+For each order, one stream per corruption; every policy starts from the source model and is reset
+before each corruption. The figure is the mean error over corruptions."""
+    ),
+    new_code_cell(
+        """mean_error = {}  # (policy, order) -> mean error over corruptions, in percent
+non_iid = {}  # order -> streams.LabelStats: how non-i.i.d. its batches are
+for order in ORDERS:
+    stream = streams.Stream(source, corruptions=corruptions, severities=SEVERITY, order=order,
+                            setting="single", batch_size=BATCH_SIZE, n_examples=N_EXAMPLES, seed=SEED)
+    non_iid[order] = stream.label_stats()
+    models = {policy: evaluate.adapted_copy(model, policy, seed=SEED) for policy in policies}
+    tallies = evaluate.evaluate_stream(models, stream)
+    for policy in policies:
+        mean_error[policy, order] = statistics.fmean(t.error for t in tallies[policy].values())
+
+print(tabulate([[p, *(f"{mean_error[p, o]:.1f}" for o in ORDERS)] for p in policies],
+               headers=["policy", *ORDERS], tablefmt="github"))
+print()
+print(tabulate([[o, f"{s.mean_distinct_labels:.1f}", f"{s.mean_tv_distance:.2f}"] for o, s in non_iid.items()],
+               headers=["order", "distinct labels per batch", "TV distance to domain labels"], tablefmt="github"))"""
+    ),
+    new_code_cell(
+        """labels = ["iid\\n(δ→∞)", *(f"δ={o.split(':')[1]}" for o in ORDERS[1:-1]), "sorted\\n(δ→0)"]
+figure, axis = plt.subplots(figsize=(7, 4))
+for policy in policies:
+    axis.plot(range(len(ORDERS)), [mean_error[policy, o] for o in ORDERS], marker="o", label=policy)
+axis.set_xticks(range(len(ORDERS)))
+axis.set_xticklabels(labels)
+axis.set_xlabel("label order within a domain (stronger correlation to the right)")
+axis.set_ylabel("mean error over corruptions (%)")
+axis.grid(True, alpha=0.3)
+axis.legend(fontsize=8)
+plt.show()"""
+    ),
+    new_markdown_cell(
+        """## Drift of the adapted statistics from the source statistics
+
+One continual stream (the corruptions one after another, no reset, Dirichlet δ = 0.1). After every
+batch, each layer's drift is the mean over channels of |μ_adapted − μ_source| / σ_source: how many
+source standard deviations the adapted mean has moved. Stateless policies (`tbn`, `alpha_bn`) hold no
+state to drift; `source` never moves. Dashed lines mark a change of corruption."""
+    ),
+    new_code_cell(
+        """def drift(layer):
+    \"\"\"Mean over channels of |adapted mean - source mean| / source std (None for stateless layers).\"\"\"
+    stats = layer.adapted_stats()
+    if stats is None:
+        return None
+    mean, _ = stats
+    source_std = (layer.source_var + layer.eps).sqrt()
+    return float(((mean - layer.source_mean).abs() / source_std).mean())
+
+
+stream = streams.Stream(source, corruptions=corruptions, severities=SEVERITY, order="dirichlet:0.1",
+                        setting="continual", batch_size=BATCH_SIZE, n_examples=N_EXAMPLES, seed=SEED)
+stateful = []
+curves = {}  # policy -> tensor (batches, layers)
+boundaries = []
+for policy in policies:
+    adapted = evaluate.adapted_copy(model, policy, seed=SEED)
+    layers = [layer for _, layer in tta.policy_layers(adapted)]
+    if drift(layers[0]) is None:  # stateless: source, tbn, alpha_bn
+        continue
+    rows, previous, boundaries = [], None, []
+    with torch.no_grad():
+        for i, batch in enumerate(stream):
+            if batch.domain[0] != previous and previous is not None:
+                boundaries.append(i)
+            previous = batch.domain[0]
+            adapted(batch.x)
+            rows.append([drift(layer) for layer in layers])
+    curves[policy] = torch.tensor(rows)
+    stateful.append(policy)
+
+layer_names = [name for name, _ in tta.policy_layers(evaluate.adapted_copy(model, "source"))]
+figure, axes = plt.subplots(1, len(stateful), figsize=(3.2 * len(stateful), 3.4), sharey=True, squeeze=False)
+colors = plt.cm.viridis(torch.linspace(0, 1, len(layer_names)).numpy())
+for axis, policy in zip(axes[0], stateful):
+    for j, color in enumerate(colors):
+        axis.plot(curves[policy][:, j], color=color, linewidth=1)
+    for b in boundaries:
+        axis.axvline(b, color="gray", linestyle="--", linewidth=0.6)
+    axis.set_title(policy)
+    axis.set_xlabel("batch")
+axes[0, 0].set_ylabel("drift (source std)")
+figure.colorbar(plt.cm.ScalarMappable(cmap="viridis", norm=plt.Normalize(0, len(layer_names) - 1)),
+                ax=axes[0].tolist(), label="layer (input → output)")
+plt.show()"""
+    ),
+    new_code_cell(
+        """figure, axis = plt.subplots(figsize=(7, 3.5))
+for policy in stateful:
+    axis.plot(curves[policy][-1], marker="o", markersize=3, label=policy)
+axis.set_xlabel("layer (input → output)")
+axis.set_ylabel("drift at the end of the stream")
+axis.grid(True, alpha=0.3)
+axis.legend(fontsize=8)
+plt.show()
+print({policy: [round(v, 3) for v in curves[policy][-1].tolist()] for policy in stateful})"""
+    ),
+]
+
+
+def build() -> nbformat.NotebookNode:
+    """The notebook, without outputs."""
+    notebook = new_notebook(cells=CELLS)
+    for i, cell in enumerate(notebook.cells):
+        cell.id = f"cell-{i:02d}"  # stable ids: rebuilding gives the same file
+    notebook.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    notebook.metadata["language_info"] = {"name": "python"}
+    return notebook
+
+
+if __name__ == "__main__":
+    notebook = build()
+    nbformat.validate(notebook)
+    nbformat.write(notebook, NOTEBOOK)
+    print(f"wrote {NOTEBOOK}")

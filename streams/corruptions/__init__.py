@@ -1,0 +1,123 @@
+"""On-the-fly image corruptions of Hendrycks & Dietterich, batched in torch (spec S2).
+
+``corrupt(images, name, severity, seed=...)`` corrupts a uint8 N x C x H x W batch (C = 1 or 3) on its own
+device. Per-image randomness is counter-based (see ``_rng``): image ``i`` of a call is keyed by
+(seed, corruption, severity, index_offset + i), so a stream gets the same bytes whatever the batching.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from streams.corruptions import blur, digital, noise, weather
+from streams.corruptions._ops import luma, to_rgb
+from streams.corruptions._rng import ImageRNG
+from streams.corruptions.tables import TABLES
+
+__all__ = ["CORRUPTIONS", "EXTRA_CORRUPTIONS", "SMALL_IMAGE_MAX_SIDE", "corrupt", "default_table"]
+
+log = logging.getLogger(__name__)
+
+CORRUPTIONS: tuple[str, ...] = (
+    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
+    "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
+    "jpeg_compression",
+)
+EXTRA_CORRUPTIONS: tuple[str, ...] = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
+
+SMALL_IMAGE_MAX_SIDE = 64  # images with both sides <= this use the CIFAR table by default
+
+
+@dataclass(frozen=True)
+class _Corruption:
+    fn: Callable[..., Tensor]
+    colour_only: bool = False  # grayscale goes through RGB replication and luma reduction
+    needs_table: bool = False  # the function takes table-level settings (fog map size, frost scale)
+
+
+_REGISTRY: dict[str, _Corruption] = {
+    "gaussian_noise": _Corruption(noise.gaussian_noise),
+    "shot_noise": _Corruption(noise.shot_noise),
+    "impulse_noise": _Corruption(noise.impulse_noise),
+    "speckle_noise": _Corruption(noise.speckle_noise),
+    "defocus_blur": _Corruption(blur.defocus_blur),
+    "glass_blur": _Corruption(blur.glass_blur),
+    "motion_blur": _Corruption(blur.motion_blur),
+    "zoom_blur": _Corruption(blur.zoom_blur),
+    "gaussian_blur": _Corruption(blur.gaussian_blur),
+    "snow": _Corruption(weather.snow),
+    "frost": _Corruption(weather.frost, colour_only=True, needs_table=True),
+    "fog": _Corruption(weather.fog, needs_table=True),
+    "spatter": _Corruption(weather.spatter, colour_only=True),
+    "brightness": _Corruption(digital.brightness),
+    "contrast": _Corruption(digital.contrast),
+    "elastic_transform": _Corruption(digital.elastic_transform),
+    "pixelate": _Corruption(digital.pixelate),
+    "jpeg_compression": _Corruption(digital.jpeg_compression),
+    "saturate": _Corruption(digital.saturate, colour_only=True),
+}
+
+
+def default_table(height: int, width: int) -> str:
+    """The parameter table for an image size (spec S2): "cifar" when both sides are at most
+    ``SMALL_IMAGE_MAX_SIDE`` pixels, else "imagenet"."""
+    return "cifar" if max(height, width) <= SMALL_IMAGE_MAX_SIDE else "imagenet"
+
+
+def _validate(images: Tensor, corruption: str, severity: int, table: str | None) -> None:
+    if not isinstance(images, Tensor):
+        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    if corruption not in _REGISTRY:
+        valid = ", ".join(CORRUPTIONS + EXTRA_CORRUPTIONS)
+        raise ValueError(f"unknown corruption {corruption!r}; valid names: {valid}")
+    if isinstance(severity, bool) or not isinstance(severity, int) or not 1 <= severity <= 5:
+        raise ValueError(f"severity must be an integer in 1..5, got {severity!r}")
+    if images.dtype != torch.uint8:
+        raise TypeError(f"images must be uint8 (0..255), got {images.dtype}; "
+                        "convert with (x * 255).round().to(torch.uint8)")
+    if images.dim() != 4:
+        raise ValueError(f"images must be N x C x H x W (rank 4), got shape {tuple(images.shape)}")
+    if images.shape[1] not in (1, 3):
+        raise ValueError(f"images must have 1 or 3 channels, got C = {images.shape[1]} "
+                         f"(shape {tuple(images.shape)}; channels-last input needs .permute(0, 3, 1, 2))")
+    if images.shape[2] < 2 or images.shape[3] < 2:
+        raise ValueError(f"images must be at least 2 x 2 pixels, got {tuple(images.shape[2:])}")
+    if table is not None and table not in TABLES:
+        raise ValueError(f"unknown table {table!r}; valid: {', '.join(TABLES)} or None (by size)")
+
+
+def corrupt(images: Tensor, corruption: str, severity: int, *, seed: int, table: str | None = None,
+            index_offset: int = 0) -> Tensor:
+    """Corrupt a uint8 N x C x H x W batch (C = 1 or 3) at severity 1..5 (spec S2).
+
+    Returns uint8 of the same shape on the same device. ``table`` is "cifar" or "imagenet" (None: by
+    size, see ``default_table``). Image ``i`` is corrupted with randomness keyed by
+    (seed, corruption, severity, index_offset + i), independent of batch size and composition.
+    Grayscale is corrupted as such; colour-only corruptions (frost, spatter, saturate) run on the image
+    replicated to RGB and return its ITU-R 601 luma.
+    """
+    _validate(images, corruption, severity, table)
+    n, c, h, w = images.shape
+    table = table or default_table(h, w)
+    if n == 0:
+        return images.clone()
+    entry = _REGISTRY[corruption]
+    params = TABLES[table][corruption][severity - 1]
+    params = params if isinstance(params, tuple) else (params,)
+    indices = torch.arange(index_offset, index_offset + n, device=images.device)
+    rng = ImageRNG(int(seed), corruption, severity, indices)
+    x = images.to(torch.float32) / 255.0
+    if entry.colour_only:
+        x = to_rgb(x)
+    kwargs = {"table": table} if entry.needs_table else {}
+    out = entry.fn(x, rng, *params, **kwargs)
+    if entry.colour_only and c == 1:
+        out = luma(out)
+    # the reference converts its 0..255 floats with numpy's uint8 cast, which truncates; the small
+    # margin keeps values that are whole numbers in exact arithmetic from dropping one level
+    return torch.floor(out + 1e-3).clamp_(0, 255).to(torch.uint8)

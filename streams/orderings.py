@@ -1,0 +1,244 @@
+"""Label orderings within a domain (spec S3): pure functions from a label array to an index permutation.
+
+Every function takes the labels (any integer array) and an explicit ``numpy.random.Generator`` and
+returns ``order``, a permutation of ``range(len(labels))``: the stream visits ``labels[order]``.
+No function touches a global random state. :func:`label_stats` measures how non-i.i.d. an ordered
+label sequence is, batch by batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "ORDERS",
+    "LabelStats",
+    "Order",
+    "dirichlet_chunks",
+    "dirichlet_order",
+    "iid_order",
+    "label_stats",
+    "order_indices",
+    "parse_order",
+    "slots_order",
+    "sorted_order",
+]
+
+ORDERS = ("iid", "dirichlet:<delta>", "sorted", "slots:<gamma>")
+"""The accepted order names; ``dirichlet_slots:<gamma>`` is an alias of ``slots:<gamma>``."""
+
+
+@dataclass(frozen=True)
+class Order:
+    """A parsed order: ``kind`` in iid, dirichlet, sorted, slots; ``concentration`` for the last two."""
+
+    kind: str
+    concentration: float | None = None
+
+    def __str__(self) -> str:
+        return self.kind if self.concentration is None else f"{self.kind}:{self.concentration!r}"
+
+
+def parse_order(text: str | Order) -> Order:
+    """Parse ``iid``, ``sorted``, ``dirichlet:<delta>``, ``slots:<gamma>`` (alias ``dirichlet_slots``)."""
+    if isinstance(text, Order):
+        return text
+    if not isinstance(text, str):
+        raise TypeError(f"order must be a string such as 'iid' or 'dirichlet:0.1', got {type(text).__name__}")
+    name, sep, value = text.strip().partition(":")
+    name = "slots" if name == "dirichlet_slots" else name
+    if name in ("iid", "sorted") and not sep:
+        return Order(name)
+    if name in ("dirichlet", "slots") and sep:
+        try:
+            concentration = float(value)
+        except ValueError:
+            raise ValueError(f"order {text!r}: {value!r} is not a number; write e.g. {name}:0.1") from None
+        if not (concentration > 0 and math.isfinite(concentration)):
+            raise ValueError(f"order {text!r}: the concentration must be a positive finite number, got {value}")
+        return Order(name, concentration)
+    raise ValueError(f"unknown order {text!r}; choose from: {', '.join(ORDERS)} (e.g. dirichlet:0.1)")
+
+
+def _as_labels(labels: np.ndarray) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be a 1-D integer array, got {labels.dtype} with shape {labels.shape}")
+    return labels
+
+
+def iid_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A uniform random permutation (spec S3 ``iid``)."""
+    return rng.permutation(len(_as_labels(labels)))
+
+
+def sorted_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Classes in ascending order, random order inside each class (spec S3 ``sorted``, the δ → 0 limit)."""
+    labels = _as_labels(labels)
+    shuffled = rng.permutation(len(labels))
+    return shuffled[np.argsort(labels[shuffled], kind="stable")]
+
+
+def _class_indices(labels: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    """Each present class's indices, shuffled, in ascending class order."""
+    return [rng.permutation(np.flatnonzero(labels == k)) for k in np.unique(labels)]
+
+
+def _cuts(proportions: np.ndarray, n: int) -> np.ndarray:
+    """Split points of ``n`` items at the cumulative proportions (floored, as NOTE and RoTTA do).
+    Dividing the cumulative sum by its own last entry makes it end at exactly 1, so a chunk whose
+    proportion is zero gets no item even through rounding."""
+    cumulative = np.cumsum(proportions)
+    return (cumulative / cumulative[-1] * n).astype(np.int64)[:-1]
+
+
+def _emit(groups: list[list[np.ndarray]], rng: np.random.Generator, n: int) -> np.ndarray:
+    """Group after group; inside a group its class runs in a shuffled order, each run contiguous."""
+    runs = [group[i] for group in groups for i in rng.permutation(len(group))]
+    return np.concatenate(runs) if runs else np.zeros(n, dtype=np.int64)
+
+
+def dirichlet_chunks(
+    labels: np.ndarray,
+    delta: float,
+    rng: np.random.Generator,
+    *,
+    n_chunks: int | None = None,
+    min_per_chunk: int = 10,
+    max_tries: int = 1000,
+) -> list[list[np.ndarray]]:
+    """NOTE's Dirichlet chunks (spec S3): chunk j is the list of its class pieces, in class order.
+
+    For each class (ascending): shuffle its indices, draw ``p ~ Dir(delta)`` over the chunks, zero the
+    entries of chunks already holding >= N / n_chunks samples, renormalize and split the class at the
+    cumulative proportions, piece j going to chunk j. The whole draw is retried until every chunk holds
+    >= ``min_per_chunk`` samples (a draw whose remaining proportions all underflow to zero counts as a
+    failed try); after ``max_tries`` failures a ValueError says why. ``n_chunks`` defaults to the number
+    of classes present.
+    """
+    labels = _as_labels(labels)
+    if not (delta > 0 and math.isfinite(delta)):
+        raise ValueError(f"the Dirichlet concentration delta must be a positive finite number, got {delta}")
+    n = len(labels)
+    n_chunks = n_chunks if n_chunks is not None else len(np.unique(labels))
+    if n_chunks < 1:
+        raise ValueError("dirichlet ordering of an empty label array")
+    if n < n_chunks * min_per_chunk:  # no draw can succeed: fail at once instead of after max_tries
+        raise ValueError(
+            f"dirichlet:{delta}: {n} samples cannot fill {n_chunks} chunks (one per class) with at least "
+            f"{min_per_chunk} each; at least {n_chunks * min_per_chunk} are needed. Use more examples."
+        )
+    cap = n / n_chunks
+    for _ in range(max_tries):
+        chunks: list[list[np.ndarray]] = [[] for _ in range(n_chunks)]
+        sizes = np.zeros(n_chunks, dtype=np.int64)
+        failed = False
+        for indices in _class_indices(labels, rng):
+            p = rng.dirichlet(np.full(n_chunks, float(delta))) * (sizes < cap)
+            total = p.sum()
+            if not total > 0:
+                failed = True
+                break
+            cuts = _cuts(p, len(indices))
+            for j, piece in enumerate(np.split(indices, cuts)):
+                if len(piece):
+                    chunks[j].append(piece)
+                    sizes[j] += len(piece)
+        if not failed and sizes.min() >= min_per_chunk:
+            return chunks
+    raise ValueError(
+        f"dirichlet:{delta}: no draw gave every one of {n_chunks} chunks at least {min_per_chunk} samples "
+        f"in {max_tries} tries ({n} samples; a small delta with few samples per class rarely balances). "
+        "Use more examples or a larger delta."
+    )
+
+
+def dirichlet_order(
+    labels: np.ndarray,
+    delta: float,
+    rng: np.random.Generator,
+    *,
+    n_chunks: int | None = None,
+    min_per_chunk: int = 10,
+    max_tries: int = 1000,
+) -> np.ndarray:
+    """NOTE's non-i.i.d. order (spec S3 ``dirichlet(δ)``): chunk after chunk, inside a chunk the classes
+    in a shuffled order, each as one contiguous run. Smaller ``delta`` means stronger label correlation."""
+    chunks = dirichlet_chunks(
+        labels, delta, rng, n_chunks=n_chunks, min_per_chunk=min_per_chunk, max_tries=max_tries
+    )
+    return _emit(chunks, rng, len(labels))
+
+
+def slots_order(
+    labels: np.ndarray, gamma: float, rng: np.random.Generator, *, n_slots: int | None = None
+) -> np.ndarray:
+    """RoTTA's variant (spec S3 ``dirichlet_slots(γ)``): ``min(n_cls, 100)`` slots, one ``Dir(γ)`` row
+    of slot proportions per class, no balancing; slot after slot, class runs shuffled inside a slot.
+    (Unlike RoTTA, each class's indices are shuffled first, so the seed also varies the order within a
+    class.)"""
+    labels = _as_labels(labels)
+    if not (gamma > 0 and math.isfinite(gamma)):
+        raise ValueError(f"the Dirichlet concentration gamma must be a positive finite number, got {gamma}")
+    classes = _class_indices(labels, rng)
+    n_slots = n_slots if n_slots is not None else min(len(classes), 100)
+    proportions = rng.dirichlet(np.full(n_slots, float(gamma)), size=len(classes))
+    slots: list[list[np.ndarray]] = [[] for _ in range(n_slots)]
+    for indices, p in zip(classes, proportions):
+        cuts = _cuts(p, len(indices))
+        for s, piece in enumerate(np.split(indices, cuts)):
+            if len(piece):
+                slots[s].append(piece)
+    return _emit(slots, rng, len(labels))
+
+
+def order_indices(labels: np.ndarray, order: str | Order, rng: np.random.Generator) -> np.ndarray:
+    """Dispatch on an order name (see :func:`parse_order`); returns the index permutation."""
+    parsed = parse_order(order)
+    if parsed.kind == "iid":
+        return iid_order(labels, rng)
+    if parsed.kind == "sorted":
+        return sorted_order(labels, rng)
+    if parsed.kind == "dirichlet":
+        return dirichlet_order(labels, parsed.concentration, rng)
+    return slots_order(labels, parsed.concentration, rng)
+
+
+@dataclass(frozen=True)
+class LabelStats:
+    """How non-i.i.d. a stream is (spec S3): averages over its batches.
+
+    ``mean_distinct_labels``: distinct labels per batch. ``mean_tv_distance``: total-variation distance
+    between a batch's label histogram and the label distribution of the batch's domain (of the whole
+    union for ``mixed``); 0 for a perfectly representative batch, near 1 for a single-class batch.
+    """
+
+    mean_distinct_labels: float
+    mean_tv_distance: float
+    n_batches: int
+
+
+def batch_label_measures(labels: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per batch of the ordered ``labels`` (last short batch kept): distinct labels and TV distance to
+    the distribution of all of ``labels``."""
+    labels = _as_labels(labels)
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    if len(labels) == 0:
+        return np.zeros(0), np.zeros(0)
+    _, codes = np.unique(labels, return_inverse=True)
+    n_batches = -(-len(labels) // batch_size)
+    counts = np.zeros((n_batches, codes.max() + 1))
+    np.add.at(counts, (np.arange(len(labels)) // batch_size, codes), 1)
+    histograms = counts / counts.sum(axis=1, keepdims=True)
+    reference = counts.sum(axis=0) / len(labels)
+    return (counts > 0).sum(axis=1).astype(float), 0.5 * np.abs(histograms - reference).sum(axis=1)
+
+
+def label_stats(labels: np.ndarray, batch_size: int) -> LabelStats:
+    """:class:`LabelStats` of one ordered label sequence cut into batches of ``batch_size``."""
+    distinct, tv = batch_label_measures(labels, batch_size)
+    return LabelStats(float(distinct.mean()) if len(distinct) else 0.0, float(tv.mean()) if len(tv) else 0.0, len(tv))

@@ -1,0 +1,109 @@
+"""The benchmark grid: argument validation, canonical configs, and the rows a grid produces."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import streams
+import tta
+from benchmarks import grid
+
+
+def small(**overrides):
+    args = dict(dataset="fmnist-c", policies="source,tbn", orders="iid,dirichlet:0.1",
+                corruptions="brightness,contrast", seeds="0,1")
+    args.update(overrides)
+    return grid.make_config(**args)
+
+
+def test_all_policies_is_the_shared_registry():
+    assert grid.parse_policies("all") == tuple(tta.policies())
+    assert small(policies="all").policies == tuple(tta.policies())
+
+
+def test_all_corruptions_are_the_fifteen_in_standard_order():
+    assert grid.parse_corruptions("all") == tuple(streams.CORRUPTIONS)
+    assert len(grid.parse_corruptions("all")) == 15
+    assert grid.parse_corruptions("none") == ("none",)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "needle"),
+    [
+        ("policies", "source,bogus_policy", "bogus_policy"),
+        ("corruptions", "brightness,fogg", "fogg"),
+        ("dataset", "mnist-c", "mnist-c"),
+        ("orders", "iid,shuffled", "shuffled"),
+        ("orders", "dirichlet:abc", "abc"),
+        ("settings", "episodic", "episodic"),
+        ("severities", "6", "6"),
+        ("seeds", "x", "x"),
+    ],
+)
+def test_unknown_names_are_refused_with_the_name_in_the_message(field, value, needle):
+    with pytest.raises(ValueError, match=needle):
+        small(**{field: value})
+
+
+def test_duplicates_and_clean_mixed_with_corruptions_are_refused():
+    with pytest.raises(ValueError, match="twice"):
+        small(policies="tbn,tbn")
+    with pytest.raises(ValueError, match="none"):
+        small(corruptions="none,fog")
+
+
+def test_options_values_are_python_literals_grouped_by_policy():
+    config = small(policies="alpha_bn,unmix_tns",
+                   options=["alpha_bn.alpha=0.2", "unmix_tns.num_components=4", "unmix_tns.temperature=1e-1"])
+    assert config.options == {"alpha_bn": {"alpha": 0.2}, "unmix_tns": {"num_components": 4, "temperature": 0.1}}
+    assert isinstance(config.options["unmix_tns"]["num_components"], int)
+
+
+@pytest.mark.parametrize(
+    ("option", "needle"),
+    [
+        ("alpha_bn.alpah=0.2", "alpah"),      # not an option of the policy
+        ("rbn.alpha=0.2", "not among"),        # policy not in the grid
+        ("alpha_bn=0.2", "policy.key=value"),  # malformed
+        ("nope.alpha=1", "nope"),              # unknown policy
+    ],
+)
+def test_bad_options_are_refused(option, needle):
+    with pytest.raises(ValueError, match=needle):
+        small(policies="alpha_bn", options=[option])
+
+
+def test_equal_arguments_spelled_differently_give_equal_configs():
+    explicit = small(policies=",".join(tta.policies()), orders="iid, dirichlet:0.10")
+    assert explicit == small(policies="all", orders="iid,dirichlet:0.1")
+    assert explicit.to_json() == grid.GridConfig.from_json(explicit.to_json()).to_json()
+
+
+def test_a_model_path_is_made_absolute_and_named_models_are_kept(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert small(model="ckpt.pt").model == os.path.join(str(tmp_path), "ckpt.pt")
+    assert small(model="robustbench:Standard").model == "robustbench:Standard"
+    assert small(model="bundled").model == "bundled"
+
+
+def test_row_keys_are_the_full_product_without_repeats():
+    config = small()
+    keys = grid.row_keys(config)
+    # 2 policies x 1 setting x 2 orders x 2 seeds x 2 corruptions x 1 severity
+    assert len(keys) == 2 * 2 * 2 * 2 == 16 and len(set(keys)) == 16
+    assert {k[0] for k in keys} == {"source", "tbn"}
+    assert {(k[4], k[5]) for k in keys} == {("brightness", 5), ("contrast", 5)}
+    runs = grid.expand(config)
+    assert [(r.order, r.seed) for r in runs] == [("iid", 0), ("iid", 1), ("dirichlet:0.1", 0), ("dirichlet:0.1", 1)]
+
+
+def test_gradual_reports_every_severity_once_and_clean_is_one_domain():
+    config = small(settings="single,gradual", severities="3")
+    assert grid.domains(config, "single") == [("brightness", 3), ("contrast", 3)]
+    assert grid.domains(config, "gradual") == [(c, s) for c in ("brightness", "contrast") for s in range(1, 6)]
+    clean = small(corruptions="none")
+    assert grid.domains(clean, "single") == [("none", 0)]
+    with pytest.raises(ValueError, match="single"):
+        small(corruptions="none", settings="continual")

@@ -1,0 +1,92 @@
+"""The append-only results store: round trip, torn writes, duplicates and refusal of other arguments."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import grid
+from benchmarks.results import ConfigMismatchError, ResultStore, read_rows
+
+
+def config(**overrides):
+    args = dict(dataset="fmnist-c", policies="source,tbn", corruptions="brightness,contrast")
+    args.update(overrides)
+    return grid.make_config(**args)
+
+
+def row(policy="tbn", corruption="brightness", errors=3, n=10, seed=0):
+    return {"policy": policy, "setting": "single", "order": "iid", "seed": seed, "corruption": corruption,
+            "severity": 5, "n": n, "errors": errors, "error": 100.0 * errors / n}
+
+
+def test_rows_survive_reopening_and_count_as_done(tmp_path):
+    store = ResultStore.open(tmp_path, config())
+    assert store.append([row("source"), row("tbn")]) == 2
+    again = ResultStore.open(tmp_path, config())
+    assert again.rows() == [row("source"), row("tbn")]
+    assert again.done(("tbn", "single", "iid", 0, "brightness", 5))
+    assert not again.done(("tbn", "single", "iid", 0, "contrast", 5))
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [row("source"), row("tbn")]
+
+
+def test_a_row_already_stored_is_not_appended_twice(tmp_path):
+    store = ResultStore.open(tmp_path, config())
+    store.append([row()])
+    assert store.append([row(), row(corruption="contrast")]) == 1
+    assert len(read_rows(tmp_path / "results.jsonl")) == 2
+
+
+def test_a_torn_last_line_is_dropped_and_appends_stay_one_object_per_line(tmp_path):
+    store = ResultStore.open(tmp_path, config())
+    store.append([row("source")])
+    with open(tmp_path / "results.jsonl", "a") as file:
+        file.write('{"policy": "tbn", "sett')  # a write cut by a kill
+    assert read_rows(tmp_path / "results.jsonl") == [row("source")]
+    store = ResultStore.open(tmp_path, config())
+    store.append([row("tbn")])
+    assert read_rows(tmp_path / "results.jsonl") == [row("source"), row("tbn")]
+
+
+def test_a_malformed_line_inside_the_file_is_an_error_naming_it(tmp_path):
+    ResultStore.open(tmp_path, config()).append([row("source")])
+    with open(tmp_path / "results.jsonl", "a") as file:
+        file.write("garbage\n")
+        file.write(json.dumps(row("tbn")) + "\n")
+    with pytest.raises(ValueError, match="line 2"):
+        read_rows(tmp_path / "results.jsonl")
+
+
+def test_results_of_other_arguments_are_refused_naming_the_difference(tmp_path):
+    ResultStore.open(tmp_path, config()).append([row()])
+    with pytest.raises(ConfigMismatchError, match="batch_size") as raised:
+        ResultStore.open(tmp_path, config(batch_size=32))
+    assert "another --out" in str(raised.value)
+    with pytest.raises(ConfigMismatchError, match="policies"):
+        ResultStore.open(tmp_path, config(policies="source"))
+    # refused, not mixed: the file is untouched
+    assert read_rows(tmp_path / "results.jsonl") == [row()]
+
+
+def test_results_without_their_config_are_refused(tmp_path):
+    ResultStore.open(tmp_path, config()).append([row()])
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(ConfigMismatchError, match="config.json"):
+        ResultStore.open(tmp_path, config())
+
+
+def test_a_folder_without_results_takes_the_new_config(tmp_path):
+    ResultStore.open(tmp_path, config())
+    store = ResultStore.open(tmp_path, config(batch_size=32))
+    assert json.loads((tmp_path / "config.json").read_text())["batch_size"] == 32
+    assert store.rows() == []
+
+
+def test_rows_missing_required_keys_are_rejected(tmp_path):
+    store = ResultStore.open(tmp_path, config())
+    incomplete = row()
+    del incomplete["errors"]
+    with pytest.raises(ValueError, match="errors"):
+        store.append([incomplete])

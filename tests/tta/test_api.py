@@ -1,0 +1,158 @@
+"""adapt / reset / detach / paused / policy_layers: the attach contract and its errors (spec M0)."""
+
+from __future__ import annotations
+
+import pytest
+import timm.layers
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import tta
+from tests.tta.conftest import build, give_source_statistics, inputs
+
+
+def test_policies_are_the_seven_of_the_spec_in_order() -> None:
+    assert tta.policies() == ["source", "tbn", "adabn", "alpha_bn", "momentum_decay", "rbn", "unmix_tns"]
+
+
+def test_options_and_defaults_are_those_of_the_spec() -> None:
+    assert tta.policy_options("alpha_bn") == {"alpha": 0.1}
+    assert tta.policy_options("rbn") == {"alpha": 0.05}
+    assert tta.policy_options("momentum_decay") == {
+        "momentum": 0.1, "decay": 0.94, "min_momentum": 0.005, "augment": 0,
+    }
+    assert tta.policy_options("unmix_tns") == {
+        "num_components": 16, "temperature": 0.07, "init_spread": 0.5, "batch_size_max": 64, "seed": 0,
+    }
+    assert all(tta.policy_options(p) == {} for p in ["source", "tbn", "adabn"])
+
+
+def test_every_batchnorm_is_replaced_and_listed() -> None:
+    model = build("resnet18")
+    count = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    tta.adapt(model, "rbn")
+    layers = tta.policy_layers(model)
+    assert len(layers) == count == 20
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert layers[0][0] == "bn1" and all(type(layer).policy_name == "rbn" for _, layer in layers)
+
+
+def test_unknown_policy_lists_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="unknown policy 'tent'.*source, tbn, adabn"):
+        tta.adapt(build("small_cnn"), "tent")
+
+
+def test_unknown_option_names_the_accepted_ones() -> None:
+    with pytest.raises(ValueError, match=r"no option 'momentum'.*alpha=0.05"):
+        tta.adapt(build("small_cnn"), "rbn", momentum=0.1)
+    with pytest.raises(ValueError, match="takes: none"):
+        tta.adapt(build("small_cnn"), "tbn", alpha=0.1)
+
+
+def test_out_of_range_options_are_refused() -> None:
+    with pytest.raises(ValueError, match="alpha must lie in"):
+        tta.adapt(build("small_cnn"), "alpha_bn", alpha=1.5)
+    with pytest.raises(ValueError, match="num_components"):
+        tta.adapt(build("small_cnn"), "unmix_tns", num_components=0)
+
+
+def test_model_without_batchnorm_is_refused() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), nn.LayerNorm(4), nn.InstanceNorm2d(4))
+    with pytest.raises(ValueError, match="has no BatchNorm layer"):
+        tta.adapt(model, "tbn")
+
+
+def test_adapting_twice_is_refused_and_plain_models_are_not_reset() -> None:
+    model = tta.adapt(build("small_cnn"), "tbn")
+    with pytest.raises(ValueError, match="already adapted"):
+        tta.adapt(model, "rbn")
+    for call in (tta.reset, tta.detach):
+        with pytest.raises(ValueError, match="not adapted"):
+            call(build("small_cnn"))
+    with pytest.raises(ValueError, match="not adapted"):
+        with tta.paused(build("small_cnn")):
+            pass
+
+
+def test_a_model_that_is_a_batchnorm_layer_returns_its_replacement() -> None:
+    bn = give_source_statistics(nn.BatchNorm2d(3))
+    layer = tta.adapt(bn, "rbn")
+    assert isinstance(layer, tta.NormPolicy) and layer.original is bn
+    assert tta.detach(layer) is bn
+
+
+def test_a_shared_layer_stays_shared() -> None:
+    shared = nn.BatchNorm1d(4)
+    model = give_source_statistics(nn.Sequential(nn.Linear(4, 4), shared, nn.Linear(4, 4), shared))
+    tta.adapt(model, "adabn")
+    assert model[1] is model[3]
+    assert len(tta.policy_layers(model)) == 1
+    assert tta.detach(model)[1] is shared
+
+
+def test_batchnorm_without_running_statistics_is_refused() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False))
+    with pytest.raises(ValueError, match="track_running_stats=False"):
+        tta.adapt(model, "tbn")
+
+
+def test_timm_batchnorm_act_keeps_its_activation() -> None:
+    layer = give_source_statistics(timm.layers.BatchNormAct2d(6, act_layer=nn.ReLU))
+    model = nn.Sequential(nn.Conv2d(3, 6, 3), layer)
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        expected = model(x)
+        tta.adapt(model, "source")
+        assert torch.equal(model(x), expected)
+        assert (expected == 0).any()  # the ReLU did something
+        tta.detach(model)
+        tta.adapt(model, "tbn")
+        hidden = model[0](x)
+        bn = model[1].original
+        expected_tbn = F.relu(F.batch_norm(hidden, None, None, bn.weight, bn.bias, True, 0.0, bn.eps))
+        torch.testing.assert_close(model(x), expected_tbn)
+    assert type(tta.detach(model)[1]) is timm.layers.BatchNormAct2d
+
+
+def test_subclass_with_unknown_forward_is_refused_and_plain_subclass_accepted() -> None:
+    class ScaledBatchNorm(nn.BatchNorm2d):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * super().forward(x)
+
+    class TaggedBatchNorm(nn.BatchNorm2d):
+        pass
+
+    with pytest.raises(TypeError, match="ScaledBatchNorm overrides BatchNorm's forward"):
+        tta.adapt(nn.Sequential(ScaledBatchNorm(3)), "tbn")
+    model = tta.adapt(nn.Sequential(TaggedBatchNorm(3)), "tbn")
+    assert isinstance(model[0], tta.NormPolicy)
+
+
+def test_sync_batchnorm_is_adapted() -> None:
+    model = give_source_statistics(nn.Sequential(nn.Conv2d(3, 4, 3), nn.SyncBatchNorm(4)))
+    x = torch.randn(3, 3, 6, 6)
+    with torch.no_grad():
+        hidden = model[0](x)
+        bn = model[1]
+        expected = F.batch_norm(hidden, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+        tta.adapt(model, "tbn")
+        torch.testing.assert_close(model(x), expected)
+
+
+def test_paused_restores_flags_after_an_exception() -> None:
+    model = tta.adapt(build("small_cnn"), "rbn")
+    with pytest.raises(RuntimeError):
+        with tta.paused(model):
+            raise RuntimeError("boom")
+    assert all(not layer.paused for _, layer in tta.policy_layers(model))
+
+
+def test_adapted_stats_start_at_the_source_statistics() -> None:
+    model = tta.adapt(build("small_cnn"), "momentum_decay")
+    for _, layer in tta.policy_layers(model):
+        mean, var = layer.adapted_stats()
+        assert torch.equal(mean, layer.source_mean) and torch.equal(var, layer.source_var)
+    with torch.no_grad():
+        model(inputs("small_cnn", 8, 0))
+    assert not torch.equal(tta.policy_layers(model)[0][1].adapted_stats()[0], tta.policy_layers(model)[0][1].source_mean)

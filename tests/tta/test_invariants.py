@@ -1,0 +1,157 @@
+"""Spec M9 for every policy on every model family: reset, state_dict, B = 1, dtypes, detach, modes."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import tta
+from tests.tta.conftest import build, inputs
+
+POLICIES = tta.policies()
+
+
+def run(model: torch.nn.Module, name: str, seeds: range, batch: int = 4) -> list[torch.Tensor]:
+    with torch.no_grad():
+        return [model(inputs(name, batch, seed)) for seed in seeds]
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_reset_restores_the_post_attach_state_bit_for_bit(policy: str, model_name: str) -> None:
+    model = tta.adapt(build(model_name), policy)
+    attached = snapshot(model)
+    first = run(model, model_name, range(3))
+    tta.reset(model)
+    assert_same_state(snapshot(model), attached)
+    again = run(model, model_name, range(3))
+    for a, b in zip(first, again):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_state_dict_round_trip_reproduces_outputs(policy: str, model_name: str) -> None:
+    model = tta.adapt(build(model_name), policy)
+    run(model, model_name, range(3))
+    restored = tta.adapt(build(model_name, seed=7), policy)  # other source stats, overwritten by the load
+    restored.load_state_dict(model.state_dict())
+    for a, b in zip(run(model, model_name, range(3, 6)), run(restored, model_name, range(3, 6))):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch", [1, 5])
+@pytest.mark.parametrize("policy", POLICIES)
+def test_every_batch_size_and_dtype_gives_finite_output_of_the_input_dtype(
+    policy: str, model_name: str, batch: int, dtype: torch.dtype
+) -> None:
+    model = build(model_name)
+    if dtype != torch.float32:
+        model = model.to(dtype)
+    reference = copy.deepcopy(model)
+    tta.adapt(model, policy)
+    with torch.no_grad():
+        for seed in range(2):
+            x = inputs(model_name, batch, seed, dtype)
+            out = model(x)
+            assert out.dtype == dtype and out.shape == (batch, 10)
+            assert torch.isfinite(out).all()
+            if policy == "source":
+                assert torch.equal(out, reference(x))
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_source_statistics_under_bfloat16_autocast(policy: str) -> None:
+    model = build("resnet18")
+    reference = copy.deepcopy(model)
+    tta.adapt(model, policy)
+    x = inputs("resnet18", 4, 0)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+        assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+        if policy == "source":
+            assert torch.equal(out, reference(x))
+    for _, layer in tta.policy_layers(model):
+        stats = layer.adapted_stats()
+        if stats is not None:
+            assert stats[0].dtype == torch.float32  # statistics kept in float32 (spec M0)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_constant_channel_gives_no_nan(policy: str) -> None:
+    model = tta.adapt(build("small_cnn"), policy)
+    x = inputs("small_cnn", 4, 0)
+    x[:, 1] = 3.0
+    first_layer = model[1]
+    with torch.no_grad():
+        hidden = model[0](x)
+        hidden[:, 2] = -1.5  # a constant channel at the BatchNorm's input
+        for _ in range(3):
+            out = first_layer(hidden)
+            assert torch.isfinite(out).all()
+        assert torch.isfinite(model(x)).all()
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_detach_restores_the_original_layers(policy: str, model_name: str) -> None:
+    model = build(model_name)
+    originals = {name: m for name, m in model.named_modules()}
+    before = snapshot(model)
+    x = inputs(model_name, 3, 9)
+    with torch.no_grad():
+        expected = model(x)
+    tta.adapt(model, policy)
+    run(model, model_name, range(2))
+    model = tta.detach(model)
+    assert {name: m for name, m in model.named_modules()} == originals  # the very same objects
+    assert_same_state(snapshot(model), before)
+    assert not model.training
+    with torch.no_grad():
+        assert torch.equal(model(x), expected)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_train_mode_changes_nothing(policy: str) -> None:
+    evaluated = tta.adapt(build("small_cnn"), policy)
+    trained = tta.adapt(build("small_cnn"), policy).train()
+    for a, b in zip(run(evaluated, "small_cnn", range(3)), run(trained, "small_cnn", range(3))):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_paused_updates_nothing_and_uses_the_current_state(policy: str) -> None:
+    model = tta.adapt(build("small_cnn"), policy)
+    run(model, "small_cnn", range(2))
+    state = snapshot(model)
+    with tta.paused(model):
+        paused_out = run(model, "small_cnn", range(5, 7))
+        again = run(model, "small_cnn", range(5, 7))
+    assert_same_state(snapshot(model), state)
+    for a, b in zip(paused_out, again):
+        assert torch.equal(a, b)
+    assert all(not layer.paused for _, layer in tta.policy_layers(model))
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_affine_parameters_are_shared_and_keep_their_gradients(policy: str) -> None:
+    model = build("small_cnn")
+    weight = model[1].weight
+    tta.adapt(model, policy)
+    assert model[1].weight is weight
+    x = inputs("small_cnn", 4, 0).requires_grad_()
+    model(x).square().sum().backward()
+    assert weight.grad is not None and torch.isfinite(weight.grad).all()
+    for _, layer in tta.policy_layers(model):
+        for buffer in layer.buffers():
+            assert not buffer.requires_grad

@@ -1,0 +1,36 @@
+"""``alpha_bn``: alpha-BN, a fixed mix of source and batch statistics (spec M4)."""
+
+from __future__ import annotations
+
+from torch import Tensor
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from tta.policies.base import NormPolicy
+from tta.registry import register_policy
+from tta.stats import batch_moments, normalize, unbiased
+
+
+@register_policy("alpha_bn")
+class AlphaBatchNorm(NormPolicy):
+    """``mu = (1-alpha) mu_s + alpha mu_B``, ``var = (1-alpha) var_s + alpha var_B,u``; stateless (spec M4).
+
+    You et al. 2021, "Test-time batch statistics calibration for covariate shift"; the unbiased batch
+    variance follows the reference ``AlphaBatchNorm``. With n = 1 the source statistics are used.
+    """
+
+    def __init__(self, bn: _BatchNorm, *, alpha: float = 0.1, **base: object) -> None:
+        super().__init__(bn, **base)
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha_bn: alpha must lie in [0, 1], got {alpha}")
+        self.alpha = alpha
+
+    def normalize(self, x: Tensor) -> Tensor:
+        mean_b, var_b, n = batch_moments(x)
+        if n < 2:
+            return self.normalize_with_source(x)
+        mean = (1 - self.alpha) * self.source_mean + self.alpha * mean_b
+        var = (1 - self.alpha) * self.source_var + self.alpha * unbiased(var_b, n)
+        return normalize(x, mean, var, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, alpha={self.alpha}"

@@ -1,0 +1,115 @@
+"""The policy layer every normalization policy derives from (spec M0)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from tta.stats import normalize
+
+
+class NormPolicy(nn.Module):
+    """Replaces one BatchNorm layer and decides which statistics normalize each input (spec M0).
+
+    Built from the original layer: ``weight``/``bias`` are the same Parameter objects, ``eps`` and the
+    layer's BN ``momentum`` are kept, and its running statistics become the ``source_mean`` and
+    ``source_var`` buffers, which nothing overwrites. Adaptation state lives in registered buffers.
+
+    Train and eval mode behave the same: whether a layer adapts is the explicit ``paused`` flag, never
+    the module's mode, so a deployed model in ``eval()`` adapts, and ``train()`` (say, for a gradient
+    method stacked on top) changes nothing here. A non-finite batch (NaN or Inf) propagates to the
+    output but leaves the state untouched, so the next clean batch is served as if it never came.
+    """
+
+    def __init__(self, bn: _BatchNorm, *, layer_index: int = 0, post_norm: nn.Module | None = None) -> None:
+        """``layer_index`` is the layer's position in the model (for per-layer random draws);
+        ``post_norm`` is what a BatchNorm subclass applies after normalizing (timm's activation)."""
+        super().__init__()
+        self.num_features = bn.num_features
+        self.eps = bn.eps
+        self.bn_momentum = 0.1 if bn.momentum is None else bn.momentum
+        self.layer_index = layer_index
+        self.weight = bn.weight
+        self.bias = bn.bias
+        self.register_buffer("source_mean", bn.running_mean.detach().clone().float())
+        self.register_buffer("source_var", bn.running_var.detach().clone().float())
+        self.post_norm = post_norm
+        self.paused = False
+        self.train(bn.training)
+        # The original layer is kept outside the module tree: detach() puts it back, and it adds
+        # nothing to state_dict().
+        self.__dict__["original"] = bn
+
+    @property
+    def adapting(self) -> bool:
+        """True when this forward may update the state (the layer is not paused)."""
+        return not self.paused
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        # Statistics in float32 even under autocast (spec M0); normalize() returns x's dtype.
+        with torch.autocast(x.device.type, enabled=False):
+            out = self.normalize(x)
+        return out if self.post_norm is None else self.post_norm(out)
+
+    @classmethod
+    def wrap_model(cls, model: nn.Module, **options: object) -> nn.Module:
+        """Model-level part of a policy, applied by ``tta.adapt`` after the layers are swapped; none here."""
+        return model
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """Normalize ``x`` with the policy's statistics, updating its state if adapting."""
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Return every state buffer to its value right after attach, exactly."""
+
+    def adapted_stats(self) -> tuple[Tensor, Tensor] | None:
+        """Per-channel mean and variance the state holds now; None for stateless policies."""
+        return None
+
+    def normalize_with_source(self, x: Tensor) -> Tensor:
+        """The original layer's eval-mode output (before ``post_norm``), bit for bit (spec M1)."""
+        return normalize(x, self.source_mean, self.source_var, self.weight, self.bias, self.eps)
+
+    def check_input(self, x: Tensor) -> None:
+        """Reject what the original layer could not normalize, with a message naming the problem."""
+        if not torch.is_floating_point(x):
+            raise TypeError(f"{self.describe()}: expected a floating-point input, got {x.dtype}")
+        try:
+            self.original._check_input_dim(x)
+        except ValueError as error:
+            raise ValueError(f"{self.describe()}: {error}") from None
+        if x.shape[1] != self.num_features:
+            raise ValueError(
+                f"{self.describe()}: expected {self.num_features} channels, got input of shape {tuple(x.shape)}"
+            )
+        if x.shape[0] == 0 or x.numel() == 0:
+            raise ValueError(f"{self.describe()}: empty batch of shape {tuple(x.shape)}")
+
+    def commit(self, ok: Tensor, **values: Tensor) -> None:
+        """Write each new value into the buffer of that name where ``ok`` (a 0-dim bool) holds.
+
+        ``torch.where`` rather than ``if ok``: no host sync on an accelerator.
+        """
+        for name, value in values.items():
+            buffer = getattr(self, name)
+            buffer.copy_(torch.where(ok, value.to(buffer.dtype), buffer))
+
+    def restore_original(self) -> _BatchNorm:
+        """The original layer, on this layer's device, with the source statistics in its buffers."""
+        bn = self.original
+        bn.to(self.source_mean.device)
+        with torch.no_grad():
+            bn.running_mean.copy_(self.source_mean)
+            bn.running_var.copy_(self.source_var)
+        bn.train(self.training)
+        return bn
+
+    def describe(self) -> str:
+        return f"{type(self).__name__}(layer {self.layer_index}, {self.num_features} channels)"
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}"
+

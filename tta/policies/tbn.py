@@ -1,0 +1,31 @@
+"""``tbn``: test-time batch normalization (spec M2)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from tta.policies.base import NormPolicy
+from tta.registry import register_policy
+from tta.stats import batch_moments, elements_per_channel, normalize
+
+
+@register_policy("tbn")
+class TestBatchNorm(NormPolicy):
+    """Normalize with the current batch's mean and biased variance; no state (spec M2).
+
+    Schneider et al. 2020, "Improving robustness against common corruptions by covariate shift
+    adaptation"; Nado et al. 2020. With B = 1 on spatial inputs this is instance normalization; with a
+    single value per channel (n = 1) the source statistics are used for that call (spec M0).
+    """
+
+    def normalize(self, x: Tensor) -> Tensor:
+        if elements_per_channel(x) < 2:
+            return self.normalize_with_source(x)
+        if torch.is_grad_enabled() and x.requires_grad:
+            # Statistics carry no gradient (spec M0); only weight and bias do.
+            mean, var, _ = batch_moments(x)
+            return normalize(x, mean, var, self.weight, self.bias, self.eps)
+        # Fused kernel: batch statistics and normalization in one call.
+        return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)

@@ -1,0 +1,123 @@
+"""``unmix_tns``: UnMix-TNS, K statistics components mixed per instance (spec M7)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from tta.policies.base import NormPolicy
+from tta.registry import register_policy
+from tta.stats import instance_moments, normalize_per_instance
+
+
+@register_policy("unmix_tns")
+class UnMixTNS(NormPolicy):
+    """K components of (mean, variance) per layer; each instance is normalized by a mixture (spec M7).
+
+    Tomar et al. 2024, "Un-mixing test-time normalization statistics" (ICLR). Per instance b with
+    statistics over its spatial dims: assignment ``p_bk = softmax_k(cos(mu_b, mu_k) / temperature)``,
+    mixed components ``(1 - p_bk) comp_k + p_bk inst_b``, their mixture mean and variance (within- plus
+    between-component terms) normalize b, then the components move towards the instances they were
+    assigned with ``M = 1 - (1 - m)^(B / batch_size_max)``. Vectorized over instances and components.
+
+    Departures from the reference code, on purpose: ``B`` is the actual batch size of the call (the
+    reference uses the configured one, mis-weighting a short last batch). Inputs without spatial
+    extent (BatchNorm1d on ``(B, C)``, or one spatial element) have no instance variance and are
+    normalized with the source statistics, updating nothing, as the reference does for BatchNorm1d.
+    Components are drawn on the CPU from a generator seeded by ``(seed, layer_index)``, so attaching
+    twice with one seed gives identical components on any device; ``reset`` restores that draw.
+    """
+
+    def __init__(
+        self,
+        bn: _BatchNorm,
+        *,
+        num_components: int = 16,
+        temperature: float = 0.07,
+        init_spread: float = 0.5,
+        batch_size_max: int = 64,
+        seed: int = 0,
+        **base: object,
+    ) -> None:
+        super().__init__(bn, **base)
+        if num_components < 1:
+            raise ValueError(f"unmix_tns: num_components must be >= 1, got {num_components}")
+        if temperature <= 0:
+            raise ValueError(f"unmix_tns: temperature must be > 0, got {temperature}")
+        if not 0.0 <= init_spread < 1.0:
+            raise ValueError(f"unmix_tns: init_spread must lie in [0, 1), got {init_spread}")
+        if batch_size_max < 1:
+            raise ValueError(f"unmix_tns: batch_size_max must be >= 1, got {batch_size_max}")
+        self.num_components, self.temperature = num_components, temperature
+        self.init_spread, self.batch_size_max, self.seed = init_spread, batch_size_max, seed
+        initial_mean, initial_var = self.draw_components()
+        self.register_buffer("initial_component_mean", initial_mean)
+        self.register_buffer("initial_component_var", initial_var)
+        self.register_buffer("component_mean", initial_mean.clone())
+        self.register_buffer("component_var", initial_var.clone())
+
+    def draw_components(self) -> tuple[Tensor, Tensor]:
+        """Initial components ``(K, C)`` around the source statistics (spec M7, Init)."""
+        k, a = self.num_components, self.init_spread
+        mean_s, var_s = self.source_mean.cpu(), self.source_var.cpu()
+        if k == 1:
+            mean, var = mean_s[None].clone(), var_s[None].clone()
+        else:
+            layer_seed = int(np.random.SeedSequence([self.seed, self.layer_index]).generate_state(1)[0])
+            generator = torch.Generator().manual_seed(layer_seed)
+            noise = torch.randn(k, self.num_features, generator=generator)
+            mean = mean_s + (a * k / (k - 1)) ** 0.5 * var_s.sqrt() * noise
+            var = ((1 - a) * var_s).expand(k, -1).clone()
+        return mean.to(self.source_mean.device), var.to(self.source_mean.device)
+
+    def normalize(self, x: Tensor) -> Tensor:
+        if x.dim() < 3 or x[0, 0].numel() < 2:
+            return self.normalize_with_source(x)
+        inst_mean, inst_var = instance_moments(x)  # (B, C)
+        p, mean, var = self.mixture_statistics(inst_mean, inst_var)
+        # 4. normalize with the components before this batch's update
+        out = normalize_per_instance(x, mean, var, self.weight, self.bias, self.eps)
+        if self.adapting:
+            self.update_components(p, inst_mean, inst_var)
+        return out
+
+    def mixture_statistics(self, inst_mean: Tensor, inst_var: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Assignments ``p`` (B, K) and each instance's mixture mean and variance (B, C) (spec M7, 1-3)."""
+        comp_mean, comp_var = self.component_mean, self.component_var  # (K, C)
+        # 1. soft assignment of each instance to the components by cosine similarity of means
+        cosine = F.normalize(inst_mean, dim=1) @ F.normalize(comp_mean, dim=1).T
+        p = torch.softmax(cosine / self.temperature, dim=1)
+        # 2. components mixed with the instance's own statistics, (B, K, C)
+        mixed_mean = torch.lerp(comp_mean[None], inst_mean[:, None], p[..., None])
+        mixed_var = torch.lerp(comp_var[None], inst_var[:, None], p[..., None])
+        # 3. mixture moments: within-component plus between-component variance (never negative)
+        between_var, mean = torch.var_mean(mixed_mean, dim=1, correction=0)
+        return p, mean, mixed_var.mean(dim=1) + between_var
+
+    def update_components(self, p: Tensor, inst_mean: Tensor, inst_var: Tensor) -> None:
+        """``comp_k <- comp_k + M mean_b[p_bk (inst_b - comp_k)]`` for means and variances (spec M7, 5)."""
+        batch = p.shape[0]
+        rate = 1 - (1 - self.bn_momentum) ** (batch / self.batch_size_max)
+        weight_sum = p.mean(dim=0)[:, None]  # (K, 1): mean_b p_bk
+        new_mean = self.component_mean + rate * (p.T @ inst_mean / batch - weight_sum * self.component_mean)
+        new_var = self.component_var + rate * (p.T @ inst_var / batch - weight_sum * self.component_var)
+        ok = torch.isfinite(new_mean).all() & torch.isfinite(new_var).all()
+        self.commit(ok, component_mean=new_mean, component_var=new_var)
+
+    def reset(self) -> None:
+        self.component_mean.copy_(self.initial_component_mean)
+        self.component_var.copy_(self.initial_component_var)
+
+    def adapted_stats(self) -> tuple[Tensor, Tensor]:
+        """The components' pooled mean and variance (equal weights), per channel."""
+        between_var, mean = torch.var_mean(self.component_mean, dim=0, correction=0)
+        return mean, self.component_var.mean(dim=0) + between_var
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, num_components={self.num_components}, temperature={self.temperature}, "
+            f"init_spread={self.init_spread}, batch_size_max={self.batch_size_max}, seed={self.seed}"
+        )

@@ -1,0 +1,81 @@
+"""Module-tree surgery: swap BatchNorm layers for policy layers and back, in place."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+# forward() implementations that only normalize (SyncBatchNorm's extra is cross-process statistics).
+_PLAIN_FORWARDS = {_BatchNorm.forward, nn.SyncBatchNorm.forward}
+
+
+def is_batchnorm(module: nn.Module) -> bool:
+    """BatchNorm1d/2d/3d, SyncBatchNorm and their subclasses (timm's BatchNormAct2d, ...)."""
+    return isinstance(module, _BatchNorm)
+
+
+def post_norm_of(bn: _BatchNorm) -> nn.Module | None:
+    """What a BatchNorm subclass does after normalizing, to keep it when the layer is swapped (spec M0).
+
+    Torch's own layers: nothing. timm's ``BatchNormAct2d`` family: its ``drop`` then ``act``. Any other
+    subclass that overrides ``forward`` is refused: silently dropping its extra behaviour would break
+    the model.
+    """
+    if type(bn).forward in _PLAIN_FORWARDS:
+        return None
+    drop, act = getattr(bn, "drop", None), getattr(bn, "act", None)
+    if isinstance(drop, nn.Module) and isinstance(act, nn.Module):
+        return nn.Sequential(drop, act)
+    raise TypeError(
+        f"{type(bn).__qualname__} overrides BatchNorm's forward with behaviour tta does not know; "
+        "replacing it would drop that behaviour. Supported: torch's BatchNorm layers and subclasses "
+        "that normalize then apply `drop` and `act` submodules (timm's BatchNormAct2d)."
+    )
+
+
+def check_replaceable(name: str, bn: _BatchNorm) -> None:
+    """Refuse layers that have no source statistics to start from."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError(
+            f"BatchNorm layer {name or '<root>'} tracks no running statistics "
+            "(track_running_stats=False), so there are no source statistics to adapt from"
+        )
+    if isinstance(bn.running_mean, nn.parameter.UninitializedBuffer):
+        raise ValueError(f"BatchNorm layer {name or '<root>'} is lazy and uninitialized: run one batch first")
+
+
+def replace_modules(
+    root: nn.Module, match: Callable[[nn.Module], bool], build: Callable[[str, nn.Module], nn.Module]
+) -> nn.Module:
+    """Replace every module that ``match``es with ``build(name, module)``, in place; return the root.
+
+    A module reached through several parents (a shared layer) is built once and shared again. If the
+    root itself matches, its replacement is returned.
+    """
+    built: dict[int, nn.Module] = {}
+
+    def replacement(name: str, module: nn.Module) -> nn.Module:
+        if id(module) not in built:
+            built[id(module)] = build(name, module)
+        return built[id(module)]
+
+    visited: set[int] = set()
+
+    def visit(prefix: str, parent: nn.Module) -> None:
+        visited.add(id(parent))
+        # ``_modules`` rather than ``named_children()``: the latter yields a shared child only once.
+        for child_name, child in list(parent._modules.items()):
+            if child is None:
+                continue
+            name = f"{prefix}.{child_name}" if prefix else child_name
+            if match(child):
+                setattr(parent, child_name, replacement(name, child))
+            elif id(child) not in visited:
+                visit(name, child)
+
+    if match(root):
+        return replacement("", root)
+    visit("", root)
+    return root
