@@ -35,11 +35,13 @@ class AdaBatchNorm(NormPolicy):
             ok = torch.isfinite(mean_b).all() & torch.isfinite(var_b).all()
             count, mean, m2 = merge_moments(self.count, self.target_mean, self.target_m2, n, mean_b, var_b)
             self.commit(ok, count=count, target_mean=mean, target_m2=m2)
-        # torch.where rather than ``if count < 2``: no host sync on an accelerator.
         pooled = self.count >= 2
-        mean, var = self.adapted_stats()
-        mean = torch.where(pooled, mean, self.source_mean)
-        var = torch.where(pooled, var, self.source_var)
+        if x.device.type == "cpu":  # reading the count is free on the CPU
+            mean, var = self.adapted_stats() if pooled else (self.source_mean, self.source_var)
+        else:  # torch.where: no host sync on an accelerator
+            mean, var = self.adapted_stats()
+            mean = torch.where(pooled, mean, self.source_mean)
+            var = torch.where(pooled, var, self.source_var)
         return normalize(x, mean, var, self.weight, self.bias, self.eps)
 
     def reset(self) -> None:

@@ -91,8 +91,14 @@ class NormPolicy(nn.Module):
     def commit(self, ok: Tensor, **values: Tensor) -> None:
         """Write each new value into the buffer of that name where ``ok`` (a 0-dim bool) holds.
 
-        ``torch.where`` rather than ``if ok``: no host sync on an accelerator.
+        On an accelerator ``torch.where`` keeps the check on the device (no host sync); on the CPU,
+        where reading ``ok`` costs nothing, a plain branch saves one kernel per buffer.
         """
+        if ok.device.type == "cpu":
+            if bool(ok):
+                for name, value in values.items():
+                    getattr(self, name).copy_(value)
+            return
         for name, value in values.items():
             buffer = getattr(self, name)
             buffer.copy_(torch.where(ok, value.to(buffer.dtype), buffer))

@@ -85,17 +85,28 @@ class UnMixTNS(NormPolicy):
         return out
 
     def mixture_statistics(self, inst_mean: Tensor, inst_var: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Assignments ``p`` (B, K) and each instance's mixture mean and variance (B, C) (spec M7, 1-3)."""
+        """Assignments ``p`` (B, K) and each instance's mixture mean and variance (B, C) (spec M7, 1-3).
+
+        The mixed components ``(1 - p_bk) comp_k + p_bk inst_b`` are never materialized as (B, K, C):
+        their means over k expand into (B, K) x (K, C) products, and the variance is the spec's
+        ``mean_k var + mean_k mean^2 - (mean_k mean)^2`` (clamped at zero against rounding).
+        """
         comp_mean, comp_var = self.component_mean, self.component_var  # (K, C)
+        k = comp_mean.shape[0]
         # 1. soft assignment of each instance to the components by cosine similarity of means
         cosine = F.normalize(inst_mean, dim=1) @ F.normalize(comp_mean, dim=1).T
         p = torch.softmax(cosine / self.temperature, dim=1)
-        # 2. components mixed with the instance's own statistics, (B, K, C)
-        mixed_mean = torch.lerp(comp_mean[None], inst_mean[:, None], p[..., None])
-        mixed_var = torch.lerp(comp_var[None], inst_var[:, None], p[..., None])
-        # 3. mixture moments: within-component plus between-component variance (never negative)
-        between_var, mean = torch.var_mean(mixed_mean, dim=1, correction=0)
-        return p, mean, mixed_var.mean(dim=1) + between_var
+        q = 1 - p
+        p_mean = p.mean(dim=1, keepdim=True)  # (B, 1)
+        # 2.-3. mean_k of the mixed means, mixed variances and squared mixed means
+        mean = (q @ comp_mean) / k + p_mean * inst_mean
+        within = (q @ comp_var) / k + p_mean * inst_var
+        mean_sq = (
+            (q.square() @ comp_mean.square()) / k
+            + 2 * inst_mean * ((p * q) @ comp_mean) / k
+            + p.square().mean(dim=1, keepdim=True) * inst_mean.square()
+        )
+        return p, mean, within + (mean_sq - mean.square()).clamp_min(0)
 
     def update_components(self, p: Tensor, inst_mean: Tensor, inst_var: Tensor) -> None:
         """``comp_k <- comp_k + M mean_b[p_bk (inst_b - comp_k)]`` for means and variances (spec M7, 5)."""
