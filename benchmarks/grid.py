@@ -16,6 +16,7 @@ from typing import Any
 
 import streams
 import tta
+from benchmarks.models import CALLABLE_SPEC
 from streams.orderings import parse_order as streams_parse_order
 from streams.settings import SETTINGS
 
@@ -225,12 +226,14 @@ def parse_options(texts: Iterable[str], policies: Sequence[str]) -> dict[str, di
 
 
 def normalize_model(spec: str) -> str:
-    """``bundled`` and ``<library>:<name>`` stay as written; a path becomes absolute, so a rerun from
-    another folder is recognized as the same model."""
+    """``bundled``, ``<library>:<name>`` and ``package.module:callable`` stay as written; a path becomes
+    absolute, so a rerun from another folder is recognized as the same model."""
     spec = spec.strip()
     if not spec:
         raise ValueError("empty --model; use bundled, robustbench:<name>, torchvision:<name>, timm:<name> or a path")
     if spec == "bundled" or spec.startswith(MODEL_PREFIXES):
+        return spec
+    if CALLABLE_SPEC.match(spec) and not os.path.exists(spec):
         return spec
     return os.path.abspath(os.path.expanduser(spec))
 

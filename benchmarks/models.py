@@ -58,7 +58,7 @@ DATASETS: dict[str, tuple[str, ...]] = {
 # RobustBench ImageNet entries whose weights come from torchvision, not from model_dir.
 _ROBUSTBENCH_TORCHVISION = {"Standard_R50": ("resnet50", "IMAGENET1K_V1")}
 
-_CALLABLE_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+CALLABLE_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -117,7 +117,7 @@ def load_model(
         model = _load_timm(name)
     elif Path(spec).expanduser().is_file():
         model = _load_path(Path(spec).expanduser())
-    elif _CALLABLE_SPEC.match(spec):
+    elif CALLABLE_SPEC.match(spec):
         model = _load_callable(spec)
     elif spec.endswith((".pt", ".pth", ".ckpt")) or os.sep in spec:
         raise FileNotFoundError(f"model checkpoint {spec!r} does not exist")

@@ -86,6 +86,7 @@ def test_a_model_path_is_made_absolute_and_named_models_are_kept(tmp_path, monke
     assert small(model="ckpt.pt").model == os.path.join(str(tmp_path), "ckpt.pt")
     assert small(model="robustbench:Standard").model == "robustbench:Standard"
     assert small(model="bundled").model == "bundled"
+    assert small(model="torchvision.models:resnet50").model == "torchvision.models:resnet50"
 
 
 def test_row_keys_are_the_full_product_without_repeats():

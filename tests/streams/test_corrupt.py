@@ -22,16 +22,6 @@ def smooth_images(n: int, channels: int, size: int, seed: int = 0) -> torch.Tens
     return (x.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Run on one intra-op thread: on a shared, loaded 2-core machine two spinning threads make these
-    small batches ~20x slower (results do not depend on the thread count)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def rgb() -> torch.Tensor:
     return smooth_images(8, 3, 32)

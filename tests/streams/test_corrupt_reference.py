@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.corruption_reference import reference_corrupt, sample_images
 from streams.corruptions import corrupt
 
 reference = pytest.importorskip("corrupt_tta.corruptions")
@@ -21,29 +22,13 @@ DETERMINISTIC = ["defocus_blur", "zoom_blur", "gaussian_blur", "brightness", "co
 NOISE = ["gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def images() -> torch.Tensor:
-    g = torch.Generator().manual_seed(0)
-    low = torch.rand(16, 3, 6, 6, generator=g)
-    x = torch.nn.functional.interpolate(low, size=(SIZE, SIZE), mode="bicubic", align_corners=False)
-    x[..., 16:32, 20:44] += 0.3
-    x = x + 0.03 * torch.randn(x.shape, generator=g)
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+    return sample_images(16, SIZE)
 
 
 def run_reference(name: str, x: torch.Tensor, severity: int) -> np.ndarray:
-    """corrupt-tta image by image, numpy's uint8 cast as the reference scripts save; N x C x H x W."""
-    np.random.seed(severity)
-    out = [np.uint8(getattr(reference, name)(im.permute(1, 2, 0).numpy().copy(), severity)) for im in x]
-    return np.stack(out).transpose(0, 3, 1, 2).astype(np.float64)
+    return reference_corrupt(name, x, severity)
 
 
 def run_ours(name: str, x: torch.Tensor, severity: int) -> np.ndarray:
