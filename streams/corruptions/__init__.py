@@ -37,7 +37,7 @@ SMALL_IMAGE_MAX_SIDE = 64  # images with both sides <= this use the CIFAR table 
 class _Corruption:
     fn: Callable[..., Tensor]
     colour_only: bool = False  # grayscale goes through RGB replication and luma reduction
-    needs_table: bool = False  # the function takes table-level settings (fog map size, frost scale)
+    needs_table: bool = False  # the function takes table-level settings (frost texture scale)
 
 
 _REGISTRY: dict[str, _Corruption] = {
@@ -52,7 +52,7 @@ _REGISTRY: dict[str, _Corruption] = {
     "gaussian_blur": _Corruption(blur.gaussian_blur),
     "snow": _Corruption(weather.snow),
     "frost": _Corruption(weather.frost, colour_only=True, needs_table=True),
-    "fog": _Corruption(weather.fog, needs_table=True),
+    "fog": _Corruption(weather.fog),
     "spatter": _Corruption(weather.spatter, colour_only=True),
     "brightness": _Corruption(digital.brightness),
     "contrast": _Corruption(digital.contrast),

@@ -49,9 +49,30 @@ def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> Tensor:
     return k / k.sum()
 
 
+MATRIX_FILTER_MAX_SIDE = 512  # up to this side a 1-D filter runs as a matrix product (10x faster here)
+
+
+@lru_cache(maxsize=64)
+def filter_matrix(n: int, kernel: tuple[float, ...], border: str) -> Tensor:
+    """Correlation with an odd, centred 1-D kernel along an axis of length n, border folding
+    included, as an n x n float64 matrix: ``y = M @ x``."""
+    r = len(kernel) // 2
+    cols = border_index(torch.arange(n)[:, None] + torch.arange(-r, r + 1)[None, :], n, border)
+    weights = torch.tensor(kernel, dtype=torch.float64)[None, :].expand(n, -1).contiguous()
+    return torch.zeros(n, n, dtype=torch.float64).scatter_add_(1, cols, weights)
+
+
 def separable_filter(x: Tensor, kernel_h: Tensor, kernel_w: Tensor, border: str) -> Tensor:
-    """Correlate every channel of every image with a separable kernel (odd lengths, centred)."""
+    """Correlate every channel of every image with a separable kernel (odd lengths, centred).
+
+    Images up to MATRIX_FILTER_MAX_SIDE go through two small matrix products (``M_h @ x @ M_w^T``),
+    larger ones through padded 1-D convolutions; both are the same linear map.
+    """
     n, c, h, w = x.shape
+    if max(h, w) <= MATRIX_FILTER_MAX_SIDE:
+        mh = filter_matrix(h, tuple(kernel_h.tolist()), border).to(x.dtype).to(x.device)
+        mw = filter_matrix(w, tuple(kernel_w.tolist()), border).to(x.dtype).to(x.device)
+        return mh @ x @ mw.T
     y = x.reshape(n * c, 1, h, w)
     kw = kernel_w.to(x.dtype).to(x.device)
     kh = kernel_h.to(x.dtype).to(x.device)
@@ -71,13 +92,25 @@ def gaussian_filter(x: Tensor, sigma: float, border: str = "replicate", truncate
     return separable_filter(x, k, k, border)
 
 
+FFT_MIN_KERNEL_AREA = 81  # 9x9: from here on the FFT beats F.conv2d on 32 and 224 px images
+
+
 def filter2d(x: Tensor, kernel: Tensor, border: str = "reflect101") -> Tensor:
-    """cv2.filter2D: correlation with an odd 2-D kernel anchored at its centre."""
+    """cv2.filter2D: correlation with an odd 2-D kernel anchored at its centre.
+
+    Kernels of 9x9 and larger go through the FFT, as cv2.filter2D itself does for large kernels (2-5x
+    faster than a direct convolution here; float32 round-off ~1e-6 of the 0..1 range).
+    """
     n, c, h, w = x.shape
     kh, kw = kernel.shape
+    kernel = kernel.to(dtype=x.dtype, device=x.device)
     y = pad(x.reshape(n * c, 1, h, w), kh // 2, kh // 2, kw // 2, kw // 2, border)
-    y = F.conv2d(y, kernel.to(x.dtype).to(x.device).view(1, 1, kh, kw))
-    return y.reshape(n, c, h, w)
+    if kh * kw < FFT_MIN_KERNEL_AREA:
+        return F.conv2d(y, kernel.view(1, 1, kh, kw)).reshape(n, c, h, w)
+    size = tuple(y.shape[-2:])
+    spectrum = torch.fft.rfft2(y, s=size) * torch.fft.rfft2(torch.flip(kernel, (0, 1)), s=size)
+    full = torch.fft.irfft2(spectrum, s=size)  # circular convolution; the valid part is exact
+    return full[..., kh - 1: kh - 1 + h, kw - 1: kw - 1 + w].reshape(n, c, h, w)
 
 
 def bilinear_sample(x: Tensor, ys: Tensor, xs: Tensor, border: str) -> Tensor:
@@ -124,6 +157,9 @@ def motion_kernel(radius: float, sigma: float) -> Tensor:
     return k / k.sum()
 
 
+MOTION_CHUNK_ELEMENTS = 3 << 20  # padded pixels per pass of motion_blur's gathers
+
+
 def motion_blur(x: Tensor, radius: float, sigma: float, angle_deg: Tensor) -> Tensor:
     """ImageMagick's motion blur (what the reference calls through Wand), one angle per image.
 
@@ -134,6 +170,10 @@ def motion_blur(x: Tensor, radius: float, sigma: float, angle_deg: Tensor) -> Te
     n, c, h, w = x.shape
     k = motion_kernel(radius, sigma)
     width = k.numel()
+    chunk = max(1, MOTION_CHUNK_ELEMENTS // (c * (h + 2 * width) * (w + 2 * width)))
+    if n > chunk:  # the taps' gathers run 2x faster on a few MB at a time than on a whole big batch
+        return torch.cat([motion_blur(x[i: i + chunk], radius, sigma, angle_deg[i: i + chunk])
+                          for i in range(0, n, chunk)])
     a = angle_deg.to(torch.float64) * (math.pi / 180.0)
     i = torch.arange(width, dtype=torch.float64, device=x.device)
     # ImageMagick: offset.x = ceil(i*cos(a) - 0.5), offset.y = ceil(i*sin(a) - 0.5)

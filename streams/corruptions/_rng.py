@@ -12,8 +12,10 @@ it lands in, whatever the batch size and whatever the device, since nothing depe
 
 from __future__ import annotations
 
+import copy
 import math
 import zlib
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -63,6 +65,14 @@ class ImageRNG:
         self.keys = hash32(hash32(idx) ^ _to_int32(base))
         self.device = indices.device
         self.n = int(indices.numel())
+
+    def chunks(self, size: int) -> Iterator[ImageRNG]:
+        """The same images' draws in consecutive groups of ``size`` images (for cache-sized work)."""
+        for start in range(0, self.n, size):
+            part = copy.copy(self)
+            part.keys = self.keys[start: start + size]
+            part.n = int(part.keys.numel())
+            yield part
 
     def bits(self, tag: str, shape: tuple[int, ...]) -> Tensor:
         """Uniform 24-bit integers, int32 tensor of shape (n, *shape)."""

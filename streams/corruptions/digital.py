@@ -113,20 +113,12 @@ def jpeg_compression(x: Tensor, rng: ImageRNG, quality: int) -> Tensor:
 
 
 # ----------------------------------------------------------------------------------------- elastic
-@lru_cache(maxsize=32)
 def _smoothing_matrix(n: int, sigma: float, truncate: float) -> Tensor:
     """scipy.ndimage.gaussian_filter1d(mode="reflect") along an axis of length n, as an n x n matrix
     (border folding included), so that smoothing a field is two small matrix products."""
     if sigma <= 1e-15:
         return torch.eye(n, dtype=torch.float64)
-    k = _ops.gaussian_kernel1d(sigma, truncate)
-    r = k.numel() // 2
-    i = torch.arange(n)[:, None]
-    t = torch.arange(-r, r + 1)[None, :]
-    cols = _ops.border_index(i + t, n, "symmetric")
-    m = torch.zeros(n, n, dtype=torch.float64)
-    m.scatter_add_(1, cols, k[None, :].expand(n, -1).contiguous())
-    return m
+    return _ops.filter_matrix(n, tuple(_ops.gaussian_kernel1d(sigma, truncate).tolist()), "symmetric")
 
 
 def _affine_inverse(src: Tensor, dst: Tensor) -> Tensor:

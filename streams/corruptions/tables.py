@@ -75,7 +75,6 @@ IMAGENET: Table = {
 }
 
 # Reference-script settings that are not per severity.
-FOG_MAP_SIZE = {"cifar": 32, "imagenet": 256}  # plasma fractal side (a power of two)
 FROST_TEXTURE_SCALE = {"cifar": 0.2, "imagenet": 1.0}  # the CIFAR script shrinks the textures by 5
 FROST_TEXTURES = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg")  # randint(5)
 
