@@ -187,7 +187,8 @@ def cmd_speed(args: argparse.Namespace) -> int:
         batches_per_repeat=args.batches_per_repeat,
         device=device,
     )
-    table = [[r.policy, f"{r.images_per_s:,.0f}", f"{r.ratio_to_source:.2f}"] for r in measured]
+    table = [[r.policy, f"{r.images_per_s:,.0f}" if r.images_per_s >= 100 else f"{r.images_per_s:.1f}",
+              f"{r.ratio_to_source:.2f}"] for r in measured]
     print(tabulate(table, headers=["policy", "images/s", "x source"], tablefmt="github", disable_numparse=True))
     return 0
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tta.stats import batch_moments, instance_moments, merge_moments, unbiased
+from tta.stats import all_finite, batch_moments, instance_moments, merge_moments, unbiased
 
 
 @settings(max_examples=60, deadline=None)
@@ -30,6 +31,28 @@ def test_merging_batches_gives_the_moments_of_their_concatenation(sizes: list[in
     torch.testing.assert_close(m2 / count, everything.var([0, 2, 3], unbiased=False))
 
 
+@pytest.mark.parametrize(
+    ("shape", "channels_last"),
+    [((64, 5), False), ((9, 4, 11), False), ((3, 6, 7, 5), False), ((3, 6, 7, 5), True),
+     ((10, 64, 32, 32), False), ((2, 3, 4, 5, 6), False)],  # (10, 64, 32, 32): deviations in slices
+)
+def test_batch_and_instance_moments_equal_float64_moments_on_every_path(shape, channels_last) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=g) * torch.linspace(0.1, 3, shape[1]).view(1, -1, *[1] * (len(shape) - 2)) + 5
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    dims = [0, *range(2, x.dim())]
+    mean, var, n = batch_moments(x)
+    assert n == x.numel() // shape[1]
+    torch.testing.assert_close(mean.double(), x.double().mean(dims), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(var.double(), x.double().var(dims, unbiased=False), rtol=1e-5, atol=1e-7)
+    if x.dim() > 2:
+        inst_mean, inst_var = instance_moments(x)
+        torch.testing.assert_close(inst_mean.double(), x.double().mean(dims[1:]), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(inst_var.double(), x.double().var(dims[1:], unbiased=False),
+                                   rtol=1e-5, atol=1e-7)
+
+
 def test_moments_are_float32_for_low_precision_inputs() -> None:
     x = (torch.randn(4, 3, 5, 5) * 3 + 1).bfloat16()
     mean, var, n = batch_moments(x)
@@ -46,3 +69,16 @@ def test_unbiased_variance() -> None:
     x = torch.randn(7, 2)
     _, var, n = batch_moments(x)
     torch.testing.assert_close(unbiased(var, n), x.var(0, unbiased=True))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    values=st.lists(st.floats(min_value=-1e30, max_value=1e30), min_size=1, max_size=12),
+    specials=st.lists(st.sampled_from([float("nan"), float("inf"), float("-inf")]), max_size=3),
+    split=st.integers(min_value=0, max_value=12),
+)
+def test_all_finite_is_false_exactly_when_a_value_is_nan_or_inf(values, specials, split) -> None:
+    data = values + specials
+    first, second = torch.tensor(data[:split] or [0.0]), torch.tensor(data[split:] or [0.0])
+    expected = all(v == v and abs(v) != float("inf") for v in data)  # |values| <= 1e30: no overflow
+    assert bool(all_finite(first, second)) == expected

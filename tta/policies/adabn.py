@@ -8,7 +8,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from tta.policies.base import NormPolicy
 from tta.registry import register_policy
-from tta.stats import batch_moments, merge_moments, normalize
+from tta.stats import all_finite, batch_moments, merge_moments, normalize
 
 
 @register_policy("adabn")
@@ -32,7 +32,7 @@ class AdaBatchNorm(NormPolicy):
     def normalize(self, x: Tensor) -> Tensor:
         if self.adapting:
             mean_b, var_b, n = batch_moments(x)
-            ok = torch.isfinite(mean_b).all() & torch.isfinite(var_b).all()
+            ok = all_finite(mean_b, var_b)
             count, mean, m2 = merge_moments(self.count, self.target_mean, self.target_m2, n, mean_b, var_b)
             self.commit(ok, count=count, target_mean=mean, target_m2=m2)
         pooled = self.count >= 2

@@ -8,7 +8,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from tta.policies.base import NormPolicy
 from tta.registry import register_policy
-from tta.stats import batch_moments, normalize, unbiased
+from tta.stats import all_finite, batch_moments, normalize, unbiased
 
 
 @register_policy("momentum_decay")
@@ -56,7 +56,7 @@ class MomentumDecayBatchNorm(NormPolicy):
         if self.adapting:
             mean_b, var_b, n = batch_moments(x)
             if n >= 2:
-                ok = torch.isfinite(mean_b).all() & torch.isfinite(var_b).all()
+                ok = all_finite(mean_b, var_b)
                 step = self.step + 1
                 m = self.current_momentum(step).float()
                 self.commit(

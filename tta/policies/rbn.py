@@ -8,7 +8,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from tta.policies.base import NormPolicy
 from tta.registry import register_policy
-from tta.stats import batch_moments, normalize
+from tta.stats import all_finite, batch_moments, normalize
 
 
 @register_policy("rbn")
@@ -33,7 +33,7 @@ class RobustBatchNorm(NormPolicy):
         if self.adapting:
             mean_b, var_b, n = batch_moments(x)
             if n >= 2:
-                ok = torch.isfinite(mean_b).all() & torch.isfinite(var_b).all()
+                ok = all_finite(mean_b, var_b)
                 self.commit(
                     ok,
                     global_mean=torch.lerp(self.global_mean, mean_b, self.alpha),

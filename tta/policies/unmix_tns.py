@@ -10,7 +10,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from tta.policies.base import NormPolicy
 from tta.registry import register_policy
-from tta.stats import instance_moments, normalize_per_instance
+from tta.stats import all_finite, instance_moments, normalize_per_instance
 
 
 @register_policy("unmix_tns")
@@ -115,7 +115,7 @@ class UnMixTNS(NormPolicy):
         weight_sum = p.mean(dim=0)[:, None]  # (K, 1): mean_b p_bk
         new_mean = self.component_mean + rate * (p.T @ inst_mean / batch - weight_sum * self.component_mean)
         new_var = self.component_var + rate * (p.T @ inst_var / batch - weight_sum * self.component_var)
-        ok = torch.isfinite(new_mean).all() & torch.isfinite(new_var).all()
+        ok = all_finite(new_mean, new_var)
         self.commit(ok, component_mean=new_mean, component_var=new_var)
 
     def reset(self) -> None:
