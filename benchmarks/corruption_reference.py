@@ -21,13 +21,16 @@ DETERMINISTIC = {"defocus_blur", "zoom_blur", "gaussian_blur", "brightness", "co
                  "jpeg_compression", "saturate"}
 
 
-def sample_images(n: int = 16, size: int = 64, seed: int = 0) -> torch.Tensor:
-    """Smooth random RGB images with a bright patch and mild noise, uint8 N x 3 x size x size."""
+def sample_images(n: int = 16, size: int = 64, seed: int = 0, *, channels: int = 3,
+                  noise: float = 0.03) -> torch.Tensor:
+    """Smooth random images with a bright patch and mild noise, uint8 N x C x size x size: a stand-in
+    for natural images (``noise=0`` draws no noise)."""
     g = torch.Generator().manual_seed(seed)
-    low = torch.rand(n, 3, 6, 6, generator=g)
+    low = torch.rand(n, channels, 6, 6, generator=g)
     x = torch.nn.functional.interpolate(low, size=(size, size), mode="bicubic", align_corners=False)
     x[..., size // 4 : size // 2, size // 3 : 2 * size // 3] += 0.3
-    x = x + 0.03 * torch.randn(x.shape, generator=g)
+    if noise:
+        x = x + noise * torch.randn(x.shape, generator=g)
     return (x.clamp(0, 1) * 255).round().to(torch.uint8)
 
 

@@ -18,16 +18,8 @@ import numpy as np
 import torch
 from tabulate import tabulate
 
+from benchmarks.corruption_reference import sample_images
 from streams.corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS, corrupt
-
-
-def _images(n: int, channels: int, size: int, seed: int = 0) -> torch.Tensor:
-    """Smooth random images with an edge, uint8 N x C x H x W (a stand-in for natural images)."""
-    g = torch.Generator().manual_seed(seed)
-    low = torch.rand(n, channels, 6, 6, generator=g)
-    x = torch.nn.functional.interpolate(low, size=(size, size), mode="bicubic", align_corners=False)
-    x = x + 0.05 * torch.randn(n, channels, size, size, generator=g)
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def _best_time(fn, repeats: int) -> float:  # noqa: ANN001
@@ -48,7 +40,7 @@ def _reference_fn(name: str):  # noqa: ANN202
 def measure(names: list[str], channels: int, size: int, batch: int, repeats: int,
             severity: int = 5) -> list[dict]:
     """Images/s of ours (whole batch per call) and of corrupt-tta (one call per image)."""
-    x = _images(batch, channels, size)
+    x = sample_images(batch, size, channels=channels)
     hwc = [np.repeat(im.permute(1, 2, 0).numpy(), 3 // channels, axis=2).copy() for im in x]
     rows = []
     for name in names:

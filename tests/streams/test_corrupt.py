@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from benchmarks.corruption_reference import sample_images
 from streams.corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS, corrupt, default_table
 from streams.corruptions._rng import ImageRNG, hash32, hash32_int
 
@@ -14,12 +15,8 @@ RANDOM = {"gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "gla
 
 
 def smooth_images(n: int, channels: int, size: int, seed: int = 0) -> torch.Tensor:
-    """Smooth random images with a bright square: uint8 N x C x H x W."""
-    g = torch.Generator().manual_seed(seed)
-    low = torch.rand(n, channels, 6, 6, generator=g)
-    x = torch.nn.functional.interpolate(low, size=(size, size), mode="bicubic", align_corners=False)
-    x[..., size // 4: size // 2, size // 3: 2 * size // 3] += 0.3
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+    """Smooth random images with a bright square, no noise: uint8 N x C x H x W."""
+    return sample_images(n, size, seed, channels=channels, noise=0.0)
 
 
 @pytest.fixture(scope="module")
