@@ -5,6 +5,8 @@ statistics online from the test stream; ``reset``, ``detach`` and ``paused`` und
 Specification: shared/spec/methods.md.
 """
 
+__version__ = "0.2.0.dev0"
+
 from tta import policies as _policies  # noqa: F401  (registers the policies)
 from tta.api import adapt, detach, paused, policy_layers, reset
 from tta.augment import AugmentedUpdate
@@ -12,6 +14,7 @@ from tta.policies.base import NormPolicy
 from tta.registry import get_policy, policies, policy_options, register_policy
 
 __all__ = [
+    "__version__",
     "AugmentedUpdate",
     "NormPolicy",
     "adapt",
