@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -43,7 +46,9 @@ class AugmentedUpdate(nn.Module):
     updated statistics and no further update (Mirza et al. 2022, DUA; spec M5).
 
     Augmentations are drawn from a generator seeded by the number of calls so far (the ``calls``
-    buffer), so a stream is reproducible and ``reset`` restarts the same draws.
+    buffer), so a stream is reproducible and ``reset`` restarts the same draws. Inputs must be image
+    batches ``(N, C, H, W)``. The layers know whether they are called through this wrapper: calling
+    the inner model directly (ignoring what ``tta.adapt`` returned) warns that no augmentation runs.
     """
 
     def __init__(self, model: nn.Module, copies: int) -> None:
@@ -55,19 +60,32 @@ class AugmentedUpdate(nn.Module):
         self.register_buffer("calls", torch.zeros((), dtype=torch.int64))
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4:
+            raise ValueError(
+                f"momentum_decay augment={self.copies} (DUA) augments image batches (N, C, H, W); "
+                f"got input of shape {tuple(x.shape)}"
+            )
         layers = [m for m in self.model.modules() if isinstance(m, NormPolicy)]
-        if any(not layer.paused for layer in layers):
-            generator = torch.Generator().manual_seed(int(self.calls))
-            self.model(augment_copies(x, self.copies, generator))
-            self.calls += 1
-        before = [layer.paused for layer in layers]
-        for layer in layers:
-            layer.paused = True
-        try:
-            return self.model(x)
-        finally:
-            for layer, was_paused in zip(layers, before):
-                layer.paused = was_paused
+        with _flagged(layers, "in_augmented_update", True):
+            if any(not layer.paused for layer in layers):
+                generator = torch.Generator().manual_seed(int(self.calls))
+                self.model(augment_copies(x, self.copies, generator))
+                self.calls += 1
+            with _flagged(layers, "paused", True):
+                return self.model(x)
 
     def reset(self) -> None:
         self.calls.zero_()
+
+
+@contextlib.contextmanager
+def _flagged(layers: list[NormPolicy], flag: str, value: bool) -> Iterator[None]:
+    """Set a boolean attribute on every layer inside, restoring each one's own value on exit."""
+    before = [getattr(layer, flag) for layer in layers]
+    for layer in layers:
+        setattr(layer, flag, value)
+    try:
+        yield
+    finally:
+        for layer, old in zip(layers, before):
+            setattr(layer, flag, old)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Callable, TypeVar
 
+from tta.options import declared_options, validate_options
 from tta.policies.base import NormPolicy
 
 _POLICIES: dict[str, type[NormPolicy]] = {}
-# Constructor arguments that adapt() supplies itself, not user options.
-_INTERNAL_ARGS = {"self", "bn", "layer_index", "post_norm"}
 
 P = TypeVar("P", bound=type[NormPolicy])
 
@@ -41,18 +39,12 @@ def get_policy(name: str) -> type[NormPolicy]:
 
 def policy_options(name: str) -> dict[str, object]:
     """A policy's user options and their defaults (spec M8b)."""
-    signature = inspect.signature(get_policy(name).__init__)
-    return {
-        key: parameter.default
-        for key, parameter in signature.parameters.items()
-        if key not in _INTERNAL_ARGS and parameter.kind is inspect.Parameter.KEYWORD_ONLY
-    }
+    return {key: option.default for key, option in declared_options(get_policy(name).__init__).items()}
 
 
-def check_options(name: str, options: dict[str, object]) -> None:
-    """Raise a ValueError naming any option the policy does not take, and the ones it does."""
-    known = policy_options(name)
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        accepted = ", ".join(f"{k}={v!r}" for k, v in known.items()) or "none"
-        raise ValueError(f"policy {name!r} has no option {', '.join(map(repr, unknown))}; it takes: {accepted}")
+def check_options(name: str, options: dict[str, object]) -> dict[str, object]:
+    """Check option names, types and ranges (:mod:`tta.options`); return the values as plain numbers.
+
+    Raises ValueError for an unknown option or a value out of range, TypeError for a wrong type.
+    """
+    return validate_options(name, get_policy(name).__init__, options)

@@ -36,16 +36,17 @@ def instance_moments(x: Tensor) -> tuple[Tensor, Tensor]:
     """Per-instance, per-channel mean and biased variance over the spatial dims ``S``, float32, ``(B, C)``.
 
     Two passes (mean, then mean squared deviation): as exact as ``torch.var_mean`` and several times
-    faster on CPU (:func:`_row_moments`). A channels-last input is reduced in its own layout, as
-    ``(B, prod(S), C)``.
+    faster on CPU (:func:`_row_moments`). A channels-last input (2-D or 3-D) is reduced in its own
+    layout, as ``(B, prod(S), C)``; any other layout (a slice, an expanded batch) as contiguous
+    ``(B, C, prod(S))`` rows, copied first where it is not.
     """
     x = x.detach().float()
     b, c = x.shape[:2]
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        rows = x.permute(0, 2, 3, 1).reshape(b, -1, c)  # a view
+    if not x.is_contiguous() and x.movedim(1, -1).is_contiguous():
+        rows = x.movedim(1, -1).reshape(b, -1, c)  # a view
         mean = rows.mean(dim=1, keepdim=True)
         return mean.view(b, c), (rows - mean).square().mean(dim=1)
-    return _row_moments(x.reshape(b, c, -1))
+    return _row_moments(x.reshape(b, c, -1).contiguous())
 
 
 def _row_moments(rows: Tensor) -> tuple[Tensor, Tensor]:
@@ -113,10 +114,14 @@ def normalize(
     """``weight * (x - mean) / sqrt(var + eps) + bias`` with per-channel statistics; keeps ``x``'s dtype.
 
     Float32 statistics normalize low-precision inputs directly (the kernel accumulates in float32);
-    they are cast only where the affine parameters are low precision too (a ``model.bfloat16()``).
+    they are cast only where the affine parameters are of another dtype too (a ``model.bfloat16()``).
+    When autograd records, the statistics are snapshots: autograd saves them for the backward, and a
+    policy's state buffer may be updated in place by a later forward before that backward runs.
     """
     if weight is not None and weight.dtype != mean.dtype:
         mean, var = mean.to(weight.dtype), var.to(weight.dtype)
+    elif torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+        mean, var = mean.clone(), var.clone()
     return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import timm.layers
 import torch
@@ -51,7 +53,7 @@ def test_unknown_option_names_the_accepted_ones() -> None:
 
 
 def test_out_of_range_options_are_refused() -> None:
-    with pytest.raises(ValueError, match="alpha must lie in"):
+    with pytest.raises(ValueError, match=r"option .alpha. must lie in \[0, 1\]"):
         tta.adapt(build("small_cnn"), "alpha_bn", alpha=1.5)
     with pytest.raises(ValueError, match="num_components"):
         tta.adapt(build("small_cnn"), "unmix_tns", num_components=0)
@@ -156,3 +158,71 @@ def test_adapted_stats_start_at_the_source_statistics() -> None:
     with torch.no_grad():
         model(inputs("small_cnn", 8, 0))
     assert not torch.equal(tta.policy_layers(model)[0][1].adapted_stats()[0], tta.policy_layers(model)[0][1].source_mean)
+
+
+@pytest.mark.parametrize("policy", ["adabn", "momentum_decay", "rbn", "unmix_tns"])
+def test_detach_keep_adapted_bakes_the_current_statistics_into_plain_batchnorms(policy: str) -> None:
+    model = tta.adapt(build("small_cnn"), policy)
+    with torch.no_grad():
+        for seed in range(3):
+            model(inputs("small_cnn", 8, seed))
+    held = {name: tuple(t.clone() for t in layer.adapted_stats()) for name, layer in tta.policy_layers(model)}
+    x = inputs("small_cnn", 4, seed=5)
+    baked = tta.detach(model, keep_adapted=True).eval()
+    assert not tta.policy_layers(baked)
+    for name, (mean, var) in held.items():
+        bn = baked.get_submodule(name)
+        assert type(bn) is nn.BatchNorm2d
+        assert torch.equal(bn.running_mean, mean) and torch.equal(bn.running_var, var)
+    # a plain BatchNorm model normalizing with exactly those statistics (hand-built reference)
+    reference = build("small_cnn")
+    with torch.no_grad():
+        for name, (mean, var) in held.items():
+            reference.get_submodule(name).running_mean.copy_(mean)
+            reference.get_submodule(name).running_var.copy_(var)
+        assert torch.equal(baked(x), reference(x))
+
+
+@pytest.mark.parametrize("policy", ["source", "tbn", "alpha_bn"])
+def test_detach_keep_adapted_refuses_stateless_policies_and_changes_nothing(policy: str) -> None:
+    model = tta.adapt(build("small_cnn"), policy)
+    with pytest.raises(ValueError, match=f"policy {policy} keeps no statistics"):
+        tta.detach(model, keep_adapted=True)
+    assert len(tta.policy_layers(model)) == 2
+
+
+def test_adabn_skips_batches_with_one_value_per_channel() -> None:
+    """As every stateful policy (README): B = 1 on (B, C) features has no variance to pool."""
+    model = tta.adapt(build("mlp_bn1d"), "adabn")
+    source = tta.adapt(build("mlp_bn1d"), "source")
+    with torch.no_grad():
+        for seed in range(3):
+            x = inputs("mlp_bn1d", 1, seed)
+            assert torch.equal(model(x), source(x))
+    assert int(tta.policy_layers(model)[0][1].count) == 0
+    with torch.no_grad():
+        model(inputs("mlp_bn1d", 2))
+    assert int(tta.policy_layers(model)[0][1].count) == 2
+
+
+def test_augment_is_refused_for_a_model_without_image_batchnorm() -> None:
+    model = build("mlp_bn1d")
+    with pytest.raises(ValueError, match="only BatchNorm1d layers, so its inputs are not images"):
+        tta.adapt(model, "momentum_decay", augment=2)
+    assert not tta.policy_layers(model)
+    wrapped = tta.adapt(build("small_cnn"), "momentum_decay", augment=2)
+    with pytest.raises(ValueError, match=r"augments image batches \(N, C, H, W\); got input of shape \(4, 3\)"):
+        wrapped(torch.randn(4, 3))
+
+
+def test_calling_the_model_instead_of_the_augmenting_wrapper_warns() -> None:
+    model = build("small_cnn")
+    wrapped = tta.adapt(model, "momentum_decay", augment=2)
+    x = inputs("small_cnn", 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.no_grad():
+            wrapped(x)  # the documented use: no warning
+    with pytest.warns(UserWarning, match="without the AugmentedUpdate wrapper that tta.adapt returned"):
+        with torch.no_grad():
+            model(x)

@@ -8,7 +8,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from tta.policies.base import NormPolicy
 from tta.registry import register_policy
-from tta.stats import all_finite, batch_moments, merge_moments, normalize
+from tta.stats import all_finite, batch_moments, merge_moments
 
 
 @register_policy("adabn")
@@ -20,7 +20,9 @@ class AdaBatchNorm(NormPolicy):
     Departure from the reference code on purpose: it averages batch variances and drops the
     between-batch term; ours equals the moments of the concatenated stream. The state is kept in
     float64 (count in int64) so long streams lose nothing. Until the pool holds two values per channel
-    the source statistics normalize.
+    the source statistics normalize. A batch with one value per channel (n = 1) updates nothing, as
+    for every stateful policy: it has no variance of its own, and a pool built from such batches
+    would normalize with the variance of the first two values seen.
     """
 
     def __init__(self, bn: _BatchNorm, **base: object) -> None:
@@ -32,17 +34,18 @@ class AdaBatchNorm(NormPolicy):
     def normalize(self, x: Tensor) -> Tensor:
         if self.adapting:
             mean_b, var_b, n = batch_moments(x)
-            ok = all_finite(mean_b, var_b)
-            count, mean, m2 = merge_moments(self.count, self.target_mean, self.target_m2, n, mean_b, var_b)
-            self.commit(ok, count=count, target_mean=mean, target_m2=m2)
+            if n >= 2:
+                ok = all_finite(mean_b, var_b)
+                count, mean, m2 = merge_moments(self.count, self.target_mean, self.target_m2, n, mean_b, var_b)
+                self.commit(ok, count=count, target_mean=mean, target_m2=m2)
         pooled = self.count >= 2
-        if x.device.type == "cpu":  # reading the count is free on the CPU
+        if x.device.type == "cpu" and not torch.compiler.is_compiling():  # reading the count is free here
             mean, var = self.adapted_stats() if pooled else (self.source_mean, self.source_var)
         else:  # torch.where: no host sync on an accelerator
             mean, var = self.adapted_stats()
             mean = torch.where(pooled, mean, self.source_mean)
             var = torch.where(pooled, var, self.source_var)
-        return normalize(x, mean, var, self.weight, self.bias, self.eps)
+        return self.normalize_with(x, mean, var)
 
     def reset(self) -> None:
         self.count.zero_()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from tta.options import Range
 from tta.policies.base import NormPolicy
 from tta.registry import register_policy
-from tta.stats import batch_moments, normalize, unbiased
+from tta.stats import batch_moments, unbiased
 
 
 @register_policy("alpha_bn")
@@ -18,10 +21,8 @@ class AlphaBatchNorm(NormPolicy):
     variance follows the reference ``AlphaBatchNorm``. With n = 1 the source statistics are used.
     """
 
-    def __init__(self, bn: _BatchNorm, *, alpha: float = 0.1, **base: object) -> None:
+    def __init__(self, bn: _BatchNorm, *, alpha: Annotated[float, Range(0, 1)] = 0.1, **base: object) -> None:
         super().__init__(bn, **base)
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha_bn: alpha must lie in [0, 1], got {alpha}")
         self.alpha = alpha
 
     def normalize(self, x: Tensor) -> Tensor:
@@ -30,7 +31,7 @@ class AlphaBatchNorm(NormPolicy):
             return self.normalize_with_source(x)
         mean = (1 - self.alpha) * self.source_mean + self.alpha * mean_b
         var = (1 - self.alpha) * self.source_var + self.alpha * unbiased(var_b, n)
-        return normalize(x, mean, var, self.weight, self.bias, self.eps)
+        return self.normalize_with(x, mean, var)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, alpha={self.alpha}"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.utils import parametrize
 
 from tta.stats import normalize
 
@@ -20,6 +23,12 @@ class NormPolicy(nn.Module):
     the module's mode, so a deployed model in ``eval()`` adapts, and ``train()`` (say, for a gradient
     method stacked on top) changes nothing here. A non-finite batch (NaN or Inf) propagates to the
     output but leaves the state untouched, so the next clean batch is served as if it never came.
+
+    Casting the model (``.half()``, ``.double()``, ``.to(dtype)``) casts the affine parameters and
+    moves everything, but the statistics buffers keep their dtype (float32; AdaBN's pool float64):
+    statistics are kept in float32 whatever the model's dtype (spec M0). The original layer, kept
+    outside the module tree for :func:`tta.detach`, follows every cast and move, so the restored layer
+    has the dtypes it would have had without adaptation.
     """
 
     def __init__(self, bn: _BatchNorm, *, layer_index: int = 0, post_norm: nn.Module | None = None) -> None:
@@ -30,8 +39,14 @@ class NormPolicy(nn.Module):
         self.eps = bn.eps
         self.bn_momentum = 0.1 if bn.momentum is None else bn.momentum
         self.layer_index = layer_index
-        self.weight = bn.weight
-        self.bias = bn.bias
+        # Affine parameters: the same Parameter objects; a parametrized one (torch.nn.utils.parametrize)
+        # is evaluated through the original layer at every forward, and its parametrization module
+        # joins this layer so its parameters stay in the model (same state_dict keys).
+        if parametrize.is_parametrized(bn):
+            self.parametrizations = bn.parametrizations
+        for name in ("weight", "bias"):
+            if not parametrize.is_parametrized(bn, name):
+                setattr(self, name, getattr(bn, name))
         self.register_buffer("source_mean", bn.running_mean.detach().clone().float())
         self.register_buffer("source_var", bn.running_var.detach().clone().float())
         self.post_norm = post_norm
@@ -47,11 +62,22 @@ class NormPolicy(nn.Module):
         return not self.paused
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_tracing():
+            raise RuntimeError(
+                "tta: torch.jit.trace cannot record an adapted model: tracing runs adapting forwards that "
+                "update the live state, and freezes data-dependent decisions (the NaN guard) into the "
+                "trace. Use torch.compile, or bake the statistics into plain BatchNorm layers with "
+                "tta.detach(model, keep_adapted=True) and trace that."
+            )
         self.check_input(x)
         # Statistics in float32 even under autocast (spec M0); normalize() returns x's dtype.
         with torch.autocast(x.device.type, enabled=False):
             out = self.normalize(x)
         return out if self.post_norm is None else self.post_norm(out)
+
+    @classmethod
+    def check_model(cls, model: nn.Module, **options: object) -> None:
+        """Refuse a model this policy cannot serve, before ``tta.adapt`` swaps any layer; none here."""
 
     @classmethod
     def wrap_model(cls, model: nn.Module, **options: object) -> nn.Module:
@@ -69,9 +95,19 @@ class NormPolicy(nn.Module):
         """Per-channel mean and variance the state holds now; None for stateless policies."""
         return None
 
+    def affine(self) -> tuple[Tensor | None, Tensor | None]:
+        """``(weight, bias)`` as the original layer would use them now (parametrizations evaluated)."""
+        if "parametrizations" in self._modules:
+            return self.original.weight, self.original.bias
+        return self.weight, self.bias
+
+    def normalize_with(self, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
+        """``x`` normalized with per-channel ``mean`` and ``var`` and this layer's affine parameters."""
+        return normalize(x, mean, var, *self.affine(), self.eps)
+
     def normalize_with_source(self, x: Tensor) -> Tensor:
         """The original layer's eval-mode output (before ``post_norm``), bit for bit (spec M1)."""
-        return normalize(x, self.source_mean, self.source_var, self.weight, self.bias, self.eps)
+        return self.normalize_with(x, self.source_mean, self.source_var)
 
     def check_input(self, x: Tensor) -> None:
         """Reject what the original layer could not normalize, with a message naming the problem."""
@@ -92,9 +128,10 @@ class NormPolicy(nn.Module):
         """Write each new value into the buffer of that name where ``ok`` (a 0-dim bool) holds.
 
         On an accelerator ``torch.where`` keeps the check on the device (no host sync); on the CPU,
-        where reading ``ok`` costs nothing, a plain branch saves one kernel per buffer.
+        where reading ``ok`` costs nothing, a plain branch saves one kernel per buffer. Under
+        ``torch.compile`` the branch-free path is used everywhere (a branch on data breaks the graph).
         """
-        if ok.device.type == "cpu":
+        if ok.device.type == "cpu" and not torch.compiler.is_compiling():
             if bool(ok):
                 for name, value in values.items():
                     getattr(self, name).copy_(value)
@@ -103,15 +140,30 @@ class NormPolicy(nn.Module):
             buffer = getattr(self, name)
             buffer.copy_(torch.where(ok, value.to(buffer.dtype), buffer))
 
-    def restore_original(self) -> _BatchNorm:
-        """The original layer, on this layer's device, with the source statistics in its buffers."""
+    def restore_original(self, keep_adapted: bool = False) -> _BatchNorm:
+        """The original layer with the source statistics in its buffers, or with the adapted ones.
+
+        ``keep_adapted``: the statistics the state holds now (:meth:`adapted_stats`) become the layer's
+        running statistics, for deployment as a plain BatchNorm model. Stateless policies have none to
+        keep (:func:`tta.detach` refuses them).
+        """
+        mean, var = self.adapted_stats() if keep_adapted else (self.source_mean, self.source_var)
         bn = self.original
-        bn.to(self.source_mean.device)
         with torch.no_grad():
-            bn.running_mean.copy_(self.source_mean)
-            bn.running_var.copy_(self.source_var)
+            bn.running_mean.copy_(mean)
+            bn.running_var.copy_(var)
         bn.train(self.training)
         return bn
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> NormPolicy:
+        """Module casts and moves: statistics keep their dtype; the original layer follows (class doc)."""
+        before = {name: buf for name, buf in self._buffers.items() if buf is not None and buf.is_floating_point()}
+        super()._apply(fn, recurse)
+        for name, buf in before.items():
+            if self._buffers[name].dtype != buf.dtype:
+                self._buffers[name] = buf.to(self._buffers[name].device)
+        self.original._apply(fn, recurse)
+        return self
 
     def describe(self) -> str:
         return f"{type(self).__name__}(layer {self.layer_index}, {self.num_features} channels)"

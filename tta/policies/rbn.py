@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from tta.options import Range
 from tta.policies.base import NormPolicy
 from tta.registry import register_policy
-from tta.stats import all_finite, batch_moments, normalize
+from tta.stats import all_finite, batch_moments
 
 
 @register_policy("rbn")
@@ -21,10 +24,8 @@ class RobustBatchNorm(NormPolicy):
     value per channel (n = 1) updates nothing and is normalized with the current global statistics.
     """
 
-    def __init__(self, bn: _BatchNorm, *, alpha: float = 0.05, **base: object) -> None:
+    def __init__(self, bn: _BatchNorm, *, alpha: Annotated[float, Range(0, 1)] = 0.05, **base: object) -> None:
         super().__init__(bn, **base)
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"rbn: alpha must lie in [0, 1], got {alpha}")
         self.alpha = alpha
         self.register_buffer("global_mean", self.source_mean.clone())
         self.register_buffer("global_var", self.source_var.clone())
@@ -39,7 +40,7 @@ class RobustBatchNorm(NormPolicy):
                     global_mean=torch.lerp(self.global_mean, mean_b, self.alpha),
                     global_var=torch.lerp(self.global_var, var_b, self.alpha),
                 )
-        return normalize(x, self.global_mean, self.global_var, self.weight, self.bias, self.eps)
+        return self.normalize_with(x, self.global_mean, self.global_var)
 
     def reset(self) -> None:
         self.global_mean.copy_(self.source_mean)

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from tta.policies.base import NormPolicy
 from tta.registry import register_policy
-from tta.stats import batch_moments, elements_per_channel, normalize
+from tta.stats import batch_moments, elements_per_channel
 
 
 @register_policy("tbn")
@@ -26,6 +26,6 @@ class TestBatchNorm(NormPolicy):
         if torch.is_grad_enabled() and x.requires_grad:
             # Statistics carry no gradient (spec M0); only weight and bias do.
             mean, var, _ = batch_moments(x)
-            return normalize(x, mean, var, self.weight, self.bias, self.eps)
+            return self.normalize_with(x, mean, var)
         # Fused kernel: batch statistics and normalization in one call.
-        return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        return F.batch_norm(x, None, None, *self.affine(), True, 0.0, self.eps)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from tta.options import Range
 from tta.policies.base import NormPolicy
 from tta.registry import register_policy
 from tta.stats import all_finite, instance_moments, normalize_per_instance
@@ -35,22 +38,14 @@ class UnMixTNS(NormPolicy):
         self,
         bn: _BatchNorm,
         *,
-        num_components: int = 16,
-        temperature: float = 0.07,
-        init_spread: float = 0.5,
-        batch_size_max: int = 64,
-        seed: int = 0,
+        num_components: Annotated[int, Range(1)] = 16,
+        temperature: Annotated[float, Range(0, low_open=True)] = 0.07,
+        init_spread: Annotated[float, Range(0, 1, high_open=True)] = 0.5,
+        batch_size_max: Annotated[int, Range(1)] = 64,
+        seed: Annotated[int, Range(0)] = 0,
         **base: object,
     ) -> None:
         super().__init__(bn, **base)
-        if num_components < 1:
-            raise ValueError(f"unmix_tns: num_components must be >= 1, got {num_components}")
-        if temperature <= 0:
-            raise ValueError(f"unmix_tns: temperature must be > 0, got {temperature}")
-        if not 0.0 <= init_spread < 1.0:
-            raise ValueError(f"unmix_tns: init_spread must lie in [0, 1), got {init_spread}")
-        if batch_size_max < 1:
-            raise ValueError(f"unmix_tns: batch_size_max must be >= 1, got {batch_size_max}")
         self.num_components, self.temperature = num_components, temperature
         self.init_spread, self.batch_size_max, self.seed = init_spread, batch_size_max, seed
         initial_mean, initial_var = self.draw_components()
@@ -79,7 +74,7 @@ class UnMixTNS(NormPolicy):
         inst_mean, inst_var = instance_moments(x)  # (B, C)
         p, mean, var = self.mixture_statistics(inst_mean, inst_var)
         # 4. normalize with the components before this batch's update
-        out = normalize_per_instance(x, mean, var, self.weight, self.bias, self.eps)
+        out = normalize_per_instance(x, mean, var, *self.affine(), self.eps)
         if self.adapting:
             self.update_components(p, inst_mean, inst_var)
         return out

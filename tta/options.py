@@ -1,0 +1,97 @@
+"""Policy options: each is declared once, as an annotated keyword argument, and checked from that (spec M8b).
+
+A policy's constructor declares an option as ``alpha: Annotated[float, Range(0, 1)] = 0.1``. Before a
+layer is built, :func:`validate_options` checks every given value against its declared type (a float
+option takes a finite real number, an int option an integer; never a bool or a string) and range, and
+returns them as plain Python numbers. The constructors then only check constraints that tie several
+options together.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+import typing
+from dataclasses import dataclass
+from typing import Callable
+
+__all__ = ["Range", "declared_options", "validate_options"]
+
+# Constructor arguments that adapt() supplies itself, not user options.
+_INTERNAL_ARGS = {"self", "bn", "layer_index", "post_norm"}
+
+
+@dataclass(frozen=True)
+class Range:
+    """Closed interval by default; ``low_open`` / ``high_open`` exclude an end. ``None``: unbounded."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def contains(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return not (self.high is not None and (value >= self.high if self.high_open else value > self.high))
+
+    def __str__(self) -> str:
+        left = "(-inf" if self.low is None else f"{'(' if self.low_open else '['}{self.low:g}"
+        right = "inf)" if self.high is None else f"{self.high:g}{')' if self.high_open else ']'}"
+        return f"{left}, {right}"
+
+
+@dataclass(frozen=True)
+class _Option:
+    kind: type  # int or float
+    default: object
+    range: Range | None
+
+
+def declared_options(constructor: Callable[..., object]) -> dict[str, _Option]:
+    """The keyword-only options of a policy constructor, with their type, default and range."""
+    hints = typing.get_type_hints(constructor, include_extras=True)
+    options = {}
+    for name, parameter in inspect.signature(constructor).parameters.items():
+        if name in _INTERNAL_ARGS or parameter.kind is not inspect.Parameter.KEYWORD_ONLY:
+            continue
+        hint, bounds = hints[name], None
+        if typing.get_origin(hint) is typing.Annotated:
+            hint, *extras = typing.get_args(hint)
+            bounds = next((extra for extra in extras if isinstance(extra, Range)), None)
+        if hint not in (int, float):
+            raise TypeError(f"option {name!r} must be declared int or float, not {hint!r}")
+        options[name] = _Option(hint, parameter.default, bounds)
+    return options
+
+
+def _checked(policy: str, name: str, option: _Option, value: object) -> int | float:
+    where = f"policy {policy!r} option {name!r}"
+    if option.kind is int:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{where} must be an integer, got {value!r} ({type(value).__name__})")
+        value = int(value)
+    else:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{where} must be a real number, got {value!r} ({type(value).__name__})")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"{where} must be finite, got {value!r}")
+    if option.range is not None and not option.range.contains(value):
+        raise ValueError(f"{where} must lie in {option.range}, got {value!r}")
+    return value
+
+
+def validate_options(policy: str, constructor: Callable[..., object], options: dict[str, object]) -> dict[str, object]:
+    """Check names, types and ranges of ``options``; return them as plain ints and floats.
+
+    Raises ValueError for an unknown name or a value out of range (listing what the policy takes), and
+    TypeError for a value of the wrong type.
+    """
+    declared = declared_options(constructor)
+    unknown = sorted(set(options) - set(declared))
+    if unknown:
+        accepted = ", ".join(f"{k}={v.default!r}" for k, v in declared.items()) or "none"
+        raise ValueError(f"policy {policy!r} has no option {', '.join(map(repr, unknown))}; it takes: {accepted}")
+    return {name: _checked(policy, name, declared[name], value) for name, value in options.items()}
