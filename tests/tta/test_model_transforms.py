@@ -147,3 +147,17 @@ def test_a_parametrized_weight_is_read_at_every_forward(policy: str) -> None:
         with tta.paused(plain):
             expected = plain[1](plain[0](x))
     torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_torch_export_adapts_like_eager_and_leaves_the_live_state_alone(policy: str) -> None:
+    model = tta.adapt(build("small_cnn"), policy)
+    state = snapshot(model)
+    exported = torch.export.export(model, (inputs("small_cnn", 4),)).module()
+    assert_same_state(snapshot(model), state)
+    eager = tta.adapt(build("small_cnn"), policy)
+    bad = inputs("small_cnn", 4, seed=9)
+    bad[0, 0, 0, 0] = float("nan")
+    with torch.no_grad():
+        for x in [inputs("small_cnn", 4, 0), bad, inputs("small_cnn", 4, 1)]:
+            torch.testing.assert_close(exported(x), eager(x), rtol=1e-5, atol=1e-6, equal_nan=True)
