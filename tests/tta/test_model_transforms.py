@@ -161,3 +161,29 @@ def test_torch_export_adapts_like_eager_and_leaves_the_live_state_alone(policy: 
     with torch.no_grad():
         for x in [inputs("small_cnn", 4, 0), bad, inputs("small_cnn", 4, 1)]:
             torch.testing.assert_close(exported(x), eager(x), rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_a_double_model_keeps_double_statistics(policy: str) -> None:
+    """Running statistics that are float64 at attach stay float64: ``source`` is still the original model
+    bit for bit, ``detach`` restores them exactly, and the adapted statistics are those of float64 maths."""
+    original = build("small_cnn").double()
+    with torch.no_grad():
+        original[1].running_mean.add_(1e-12)  # a difference float32 cannot hold
+    model = tta.adapt(copy.deepcopy(original), policy)
+    assert all(b.dtype == torch.float64 for name, b in model.named_buffers() if b.is_floating_point())
+    x = inputs("small_cnn", 4).double()
+    with torch.no_grad():
+        out = model(x)
+        assert out.dtype == torch.float64
+        if policy == "source":
+            assert torch.equal(out, original(x))
+        if policy == "tbn":
+            features = original[0](x)
+            expected = torch.nn.functional.batch_norm(
+                features, None, None, original[1].weight, original[1].bias, True, 0.0, original[1].eps
+            )
+            torch.testing.assert_close(model[1](features), expected, rtol=1e-12, atol=1e-12)
+    detached = tta.detach(model)
+    for (name, a), b in zip(detached.state_dict().items(), original.state_dict().values()):
+        assert a.dtype == b.dtype and torch.equal(a, b), name

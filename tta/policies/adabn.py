@@ -33,7 +33,7 @@ class AdaBatchNorm(NormPolicy):
 
     def normalize(self, x: Tensor) -> Tensor:
         if self.adapting:
-            mean_b, var_b, n = batch_moments(x)
+            mean_b, var_b, n = batch_moments(x, self.stats_dtype)
             if n >= 2:
                 ok = all_finite(mean_b, var_b)
                 count, mean, m2 = merge_moments(self.count, self.target_mean, self.target_m2, n, mean_b, var_b)
@@ -54,4 +54,4 @@ class AdaBatchNorm(NormPolicy):
 
     def adapted_stats(self) -> tuple[Tensor, Tensor]:
         var = self.target_m2 / self.count.clamp(min=1)
-        return self.target_mean.float(), var.float()
+        return self.target_mean.to(self.stats_dtype), var.to(self.stats_dtype)

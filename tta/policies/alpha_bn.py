@@ -26,7 +26,7 @@ class AlphaBatchNorm(NormPolicy):
         self.alpha = alpha
 
     def normalize(self, x: Tensor) -> Tensor:
-        mean_b, var_b, n = batch_moments(x)
+        mean_b, var_b, n = batch_moments(x, self.stats_dtype)
         if n < 2:
             return self.normalize_with_source(x)
         mean = (1 - self.alpha) * self.source_mean + self.alpha * mean_b

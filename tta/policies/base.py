@@ -24,9 +24,10 @@ class NormPolicy(nn.Module):
     method stacked on top) changes nothing here. A non-finite batch (NaN or Inf) propagates to the
     output but leaves the state untouched, so the next clean batch is served as if it never came.
 
-    Casting the model (``.half()``, ``.double()``, ``.to(dtype)``) casts the affine parameters and
-    moves everything, but the statistics buffers keep their dtype (float32; AdaBN's pool float64):
-    statistics are kept in float32 whatever the model's dtype (spec M0). The original layer, kept
+    Statistics are kept and computed in float32 (spec M0), or in float64 for a layer whose running
+    statistics were float64 at attach, so a double model loses no precision (AdaBN's pool is always
+    float64). Casting the model (``.half()``, ``.double()``, ``.to(dtype)``) casts the affine
+    parameters and moves everything, but the statistics buffers keep their dtype. The original layer, kept
     outside the module tree for :func:`tta.detach`, follows every cast and move, so the restored layer
     has the dtypes it would have had without adaptation.
     """
@@ -47,14 +48,20 @@ class NormPolicy(nn.Module):
         for name in ("weight", "bias"):
             if not parametrize.is_parametrized(bn, name):
                 setattr(self, name, getattr(bn, name))
-        self.register_buffer("source_mean", bn.running_mean.detach().clone().float())
-        self.register_buffer("source_var", bn.running_var.detach().clone().float())
+        stats_dtype = torch.promote_types(bn.running_mean.dtype, torch.float32)  # float32, or float64
+        self.register_buffer("source_mean", bn.running_mean.detach().to(stats_dtype, copy=True))
+        self.register_buffer("source_var", bn.running_var.detach().to(stats_dtype, copy=True))
         self.post_norm = post_norm
         self.paused = False
         self.train(bn.training)
         # The original layer is kept outside the module tree: detach() puts it back, and it adds
         # nothing to state_dict().
         self.__dict__["original"] = bn
+
+    @property
+    def stats_dtype(self) -> torch.dtype:
+        """The dtype the statistics are kept and computed in (class doc)."""
+        return self.source_mean.dtype
 
     @property
     def adapting(self) -> bool:

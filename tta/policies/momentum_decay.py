@@ -61,11 +61,11 @@ class MomentumDecayBatchNorm(NormPolicy):
                 stacklevel=2,
             )
         if self.adapting:
-            mean_b, var_b, n = batch_moments(x)
+            mean_b, var_b, n = batch_moments(x, self.stats_dtype)
             if n >= 2:
                 ok = all_finite(mean_b, var_b)
                 step = self.step + 1
-                m = self.current_momentum(step).float()
+                m = self.current_momentum(step).to(self.stats_dtype)
                 self.commit(
                     ok,
                     step=step,

@@ -32,7 +32,7 @@ class RobustBatchNorm(NormPolicy):
 
     def normalize(self, x: Tensor) -> Tensor:
         if self.adapting:
-            mean_b, var_b, n = batch_moments(x)
+            mean_b, var_b, n = batch_moments(x, self.stats_dtype)
             if n >= 2:
                 ok = all_finite(mean_b, var_b)
                 self.commit(

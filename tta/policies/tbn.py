@@ -25,7 +25,7 @@ class TestBatchNorm(NormPolicy):
             return self.normalize_with_source(x)
         if torch.is_grad_enabled() and x.requires_grad:
             # Statistics carry no gradient (spec M0); only weight and bias do.
-            mean, var, _ = batch_moments(x)
+            mean, var, _ = batch_moments(x, self.stats_dtype)
             return self.normalize_with(x, mean, var)
         # Fused kernel: batch statistics and normalization in one call.
         return F.batch_norm(x, None, None, *self.affine(), True, 0.0, self.eps)

@@ -71,7 +71,7 @@ class UnMixTNS(NormPolicy):
     def normalize(self, x: Tensor) -> Tensor:
         if x.dim() < 3 or x[0, 0].numel() < 2:
             return self.normalize_with_source(x)
-        inst_mean, inst_var = instance_moments(x)  # (B, C)
+        inst_mean, inst_var = instance_moments(x, self.stats_dtype)  # (B, C)
         p, mean, var = self.mixture_statistics(inst_mean, inst_var)
         # 4. normalize with the components before this batch's update
         out = normalize_per_instance(x, mean, var, *self.affine(), self.eps)
