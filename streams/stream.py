@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from streams import settings
-from streams._seeds import derive_seed, generator
+from streams._seeds import check_seed, derive_seed, generator
 from streams.cache import DomainCache, cache_key
 from streams.corruption_sets import PrecomputedSource
 from streams.fmnist import fashion_mnist
@@ -131,6 +131,7 @@ class Stream:
     corruption-major (each corruption, then each severity). ``order``: ``iid``, ``dirichlet:<delta>``,
     ``sorted``, ``slots:<gamma>`` (spec S3). ``setting``: ``single``, ``continual``, ``mixed``,
     ``gradual`` (spec S4; ``gradual`` visits severities 1,2,3,4,5,4,3,2,1 and ignores ``severities``).
+    ``seed``: an integer in 0..2**64-1 (a float, bool or string is a TypeError).
     ``n_examples``: the first n images of each domain (default all). ``table``: the corruption
     parameter table (default: chosen by the engine from the image size). ``cache_dir``: where corrupted
     domains are cached (default ``$TTA_CACHE_DIR`` or ``~/.cache/tta``).
@@ -157,10 +158,9 @@ class Stream:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if n_examples is not None and (not _is_int(n_examples) or n_examples < 1):
             raise ValueError(f"n_examples must be a positive integer or None, got {n_examples!r}")
-        if not _is_int(seed):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
         if setting not in settings.SETTINGS:
             raise ValueError(f"unknown setting {setting!r}; choose from: {', '.join(settings.SETTINGS)}")
+        seed = check_seed(seed)
         if table is not None and not isinstance(table, str):
             raise ValueError(f"table must be a table name or None, got {table!r}")
         self.order = parse_order(order)
