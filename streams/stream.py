@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import IterableDataset, get_worker_info
 
 from streams import settings
 from streams._seeds import check_seed, derive_seed, generator
@@ -51,12 +53,18 @@ _CHUNK_BYTES = 1 << 24
 
 @dataclass(frozen=True)
 class Batch:
-    """One batch: ``x`` float32 in [0, 1] (N x C x H x W), ``y`` int64 labels, ``domain`` the
-    (corruption, severity) of each sample (``("none", 0)`` for clean images)."""
+    """One batch (spec S5): ``x`` float32 in [0, 1] (N x C x H x W), ``y`` int64 labels, ``domain`` the
+    (corruption, severity) of each sample (``("none", 0)`` for clean images).
+
+    Unpacks as ``x, y, domain = batch`` (so ``for x, y, _ in stream``). It is deliberately not a tuple:
+    a DataLoader passes it through unchanged instead of turning each domain tuple into a list."""
 
     x: torch.Tensor
     y: torch.Tensor
     domain: list[Domain]
+
+    def __iter__(self) -> Iterator[torch.Tensor | list[Domain]]:
+        return iter((self.x, self.y, self.domain))
 
 
 @dataclass(frozen=True)
@@ -121,7 +129,7 @@ def _parse_severities(severities: int | Sequence[int]) -> list[int]:
     return [int(v) for v in values]
 
 
-class Stream:
+class Stream(IterableDataset[Batch]):
     """A reproducible sequence of :class:`Batch` (spec S5).
 
     ``source``: an :class:`ImageSet` (clean, corrupted on the fly), ``"fmnist"`` (the embedded
@@ -138,6 +146,11 @@ class Stream:
 
     Batches never straddle two domains in the sequential settings (each domain's last short batch is
     kept); in ``mixed`` they do. The same arguments give the same batches bit for bit.
+
+    Iterate :meth:`episodes` to reset the policy between episodes (``single``: between domains);
+    iterating a multi-domain ``single`` stream flat warns once, since nothing resets there. A Stream is
+    a torch ``IterableDataset``: ``DataLoader(stream, batch_size=None)`` yields the same batches, with
+    ``num_workers`` 0 or 1 (more workers would each replay the whole stream, and are refused).
     """
 
     def __init__(
@@ -209,6 +222,7 @@ class Stream:
             self._check_engine_accepts(corruption_list, severity_list)
         self._labels: dict[Domain, np.ndarray] = {}
         self._segments = [self._build_segments(episode) for episode in self._plan]
+        self._warned_flat = False
 
     # ----------------------------------------------------------------- planning (labels only)
     def _check_engine_accepts(self, corruptions: list[str], severities: list[int]) -> None:
@@ -280,6 +294,23 @@ class Stream:
             yield label, self._batches(segments)
 
     def __iter__(self) -> Iterator[Batch]:
+        """All batches, episode after episode, with no reset between them (see :meth:`episodes`)."""
+        worker = get_worker_info()
+        if worker is not None and worker.num_workers > 1:
+            raise RuntimeError(
+                f"a Stream cannot be split over DataLoader(num_workers={worker.num_workers}): each worker "
+                "would replay the whole stream. Use num_workers=0 or 1 (a stream is one sequential pass; "
+                "its domains are corrupted once into the disk cache)."
+            )
+        if self.setting == "single" and len(self._plan) > 1 and not self._warned_flat:
+            self._warned_flat = True
+            warnings.warn(
+                f"iterating a 'single' stream of {len(self._plan)} domains flat adapts across all of them "
+                "without a reset, which is the continual setting. Iterate "
+                "`for domain, batches in stream.episodes()` and call `tta.reset(model)` before each "
+                "episode (or build the stream with setting='continual' if that is what you mean).",
+                stacklevel=2,
+            )
         for _, batches in self.episodes():
             yield from batches
 
