@@ -2,8 +2,9 @@
 
 Every function takes the labels (any integer array) and an explicit ``numpy.random.Generator`` (or an
 integer seed for a fresh one; a float, bool or string is a TypeError naming ``rng``) and returns
-``order``, a permutation of ``range(len(labels))``: the stream visits ``labels[order]``. No function touches a global random state. :func:`label_stats` measures how non-i.i.d. an ordered
-label sequence is, batch by batch.
+``order``, a permutation of ``range(len(labels))``: the stream visits ``labels[order]``. No function
+touches a global random state. :func:`label_stats` measures how non-i.i.d. an ordered label sequence
+is, batch by batch.
 """
 
 from __future__ import annotations

@@ -129,10 +129,29 @@ def _parse_severities(severities: int | Sequence[int]) -> list[int]:
     return [int(v) for v in values]
 
 
+def _refuse_precorrupted(source: ImageSet) -> None:
+    """A domain loaded by ``cifar_c`` / ``imagenet_c`` is already corrupted: streaming it as a clean
+    source would corrupt it again (and label it wrongly); name the precomputed source to use instead."""
+    if source.precorrupted is None:
+        return
+    name, corruption, severity = source.precorrupted
+    loader, hint = (
+        ("imagenet_c", "streams.imagenet_c_source(data_dir)")
+        if name == "imagenet-c"
+        else ("cifar_c", f"streams.cifar_c_source({name!r}, data_dir)")
+    )
+    raise ValueError(
+        f"this ImageSet is {name} {corruption} at severity {severity} (from streams.{loader}), already "
+        "corrupted; a Stream treats an ImageSet as clean and would corrupt it again. Stream the "
+        f"precomputed set instead: streams.Stream({hint}, corruptions=[{corruption!r}], severities={severity})"
+    )
+
+
 class Stream(IterableDataset[Batch]):
     """A reproducible sequence of :class:`Batch` (spec S5).
 
-    ``source``: an :class:`ImageSet` (clean, corrupted on the fly), ``"fmnist"`` (the embedded
+    ``source``: an :class:`ImageSet` (clean, corrupted on the fly; one loaded by ``cifar_c`` or
+    ``imagenet_c`` is refused), ``"fmnist"`` (the embedded
     Fashion-MNIST test split, likewise) or a :class:`PrecomputedSource` (e.g. ``cifar_c_source``).
     ``corruptions``: ``"all"`` (the 15 in standard order), a list of names, or None (clean images only,
     domain ``("none", 0)``; clean sources only). ``severities``: an integer or a list (1..5); domains are
@@ -199,6 +218,7 @@ class Stream(IterableDataset[Batch]):
                 )
             source = fashion_mnist("test")
         if isinstance(source, ImageSet):
+            _refuse_precorrupted(source)
             self._clean = source.head(n_examples)
             self._fingerprint = self._fingerprint_images(self._clean)
         elif isinstance(source, PrecomputedSource):
