@@ -109,29 +109,30 @@ class DomainCache:
             try:
                 return np.load(path, mmap_mode="r", allow_pickle=False)
             except (ValueError, OSError, EOFError) as error:
-                problem = f"numpy cannot read it: {error}"
-        log.warning("cache file %s is damaged (%s); rebuilding it", path, problem)
+                problem = f"is damaged (numpy cannot read it: {error})"
+        log.warning("cache file %s %s; rebuilding it", path, problem)
         return None
 
     def _problem(self, key: str) -> str | None:
-        """Why ``path(key)`` does not match its record, or None if it does."""
+        """Why ``path(key)`` does not match its record (a phrase: "is damaged (...)"), or None if it does."""
         record_path = self.record_path(key)
         try:
             record = json.loads(record_path.read_text())
             expected_size, expected_crc = int(record["bytes"]), int(record["crc32"])
             if record.get("format") != _FORMAT:
-                return f"{record_path} has format {record.get('format')!r}, expected {_FORMAT}"
+                return f"cannot be verified (its record {record_path} has format {record.get('format')!r})"
         except FileNotFoundError:
-            return f"no checksum record {record_path}"
+            return (f"cannot be verified (no checksum record {record_path}: written before records were "
+                    "kept, or the record was deleted)")
         except (OSError, ValueError, KeyError, TypeError) as error:
-            return f"unreadable checksum record {record_path}: {error}"
+            return f"cannot be verified (unreadable checksum record {record_path}: {error})"
         path = self.path(key)
         size = path.stat().st_size
         if size != expected_size:
-            return f"{size} bytes, its record says {expected_size}"
+            return f"is damaged (truncated or extended: {size} bytes, its record says {expected_size})"
         size, crc = file_checksum(path)
         if size != expected_size or crc != expected_crc:
-            return f"CRC-32 {crc:08x}, its record says {expected_crc:08x}"
+            return f"is damaged (CRC-32 {crc:08x}, its record says {expected_crc:08x})"
         return None
 
     def _temporary(self, key: str, suffix: str) -> Path:

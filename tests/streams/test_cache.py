@@ -77,13 +77,20 @@ def test_a_damaged_cache_file_is_detected_logged_and_rebuilt(tmp_path, caplog, d
     assert not caplog.records
 
 
-def test_a_cache_file_without_its_checksum_record_is_rebuilt(tmp_path, caplog):
+@pytest.mark.parametrize("spoil, message", [
+    (lambda record: record.unlink(), "no checksum record"),
+    (lambda record: record.write_text("{not json"), "unreadable checksum record"),
+])
+def test_a_cache_file_whose_checksum_record_is_missing_or_unreadable_is_rebuilt(tmp_path, caplog, spoil, message):
     build(tmp_path)
     (record,) = (tmp_path / "domains").glob("*.json")
-    record.unlink()
+    before = record.read_text()
+    spoil(record)
     with caplog.at_level(logging.WARNING, logger="streams.cache"):
-        build(tmp_path)
-    assert "no checksum record" in caplog.text and record.is_file()
+        batches = build(tmp_path)
+    assert message in caplog.text and str(domain_file(tmp_path)) in caplog.text
+    assert record.read_text() == before  # the rebuilt file has the same content, hence the same record
+    assert served(batches) == sorted(map(bytes, expected_domain().reshape(N, -1)))
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
