@@ -91,7 +91,8 @@ def cifar_c(
     name: str, corruption: str, severity: int, data_dir: str | Path, n_examples: int | None = None
 ) -> ImageSet:
     """One domain of CIFAR-10-C (``name="cifar10-c"``) or CIFAR-100-C (``"cifar100-c"``): the first
-    ``n_examples`` (default all 10,000) images of ``corruption`` at ``severity``, via robustbench."""
+    ``n_examples`` (default all 10,000) images of ``corruption`` at ``severity``, via robustbench. The
+    set is marked ``precorrupted``; to stream it, use :func:`cifar_c_source`."""
     _check_domain(corruption, severity)
     images_path, _ = _cifar_files(name, corruption, data_dir)
     n = _check_n(n_examples, CIFAR_C_PER_SEVERITY, name)
@@ -103,7 +104,7 @@ def cifar_c(
             f"{images_path} holds too few images for severity {severity}: expected 5 x "
             f"{CIFAR_C_PER_SEVERITY} stacked, got {len(x)} of the {n} requested"
         )
-    return ImageSet(_to_uint8(x), y.to(torch.int64), list(classes))
+    return ImageSet(_to_uint8(x), y.to(torch.int64), list(classes), precorrupted=(name, corruption, int(severity)))
 
 
 def _cifar_labels(name: str, corruption: str, severity: int, data_dir: str | Path, n: int | None) -> torch.Tensor:
@@ -148,11 +149,12 @@ def _imagenet_check(corruption: str, severity: int, data_dir: str | Path, n_exam
 
 def imagenet_c(corruption: str, severity: int, data_dir: str | Path, n_examples: int | None = None) -> ImageSet:
     """One domain of ImageNet-C: robustbench's fixed list of (the first ``n_examples`` of) 5,000
-    validation images, decoded from ``<data_dir>/ImageNet-C/<corruption>/<severity>/<wnid>/*.JPEG``."""
+    validation images, decoded from ``<data_dir>/ImageNet-C/<corruption>/<severity>/<wnid>/*.JPEG``.
+    The set is marked ``precorrupted``; to stream it, use :func:`imagenet_c_source`."""
     n, _, wnids = _imagenet_check(corruption, severity, data_dir, n_examples)
     rb = import_robustbench()
     x, y = rb.data.load_imagenetc(n, int(severity), str(Path(data_dir).expanduser()), False, [corruption])
-    return ImageSet(_to_uint8(x), y.to(torch.int64), wnids)
+    return ImageSet(_to_uint8(x), y.to(torch.int64), wnids, precorrupted=("imagenet-c", corruption, int(severity)))
 
 
 def _imagenet_labels(corruption: str, severity: int, data_dir: str | Path, n: int | None) -> torch.Tensor:

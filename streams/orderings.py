@@ -1,9 +1,10 @@
 """Label orderings within a domain (spec S3): pure functions from a label array to an index permutation.
 
-Every function takes the labels (any integer array) and an explicit ``numpy.random.Generator`` and
-returns ``order``, a permutation of ``range(len(labels))``: the stream visits ``labels[order]``.
-No function touches a global random state. :func:`label_stats` measures how non-i.i.d. an ordered
-label sequence is, batch by batch.
+Every function takes the labels (any integer array) and an explicit ``numpy.random.Generator`` (or an
+integer seed for a fresh one; a float, bool or string is a TypeError naming ``rng``) and returns
+``order``, a permutation of ``range(len(labels))``: the stream visits ``labels[order]``. No function
+touches a global random state. :func:`label_stats` measures how non-i.i.d. an ordered label sequence
+is, batch by batch.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from streams._seeds import as_generator
 
 __all__ = [
     "ORDERS",
@@ -70,13 +73,15 @@ def _as_labels(labels: np.ndarray) -> np.ndarray:
     return labels
 
 
-def iid_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def iid_order(labels: np.ndarray, rng: np.random.Generator | int) -> np.ndarray:
     """A uniform random permutation (spec S3 ``iid``)."""
+    rng = as_generator(rng)
     return rng.permutation(len(_as_labels(labels)))
 
 
-def sorted_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def sorted_order(labels: np.ndarray, rng: np.random.Generator | int) -> np.ndarray:
     """Classes in ascending order, random order inside each class (spec S3 ``sorted``, the δ → 0 limit)."""
+    rng = as_generator(rng)
     labels = _as_labels(labels)
     shuffled = rng.permutation(len(labels))
     return shuffled[np.argsort(labels[shuffled], kind="stable")]
@@ -104,7 +109,7 @@ def _emit(groups: list[list[np.ndarray]], rng: np.random.Generator, n: int) -> n
 def dirichlet_chunks(
     labels: np.ndarray,
     delta: float,
-    rng: np.random.Generator,
+    rng: np.random.Generator | int,
     *,
     n_chunks: int | None = None,
     min_per_chunk: int = 10,
@@ -119,6 +124,7 @@ def dirichlet_chunks(
     failed try); after ``max_tries`` failures a ValueError says why. ``n_chunks`` defaults to the number
     of classes present.
     """
+    rng = as_generator(rng)
     labels = _as_labels(labels)
     if not (delta > 0 and math.isfinite(delta)):
         raise ValueError(f"the Dirichlet concentration delta must be a positive finite number, got {delta}")
@@ -159,7 +165,7 @@ def dirichlet_chunks(
 def dirichlet_order(
     labels: np.ndarray,
     delta: float,
-    rng: np.random.Generator,
+    rng: np.random.Generator | int,
     *,
     n_chunks: int | None = None,
     min_per_chunk: int = 10,
@@ -167,6 +173,7 @@ def dirichlet_order(
 ) -> np.ndarray:
     """NOTE's non-i.i.d. order (spec S3 ``dirichlet(δ)``): chunk after chunk, inside a chunk the classes
     in a shuffled order, each as one contiguous run. Smaller ``delta`` means stronger label correlation."""
+    rng = as_generator(rng)
     chunks = dirichlet_chunks(
         labels, delta, rng, n_chunks=n_chunks, min_per_chunk=min_per_chunk, max_tries=max_tries
     )
@@ -174,12 +181,13 @@ def dirichlet_order(
 
 
 def slots_order(
-    labels: np.ndarray, gamma: float, rng: np.random.Generator, *, n_slots: int | None = None
+    labels: np.ndarray, gamma: float, rng: np.random.Generator | int, *, n_slots: int | None = None
 ) -> np.ndarray:
     """RoTTA's variant (spec S3 ``dirichlet_slots(γ)``): ``min(n_cls, 100)`` slots, one ``Dir(γ)`` row
     of slot proportions per class, no balancing; slot after slot, class runs shuffled inside a slot.
     (Unlike RoTTA, each class's indices are shuffled first, so the seed also varies the order within a
     class.)"""
+    rng = as_generator(rng)
     labels = _as_labels(labels)
     if not (gamma > 0 and math.isfinite(gamma)):
         raise ValueError(f"the Dirichlet concentration gamma must be a positive finite number, got {gamma}")
@@ -195,8 +203,9 @@ def slots_order(
     return _emit(slots, rng, len(labels))
 
 
-def order_indices(labels: np.ndarray, order: str | Order, rng: np.random.Generator) -> np.ndarray:
+def order_indices(labels: np.ndarray, order: str | Order, rng: np.random.Generator | int) -> np.ndarray:
     """Dispatch on an order name (see :func:`parse_order`); returns the index permutation."""
+    rng = as_generator(rng)
     parsed = parse_order(order)
     if parsed.kind == "iid":
         return iid_order(labels, rng)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -26,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import IterableDataset, get_worker_info
 
 from streams import settings
-from streams._seeds import derive_seed, generator
+from streams._seeds import check_seed, derive_seed, generator
 from streams.cache import DomainCache, cache_key
 from streams.corruption_sets import PrecomputedSource
 from streams.fmnist import fashion_mnist
@@ -51,12 +53,18 @@ _CHUNK_BYTES = 1 << 24
 
 @dataclass(frozen=True)
 class Batch:
-    """One batch: ``x`` float32 in [0, 1] (N x C x H x W), ``y`` int64 labels, ``domain`` the
-    (corruption, severity) of each sample (``("none", 0)`` for clean images)."""
+    """One batch (spec S5): ``x`` float32 in [0, 1] (N x C x H x W), ``y`` int64 labels, ``domain`` the
+    (corruption, severity) of each sample (``("none", 0)`` for clean images).
+
+    Unpacks as ``x, y, domain = batch`` (so ``for x, y, _ in stream``). It is deliberately not a tuple:
+    a DataLoader passes it through unchanged instead of turning each domain tuple into a list."""
 
     x: torch.Tensor
     y: torch.Tensor
     domain: list[Domain]
+
+    def __iter__(self) -> Iterator[torch.Tensor | list[Domain]]:
+        return iter((self.x, self.y, self.domain))
 
 
 @dataclass(frozen=True)
@@ -121,22 +129,47 @@ def _parse_severities(severities: int | Sequence[int]) -> list[int]:
     return [int(v) for v in values]
 
 
-class Stream:
+def _refuse_precorrupted(source: ImageSet) -> None:
+    """A domain loaded by ``cifar_c`` / ``imagenet_c`` is already corrupted: streaming it as a clean
+    source would corrupt it again (and label it wrongly); name the precomputed source to use instead."""
+    if source.precorrupted is None:
+        return
+    name, corruption, severity = source.precorrupted
+    loader, hint = (
+        ("imagenet_c", "streams.imagenet_c_source(data_dir)")
+        if name == "imagenet-c"
+        else ("cifar_c", f"streams.cifar_c_source({name!r}, data_dir)")
+    )
+    raise ValueError(
+        f"this ImageSet is {name} {corruption} at severity {severity} (from streams.{loader}), already "
+        "corrupted; a Stream treats an ImageSet as clean and would corrupt it again. Stream the "
+        f"precomputed set instead: streams.Stream({hint}, corruptions=[{corruption!r}], severities={severity})"
+    )
+
+
+class Stream(IterableDataset[Batch]):
     """A reproducible sequence of :class:`Batch` (spec S5).
 
-    ``source``: an :class:`ImageSet` (clean, corrupted on the fly), ``"fmnist"`` (the embedded
+    ``source``: an :class:`ImageSet` (clean, corrupted on the fly; one loaded by ``cifar_c`` or
+    ``imagenet_c`` is refused), ``"fmnist"`` (the embedded
     Fashion-MNIST test split, likewise) or a :class:`PrecomputedSource` (e.g. ``cifar_c_source``).
     ``corruptions``: ``"all"`` (the 15 in standard order), a list of names, or None (clean images only,
     domain ``("none", 0)``; clean sources only). ``severities``: an integer or a list (1..5); domains are
     corruption-major (each corruption, then each severity). ``order``: ``iid``, ``dirichlet:<delta>``,
     ``sorted``, ``slots:<gamma>`` (spec S3). ``setting``: ``single``, ``continual``, ``mixed``,
     ``gradual`` (spec S4; ``gradual`` visits severities 1,2,3,4,5,4,3,2,1 and ignores ``severities``).
+    ``seed``: an integer in 0..2**64-1 (a float, bool or string is a TypeError).
     ``n_examples``: the first n images of each domain (default all). ``table``: the corruption
     parameter table (default: chosen by the engine from the image size). ``cache_dir``: where corrupted
     domains are cached (default ``$TTA_CACHE_DIR`` or ``~/.cache/tta``).
 
     Batches never straddle two domains in the sequential settings (each domain's last short batch is
     kept); in ``mixed`` they do. The same arguments give the same batches bit for bit.
+
+    Iterate :meth:`episodes` to reset the policy between episodes (``single``: between domains);
+    iterating a multi-domain ``single`` stream flat warns once, since nothing resets there. A Stream is
+    a torch ``IterableDataset``: ``DataLoader(stream, batch_size=None)`` yields the same batches, with
+    ``num_workers`` 0 or 1 (more workers would each replay the whole stream, and are refused).
     """
 
     def __init__(
@@ -157,10 +190,9 @@ class Stream:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if n_examples is not None and (not _is_int(n_examples) or n_examples < 1):
             raise ValueError(f"n_examples must be a positive integer or None, got {n_examples!r}")
-        if not _is_int(seed):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
         if setting not in settings.SETTINGS:
             raise ValueError(f"unknown setting {setting!r}; choose from: {', '.join(settings.SETTINGS)}")
+        seed = check_seed(seed)
         if table is not None and not isinstance(table, str):
             raise ValueError(f"table must be a table name or None, got {table!r}")
         self.order = parse_order(order)
@@ -186,6 +218,7 @@ class Stream:
                 )
             source = fashion_mnist("test")
         if isinstance(source, ImageSet):
+            _refuse_precorrupted(source)
             self._clean = source.head(n_examples)
             self._fingerprint = self._fingerprint_images(self._clean)
         elif isinstance(source, PrecomputedSource):
@@ -209,6 +242,7 @@ class Stream:
             self._check_engine_accepts(corruption_list, severity_list)
         self._labels: dict[Domain, np.ndarray] = {}
         self._segments = [self._build_segments(episode) for episode in self._plan]
+        self._warned_flat = False
 
     # ----------------------------------------------------------------- planning (labels only)
     def _check_engine_accepts(self, corruptions: list[str], severities: list[int]) -> None:
@@ -280,6 +314,23 @@ class Stream:
             yield label, self._batches(segments)
 
     def __iter__(self) -> Iterator[Batch]:
+        """All batches, episode after episode, with no reset between them (see :meth:`episodes`)."""
+        worker = get_worker_info()
+        if worker is not None and worker.num_workers > 1:
+            raise RuntimeError(
+                f"a Stream cannot be split over DataLoader(num_workers={worker.num_workers}): each worker "
+                "would replay the whole stream. Use num_workers=0 or 1 (a stream is one sequential pass; "
+                "its domains are corrupted once into the disk cache)."
+            )
+        if self.setting == "single" and len(self._plan) > 1 and not self._warned_flat:
+            self._warned_flat = True
+            warnings.warn(
+                f"iterating a 'single' stream of {len(self._plan)} domains flat adapts across all of them "
+                "without a reset, which is the continual setting. Iterate "
+                "`for domain, batches in stream.episodes()` and call `tta.reset(model)` before each "
+                "episode (or build the stream with setting='continual' if that is what you mean).",
+                stacklevel=2,
+            )
         for _, batches in self.episodes():
             yield from batches
 

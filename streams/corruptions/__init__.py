@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from streams._seeds import check_seed
 from streams.corruptions import blur, digital, noise, weather
 from streams.corruptions._ops import luma, to_rgb
 from streams.corruptions._rng import ImageRNG
@@ -99,9 +100,11 @@ def corrupt(images: Tensor, corruption: str, severity: int, *, seed: int, table:
     size, see ``default_table``). Image ``i`` is corrupted with randomness keyed by
     (seed, corruption, severity, index_offset + i), independent of batch size and composition.
     Grayscale is corrupted as such; colour-only corruptions (frost, spatter, saturate) run on the image
-    replicated to RGB and return its ITU-R 601 luma.
+    replicated to RGB and return its ITU-R 601 luma. ``seed``: an integer in 0..2**64-1 (a float is a
+    TypeError, never rounded).
     """
     _validate(images, corruption, severity, table)
+    seed = check_seed(seed)
     n, c, h, w = images.shape
     table = table or default_table(h, w)
     if n == 0:
@@ -110,7 +113,7 @@ def corrupt(images: Tensor, corruption: str, severity: int, *, seed: int, table:
     params = TABLES[table][corruption][severity - 1]
     params = params if isinstance(params, tuple) else (params,)
     indices = torch.arange(index_offset, index_offset + n, device=images.device)
-    rng = ImageRNG(int(seed), corruption, severity, indices)
+    rng = ImageRNG(seed, corruption, severity, indices)
     x = images.to(torch.float32) / 255.0
     if entry.colour_only:
         x = to_rgb(x)

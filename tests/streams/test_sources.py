@@ -174,3 +174,30 @@ def test_stream_over_a_precomputed_source_never_corrupts_again(tmp_path, monkeyp
         streams.Stream(source, corruptions=["fog"], table="cifar")
     with pytest.raises(ValueError, match="no clean domain"):
         streams.Stream(source, corruptions=None)
+
+
+def test_a_loaded_cifar_c_domain_is_refused_as_a_stream_source(tmp_path, monkeypatch):
+    write_cifar_c(tmp_path, "CIFAR-10-C", ["fog"])
+    monkeypatch.setattr("streams.corruptions.corrupt", lambda *a, **k: pytest.fail("corrupted again"))
+    loaded = streams.cifar_c("cifar10-c", "fog", 3, tmp_path, n_examples=30)
+    assert loaded.precorrupted == ("cifar10-c", "fog", 3) and loaded.head(10).precorrupted == loaded.precorrupted
+    for corruptions in (["snow"], None):  # corrupted again, or labelled clean: both wrong
+        with pytest.raises(ValueError, match=r"cifar10-c fog at severity 3.*already corrupted.*"
+                                             r"streams\.cifar_c_source\('cifar10-c', data_dir\)"):
+            streams.Stream(loaded, corruptions=corruptions, cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_loaded_imagenet_c_domain_is_refused_as_a_stream_source(tmp_path):
+    write_imagenet_c(tmp_path, "fog", 2, 3)
+    loaded = streams.imagenet_c("fog", 2, tmp_path, n_examples=3)
+    assert loaded.precorrupted == ("imagenet-c", "fog", 2)
+    with pytest.raises(ValueError, match=r"imagenet-c fog at severity 2.*streams\.imagenet_c_source\(data_dir\)"):
+        streams.Stream(loaded, corruptions=["fog"], n_examples=3, cache_dir=tmp_path / "cache")
+
+
+def test_clean_image_sets_are_unmarked_and_a_bad_marker_is_an_error():
+    assert streams.fashion_mnist().precorrupted is None
+    images, labels = torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.zeros(2, dtype=torch.int64)
+    with pytest.raises(ValueError, match="precorrupted must be None or"):
+        streams.ImageSet(images, labels, ["a"], precorrupted="fog")

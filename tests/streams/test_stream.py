@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -61,8 +62,8 @@ def test_clean_stream_returns_the_source_images(tmp_path):
 
 
 def test_batches_do_not_depend_on_batch_size(tmp_path):
-    a = list(small(tmp_path, order="dirichlet:0.1", batch_size=7))
-    b = list(small(tmp_path, order="dirichlet:0.1", batch_size=64))
+    a = list(small(tmp_path, order="dirichlet:0.1", setting="continual", batch_size=7))
+    b = list(small(tmp_path, order="dirichlet:0.1", setting="continual", batch_size=64))
     assert torch.equal(torch.cat([x.x for x in a]), torch.cat([x.x for x in b]))
     assert torch.equal(torch.cat([x.y for x in a]), torch.cat([x.y for x in b]))
 
@@ -112,7 +113,7 @@ def test_corrupted_domains_are_cached_on_disk_and_reused(tmp_path, monkeypatch):
     assert all(torch.equal(a.x, b.x) for a, b in zip(first, again, strict=True))
     # a different seed, severity or table is a different domain: a cache miss
     with pytest.raises(pytest.fail.Exception, match="cache not used"):
-        list(small(tmp_path, seed=1))
+        list(small(tmp_path, setting="continual", seed=1))
 
 
 SCRIPT = """
@@ -167,3 +168,57 @@ def test_bad_sources_are_clear_errors():
         streams.Stream(np.zeros((3, 1, 28, 28)))
     with pytest.raises(ValueError, match="dirichlet:0.1: 50 samples cannot fill 10 chunks"):
         streams.Stream("fmnist", corruptions=["fog"], n_examples=50, order="dirichlet:0.1")
+
+
+def test_batch_unpacks_as_x_y_domain_and_keeps_its_fields(tmp_path):
+    stream = small(tmp_path, setting="continual")
+    batches = list(stream)
+    unpacked = [(x, y, domain) for x, y, domain in stream]
+    assert len(unpacked) == len(batches)
+    for (x, y, domain), b in zip(unpacked, batches, strict=True):
+        assert torch.equal(x, b.x) and torch.equal(y, b.y) and domain == b.domain
+    x, y, _ = batches[0]
+    assert x is batches[0].x and y is batches[0].y
+    with pytest.raises(ValueError, match="too many values to unpack"):
+        x, y = batches[0]  # the 2-tuple form is not offered: write `x, y, _ = batch`
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_a_dataloader_over_the_stream_yields_the_same_batches(tmp_path, num_workers):
+    stream = small(tmp_path, setting="mixed", order="dirichlet:0.1", batch_size=48)
+    expected = list(stream)
+    assert isinstance(stream, torch.utils.data.IterableDataset)
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers)
+    assert len(loader) == len(stream)
+    got = list(loader)
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected, strict=True):
+        assert isinstance(a, streams.Batch)
+        assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+        assert a.domain == b.domain and all(type(d) is tuple for d in a.domain)  # not collated into lists
+
+
+def test_a_dataloader_with_several_workers_is_refused_naming_num_workers(tmp_path):
+    loader = torch.utils.data.DataLoader(small(tmp_path, setting="continual"), batch_size=None, num_workers=2)
+    with pytest.raises(RuntimeError, match=r"num_workers=2.*replay the whole stream.*num_workers=0 or 1"):
+        next(iter(loader))
+
+
+def test_flat_iteration_of_a_multi_domain_single_stream_warns_once(tmp_path):
+    stream = small(tmp_path)  # setting "single", two domains
+    with pytest.warns(UserWarning, match=r"without a reset") as record:
+        list(stream)
+        list(stream)
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert "stream.episodes()" in message and "tta.reset(model)" in message
+    assert record[0].filename == __file__  # attributed to the caller's loop, not to the library
+
+
+def test_episodes_and_streams_without_resets_to_miss_do_not_warn(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _, batches in small(tmp_path).episodes():
+            list(batches)
+        list(small(tmp_path, setting="continual"))
+        list(small(tmp_path, corruptions=["brightness"]))  # single, one domain: nothing to reset between
