@@ -1,24 +1,17 @@
 """The README's "## Streams" example runs as written (on a small stream) and resets between episodes."""
 
-import re
 import warnings
 from pathlib import Path
 
-import torch
 from torch import nn
 
 import tta
-
-README = Path(__file__).resolve().parents[2] / "README.md"
+from tests.test_readme import README, python_blocks
 
 
 def streams_example() -> str:
     """The first python code block of the README's "## Streams" section."""
-    text = README.read_text()
-    section = text[text.index("\n## Streams\n") :]
-    section = section[: section.index("\n## ", 1)]
-    (block, *_) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
-    return block
+    return python_blocks("Streams")[0]
 
 
 def shrink(code: str, cache_dir: Path) -> str:
