@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -76,7 +77,7 @@ def _validate(images: Tensor, corruption: str, severity: int, table: str | None)
     if corruption not in _REGISTRY:
         valid = ", ".join(CORRUPTIONS + EXTRA_CORRUPTIONS)
         raise ValueError(f"unknown corruption {corruption!r}; valid names: {valid}")
-    if isinstance(severity, bool) or not isinstance(severity, int) or not 1 <= severity <= 5:
+    if isinstance(severity, bool) or not isinstance(severity, (int, np.integer)) or not 1 <= severity <= 5:
         raise ValueError(f"severity must be an integer in 1..5, got {severity!r}")
     if images.dtype != torch.uint8:
         raise TypeError(f"images must be uint8 (0..255), got {images.dtype}; "
@@ -104,7 +105,9 @@ def corrupt(images: Tensor, corruption: str, severity: int, *, seed: int, table:
     TypeError, never rounded).
     """
     _validate(images, corruption, severity, table)
-    seed = check_seed(seed)
+    seed, severity = check_seed(seed), int(severity)
+    if isinstance(index_offset, bool) or not isinstance(index_offset, (int, np.integer)) or index_offset < 0:
+        raise TypeError(f"index_offset must be an integer >= 0, got {index_offset!r}")
     n, c, h, w = images.shape
     table = table or default_table(h, w)
     if n == 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import numpy as np
 import torch
 
 from benchmarks.corruption_reference import sample_images
@@ -211,3 +212,11 @@ def test_unknown_table_is_rejected():
     with pytest.raises(ValueError, match="cifar, imagenet"):
         corrupt(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), "fog", 1, seed=0, table="tiny")
 
+
+
+def test_numpy_integer_severity_and_offset_equal_python_ints_and_a_float_offset_is_refused():
+    x = torch.zeros(2, 1, 8, 8, dtype=torch.uint8) + 100
+    expected = corrupt(x, "gaussian_noise", 3, seed=0, index_offset=4)
+    assert torch.equal(corrupt(x, "gaussian_noise", np.int64(3), seed=0, index_offset=np.int32(4)), expected)
+    with pytest.raises(TypeError, match="index_offset must be an integer"):
+        corrupt(x, "gaussian_noise", 3, seed=0, index_offset=4.0)
