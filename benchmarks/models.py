@@ -324,10 +324,9 @@ def _load_path(
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError) as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ValueError(
-                f"{path} is not a plain state dict, so it was not loaded (weights-only loading refused it: "
-                f"{first}); {TRUST_PICKLE_HINT}"
+                f"{path} is not a plain state dict, so it was not loaded ({_refusal_reason(error)}); "
+                f"{TRUST_PICKLE_HINT}"
             ) from None
     if isinstance(obj, nn.Module):
         if arch is not None:
@@ -346,6 +345,15 @@ def _load_path(
     except RuntimeError as error:
         raise ValueError(f"{path} does not fit --arch {arch!r}: {error}") from None
     return model
+
+
+def _refusal_reason(error: BaseException) -> str:
+    """The line of torch's weights-only refusal that names what the file holds (``Unsupported global ...``)."""
+    match = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+    if match:
+        return f"it refers to {match.group(1)}, which weights-only loading does not allow"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"weights-only loading refused it: {lines[-1] if lines else type(error).__name__}"
 
 
 def build_architecture(
