@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 import streams
+import tta
 from benchmarks import cli, grid
 from benchmarks.models import load_bundled_model
 from benchmarks.results import read_rows
@@ -315,3 +317,102 @@ def test_report_counts_a_duplicated_result_once_and_says_so(finished, tmp_path, 
     line = next(line for line in (folder / "report.md").read_text().splitlines()
                 if line.startswith(f"| {first['policy']} "))
     assert f"{sum(same) / len(same):.1f}" in line
+
+
+# --- reproducibility metadata, output without a terminal, smaller flags ----------------------------------
+
+
+def _source_errors(cache_dir: Path, corruptions: list[str] | None, **stream_options) -> int:
+    """Misclassified images of the unadapted bundled model on a stream built by hand."""
+    model = load_bundled_model().eval()
+    stream = streams.Stream(streams.fashion_mnist("test"), corruptions=corruptions, severities=5, order="iid",
+                            batch_size=50, n_examples=200, seed=0, cache_dir=cache_dir, **stream_options)
+    with torch.no_grad():
+        return sum(int((model(b.x).argmax(1) != b.y).sum()) for b in stream)
+
+
+def test_meta_records_versions_device_threads_and_the_clean_error(finished, cache_dir):
+    meta = json.loads((finished / "meta.json").read_text())
+    run = meta["runs"][0]
+    assert run["tta_version"] == tta.__version__ and run["torch_version"] == torch.__version__
+    assert run["device"].startswith("cpu") and run["threads"] == torch.get_num_threads()
+    assert run["results_added"] == 8 and run["seconds"] > 0
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", run["started"])
+    assert run["git_commit"] == "unknown" or re.fullmatch(r"[0-9a-f]{40}(-dirty)?", run["git_commit"])
+    errors = _source_errors(cache_dir, None)
+    assert meta["clean_error"]["n"] == 200 and meta["clean_error"]["errors"] == errors
+    report = (finished / "report.md").read_text()
+    assert f"Clean error of the unadapted model: {100 * errors / 200:.1f}%" in report
+    assert run["git_commit"] in report and tta.__version__ in report
+
+
+def test_a_resumed_run_reuses_the_clean_error_and_adds_its_own_entry(finished, cache_dir, monkeypatch):
+    from benchmarks import evaluate
+
+    def computed_again(*args, **kwargs):
+        raise AssertionError("the clean error was computed again")
+
+    before = json.loads((finished / "meta.json").read_text())
+    monkeypatch.setattr(evaluate, "clean_error", computed_again)
+    assert cli.main(["run", *SMALL, "--cache-dir", str(cache_dir), "--out", str(finished)]) == 0
+    after = json.loads((finished / "meta.json").read_text())
+    assert after["clean_error"] == before["clean_error"]
+    assert after["runs"][:-1] == before["runs"] and after["runs"][-1]["results_added"] == 0
+
+
+def test_without_a_terminal_each_result_is_one_line_and_threads_are_recorded(tmp_path, cache_dir, capsys):
+    args = [a for a in SMALL if a != "--no-progress"]  # capsys' stdout is not a terminal
+    args[args.index("--order") + 1] = "iid"
+    try:
+        assert cli.main(["run", *args, "--threads", "2", "--cache-dir", str(cache_dir), "--out", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(1)
+    captured = capsys.readouterr()
+    rows = read_rows(tmp_path / "results.jsonl")
+    expected = [f"[{i}/4] {r['policy']} single iid seed 0 {r['corruption']}-5: error {r['error']:.1f}%"
+                for i, r in enumerate(rows, start=1)]
+    assert [line for line in captured.out.splitlines() if line.startswith("[")] == expected
+    assert "\r" not in captured.out + captured.err
+    assert json.loads((tmp_path / "meta.json").read_text())["runs"][0]["threads"] == 2
+
+
+def test_table_is_given_to_the_stream_and_recorded(tmp_path, cache_dir):
+    args = [*SMALL, "--policies", "source", "--order", "iid", "--corruptions", "contrast", "--table", "imagenet",
+            "--cache-dir", str(cache_dir), "--out", str(tmp_path)]
+    assert cli.main(["run", *args]) == 0
+    (row,) = read_rows(tmp_path / "results.jsonl")
+    assert row["errors"] == _source_errors(cache_dir, ["contrast"], table="imagenet")
+    assert json.loads((tmp_path / "config.json").read_text())["table"] == "imagenet"
+
+
+def test_version_flag_prints_the_toolkit_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"tta-bench {tta.__version__}"
+
+
+@pytest.mark.parametrize("command", ["run", "speed"])
+def test_model_dir_is_where_robustbench_checkpoints_are_looked_for(tmp_path, capsys, command):
+    args = [command, "--dataset", "cifar10-c", "--model", "robustbench:Standard", "--model-dir", str(tmp_path / "rb")]
+    if command == "run":
+        args += ["--data-dir", str(tmp_path), "--out", str(tmp_path / "out")]
+    assert cli.main(args) == 2
+    assert str(tmp_path / "rb" / "cifar10" / "corruptions" / "Standard.pt") in capsys.readouterr().err
+
+
+def test_train_source_writes_to_the_cache_by_default_not_the_shipped_weights(tmp_path, monkeypatch, capsys):
+    from benchmarks import train_source
+
+    written = []
+
+    def fake_train(out, **options):
+        written.append(Path(out))
+        return {"path": str(out)}
+
+    monkeypatch.setenv("TTA_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(train_source, "train_source", fake_train)
+    assert cli.main(["train-source", "--epochs", "1"]) == 0
+    assert written == [tmp_path / "cache" / "fmnist_resnet.pt"]
+    assert str(tmp_path / "cache" / "fmnist_resnet.pt") in capsys.readouterr().out
+    assert cli.main(["train-source", "--out", str(tmp_path / "mine.pt")]) == 0
+    assert written[-1] == tmp_path / "mine.pt"
