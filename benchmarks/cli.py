@@ -152,7 +152,7 @@ def _run_grid(args: argparse.Namespace, config: grid.GridConfig, model: Any, sou
     if "clean_error" not in meta:  # once per folder; a resumed run reuses it
         try:
             meta["clean_error"] = evaluate.clean_error(config, model, source, cache_dir=args.cache_dir, device=device)
-        except (ValueError, FileNotFoundError) as error:
+        except (ValueError, OSError, RuntimeError) as error:  # e.g. no clean split: recorded, not fatal
             meta["clean_error"] = {"unavailable": str(error)}
         metadata.write_meta(store.folder, meta)
         if "error" in meta["clean_error"]:

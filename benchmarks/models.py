@@ -123,7 +123,8 @@ def load_model(
     is_file = Path(spec).expanduser().is_file()
     if arch is not None and not is_file:
         raise ValueError(f"--arch {arch!r} names the architecture of a state-dict file, but --model {spec!r} is not a file")
-    if model_args and not (CALLABLE_SPEC.match(spec) and not is_file) and arch is None:
+    is_callable = not is_file and kind not in ("robustbench", "torchvision", "timm") and CALLABLE_SPEC.match(spec)
+    if model_args and not is_callable and arch is None:
         raise ValueError(
             f"model arguments {model_args} apply to a 'package.module:callable' model or to --arch; "
             f"--model {spec!r} takes none"

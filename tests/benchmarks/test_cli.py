@@ -416,3 +416,12 @@ def test_train_source_writes_to_the_cache_by_default_not_the_shipped_weights(tmp
     assert str(tmp_path / "cache" / "fmnist_resnet.pt") in capsys.readouterr().out
     assert cli.main(["train-source", "--out", str(tmp_path / "mine.pt")]) == 0
     assert written[-1] == tmp_path / "mine.pt"
+
+
+def test_the_progress_bar_on_a_terminal_shows_each_policys_running_error(tmp_path, cache_dir, capsys, monkeypatch):
+    args = [a for a in SMALL if a != "--no-progress"]
+    args[args.index("--order") + 1] = "iid"
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert cli.main(["run", *args, "--cache-dir", str(cache_dir), "--out", str(tmp_path)]) == 0
+    bar = capsys.readouterr().err  # tqdm draws on stderr
+    assert re.search(r"source=\d+\.\d%, tbn=\d+\.\d%", bar)

@@ -250,8 +250,9 @@ def test_module_callable_spec_takes_keyword_arguments():
 
 
 def test_model_arguments_where_nothing_takes_them_are_refused():
-    with pytest.raises(ValueError, match="takes none"):
-        load_model("bundled", dataset="fmnist", model_args={"num_classes": 7})
+    for spec, dataset in (("bundled", "fmnist"), ("torchvision:resnet18", "imagenet"), ("robustbench:Standard", "cifar10")):
+        with pytest.raises(ValueError, match="takes none"):
+            load_model(spec, dataset=dataset, model_args={"num_classes": 7})
 
 
 def test_model_without_batchnorm_is_rejected_before_anything_runs():
