@@ -198,9 +198,9 @@ def test_run_on_a_malicious_model_file_runs_none_of_its_code(tmp_path, capsys):
     for extra in ([], ["--arch", "bundled"]):
         args = [*SMALL, "--model", str(tmp_path / "evil.pt"), *extra, "--out", str(tmp_path / "out")]
         assert cli.main(["run", *args]) == 2
+        assert not marker.exists()
         err = capsys.readouterr().err
         assert err.count("error:") == 1 and "--trust-pickle" in err and "state_dict" in err
-        assert not marker.exists()
         assert not (tmp_path / "out").exists()
 
 
