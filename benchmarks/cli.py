@@ -297,9 +297,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
 
 
 def cmd_train_source(args: argparse.Namespace) -> int:
-    import torch
-
-    from benchmarks.train_source import train_source
+    from benchmarks.train_source import default_out, train_source
 
     _set_threads(args.threads)
     logging.getLogger().setLevel(logging.INFO)
@@ -312,21 +310,13 @@ def cmd_train_source(args: argparse.Namespace) -> int:
         options["lr"] = args.lr
     if args.device != DEFAULT_DEVICE:
         options["device"] = _device(args.device)
-    out = Path(args.out).expanduser() if args.out else default_weights_path()
+    out = Path(args.out).expanduser() if args.out else default_out()
     if out.exists() and out.is_dir():
         raise _Fail(f"--out {args.out}: is a folder; name the checkpoint file")
     result = train_source(out, **options)
     print(json.dumps(result, indent=2, default=str))
     print(f"wrote {out}; evaluate it with: tta-bench run --model {out} --arch bundled ...")
     return 0
-
-
-def default_weights_path() -> Path:
-    """Where ``train-source`` writes by default: the tta cache (``$TTA_CACHE_DIR``), never the shipped
-    weights inside the installed package (those are overwritten only when ``--out`` names them)."""
-    from streams.cache import default_cache_dir
-
-    return default_cache_dir() / "fmnist_resnet.pt"
 
 
 # ------------------------------------------------------------------------------------------- parser
