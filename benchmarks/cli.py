@@ -8,14 +8,17 @@ A thin front end (style guide, principle 6): it parses arguments, calls :mod:`be
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
-import statistics
+import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import tta
 from benchmarks import grid
 
 DEFAULT_DEVICE = "auto"
@@ -39,10 +42,38 @@ def _device(name: str) -> Any:
     return device
 
 
-def _load_model(spec: str, dataset: str, device: Any) -> Any:
+def _load_model(spec: str, dataset: str, device: Any, args: argparse.Namespace,
+                arch: str | None = None, model_args: dict[str, Any] | None = None) -> Any:
     from benchmarks.models import load_model
 
-    return load_model(spec, dataset=dataset, device=device)
+    return load_model(spec, dataset=dataset, device=device, model_dir=args.model_dir, arch=arch,
+                      model_args=model_args, trust_pickle=args.trust_pickle)
+
+
+def _set_threads(threads: int | None) -> None:
+    import torch
+
+    if threads is None:
+        return
+    if threads < 1:
+        raise _Fail(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
+
+
+def _out_folder(text: str) -> Path:
+    """``--out`` as a path, refused (before anything is written) if it or a parent is not a folder, or
+    the folder it would be created in is not writable."""
+    out = Path(text).expanduser()
+    if out.exists() and not out.is_dir():
+        raise _Fail(f"--out {text}: exists and is not a folder; name a folder (new or a results folder)")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise _Fail(f"--out {text}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise _Fail(f"--out {text}: no permission to write in {existing}")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -61,72 +92,137 @@ def _config_from_args(args: argparse.Namespace) -> grid.GridConfig:
         batch_size=args.batch_size,
         n_examples=args.n_examples,
         options=args.option,
+        arch=args.arch,
+        model_args=args.model_arg,
+        table=args.table,
     )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from benchmarks import evaluate, metadata, results
+
+    started, started_at = time.monotonic(), metadata.utc_now()
+    config = _config_from_args(args)
+    out = _out_folder(args.out)
+    _set_threads(args.threads)
+    device = _device(args.device)
+    with contextlib.ExitStack() as held:
+        if out.is_dir():  # an existing folder: refuse at once if another run writes into it
+            held.enter_context(results.FolderLock(out))
+        # Everything that can fail on the arguments fails here, before a result is written into --out.
+        model = _load_model(config.model, config.dataset, device, args, config.arch, config.model_args)
+        source = evaluate.load_source(config, data_dir=args.data_dir)
+        batch = evaluate.first_batch(config, source, cache_dir=args.cache_dir)
+        evaluate.check_model_and_policies(config, model, batch, device=device)
+        if not out.is_dir():
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise _Fail(f"--out {args.out}: cannot create the folder: {error.strerror or error}") from None
+            held.enter_context(results.FolderLock(out))
+        store = results.ResultStore.open(out, config)
+        meta = metadata.read_meta(out)
+        run_entry: dict[str, Any] = {"started": started_at, **metadata.environment(device)}
+        before = len(store.rows())
+        try:
+            status = _run_grid(args, config, model, source, store, meta, device)
+        finally:
+            run_entry["seconds"] = round(time.monotonic() - started, 1)
+            run_entry["results_added"] = len(store.rows()) - before
+            meta.setdefault("runs", []).append(run_entry)
+            metadata.write_meta(out, meta)
+        if status:
+            return status
+        return _write_report(store.folder, store.rows(), config.to_json(), meta, config.policies)
+
+
+def _run_grid(args: argparse.Namespace, config: grid.GridConfig, model: Any, source: Any,
+              store: Any, meta: dict[str, Any], device: Any) -> int:
+    """Run the grid's missing rows into ``store``, showing progress; 130 if interrupted, else 0."""
     from tqdm import tqdm
 
-    from benchmarks import evaluate, report, results
+    from benchmarks import evaluate, metadata, results
 
-    config = _config_from_args(args)
-    device = _device(args.device)
-    store = results.ResultStore.open(args.out, config)
     keys = grid.row_keys(config)
     todo = [key for key in keys if not store.done(key)]
     print(
         f"{len(keys)} results in the grid ({len(config.policies)} policies x {len(grid.expand(config))} "
-        f"streams); {len(keys) - len(todo)} already in {store.results_path}"
+        f"streams); {len(keys) - len(todo)} already in {store.results_path}", flush=True
     )
-    if todo:
-        model = _load_model(config.model, config.dataset, device)
-        for policy in config.policies:  # fail on a bad option value before the first hour of work
-            evaluate.adapted_copy(model, policy, config.options.get(policy))
-        errors_so_far: list[float] = []
-        bar = tqdm(total=len(keys), initial=len(keys) - len(todo), unit="result", dynamic_ncols=True,
-                   disable=args.no_progress)
-
-        def on_batch(run: grid.Run, domain: Any, tallies: dict[str, dict[Any, Any]]) -> None:
-            n = sum(t.n for per_domain in tallies.values() for t in per_domain.values())
-            wrong = sum(t.errors for per_domain in tallies.values() for t in per_domain.values())
-            where = f"{run.setting} {run.order} seed {run.seed}"
-            if domain is not None:
-                where += f" {domain[0]}"
-            bar.set_description(where, refresh=False)
-            postfix = {"err": f"{100.0 * wrong / max(n, 1):.1f}%"}
-            if errors_so_far:
-                postfix["mean err"] = f"{statistics.fmean(errors_so_far):.1f}%"
-            bar.set_postfix(postfix)
-
-        def on_rows(rows: list[dict[str, Any]]) -> None:
-            errors_so_far.extend(row["error"] for row in rows)
-            bar.update(len(rows))
-
+    if "clean_error" not in meta:  # once per folder; a resumed run reuses it
         try:
-            evaluate.run_grid(
-                config,
-                model,
-                done=store.done,
-                save=store.append,
-                data_dir=args.data_dir,
-                cache_dir=args.cache_dir,
-                device=device,
-                progress=evaluate.Progress(on_batch=on_batch, on_rows=on_rows),
-            )
-        except KeyboardInterrupt:
+            meta["clean_error"] = evaluate.clean_error(config, model, source, cache_dir=args.cache_dir, device=device)
+        except (ValueError, OSError, RuntimeError) as error:  # e.g. no clean split: recorded, not fatal
+            meta["clean_error"] = {"unavailable": str(error)}
+        metadata.write_meta(store.folder, meta)
+        if "error" in meta["clean_error"]:
+            print(f"clean error of the unadapted model: {meta['clean_error']['error']:.1f}% "
+                  f"on {meta['clean_error']['n']} clean test images", flush=True)
+    if not todo:
+        return 0
+    # A redrawn bar only on a terminal; elsewhere (CI logs, a file, --no-progress) one line per result.
+    bar = tqdm(total=len(keys), initial=len(keys) - len(todo), unit="result", dynamic_ncols=True) \
+        if sys.stdout.isatty() and not args.no_progress else None
+    finished = len(keys) - len(todo)
+
+    def on_batch(run: grid.Run, domain: Any, tallies: dict[str, dict[Any, Any]]) -> None:
+        if bar is None:
+            return
+        where = f"{run.setting} {run.order} seed {run.seed}"
+        if domain is not None:
+            where += f" {domain[0]}"
+        bar.set_description(where, refresh=False)
+        postfix = {}
+        for policy, per_domain in tallies.items():  # each policy's running error in this episode
+            n = sum(t.n for t in per_domain.values())
+            wrong = sum(t.errors for t in per_domain.values())
+            postfix[policy] = f"{100.0 * wrong / max(n, 1):.1f}%"
+        bar.set_postfix(postfix)
+
+    def on_rows(rows: list[dict[str, Any]]) -> None:
+        nonlocal finished
+        finished += len(rows)
+        if bar is not None:
+            bar.update(len(rows))
+            return
+        for i, row in enumerate(rows, start=finished - len(rows) + 1):
+            print(f"[{i}/{len(keys)}] {results.describe_key(grid.row_key(row))}: error {row['error']:.1f}%",
+                  flush=True)
+
+    try:
+        evaluate.run_grid(
+            config,
+            model,
+            done=store.done,
+            save=store.append,
+            source=source,
+            cache_dir=args.cache_dir,
+            device=device,
+            progress=evaluate.Progress(on_batch=on_batch, on_rows=on_rows),
+        )
+    except KeyboardInterrupt:
+        if bar is not None:
             bar.close()
-            print(
-                f"\ninterrupted: {len(store.rows())} of {len(keys)} results are saved in {store.results_path}; "
-                "rerun the same command to resume",
-                file=sys.stderr,
-            )
-            return 130
+        print(
+            f"\ninterrupted: {len(store.rows())} of {len(keys)} results are saved in {store.results_path}; "
+            "rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
+    if bar is not None:
         bar.close()
-    rows = store.rows()
-    paths = report.write_report(store.folder, rows, config=config.to_json())
+    return 0
+
+
+def _write_report(folder: Path, rows: list[dict[str, Any]], config: dict[str, Any] | None,
+                  meta: dict[str, Any], policies: Sequence[str] | None) -> int:
+    from benchmarks import report
+
+    paths = report.write_report(folder, rows, config=config, metadata=meta)
     print()
-    print(f"Mean error (%) over domains, {config.dataset}, model {config.model}:")
-    print(report.summary_table(rows, policies=config.policies))
+    if config:
+        print(f"Mean error (%) over domains, {config['dataset']}, model {config['model']}:")
+    print(report.summary_table(rows, policies=policies))
     print()
     for name, path in paths.items():
         print(f"{name}: {path}")
@@ -137,16 +233,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from benchmarks import report, results
+    from benchmarks import metadata, report, results
 
     folder = Path(args.dir)
-    rows = results.read_rows(folder / results.RESULTS_NAME)
+    rows, duplicates = results.read_results(folder / results.RESULTS_NAME)
     if not rows:
         raise _Fail(f"{folder / results.RESULTS_NAME}: no results found")
+    if duplicates:
+        print(f"warning: {len(duplicates)} result(s) stored more than once in {folder / results.RESULTS_NAME}, "
+              f"each counted once (the first stored): "
+              f"{'; '.join(results.describe_key(grid.row_key(row)) for row in duplicates)}", file=sys.stderr)
     config_path = folder / results.CONFIG_NAME
     config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.exists() else None
-    paths = report.write_report(folder, rows, config=config)
     policies = config.get("policies") if config else None
+    paths = report.write_report(folder, rows, config=config, metadata=metadata.read_meta(folder))
     print(report.summary_table(rows, policies=policies))
     print()
     for name, path in paths.items():
@@ -167,10 +267,10 @@ def cmd_speed(args: argparse.Namespace) -> int:
     options = grid.parse_options(args.option, policies)
     if args.dataset not in speed.INPUT_SHAPES:
         raise _Fail(f"unknown dataset {args.dataset!r}; choose from: {', '.join(speed.INPUT_SHAPES)}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _set_threads(args.threads)
     device = _device(args.device)
-    model = _load_model(grid.normalize_model(args.model), args.dataset, device)
+    model = _load_model(grid.normalize_model(args.model), args.dataset, device, args, args.arch,
+                        grid.parse_model_args(args.model_arg))
     print(
         f"timing {len(policies)} policies on {args.model} ({args.dataset} input), batch {args.batch_size}, "
         f"{device}, {torch.get_num_threads()} threads: median of {args.repeats} runs of "
@@ -197,12 +297,9 @@ def cmd_speed(args: argparse.Namespace) -> int:
 
 
 def cmd_train_source(args: argparse.Namespace) -> int:
-    import torch
+    from benchmarks.train_source import default_out, train_source
 
-    from benchmarks.train_source import train_source
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _set_threads(args.threads)
     logging.getLogger().setLevel(logging.INFO)
     options: dict[str, Any] = {"seed": args.seed, "root": args.root}
     if args.epochs is not None:
@@ -213,17 +310,43 @@ def cmd_train_source(args: argparse.Namespace) -> int:
         options["lr"] = args.lr
     if args.device != DEFAULT_DEVICE:
         options["device"] = _device(args.device)
-    out = args.out
-    if out is None:
-        from benchmarks.source_model import WEIGHTS_PATH
-
-        out = WEIGHTS_PATH
+    out = Path(args.out).expanduser() if args.out else default_out()
+    if out.exists() and out.is_dir():
+        raise _Fail(f"--out {args.out}: is a folder; name the checkpoint file")
     result = train_source(out, **options)
     print(json.dumps(result, indent=2, default=str))
+    print(f"wrote {out}; evaluate it with: tta-bench run --model {out} --arch bundled ...")
     return 0
 
 
 # ------------------------------------------------------------------------------------------- parser
+
+
+THREADS_HELP = (
+    "CPU threads for torch (torch.set_num_threads). Default: PyTorch's own (one per core), the fastest "
+    "on an idle machine; on a shared or loaded machine pass 1, as contended OpenMP threads can be "
+    "several times slower than one"
+)
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="bundled",
+                        help="bundled, robustbench:<name>, torchvision:<name>, timm:<name>, "
+                             "package.module:callable, or a file: a state dict (with --arch), or a whole "
+                             "pickled model (only with --trust-pickle)")
+    parser.add_argument("--arch", default=None,
+                        help="architecture of a state-dict --model file: bundled, torchvision:<name>, "
+                             "timm:<name> or package.module:callable; the file is read with "
+                             "weights_only=True, so no code in it runs")
+    parser.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="keyword argument of a package.module:callable model or of --arch, e.g. "
+                             "num_classes=10 (repeatable; value is a Python literal, never evaluated code)")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="allow a --model file that is a whole pickled nn.Module (torch.save(model)). "
+                             "Unpickling runs whatever code the file contains: use only for files you "
+                             "trust")
+    parser.add_argument("--model-dir", default=None,
+                        help="RobustBench checkpoint folder (default: $TTA_CACHE_DIR/models)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,25 +354,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tta-bench", description="Benchmark test-time normalization policies on corrupted test streams."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {tta.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{run,report,speed,train-source}")
 
     run = sub.add_parser("run", help="evaluate policies over a grid of streams; resumable",
                          description="Evaluate policies over the grid policies x settings x orders x seeds "
                                      "x domains. Results are appended to OUT/results.jsonl as they finish; "
-                                     "rerunning the same command resumes.")
+                                     "rerunning the same command resumes. One run at a time per OUT folder "
+                                     "(a second is refused). Models take images in [0, 1].")
     run.add_argument("--dataset", default="fmnist-c", help=f"one of {', '.join(grid.DATASETS)} (default fmnist-c)")
     run.add_argument("--data-dir", default=None,
                      help="folder holding CIFAR-10-C/, CIFAR-100-C/ or ImageNet-C/ (not needed for fmnist-c)")
     run.add_argument("--cache-dir", default=None,
                      help="where corrupted images are cached (default: the streams default, $TTA_CACHE_DIR)")
-    run.add_argument("--model", default="bundled",
-                     help="bundled, robustbench:<name>, torchvision:<name>, timm:<name>, or a checkpoint path")
+    _add_model_arguments(run)
     run.add_argument("--policies", default="all", help="comma list of policies, or all (default)")
     run.add_argument("--setting", default="single", help="comma list of single, continual, mixed, gradual")
     run.add_argument("--order", default="iid", help="comma list of iid, sorted, dirichlet:<delta>, slots:<gamma>")
     run.add_argument("--corruptions", default="all",
                      help="comma list, all (the 15, default) or none (the clean test set)")
     run.add_argument("--severity", default="5", help="severity 1-5, or a comma list (default 5)")
+    run.add_argument("--table", default=None, choices=grid.TABLES,
+                     help="corruption parameter table (default: chosen from the image size)")
     run.add_argument("--batch-size", type=int, default=64)
     run.add_argument("--n-examples", type=int, default=None, help="images per domain (default: all)")
     run.add_argument("--seeds", default="0", help="comma list of seeds (default 0)")
@@ -257,7 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a policy option, e.g. alpha_bn.alpha=0.2 (repeatable; value is a Python literal)")
     run.add_argument("--out", required=True, metavar="DIR", help="results folder (created; reused to resume)")
     run.add_argument("--device", default=DEFAULT_DEVICE, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+    run.add_argument("--no-progress", action="store_true",
+                     help="no progress bar: one line per finished result instead (always so when stdout "
+                          "is not a terminal)")
     run.set_defaults(func=cmd_run)
 
     rep = sub.add_parser("report", help="rebuild report.md, results.csv and errors.png from DIR/results.jsonl")
@@ -266,25 +395,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     spd = sub.add_parser("speed", help="images/s of each policy and the ratio to source")
     spd.add_argument("--dataset", default="fmnist-c", help="decides the input size and the model's classes")
-    spd.add_argument("--model", default="bundled")
+    _add_model_arguments(spd)
     spd.add_argument("--policies", default="all")
     spd.add_argument("--batch-size", type=int, default=64)
     spd.add_argument("--option", action="append", default=[], metavar="POLICY.KEY=VALUE")
     spd.add_argument("--warmup", type=int, default=3, help="untimed batches per policy first (default 3)")
     spd.add_argument("--repeats", type=int, default=10, help="timed runs per policy; the median is reported")
     spd.add_argument("--batches-per-repeat", type=int, default=5, help="batches in one timed run")
-    spd.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    spd.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     spd.add_argument("--device", default=DEFAULT_DEVICE)
     spd.set_defaults(func=cmd_speed)
 
     trn = sub.add_parser("train-source", help="train the bundled Fashion-MNIST model")
-    trn.add_argument("--out", default=None, help="checkpoint path (default: the bundled weights file)")
+    trn.add_argument("--out", default=None,
+                     help="checkpoint path (default: fmnist_resnet.pt in the tta cache, $TTA_CACHE_DIR); "
+                          "the shipped weights are replaced only if this names their file")
     trn.add_argument("--epochs", type=int, default=None, help="default: the shipped checkpoint's recipe")
     trn.add_argument("--seed", type=int, default=0)
     trn.add_argument("--root", default=None, help="folder with the raw Fashion-MNIST training files")
     trn.add_argument("--batch-size", type=int, default=None)
     trn.add_argument("--lr", type=float, default=None)
-    trn.add_argument("--threads", type=int, default=None)
+    trn.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     trn.add_argument("--device", default=DEFAULT_DEVICE)
     trn.set_defaults(func=cmd_train_source)
     return parser
@@ -294,10 +425,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``tta-bench``; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from benchmarks.results import FolderInUseError
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (_Fail, ValueError, FileNotFoundError) as error:
+    except (_Fail, ValueError, FileNotFoundError, FolderInUseError) as error:
         print(f"tta-bench {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -160,6 +160,7 @@ def build_stream(
         batch_size=config.batch_size,
         n_examples=config.n_examples,
         seed=run.seed,
+        table=config.table,
         cache_dir=cache_dir,
     )
 
@@ -249,6 +250,82 @@ def run_grid(
             save(rows)
             if progress.on_rows is not None:
                 progress.on_rows(rows)
+
+
+def first_batch(
+    config: GridConfig, source: Any, *, cache_dir: str | os.PathLike[str] | None = None
+) -> Any:
+    """The first batch of the grid's first stream (what :func:`check_model_and_policies` probes with)."""
+    from benchmarks.grid import expand
+
+    return next(iter(build_stream(config, expand(config)[0], source, cache_dir=cache_dir)))
+
+
+def check_model_and_policies(
+    config: GridConfig, model: nn.Module, batch: Any, *, device: torch.device | str = "cpu"
+) -> None:
+    """Fail before a grid starts if ``model`` or a policy with its options cannot process ``batch``.
+
+    The model must take the stream's images and return one finite row of class scores per image, at
+    least as many classes as the batch's labels need; each policy is attached to a deep copy
+    (:func:`adapted_copy`, ``model`` is untouched) and must give finite outputs on the batch. Raises one
+    ``ValueError`` naming the model or the policy and its options.
+    """
+    model = model.to(device).eval()
+    x, y = batch.x.to(device), batch.y.to(device)
+    with torch.no_grad():
+        try:
+            out = model(x)
+        except RuntimeError as error:
+            raise ValueError(
+                f"model {config.model} cannot process the {config.dataset} images (a batch of shape "
+                f"{tuple(x.shape)}): {_first_line(error)}"
+            ) from None
+        if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != len(x):
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(
+                f"model {config.model} returned {shape} for a batch of {len(x)} {config.dataset} images; "
+                "expected one row of class scores per image"
+            )
+        if out.shape[1] <= int(y.max()):
+            raise ValueError(
+                f"model {config.model} has {out.shape[1]} outputs but {config.dataset} has label {int(y.max())}"
+            )
+        if not bool(torch.isfinite(out).all()):
+            raise ValueError(f"model {config.model} gives non-finite outputs on clean {config.dataset} images")
+        for policy in config.policies:
+            options = config.options.get(policy, {})
+            what = f"policy {policy}" + (f" with options {options}" if options else "")
+            try:
+                adapted = adapted_copy(model, policy, options, seed=config.seeds[0])
+                out = adapted(x)
+            except (ValueError, TypeError, RuntimeError) as error:
+                raise ValueError(f"{what}: {_first_line(error)}") from None
+            if not bool(torch.isfinite(out).all()):
+                raise ValueError(f"{what} gives non-finite outputs on the first batch; check the option values")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def clean_error(
+    config: GridConfig,
+    model: nn.Module,
+    source: Any,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    """The unadapted model's error on the clean test split, at the grid's ``n_examples`` and batch size
+    (the first ``n_examples`` images, in iid order with seed 0): ``{"n", "errors", "error"}``."""
+    stream = streams.Stream(
+        source, corruptions=None, order="iid", setting="single", batch_size=config.batch_size,
+        n_examples=config.n_examples, seed=0, table=config.table, cache_dir=cache_dir,
+    )
+    tally = evaluate_batches({"source": model.to(device).eval()}, stream, device=device)["source"][(CLEAN, 0)]
+    return {"n": tally.n, "errors": tally.errors, "error": round(tally.error, 4), "n_examples": config.n_examples}
 
 
 def _key(policy: str, run: Run, domain: Domain) -> tuple[str, str, str, int, str, int]:

@@ -28,6 +28,8 @@ RowKey = tuple[str, str, str, int, str, int]
 """Identity of one result row: (policy, setting, order, seed, corruption, severity)."""
 
 MODEL_PREFIXES: tuple[str, ...] = ("robustbench:", "torchvision:", "timm:")
+TABLES: tuple[str, ...] = ("cifar", "imagenet")
+"""Corruption parameter tables ``--table`` may name (default: the engine picks by image size)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,9 +51,23 @@ class GridConfig:
     batch_size: int
     n_examples: int | None
     options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    arch: str | None = None
+    model_args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    table: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict (lists instead of tuples), stored as the results folder's config."""
+        """A JSON-ready dict (lists instead of tuples), stored as the results folder's config.
+
+        ``arch``, ``model_args`` and ``table`` appear only when set, so folders written before they
+        existed keep the same identity and still resume.
+        """
+        extra: dict[str, Any] = {}
+        if self.arch is not None:
+            extra["arch"] = self.arch
+        if self.model_args:
+            extra["model_args"] = dict(sorted(self.model_args.items()))
+        if self.table is not None:
+            extra["table"] = self.table
         return {
             "dataset": self.dataset,
             "model": self.model,
@@ -64,6 +80,7 @@ class GridConfig:
             "batch_size": self.batch_size,
             "n_examples": self.n_examples,
             "options": {p: dict(sorted(o.items())) for p, o in sorted(self.options.items())},
+            **extra,
         }
 
     @classmethod
@@ -81,6 +98,9 @@ class GridConfig:
             batch_size=int(data["batch_size"]),
             n_examples=None if data["n_examples"] is None else int(data["n_examples"]),
             options={p: dict(o) for p, o in data.get("options", {}).items()},
+            arch=data.get("arch"),
+            model_args=dict(data.get("model_args", {})),
+            table=data.get("table"),
         )
 
 
@@ -191,17 +211,39 @@ def parse_ints(text: str, what: str, *, low: int | None = None, high: int | None
     return tuple(values)
 
 
+def parse_value(raw: str) -> Any:
+    """A Python literal (``ast.literal_eval``: numbers, strings, None, True, lists ...), ``nan``/``inf``
+    as floats, else the raw text as a string; never ``eval``. Whether the value suits its option is
+    checked where it is used (``tta.adapt`` and a probe batch, see ``benchmarks.evaluate``)."""
+    if raw.strip().lower() in ("nan", "inf", "+inf", "-inf"):
+        return float(raw.strip())
+    try:
+        return ast.literal_eval(raw.strip())
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return raw.strip()
+
+
 def parse_option(text: str) -> tuple[str, str, Any]:
-    """Parse ``policy.key=value``; the value is a Python literal (``ast.literal_eval``), else a string."""
+    """Parse ``policy.key=value``; the value as in :func:`parse_value`."""
     target, sep, raw = text.partition("=")
     policy, dot, key = target.strip().partition(".")
     if not sep or not dot or not policy or not key:
         raise ValueError(f"option {text!r} is not of the form policy.key=value (e.g. alpha_bn.alpha=0.2)")
-    try:
-        value = ast.literal_eval(raw.strip())
-    except (ValueError, SyntaxError):
-        value = raw.strip()
-    return policy, key.strip(), value
+    return policy, key.strip(), parse_value(raw)
+
+
+def parse_model_args(texts: Iterable[str]) -> dict[str, Any]:
+    """``key=value`` keyword arguments of the model builder (``--model-arg num_classes=10``)."""
+    args: dict[str, Any] = {}
+    for text in texts:
+        key, sep, raw = text.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ValueError(f"--model-arg {text!r} is not of the form key=value (e.g. num_classes=10)")
+        if key in args:
+            raise ValueError(f"--model-arg {key} is given twice")
+        args[key] = parse_value(raw)
+    return args
 
 
 def parse_options(texts: Iterable[str], policies: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -251,6 +293,9 @@ def make_config(
     batch_size: int = 64,
     n_examples: int | None = None,
     options: Iterable[str] = (),
+    arch: str | None = None,
+    model_args: Iterable[str] = (),
+    table: str | None = None,
 ) -> GridConfig:
     """Validate the raw command-line strings and build the :class:`GridConfig`; errors name the argument."""
     if dataset not in DATASETS:
@@ -259,6 +304,8 @@ def make_config(
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     if n_examples is not None and n_examples < 1:
         raise ValueError(f"--n-examples must be >= 1, got {n_examples}")
+    if table is not None and table not in TABLES:
+        raise ValueError(f"unknown table {table!r}; choose from: {', '.join(TABLES)}")
     policy_names = parse_policies(policies)
     setting_names = parse_settings(settings)
     corruption_names = parse_corruptions(corruptions)
@@ -276,6 +323,9 @@ def make_config(
         batch_size=batch_size,
         n_examples=n_examples,
         options=parse_options(options, policy_names),
+        arch=arch.strip() if arch else None,
+        model_args=parse_model_args(model_args),
+        table=table,
     )
 
 

@@ -6,9 +6,17 @@ Specs:
   ``robustbench.utils.load_model``; its preprocessing is already inside the model.
 - ``torchvision:<name>``: ``torchvision.models.get_model(name, weights="DEFAULT")``.
 - ``timm:<name>``: ``timm.create_model(name, pretrained=True)``.
-- a path to a checkpoint holding a whole pickled ``nn.Module`` (``torch.save(model, path)``): loaded with
-  ``weights_only=False``, so only pass files you trust.
-- ``package.module:callable``: calls ``callable()`` (no arguments), which must return an ``nn.Module``.
+- a path to a state dict (``torch.save(model.state_dict(), path)``), read with ``weights_only=True`` (no
+  code runs) into the architecture ``arch`` names: ``bundled``, ``torchvision:<name>``, ``timm:<name>``
+  (both behind ImageNet normalization, built without pretrained weights) or ``package.module:callable``.
+- a path to a whole pickled ``nn.Module`` (``torch.save(model, path)``) only with ``trust_pickle=True``:
+  unpickling can run arbitrary code, so only for files you trust. Without it such a file is refused
+  before any of its code runs. TorchScript and ``torch.export`` archives are refused: they load without
+  Python pickle, but hold no ``nn.BatchNorm`` modules that the policies could replace.
+- ``package.module:callable``: calls ``callable(**model_args)``, which must return an ``nn.Module``.
+
+``model_args`` (literal keyword arguments, e.g. ``num_classes=10``) go to the callable or to the ``arch``
+builder; they are refused where nothing would take them.
 
 Nothing is downloaded implicitly: when the weights are not in the local cache, one
 :class:`MissingWeightsError` names the missing file, where it was looked for, and how to get it.
@@ -20,7 +28,10 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import pickle
 import re
+import zipfile
+from collections.abc import Mapping
 from collections import OrderedDict
 from pathlib import Path
 from urllib.parse import urlparse
@@ -36,6 +47,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "MissingWeightsError",
+    "build_architecture",
     "canonical_dataset",
     "count_batchnorm",
     "default_model_dir",
@@ -92,17 +104,31 @@ def load_model(
     dataset: str,
     device: torch.device | str | None = None,
     model_dir: str | os.PathLike[str] | None = None,
+    arch: str | None = None,
+    model_args: Mapping[str, object] | None = None,
+    trust_pickle: bool = False,
 ) -> nn.Module:
     """Load the model named by ``spec`` for ``dataset``, in eval mode on ``device`` (spec forms: module doc).
 
     Every returned model takes images as floats in [0, 1]: the bundled and RobustBench models normalize
     inside; torchvision and timm models are wrapped as ``nn.Sequential(normalize, model)`` with their
     ImageNet mean/std. ``model_dir`` is RobustBench's checkpoint folder (default :func:`default_model_dir`).
+    ``arch``, ``model_args`` and ``trust_pickle``: see the module docstring.
     Raises :class:`MissingWeightsError` when weights are not cached, ``ValueError`` for an unknown spec or
-    dataset, or a model without BatchNorm.
+    dataset, a file that cannot be loaded safely, or a model without BatchNorm.
     """
     dataset = canonical_dataset(dataset)
+    model_args = dict(model_args or {})
     kind, _, name = spec.partition(":")
+    is_file = Path(spec).expanduser().is_file()
+    if arch is not None and not is_file:
+        raise ValueError(f"--arch {arch!r} names the architecture of a state-dict file, but --model {spec!r} is not a file")
+    is_callable = not is_file and kind not in ("robustbench", "torchvision", "timm") and CALLABLE_SPEC.match(spec)
+    if model_args and not is_callable and arch is None:
+        raise ValueError(
+            f"model arguments {model_args} apply to a 'package.module:callable' model or to --arch; "
+            f"--model {spec!r} takes none"
+        )
     if spec == "bundled":
         if dataset != "fmnist":
             raise ValueError(f"the bundled model is a Fashion-MNIST classifier; dataset is {dataset!r}")
@@ -115,16 +141,16 @@ def load_model(
     elif kind == "timm" and name:
         _require_imagenet(spec, dataset)
         model = _load_timm(name)
-    elif Path(spec).expanduser().is_file():
-        model = _load_path(Path(spec).expanduser())
+    elif is_file:
+        model = _load_path(Path(spec).expanduser(), dataset, arch, model_args, trust_pickle)
     elif CALLABLE_SPEC.match(spec):
-        model = _load_callable(spec)
+        model = _load_callable(spec, model_args)
     elif spec.endswith((".pt", ".pth", ".ckpt")) or os.sep in spec:
         raise FileNotFoundError(f"model checkpoint {spec!r} does not exist")
     else:
         raise ValueError(
             f"unknown model spec {spec!r}; use 'bundled', 'robustbench:<name>', 'torchvision:<name>', "
-            "'timm:<name>', a path to a saved nn.Module, or 'package.module:callable'"
+            "'timm:<name>', a path to a state dict (with --arch), or 'package.module:callable'"
         )
     if count_batchnorm(model) == 0:
         raise ValueError(
@@ -264,20 +290,116 @@ def _robustbench_files(name: str, dataset: str, entry: dict, model_dir: Path) ->
     return [base]
 
 
-def _load_path(path: Path) -> nn.Module:
-    """A whole ``nn.Module`` saved with ``torch.save``; unpickling runs code, so the file must be trusted."""
-    obj = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(obj, dict):
+TRUST_PICKLE_HINT = (
+    "if it is a whole model saved with torch.save(model, path) and you trust the file, pass --trust-pickle "
+    "(unpickling can run arbitrary code); safer: save model.state_dict() and pass it with --arch"
+)
+
+
+def _archive_kind(path: Path) -> str | None:
+    """``"TorchScript"`` or ``"torch.export"`` for those zip archives, else None (read without loading)."""
+    if not zipfile.is_zipfile(path):
+        return None
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+        return "TorchScript"
+    if any(n.endswith("/archive_format") or n.endswith("/models/model.json") for n in names):
+        return "torch.export"
+    return None
+
+
+def _load_path(
+    path: Path, dataset: str, arch: str | None, model_args: dict[str, object], trust_pickle: bool
+) -> nn.Module:
+    """A state dict (``weights_only=True``) into ``arch``; a whole pickled module only if ``trust_pickle``."""
+    archive = _archive_kind(path)
+    if archive is not None:
         raise ValueError(
-            f"{path} holds a dict (a state_dict?), not an nn.Module; save the whole model with "
-            "torch.save(model, path), or use a 'package.module:callable' spec that builds and loads it"
+            f"{path} is a {archive} archive: its modules are compiled, with no nn.BatchNorm layer the "
+            "policies could replace; save model.state_dict() instead and pass it with --arch"
         )
-    if not isinstance(obj, nn.Module):
-        raise ValueError(f"{path} holds a {type(obj).__name__}, not an nn.Module")
-    return obj
+    if trust_pickle:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError) as error:
+            raise ValueError(
+                f"{path} is not a plain state dict, so it was not loaded ({_refusal_reason(error)}); "
+                f"{TRUST_PICKLE_HINT}"
+            ) from None
+    if isinstance(obj, nn.Module):
+        if arch is not None:
+            raise ValueError(f"{path} holds a whole {type(obj).__name__}, not a state dict; drop --arch")
+        return obj
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path} holds a {type(obj).__name__}, neither a state dict nor an nn.Module")
+    if arch is None:
+        raise ValueError(
+            f"{path} holds a state dict (weights without the architecture): name the architecture with "
+            "--arch bundled, torchvision:<name>, timm:<name> or package.module:callable"
+        )
+    model, target = build_architecture(arch, dataset, model_args)
+    try:
+        target.load_state_dict(obj)
+    except RuntimeError as error:
+        raise ValueError(f"{path} does not fit --arch {arch!r}: {error}") from None
+    return model
 
 
-def _load_callable(spec: str) -> nn.Module:
+def _refusal_reason(error: BaseException) -> str:
+    """The line of torch's weights-only refusal that names what the file holds (``Unsupported global ...``)."""
+    match = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+    if match:
+        return f"it refers to {match.group(1)}, which weights-only loading does not allow"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"weights-only loading refused it: {lines[-1] if lines else type(error).__name__}"
+
+
+def build_architecture(
+    arch: str, dataset: str, model_args: Mapping[str, object] | None = None
+) -> tuple[nn.Module, nn.Module]:
+    """An untrained model of architecture ``arch`` taking [0, 1] images, and the module a state dict of
+    that architecture loads into (the bare network, inside the normalization wrapper if any)."""
+    model_args = dict(model_args or {})
+    kind, _, name = arch.partition(":")
+    if arch == "bundled":
+        from benchmarks.source_model import FashionResNet
+
+        try:
+            model = FashionResNet(**model_args)  # type: ignore[arg-type]
+        except TypeError as error:
+            raise ValueError(f"--arch bundled: {error}") from None
+        return model, model
+    if kind == "torchvision" and name:
+        import torchvision
+
+        try:
+            net = torchvision.models.get_model(name, weights=None, **model_args)
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"--arch {arch!r}: {error}") from None
+        return _normalized(net, IMAGENET_MEAN, IMAGENET_STD), net
+    if kind == "timm" and name:
+        import timm
+
+        if not timm.is_model(name):
+            raise ValueError(f"timm has no model {name!r}")
+        try:
+            net = timm.create_model(name, pretrained=False, **model_args)
+        except TypeError as error:
+            raise ValueError(f"--arch {arch!r}: {error}") from None
+        cfg = net.pretrained_cfg
+        return _normalized(net, tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))), net
+    if CALLABLE_SPEC.match(arch):
+        model = _load_callable(arch, model_args)
+        return model, model
+    raise ValueError(
+        f"unknown --arch {arch!r}; use bundled, torchvision:<name>, timm:<name> or package.module:callable"
+    )
+
+
+def _load_callable(spec: str, model_args: Mapping[str, object] | None = None) -> nn.Module:
     module_name, _, attr = spec.partition(":")
     try:
         target = importlib.import_module(module_name)
@@ -287,7 +409,12 @@ def _load_callable(spec: str) -> nn.Module:
         if not hasattr(target, part):
             raise ValueError(f"model spec {spec!r}: {module_name} has no attribute {attr!r}")
         target = getattr(target, part)
-    model = target()
+    if not callable(target):
+        raise ValueError(f"model spec {spec!r}: {attr} is not callable")
+    try:
+        model = target(**dict(model_args or {}))
+    except TypeError as error:
+        raise ValueError(f"model spec {spec!r} with arguments {dict(model_args or {})}: {error}") from None
     if not isinstance(model, nn.Module):
         raise ValueError(f"model spec {spec!r} returned a {type(model).__name__}, not an nn.Module")
     return model

@@ -185,13 +185,39 @@ def plot_errors(
     return path
 
 
+RUN_COLUMNS: tuple[str, ...] = (
+    "started", "seconds", "results_added", "tta_version", "git_commit", "torch_version", "device", "threads",
+)
+
+
+def reproducibility(metadata: dict[str, Any]) -> list[str]:
+    """The report's lines on the model's clean error and on each run that wrote into the folder."""
+    lines = ["## Reproducibility", ""]
+    clean = metadata.get("clean_error")
+    if isinstance(clean, dict) and "error" in clean:
+        lines += [f"Clean error of the unadapted model: {clean['error']:.1f}% ({clean['errors']} of {clean['n']} "
+                  "clean test images).", ""]
+    elif isinstance(clean, dict) and "unavailable" in clean:
+        lines += [f"Clean error of the unadapted model: not measured ({clean['unavailable']}).", ""]
+    runs = metadata.get("runs") or []
+    if runs:
+        table = [[str(run.get(column, "")) for column in RUN_COLUMNS] for run in runs]
+        lines += [tabulate(table, headers=list(RUN_COLUMNS), tablefmt="github", disable_numparse=True), ""]
+    return lines
+
+
 def write_report(
     folder: str | Path,
     rows: Rows,
     *,
     config: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
-    """Write ``report.md``, ``results.csv`` and ``errors.png`` into ``folder``; return their paths."""
+    """Write ``report.md``, ``results.csv`` and ``errors.png`` into ``folder``; return their paths.
+
+    ``metadata`` (the folder's ``meta.json``, :mod:`benchmarks.metadata`) adds the model's clean error
+    and a table of the runs that produced the rows (versions, commit, device, threads, date, run time).
+    """
     if not rows:
         raise ValueError(f"no result rows in {folder}: nothing to report")
     folder = Path(folder)
@@ -217,6 +243,8 @@ def write_report(
         f"![error per corruption]({PLOT_NAME})",
         "",
     ]
+    if metadata:
+        lines += reproducibility(metadata)
     report_path = folder / REPORT_NAME
     report_path.write_text("\n".join(lines), encoding="utf-8")
     return {

@@ -6,6 +6,11 @@ holds the :class:`benchmarks.grid.GridConfig` the rows were produced with. Reope
 different configuration is refused (never mixed): the identity of a results folder is its whole grid
 configuration (dataset, model, policies, settings, orders, corruptions, severities, seeds, batch size,
 number of examples, policy options); the data location, cache, device and output folder are not part of it.
+
+One process writes a folder at a time: :class:`FolderLock` holds an OS-level lock (``filelock``, released
+by the OS when the holder dies, even by ``kill -9``) on ``.lock`` for the whole run, and records the
+holder's PID in ``.lock.pid`` so a refused run can name it. Readers tolerate a key stored twice (left
+by an older, unlocked version): it counts once and is reported.
 """
 
 from __future__ import annotations
@@ -13,9 +18,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
+from types import TracebackType
 from typing import Any
+
+import filelock
 
 from benchmarks.grid import GridConfig, RowKey, row_key
 
@@ -23,6 +32,8 @@ log = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
 RESULTS_NAME = "results.jsonl"
+LOCK_NAME = ".lock"
+LOCK_PID_NAME = ".lock.pid"
 REQUIRED_KEYS: tuple[str, ...] = (
     "policy", "setting", "order", "seed", "corruption", "severity", "n", "errors", "error",
 )
@@ -30,6 +41,51 @@ REQUIRED_KEYS: tuple[str, ...] = (
 
 class ConfigMismatchError(ValueError):
     """The folder holds results of a different configuration."""
+
+
+class FolderInUseError(RuntimeError):
+    """Another process holds the results folder's lock."""
+
+
+class FolderLock:
+    """Exclusive lock on a results folder for the duration of a ``with`` block; fails at once if held.
+
+    The lock is ``filelock.FileLock`` on ``folder/.lock`` (``flock`` on POSIX): the OS drops it when the
+    holding process ends in any way, so a stale ``.lock`` file never blocks. The holder writes its PID
+    and start time to ``folder/.lock.pid`` after acquiring, for the message of a refused contender.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+        self._lock = filelock.FileLock(str(self.folder / LOCK_NAME), timeout=0)
+
+    def __enter__(self) -> FolderLock:
+        try:
+            self._lock.acquire()
+        except filelock.Timeout:
+            raise FolderInUseError(
+                f"{self.folder} is in use by another tta-bench run ({self.holder()}); wait for it to "
+                "finish, or choose another --out folder"
+            ) from None
+        _write_atomic(
+            self.folder / LOCK_PID_NAME,
+            json.dumps({"pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n",
+        )
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        (self.folder / LOCK_PID_NAME).unlink(missing_ok=True)
+        self._lock.release()
+
+    def holder(self) -> str:
+        """``"PID 1234 since <UTC time>"`` as the holder recorded it, or what is known of it."""
+        try:
+            info = json.loads((self.folder / LOCK_PID_NAME).read_text(encoding="utf-8"))
+            return f"PID {info['pid']} since {info['since']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "PID unknown: the holder has not recorded it yet"
 
 
 def _describe_differences(old: dict[str, Any], new: dict[str, Any]) -> str:
@@ -41,13 +97,20 @@ def _describe_differences(old: dict[str, Any], new: dict[str, Any]) -> str:
 
 
 def read_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """All complete rows of a ``results.jsonl``; a torn last line (a write cut by a kill) is ignored.
+    """All complete rows of a ``results.jsonl``, each key once (see :func:`read_results`)."""
+    return read_results(path)[0]
 
-    A malformed line anywhere else is an error naming the line: the file was edited or corrupted.
+
+def read_results(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rows of a ``results.jsonl`` with each key once (the first stored), and the later rows of a
+    key stored before (duplicates: a warning is logged, they are not counted again).
+
+    A torn last line (a write cut by a kill) is ignored. A malformed line anywhere else is an error
+    naming the line: the file was edited or corrupted.
     """
     path = Path(path)
     if not path.exists():
-        return []
+        return [], []
     text = path.read_text(encoding="utf-8")
     lines = text.split("\n")
     torn = lines.pop()  # text after the last newline: empty unless the last write was cut
@@ -65,7 +128,23 @@ def read_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         if missing:
             raise ValueError(f"{path}, line {number}: missing keys {missing}")
         rows.append(row)
-    return rows
+    unique: dict[RowKey, dict[str, Any]] = {}
+    duplicates = []
+    for row in rows:
+        if row_key(row) in unique:
+            duplicates.append(row)
+        else:
+            unique[row_key(row)] = row
+    if duplicates:
+        log.warning("%s: %d result(s) stored more than once, each counted once: %s", path, len(duplicates),
+                    "; ".join(describe_key(row_key(row)) for row in duplicates))
+    return list(unique.values()), duplicates
+
+
+def describe_key(key: RowKey) -> str:
+    """``"tbn single iid seed 0 fog-5"``: a row key for messages."""
+    policy, setting, order, seed, corruption, severity = key
+    return f"{policy} {setting} {order} seed {seed} {corruption}-{severity}"
 
 
 def read_config(folder: str | os.PathLike[str]) -> GridConfig:

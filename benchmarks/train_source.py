@@ -23,7 +23,7 @@ from torch import Tensor, nn
 import streams
 from benchmarks.source_model import WEIGHTS_PATH, build_model
 
-__all__ = ["DEFAULT_EPOCHS", "augment", "evaluate", "train_source"]
+__all__ = ["DEFAULT_EPOCHS", "augment", "default_out", "evaluate", "train_source"]
 
 log = logging.getLogger(__name__)
 
@@ -165,10 +165,18 @@ def train_source(
     return result
 
 
+def default_out() -> Path:
+    """Where training writes by default: ``fmnist_resnet.pt`` in the tta cache (``$TTA_CACHE_DIR``), never
+    the shipped weights inside the installed package (``WEIGHTS_PATH``, replaced only when named)."""
+    from streams.cache import default_cache_dir
+
+    return default_cache_dir() / WEIGHTS_PATH.name
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m benchmarks.train_source``: the same as ``tta-bench train-source``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(WEIGHTS_PATH), help="checkpoint path")
+    parser.add_argument("--out", default=None, help="checkpoint path (default: fmnist_resnet.pt in $TTA_CACHE_DIR)")
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--root", default=None, help="directory of the raw Fashion-MNIST training files")
@@ -180,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     result = train_source(
-        args.out, epochs=args.epochs, seed=args.seed, root=args.root,
+        args.out or default_out(), epochs=args.epochs, seed=args.seed, root=args.root,
         batch_size=args.batch_size, lr=args.lr,
     )
     print(json.dumps(result, indent=2))

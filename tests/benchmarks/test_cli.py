@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +16,7 @@ import pytest
 import torch
 
 import streams
+import tta
 from benchmarks import cli, grid
 from benchmarks.models import load_bundled_model
 from benchmarks.results import read_rows
@@ -174,3 +177,251 @@ def test_a_killed_run_resumes_without_losing_or_repeating_a_row(tmp_path, cache_
     assert results.read_bytes().startswith(first[: first.rfind(b"\n") + 1])
     for line in results.read_text().splitlines():
         json.loads(line)
+
+
+# --- model files: nothing in a pickle runs without --trust-pickle --------------------------------------
+
+
+class _WritesMarker:
+    """Unpickling this object creates ``marker``: stands for any code a pickle can run."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_run_on_a_malicious_model_file_runs_none_of_its_code(tmp_path, capsys):
+    marker = tmp_path / "marker"
+    torch.save(_WritesMarker(str(marker)), tmp_path / "evil.pt")
+    for extra in ([], ["--arch", "bundled"]):
+        args = [*SMALL, "--model", str(tmp_path / "evil.pt"), *extra, "--out", str(tmp_path / "out")]
+        assert cli.main(["run", *args]) == 2
+        assert not marker.exists()
+        err = capsys.readouterr().err
+        assert err.count("error:") == 1 and "--trust-pickle" in err and "state_dict" in err
+        assert not (tmp_path / "out").exists()
+
+
+def test_run_on_a_state_dict_with_arch_gives_the_bundled_models_rows(tmp_path, finished, cache_dir):
+    torch.save(load_bundled_model().state_dict(), tmp_path / "weights.pt")
+    args = [*SMALL, "--model", str(tmp_path / "weights.pt"), "--arch", "bundled", "--policies", "source",
+            "--order", "iid", "--cache-dir", str(cache_dir), "--out", str(tmp_path / "out")]
+    assert cli.main(["run", *args]) == 0
+    expected = {grid.row_key(r): r["errors"] for r in read_rows(finished / "results.jsonl") if r["policy"] == "source"
+                and r["order"] == "iid"}
+    got = {grid.row_key(r): r["errors"] for r in read_rows(tmp_path / "out" / "results.jsonl")}
+    assert got == expected
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["arch"] == "bundled"
+
+
+# --- user errors: one error line, exit 2, nothing written --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "option",
+    ["rbn.alpha=abc", "rbn.alpha=None", "momentum_decay.augment=1.5", "unmix_tns.temperature=nan"],
+)
+def test_a_bad_option_value_is_one_error_before_anything_is_written(tmp_path, cache_dir, capsys, option):
+    policy = option.split(".")[0]
+    args = [*SMALL, "--policies", f"source,{policy}", "--option", option, "--cache-dir", str(cache_dir)]
+    assert cli.main(["run", *args, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and f"policy {policy}" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_for_other_images_is_refused_before_the_grid_starts(tmp_path, cache_dir, capsys):
+    # A 3-channel ImageNet architecture (built with 10 classes) cannot read 1-channel Fashion-MNIST.
+    args = [*SMALL, "--model", "torchvision.models:resnet18", "--model-arg", "num_classes=10",
+            "--cache-dir", str(cache_dir), "--out", str(tmp_path / "out")]
+    assert cli.main(["run", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "cannot process the fmnist-c images" in err and "(50, 1, 28, 28)" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("where", ["file", "under_file"])
+def test_an_out_path_that_is_no_folder_is_one_error(tmp_path, capsys, where):
+    (tmp_path / "file").write_text("not a folder")
+    out = tmp_path / "file" if where == "file" else tmp_path / "file" / "out"
+    assert cli.main(["run", *SMALL, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "--out" in err and "Traceback" not in err
+    assert (tmp_path / "file").read_text() == "not a folder"
+
+
+@pytest.mark.parametrize(("flag", "value", "named"), [("--seeds", "1.5", "1.5"), ("--threads", "0", "--threads")])
+def test_non_integer_seeds_and_zero_threads_are_refused(tmp_path, capsys, flag, value, named):
+    args = list(SMALL)
+    if flag in args:
+        args[args.index(flag) + 1] = value
+    else:
+        args += [flag, value]
+    assert cli.main(["run", *args, "--out", str(tmp_path / "out")]) == 2
+    assert named in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+# --- one run per folder; duplicates counted once ---------------------------------------------------------
+
+
+def _subprocess_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+
+
+def test_a_second_run_into_a_folder_in_use_fails_at_once_naming_the_holder(tmp_path, cache_dir, capsys):
+    args = [*SMALL, "--order", "iid,sorted,dirichlet:1.0", "--cache-dir", str(cache_dir), "--out", str(tmp_path / "out")]
+    results = tmp_path / "out" / "results.jsonl"
+    holder = subprocess.Popen([sys.executable, "-m", "benchmarks.cli", "run", *args], cwd=REPO,
+                              env=_subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (results.exists() and results.read_bytes().count(b"\n") >= 1):
+            assert holder.poll() is None and time.monotonic() < deadline, holder.communicate()
+            time.sleep(0.01)
+        # The same arguments, and other seeds (which used to mix into the same folder), are both refused.
+        for other in (args, [*args, "--seeds", "1"]):
+            started = time.monotonic()
+            assert cli.main(["run", *other]) == 2
+            err = capsys.readouterr().err
+            assert f"PID {holder.pid}" in err and "in use" in err
+            assert time.monotonic() - started < 10
+        assert holder.poll() is None, "the holder finished before the contender tried: enlarge the grid"
+    finally:
+        holder.send_signal(signal.SIGKILL)  # dies holding the lock: the OS must release it
+        holder.wait()
+    assert cli.main(["run", *args]) == 0
+    rows = read_rows(results)
+    assert len(rows) == len(set(keys_of(rows))) == 12
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["seeds"] == [0]
+
+
+def test_report_counts_a_duplicated_result_once_and_says_so(finished, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(finished, folder)
+    lines = (folder / "results.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    (folder / "results.jsonl").write_text("\n".join([*lines, lines[0]]) + "\n")  # e.g. two writers
+    assert cli.main(["report", str(folder)]) == 0
+    err = capsys.readouterr().err
+    first = rows[0]
+    assert "1 result(s) stored more than once" in err
+    assert f"{first['policy']} single {first['order']} seed 0 {first['corruption']}-5" in err
+    with open(folder / "results.csv", newline="") as file:
+        assert len(list(csv.DictReader(file))) == len(rows)
+    same = [r["error"] for r in rows if (r["policy"], r["order"]) == (first["policy"], first["order"])]
+    line = next(line for line in (folder / "report.md").read_text().splitlines()
+                if line.startswith(f"| {first['policy']} "))
+    assert f"{sum(same) / len(same):.1f}" in line
+
+
+# --- reproducibility metadata, output without a terminal, smaller flags ----------------------------------
+
+
+def _source_errors(cache_dir: Path, corruptions: list[str] | None, **stream_options) -> int:
+    """Misclassified images of the unadapted bundled model on a stream built by hand."""
+    model = load_bundled_model().eval()
+    stream = streams.Stream(streams.fashion_mnist("test"), corruptions=corruptions, severities=5, order="iid",
+                            batch_size=50, n_examples=200, seed=0, cache_dir=cache_dir, **stream_options)
+    with torch.no_grad():
+        return sum(int((model(b.x).argmax(1) != b.y).sum()) for b in stream)
+
+
+def test_meta_records_versions_device_threads_and_the_clean_error(finished, cache_dir):
+    meta = json.loads((finished / "meta.json").read_text())
+    run = meta["runs"][0]
+    assert run["tta_version"] == tta.__version__ and run["torch_version"] == torch.__version__
+    assert run["device"].startswith("cpu") and run["threads"] == torch.get_num_threads()
+    assert run["results_added"] == 8 and run["seconds"] > 0
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", run["started"])
+    assert run["git_commit"] == "unknown" or re.fullmatch(r"[0-9a-f]{40}(-dirty)?", run["git_commit"])
+    errors = _source_errors(cache_dir, None)
+    assert meta["clean_error"]["n"] == 200 and meta["clean_error"]["errors"] == errors
+    report = (finished / "report.md").read_text()
+    assert f"Clean error of the unadapted model: {100 * errors / 200:.1f}%" in report
+    assert run["git_commit"] in report and tta.__version__ in report
+
+
+def test_a_resumed_run_reuses_the_clean_error_and_adds_its_own_entry(finished, cache_dir, monkeypatch):
+    from benchmarks import evaluate
+
+    def computed_again(*args, **kwargs):
+        raise AssertionError("the clean error was computed again")
+
+    before = json.loads((finished / "meta.json").read_text())
+    monkeypatch.setattr(evaluate, "clean_error", computed_again)
+    assert cli.main(["run", *SMALL, "--cache-dir", str(cache_dir), "--out", str(finished)]) == 0
+    after = json.loads((finished / "meta.json").read_text())
+    assert after["clean_error"] == before["clean_error"]
+    assert after["runs"][:-1] == before["runs"] and after["runs"][-1]["results_added"] == 0
+
+
+def test_without_a_terminal_each_result_is_one_line_and_threads_are_recorded(tmp_path, cache_dir, capsys):
+    args = [a for a in SMALL if a != "--no-progress"]  # capsys' stdout is not a terminal
+    args[args.index("--order") + 1] = "iid"
+    try:
+        assert cli.main(["run", *args, "--threads", "2", "--cache-dir", str(cache_dir), "--out", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(1)
+    captured = capsys.readouterr()
+    rows = read_rows(tmp_path / "results.jsonl")
+    expected = [f"[{i}/4] {r['policy']} single iid seed 0 {r['corruption']}-5: error {r['error']:.1f}%"
+                for i, r in enumerate(rows, start=1)]
+    assert [line for line in captured.out.splitlines() if line.startswith("[")] == expected
+    assert "\r" not in captured.out + captured.err
+    assert json.loads((tmp_path / "meta.json").read_text())["runs"][0]["threads"] == 2
+
+
+def test_table_is_given_to_the_stream_and_recorded(tmp_path, cache_dir):
+    args = [*SMALL, "--policies", "source", "--order", "iid", "--corruptions", "contrast", "--table", "imagenet",
+            "--cache-dir", str(cache_dir), "--out", str(tmp_path)]
+    assert cli.main(["run", *args]) == 0
+    (row,) = read_rows(tmp_path / "results.jsonl")
+    assert row["errors"] == _source_errors(cache_dir, ["contrast"], table="imagenet")
+    assert json.loads((tmp_path / "config.json").read_text())["table"] == "imagenet"
+
+
+def test_version_flag_prints_the_toolkit_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"tta-bench {tta.__version__}"
+
+
+@pytest.mark.parametrize("command", ["run", "speed"])
+def test_model_dir_is_where_robustbench_checkpoints_are_looked_for(tmp_path, capsys, command):
+    args = [command, "--dataset", "cifar10-c", "--model", "robustbench:Standard", "--model-dir", str(tmp_path / "rb")]
+    if command == "run":
+        args += ["--data-dir", str(tmp_path), "--out", str(tmp_path / "out")]
+    assert cli.main(args) == 2
+    assert str(tmp_path / "rb" / "cifar10" / "corruptions" / "Standard.pt") in capsys.readouterr().err
+
+
+def test_train_source_writes_to_the_cache_by_default_not_the_shipped_weights(tmp_path, monkeypatch, capsys):
+    from benchmarks import train_source
+
+    written = []
+
+    def fake_train(out, **options):
+        written.append(Path(out))
+        return {"path": str(out)}
+
+    monkeypatch.setenv("TTA_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(train_source, "train_source", fake_train)
+    assert cli.main(["train-source", "--epochs", "1"]) == 0
+    assert written == [tmp_path / "cache" / "fmnist_resnet.pt"]
+    assert str(tmp_path / "cache" / "fmnist_resnet.pt") in capsys.readouterr().out
+    assert cli.main(["train-source", "--out", str(tmp_path / "mine.pt")]) == 0
+    assert written[-1] == tmp_path / "mine.pt"
+
+
+def test_the_progress_bar_on_a_terminal_shows_each_policys_running_error(tmp_path, cache_dir, capsys, monkeypatch):
+    args = [a for a in SMALL if a != "--no-progress"]
+    args[args.index("--order") + 1] = "iid"
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert cli.main(["run", *args, "--cache-dir", str(cache_dir), "--out", str(tmp_path)]) == 0
+    bar = capsys.readouterr().err  # tqdm draws on stderr
+    assert re.search(r"source=\d+\.\d%, tbn=\d+\.\d%", bar)

@@ -108,3 +108,30 @@ def test_gradual_reports_every_severity_once_and_clean_is_one_domain():
     assert grid.domains(clean, "single") == [("none", 0)]
     with pytest.raises(ValueError, match="single"):
         small(corruptions="none", settings="continual")
+
+
+def test_option_values_nan_and_inf_are_floats_and_other_words_stay_strings():
+    value = grid.parse_option("unmix_tns.temperature=nan")[2]
+    assert isinstance(value, float) and value != value
+    assert grid.parse_option("rbn.alpha=-inf")[2] == float("-inf")
+    assert grid.parse_option("rbn.alpha=None")[2] is None
+    assert grid.parse_option("rbn.alpha=abc")[2] == "abc"
+
+
+def test_model_args_are_literal_keyword_arguments():
+    assert grid.parse_model_args(["num_classes=10", "name='x'", "variant=small"]) == {
+        "num_classes": 10, "name": "x", "variant": "small"}
+    with pytest.raises(ValueError, match="key=value"):
+        grid.parse_model_args(["10"])
+    with pytest.raises(ValueError, match="twice"):
+        grid.parse_model_args(["a=1", "a=2"])
+
+
+def test_arch_model_args_and_table_are_part_of_the_identity_only_when_set():
+    plain = small().to_json()
+    assert not {"arch", "model_args", "table"} & set(plain)  # folders written before them still resume
+    full = small(arch="bundled", model_args=["num_classes=10"], table="imagenet")
+    assert full.to_json() == {**plain, "arch": "bundled", "model_args": {"num_classes": 10}, "table": "imagenet"}
+    assert grid.GridConfig.from_json(full.to_json()) == full
+    with pytest.raises(ValueError, match="'svhn'"):
+        small(table="svhn")

@@ -162,22 +162,78 @@ def test_robustbench_with_cached_checkpoint_loads_it_through_robustbench(empty_c
 # --- paths and callables -----------------------------------------------------------------------------
 
 
-def test_checkpoint_path_loads_the_saved_module_in_eval_mode(tmp_path):
+class _WritesMarker:
+    """Unpickling this object opens (creates) ``marker``: stands for any code a pickle can run."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_whole_pickled_module_loads_only_with_trust_pickle(tmp_path):
     net = _tiny_bn_net()
     net(torch.rand(2, 1, 8, 8))  # materialize the lazy layer
     net.train()
     torch.save(net, tmp_path / "net.pt")
-    model = load_model(str(tmp_path / "net.pt"), dataset="fmnist")
+    with pytest.raises(ValueError, match="--trust-pickle"):
+        load_model(str(tmp_path / "net.pt"), dataset="fmnist")
+    model = load_model(str(tmp_path / "net.pt"), dataset="fmnist", trust_pickle=True)
     assert not model.training
     x = torch.rand(3, 1, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(model(x), net.eval()(x))
 
 
-def test_checkpoint_path_holding_a_state_dict_is_rejected(tmp_path):
+def test_a_malicious_pickle_runs_nothing_without_trust_pickle(tmp_path):
+    marker = tmp_path / "marker"
+    torch.save({"weight": _WritesMarker(str(marker))}, tmp_path / "evil.pt")
+    for extra in ({}, {"arch": "bundled"}):
+        with pytest.raises(ValueError, match="not a plain state dict.*--trust-pickle"):
+            try:
+                load_model(str(tmp_path / "evil.pt"), dataset="fmnist", **extra)
+            finally:
+                assert not marker.exists()
+
+
+def test_state_dict_without_arch_asks_for_arch(tmp_path):
     torch.save(nn.BatchNorm2d(3).state_dict(), tmp_path / "sd.pt")
-    with pytest.raises(ValueError, match="state_dict"):
+    with pytest.raises(ValueError, match="state dict.*--arch"):
         load_model(str(tmp_path / "sd.pt"), dataset="fmnist")
+
+
+def test_state_dict_with_arch_loads_the_weights(tmp_path):
+    reference = load_bundled_model()
+    torch.save(reference.state_dict(), tmp_path / "sd.pt")
+    model = load_model(str(tmp_path / "sd.pt"), dataset="fmnist", arch="bundled")
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x))
+
+
+def test_state_dict_of_another_architecture_is_a_clear_error(tmp_path):
+    torch.save(nn.BatchNorm2d(3).state_dict(), tmp_path / "sd.pt")
+    with pytest.raises(ValueError, match="does not fit --arch 'bundled'"):
+        load_model(str(tmp_path / "sd.pt"), dataset="fmnist", arch="bundled")
+
+
+def test_state_dict_into_a_torchvision_architecture_with_arguments(tmp_path):
+    reference = torchvision.models.resnet18(num_classes=10).eval()
+    torch.save(reference.state_dict(), tmp_path / "sd.pt")
+    model = load_model(str(tmp_path / "sd.pt"), dataset="imagenet", arch="torchvision:resnet18",
+                       model_args={"num_classes": 10})
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference((x - IMAGENET_MEAN) / IMAGENET_STD))
+
+
+def test_torchscript_archive_is_refused_with_a_reason(tmp_path):
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)).eval()
+    with pytest.warns(FutureWarning):
+        torch.jit.script(net).save(str(tmp_path / "net.pt"))
+    with pytest.raises(ValueError, match="TorchScript archive.*state_dict"):
+        load_model(str(tmp_path / "net.pt"), dataset="fmnist")
 
 
 def test_missing_checkpoint_path_is_a_file_not_found_error(tmp_path):
@@ -188,6 +244,17 @@ def test_missing_checkpoint_path_is_a_file_not_found_error(tmp_path):
 def test_module_callable_spec_builds_the_model():
     model = load_model("benchmarks.source_model:build_model", dataset="fmnist")
     assert not model.training and count_batchnorm(model) > 0
+
+
+def test_module_callable_spec_takes_keyword_arguments():
+    model = load_model("torchvision.models:resnet18", dataset="imagenet", model_args={"num_classes": 7})
+    assert model.fc.out_features == 7
+
+
+def test_model_arguments_where_nothing_takes_them_are_refused():
+    for spec, dataset in (("bundled", "fmnist"), ("torchvision:resnet18", "imagenet"), ("robustbench:Standard", "cifar10")):
+        with pytest.raises(ValueError, match="takes none"):
+            load_model(spec, dataset=dataset, model_args={"num_classes": 7})
 
 
 def test_model_without_batchnorm_is_rejected_before_anything_runs():
