@@ -258,7 +258,8 @@ def first_batch(
     """The first batch of the grid's first stream (what :func:`check_model_and_policies` probes with)."""
     from benchmarks.grid import expand
 
-    return next(iter(build_stream(config, expand(config)[0], source, cache_dir=cache_dir)))
+    _, batches = next(build_stream(config, expand(config)[0], source, cache_dir=cache_dir).episodes())
+    return next(batches)
 
 
 def check_model_and_policies(

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -425,3 +426,12 @@ def test_the_progress_bar_on_a_terminal_shows_each_policys_running_error(tmp_pat
     assert cli.main(["run", *args, "--cache-dir", str(cache_dir), "--out", str(tmp_path)]) == 0
     bar = capsys.readouterr().err  # tqdm draws on stderr
     assert re.search(r"source=\d+\.\d%, tbn=\d+\.\d%", bar)
+
+
+def test_a_run_over_single_streams_never_iterates_one_flat(tmp_path, cache_dir):
+    """The probe batch and the grid walk each `single` stream by episode: no flat-iteration warning."""
+    args = [*SMALL, "--cache-dir", str(cache_dir), "--out", str(tmp_path)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cli.main(["run", *args]) == 0
+    assert not [w for w in caught if "stream.episodes()" in str(w.message)]
