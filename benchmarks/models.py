@@ -25,14 +25,15 @@ Every model must contain BatchNorm layers (what the tta policies adapt); otherwi
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
 import pickle
 import re
 import zipfile
-from collections.abc import Mapping
 from collections import OrderedDict
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -134,13 +135,16 @@ def load_model(
             raise ValueError(f"the bundled model is a Fashion-MNIST classifier; dataset is {dataset!r}")
         model = load_bundled_model()
     elif kind == "robustbench" and name:
-        model = _load_robustbench(name, dataset, Path(model_dir) if model_dir else default_model_dir())
+        with weights_only_loads(spec):
+            model = _load_robustbench(name, dataset, Path(model_dir) if model_dir else default_model_dir())
     elif kind == "torchvision" and name:
         _require_imagenet(spec, dataset)
-        model = _load_torchvision(name)
+        with weights_only_loads(spec):
+            model = _load_torchvision(name)
     elif kind == "timm" and name:
         _require_imagenet(spec, dataset)
-        model = _load_timm(name)
+        with weights_only_loads(spec):
+            model = _load_timm(name)
     elif is_file:
         model = _load_path(Path(spec).expanduser(), dataset, arch, model_args, trust_pickle)
     elif CALLABLE_SPEC.match(spec):
@@ -288,6 +292,32 @@ def _robustbench_files(name: str, dataset: str, entry: dict, model_dir: Path) ->
     if not entry.get("gdrive_id"):
         raise ValueError(f"RobustBench model {name!r} has no downloadable checkpoint")
     return [base]
+
+
+@contextlib.contextmanager
+def weights_only_loads(spec: str) -> Iterator[None]:
+    """Inside, every ``torch.load`` reads tensors only, whatever its caller asks: no pickled code runs.
+
+    The library loaders of cached weights call ``torch.load`` themselves, and torchvision's asks for a
+    full unpickle (``weights_only=False``), so a crafted file in a shared ``TORCH_HOME`` would run code.
+    PyTorch's own switch ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` forces weights-only loading for the duration
+    (process-wide, restored on exit). A refused file is a ValueError naming ``spec``.
+    """
+    switches = ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    saved = {name: os.environ.pop(name, None) for name in switches}
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        yield
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"{spec}: a cached weights file is not plain tensors, so it was not loaded "
+            f"({_refusal_reason(error)}); replace it with the published file"
+        ) from None
+    finally:
+        for name, value in saved.items():
+            os.environ.pop(name, None)
+            if value is not None:
+                os.environ[name] = value
 
 
 TRUST_PICKLE_HINT = (

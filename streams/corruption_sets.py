@@ -111,7 +111,7 @@ def _cifar_labels(name: str, corruption: str, severity: int, data_dir: str | Pat
     _check_domain(corruption, severity)
     _, labels_path = _cifar_files(name, corruption, data_dir)
     n = _check_n(n, CIFAR_C_PER_SEVERITY, name)
-    return torch.from_numpy(np.load(labels_path, mmap_mode="r")[:n].astype(np.int64))
+    return torch.from_numpy(np.load(labels_path, mmap_mode="r", allow_pickle=False)[:n].astype(np.int64))
 
 
 def _imagenet_helper_files() -> tuple[list[str], list[str]]:

@@ -6,6 +6,7 @@ folder, so nothing is downloaded; "cached" weights are random ones written in th
 
 from __future__ import annotations
 
+import os
 import re
 
 import huggingface_hub.constants
@@ -265,3 +266,39 @@ def test_model_without_batchnorm_is_rejected_before_anything_runs():
 def test_count_batchnorm_counts_every_kind():
     model = nn.Sequential(nn.BatchNorm1d(2), nn.BatchNorm2d(2), nn.BatchNorm3d(2), nn.LayerNorm(2), nn.GroupNorm(1, 2))
     assert count_batchnorm(model) == 3
+
+
+def _hub_cache_file(root, org_repo: str, filename: str):
+    """The path of ``filename`` in a Hugging Face hub cache layout under ``root``."""
+    repo = root / "hf" / f"models--{org_repo.replace('/', '--')}"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    return repo / "snapshots" / commit / filename
+
+
+@pytest.mark.parametrize("library", ["torchvision", "timm", "robustbench"])
+def test_crafted_files_in_the_library_weight_caches_run_nothing(empty_caches, library):
+    """A shared cache is writable by others: the libraries' own loaders must not unpickle code from it
+    (torchvision's loader asks torch.load for a full unpickle)."""
+    marker = empty_caches / "marker"
+    evil = {"weight": _WritesMarker(str(marker))}
+    if library == "torchvision":
+        path = empty_caches / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+        spec, kwargs = "torchvision:resnet18", {"dataset": "imagenet"}
+    elif library == "timm":
+        path = _hub_cache_file(empty_caches, "timm/mobilenetv3_small_050.lamb_in1k", "pytorch_model.bin")
+        spec, kwargs = "timm:mobilenetv3_small_050", {"dataset": "imagenet"}
+    else:
+        path = empty_caches / "rb" / "cifar10" / "corruptions" / "Hendrycks2020AugMix_ResNeXt.pt"
+        spec = "robustbench:Hendrycks2020AugMix_ResNeXt"
+        kwargs = {"dataset": "cifar10", "model_dir": empty_caches / "rb"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(evil, path)
+    with pytest.raises(ValueError, match=f"{re.escape(spec)}: a cached weights file is not plain tensors"):
+        try:
+            load_model(spec, **kwargs)
+        finally:
+            assert not marker.exists()
+    assert "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ  # the switch is restored
