@@ -20,7 +20,7 @@ import hashlib
 import logging
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -118,7 +118,12 @@ def _parse_corruptions(corruptions: str | Sequence[str] | None) -> list[str] | N
 
 
 def _parse_severities(severities: int | Sequence[int]) -> list[int]:
-    values = [severities] if _is_int(severities) else list(severities)  # type: ignore[arg-type]
+    if _is_int(severities):
+        values = [severities]
+    elif isinstance(severities, (str, bytes)) or not isinstance(severities, Iterable):
+        raise ValueError(f"severities must be an integer in 1..5 or a list of them, got {severities!r}")
+    else:
+        values = list(severities)
     if not values:
         raise ValueError("severities is empty; pass an integer in 1..5 or a list of them")
     for value in values:
