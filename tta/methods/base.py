@@ -35,6 +35,7 @@ class Method(nn.Module):
         self.model = model
         self.layers = layers  # a plain list: the layers are registered once, inside the model
         self.paused = False
+        self.training = model.training  # the model's mode, untouched (a method never calls train())
 
     def forward(self, x: Tensor) -> Tensor:
         if self.paused:
