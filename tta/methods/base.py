@@ -12,8 +12,9 @@ class Method(nn.Module):
 
     ``forward(x)`` adapts and returns the prediction; while ``paused`` (set by :func:`tta.paused`, which
     also pauses the policy layers) it only predicts. A subclass writes :meth:`forward_and_adapt`; what
-    it changes in the model when attached it undoes in :meth:`release` (:func:`tta.detach`); the state
-    it holds itself (optimizer, counters, initial values) :meth:`reset` restores, while
+    it changes in the model when attached it undoes in :meth:`restore_model` (called by
+    :func:`tta.detach` through :meth:`release`); the state it holds itself (optimizer, counters, initial
+    values) :meth:`reset` restores, while
     :func:`tta.reset` on the learner restores that and the policy layers together. State that must be
     saved is in buffers or in the module's extra state, so ``state_dict()`` holds all of it.
     """
@@ -35,9 +36,15 @@ class Method(nn.Module):
         self.model = model
         self.layers = layers  # a plain list: the layers are registered once, inside the model
         self.paused = False
+        self.released = False
         self.training = model.training  # the model's mode, untouched (a method never calls train())
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.released:
+            raise RuntimeError(
+                f"this {self.method_name} learner was detached (tta.detach) and its model given back; "
+                "attach the method again with tta.attach_method"
+            )
         if self.paused:
             return self.model(x)
         return self.forward_and_adapt(x)
@@ -56,8 +63,15 @@ class Method(nn.Module):
         reset(self)
 
     def release(self, keep_adapted: bool = False) -> nn.Module:
-        """Undo what attaching changed in the model and return it (:func:`tta.detach`); ``keep_adapted``
-        keeps what the method learned. Nothing to undo here."""
+        """Give the model back (:func:`tta.detach`): :meth:`restore_model`, then this learner refuses
+        further calls."""
+        model = self.restore_model(keep_adapted)
+        self.released = True
+        return model
+
+    def restore_model(self, keep_adapted: bool = False) -> nn.Module:
+        """Undo what attaching changed in the model and return it; ``keep_adapted`` keeps what the
+        method learned. Nothing to undo here."""
         return self.model
 
     def extra_repr(self) -> str:

@@ -28,7 +28,7 @@ class Tent(Method):
 
     Wang et al. ICLR 2021, "Tent: fully test-time adaptation by entropy minimization" (official
     DequanWang/tent). Only the policy layers' affine parameters train: every other parameter has
-    ``requires_grad`` False while attached (restored on release). The prediction returned is the
+    ``requires_grad`` False while attached (restored by ``tta.detach``). The prediction returned is the
     forward that gave the loss, before the step (detached from the graph); with ``steps > 1`` that of
     the last step, as the official code. ``episodic`` resets everything before each batch.
 
@@ -109,7 +109,7 @@ class Tent(Method):
         self.optimizer.load_state_dict(copy.deepcopy(self.initial_optimizer_state))
         self.updates.zero_()
 
-    def release(self, keep_adapted: bool = False) -> nn.Module:
+    def restore_model(self, keep_adapted: bool = False) -> nn.Module:
         if not keep_adapted:
             self.restore_affine()
         for p, flag in self.requires_grad_before:

@@ -190,3 +190,39 @@ def test_casting_a_learner_carries_the_optimizer_state_along() -> None:
     assert state["exp_avg"].dtype == torch.float64 and int(state["step"]) == 3
     tta.reset(tent)
     assert tent.initial_affine.dtype == torch.float64 and not tent.optimizer.state
+
+
+def test_tent_trains_a_parametrized_affine_parameter_through_its_original() -> None:
+    class Positive(nn.Module):
+        def forward(self, w: torch.Tensor) -> torch.Tensor:
+            return w.abs() + 0.1
+
+    model = build("small_cnn")
+    torch.nn.utils.parametrize.register_parametrization(model[1], "weight", Positive())
+    original = model[1].parametrizations.weight.original
+    before = original.detach().clone()
+    tent = tta.attach_method(tta.adapt(model, "tbn"), "tent")
+    assert sum(p is original for p in tent.params) == 1 and len(tent.params) == 4
+    run(tent, "small_cnn", range(2))
+    assert not torch.equal(original, before)
+    assert tta.detach(tent) is model and torch.equal(original, before)
+
+
+def test_a_layer_shared_by_two_places_trains_its_parameters_once() -> None:
+    shared = nn.BatchNorm1d(4)
+    model = give_source_statistics(nn.Sequential(nn.Linear(4, 4), shared, nn.Linear(4, 4), shared))
+    tent = tta.attach_method(tta.adapt(model, "tbn"), "tent")
+    assert len(tent.layers) == 1 and len(tent.params) == 2
+    tent(torch.randn(5, 4, generator=torch.Generator().manual_seed(0)))
+    assert int(tent.updates) == 1
+
+
+def test_tent_over_dua_augmentation_adapts_resets_and_detaches() -> None:
+    model = build("small_cnn")
+    wrapped = tta.adapt(model, "momentum_decay", augment=2)
+    tent = tta.attach_method(wrapped, "tent")
+    tent(inputs("small_cnn", 2))
+    assert int(tent.updates) == 1 and int(wrapped.calls) == 1
+    tta.reset(tent)
+    assert int(tent.updates) == 0 and int(wrapped.calls) == 0
+    assert tta.detach(tent) is model

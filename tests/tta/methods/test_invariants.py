@@ -86,6 +86,8 @@ def test_detach_gives_back_the_original_model(method: str, policy: str, model_na
     assert not restored.training
     with torch.no_grad():
         assert torch.equal(restored(x), expected)
+    with pytest.raises(RuntimeError, match="was detached"):
+        tent(x)
 
 
 @pytest.mark.parametrize("policy", ["adabn", "momentum_decay", "rbn", "unmix_tns"])
