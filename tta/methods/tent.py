@@ -34,11 +34,14 @@ class Tent(Method):
 
     Tent sets ``stats_grad`` on the layers: over ``tbn`` the gradient flows through the batch statistics,
     which makes it equal to the official code (train-mode BatchNorm without running statistics). Over
-    the other policies the statistics stay detached (documented choice: they hold state from earlier
-    batches) and each step is one adapting forward, so a stateful policy updates once per step.
+    the other policies the statistics stay detached, a documented choice: ``adabn``, ``momentum_decay``,
+    ``rbn`` and ``unmix_tns`` hold state from earlier batches, ``source`` has no batch statistics, and
+    ``alpha_bn`` keeps its mix detached too. Each step is one adapting forward, so a stateful policy
+    updates once per step.
 
     Departures, on purpose: the model is not switched to ``train()`` (dropout stays off; the layers
-    adapt in any mode); a batch with one value per channel normalizes with the source statistics, where
+    adapt in any mode); every policy layer trains (BatchNorm1d/2d/3d, SyncBatchNorm), where the official
+    code collects BatchNorm2d only; a batch with one value per channel normalizes with the source statistics, where
     train-mode BatchNorm raises; a non-finite loss or gradient skips the step (logged as a warning)
     instead of turning the parameters into NaN for the rest of the stream.
     """
