@@ -18,7 +18,7 @@ def python_blocks(section: str) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", match.group(1), flags=re.S | re.M)
 
 
-@pytest.mark.parametrize("section", ["The API"])
+@pytest.mark.parametrize("section", ["The API", "Methods"])
 def test_readme_example_runs(section: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     blocks = python_blocks(section)
     assert blocks

@@ -1,4 +1,8 @@
-"""The user-facing calls: adapt, reset, detach, paused, policy_layers (spec M0)."""
+"""The user-facing calls: adapt, attach_method, reset, detach, paused, policy_layers (spec M0, M13).
+
+``reset``, ``detach`` and ``paused`` act on every module of the tree that holds adaptation state: the
+policy layers, a DUA wrapper and a method (a learner), wherever they sit.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,9 @@ import torch
 from torch import nn
 
 from tta.augment import AugmentedUpdate
+from tta.methods.base import Method
 from tta.policies.base import NormPolicy
-from tta.registry import check_options, get_policy
+from tta.registry import check_method_options, check_options, get_method, get_policy
 from tta.surgery import check_replaceable, is_batchnorm, post_norm_of, replace_modules
 
 
@@ -47,6 +52,19 @@ def adapt(model: nn.Module, policy: str, **options: object) -> nn.Module:
         return layer_class.wrap_model(adapted, **options)
 
 
+def attach_method(model: nn.Module, method: str, **options: object) -> Method:
+    """Wrap a model adapted with :func:`adapt` in ``method`` (spec M13); return the learner.
+
+    Options are the method's keyword arguments (:func:`tta.method_options`), checked for name, type and
+    range before anything changes. Call the learner instead of the model: ``learner(x)`` adapts and
+    predicts. :func:`reset`, :func:`paused` and :func:`detach` take the learner (or any model holding it).
+    """
+    method_class = get_method(method)
+    options = check_method_options(method, options)
+    with torch.inference_mode(False):
+        return method_class(model, **options)
+
+
 def policy_layers(model: nn.Module) -> list[tuple[str, NormPolicy]]:
     """The policy layers of an adapted model, with their qualified names, in module order."""
     return [(name, m) for name, m in model.named_modules() if isinstance(m, NormPolicy)]
@@ -60,10 +78,13 @@ def _require_layers(model: nn.Module) -> list[NormPolicy]:
 
 
 def reset(model: nn.Module) -> None:
-    """Return every policy layer (and a DUA wrapper) to its state right after attach, bit for bit."""
+    """Return every policy layer, a DUA wrapper and a method to their state right after attach, bit for bit.
+
+    For a learner (:func:`attach_method`) that includes the trained parameters and the optimizer state.
+    """
     _require_layers(model)
     for module in model.modules():
-        if isinstance(module, (NormPolicy, AugmentedUpdate)):
+        if isinstance(module, (NormPolicy, AugmentedUpdate, Method)):
             module.reset()
 
 
@@ -75,6 +96,10 @@ def detach(model: nn.Module, *, keep_adapted: bool = False) -> nn.Module:
     restored layers' running statistics: a plain BatchNorm model that normalizes as the adapted one
     did at this moment, for deployment or export (a stateless policy has none: ValueError, and the
     model is left adapted). An :class:`AugmentedUpdate` wrapper is removed and its inner model returned.
+
+    A method (learner) is removed first, wherever it sits, and undoes what it changed
+    (:meth:`Method.release`): Tent restores the affine parameters' values at attach (with
+    ``keep_adapted``, keeps the trained ones) and every parameter's ``requires_grad``.
     """
     layers = _require_layers(model)
     stateless = keep_adapted and sorted({layer.policy_name for layer in layers if layer.adapted_stats() is None})
@@ -83,6 +108,7 @@ def detach(model: nn.Module, *, keep_adapted: bool = False) -> nn.Module:
             f"detach(keep_adapted=True): policy {', '.join(stateless)} keeps no statistics (it normalizes "
             "with each batch or the source), so there are none to keep; the model stays adapted"
         )
+    model = replace_modules(model, lambda m: isinstance(m, Method), lambda _, method: method.release(keep_adapted))
     if isinstance(model, AugmentedUpdate):
         model = model.model
     return replace_modules(
@@ -92,17 +118,18 @@ def detach(model: nn.Module, *, keep_adapted: bool = False) -> nn.Module:
 
 @contextlib.contextmanager
 def paused(model: nn.Module) -> Iterator[nn.Module]:
-    """Inside, layers normalize with their current state and update nothing.
+    """Inside, layers normalize with their current state and update nothing; a method takes no step.
 
     Stateless policies (``tbn``, ``alpha_bn``) still use the batch's statistics: that is their
     normalization, not an update. Flags are restored on exit, also after an exception.
     """
-    layers = _require_layers(model)
-    before = [layer.paused for layer in layers]
-    for layer in layers:
-        layer.paused = True
+    _require_layers(model)
+    flagged = [m for m in model.modules() if isinstance(m, (NormPolicy, Method))]
+    before = [m.paused for m in flagged]
+    for m in flagged:
+        m.paused = True
     try:
         yield model
     finally:
-        for layer, was_paused in zip(layers, before):
-            layer.paused = was_paused
+        for m, was_paused in zip(flagged, before):
+            m.paused = was_paused

@@ -1,10 +1,11 @@
-"""Policy options: each is declared once, as an annotated keyword argument, and checked from that (spec M8b).
+"""Policy and method options: each is declared once, as an annotated keyword argument, and checked from that
+(spec M8b, M13).
 
-A policy's constructor declares an option as ``alpha: Annotated[float, Range(0, 1)] = 0.1``. Before a
-layer is built, :func:`validate_options` checks every given value against its declared type (a float
-option takes a finite real number, an int option an integer; never a bool or a string) and range, and
-returns them as plain Python numbers. The constructors then only check constraints that tie several
-options together.
+A policy's (or method's) constructor declares an option as ``alpha: Annotated[float, Range(0, 1)] = 0.1``.
+Before anything is built, :func:`validate_options` checks every given value against its declared type (a
+float option takes a finite real number, an int option an integer, never a bool or a string; a bool
+option takes only ``True`` or ``False``) and range, and returns them as plain Python values. The
+constructors then only check constraints that tie several options together.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import numbers
 import typing
 from dataclasses import dataclass
 from typing import Callable
+
+import numpy as np
 
 __all__ = ["Range", "declared_options", "validate_options"]
 
@@ -44,13 +47,13 @@ class Range:
 
 @dataclass(frozen=True)
 class _Option:
-    kind: type  # int or float
+    kind: type  # int, float or bool
     default: object
     range: Range | None
 
 
 def declared_options(constructor: Callable[..., object]) -> dict[str, _Option]:
-    """The keyword-only options of a policy constructor, with their type, default and range."""
+    """The keyword-only options of a policy or method constructor, with their type, default and range."""
     hints = typing.get_type_hints(constructor, include_extras=True)
     options = {}
     for name, parameter in inspect.signature(constructor).parameters.items():
@@ -60,14 +63,17 @@ def declared_options(constructor: Callable[..., object]) -> dict[str, _Option]:
         if typing.get_origin(hint) is typing.Annotated:
             hint, *extras = typing.get_args(hint)
             bounds = next((extra for extra in extras if isinstance(extra, Range)), None)
-        if hint not in (int, float):
-            raise TypeError(f"option {name!r} must be declared int or float, not {hint!r}")
+        if hint not in (int, float, bool):
+            raise TypeError(f"option {name!r} must be declared int, float or bool, not {hint!r}")
         options[name] = _Option(hint, parameter.default, bounds)
     return options
 
 
-def _checked(policy: str, name: str, option: _Option, value: object) -> int | float:
-    where = f"policy {policy!r} option {name!r}"
+def _checked(where: str, option: _Option, value: object) -> int | float | bool:
+    if option.kind is bool:
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{where} must be a bool (True or False), got {value!r} ({type(value).__name__})")
+        return bool(value)
     if option.kind is int:
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise TypeError(f"{where} must be an integer, got {value!r} ({type(value).__name__})")
@@ -83,15 +89,21 @@ def _checked(policy: str, name: str, option: _Option, value: object) -> int | fl
     return value
 
 
-def validate_options(policy: str, constructor: Callable[..., object], options: dict[str, object]) -> dict[str, object]:
-    """Check names, types and ranges of ``options``; return them as plain ints and floats.
+def validate_options(
+    name: str, constructor: Callable[..., object], options: dict[str, object], *, kind: str = "policy"
+) -> dict[str, object]:
+    """Check names, types and ranges of ``options``; return them as plain ints, floats and bools.
 
-    Raises ValueError for an unknown name or a value out of range (listing what the policy takes), and
-    TypeError for a value of the wrong type.
+    ``kind`` ("policy" or "method") names what ``name`` is in the messages. Raises ValueError for an
+    unknown name or a value out of range (listing what the policy or method takes), and TypeError for a
+    value of the wrong type.
     """
     declared = declared_options(constructor)
     unknown = sorted(set(options) - set(declared))
     if unknown:
         accepted = ", ".join(f"{k}={v.default!r}" for k, v in declared.items()) or "none"
-        raise ValueError(f"policy {policy!r} has no option {', '.join(map(repr, unknown))}; it takes: {accepted}")
-    return {name: _checked(policy, name, declared[name], value) for name, value in options.items()}
+        raise ValueError(f"{kind} {name!r} has no option {', '.join(map(repr, unknown))}; it takes: {accepted}")
+    return {
+        option: _checked(f"{kind} {name!r} option {option!r}", declared[option], value)
+        for option, value in options.items()
+    }

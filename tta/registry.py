@@ -1,50 +1,109 @@
-"""One registry maps a policy name to its layer class; the library and the CLI share it."""
+"""Two registries, one mechanism: a policy name maps to its layer class (spec M1-M7), a method name to its
+class (spec M13). The library and the CLI share them."""
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, Generic, TypeVar
 
 from tta.options import declared_options, validate_options
 from tta.policies.base import NormPolicy
 
-_POLICIES: dict[str, type[NormPolicy]] = {}
+if TYPE_CHECKING:
+    from tta.methods.base import Method
+
+T = TypeVar("T", bound=type)
+
+
+class Registry(Generic[T]):
+    """Names to classes, in registration order; ``kind`` ("policy", "method") names them in messages.
+
+    Registering sets ``<kind>_name`` on the class (``policy_name``, ``method_name``).
+    """
+
+    def __init__(self, kind: str, plural: str) -> None:
+        self.kind, self.plural = kind, plural
+        self.classes: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def decorate(cls: T) -> T:
+            if name in self.classes:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            setattr(cls, f"{self.kind}_name", name)
+            self.classes[name] = cls
+            return cls
+
+        return decorate
+
+    def names(self) -> list[str]:
+        return list(self.classes)
+
+    def get(self, name: str) -> T:
+        if name not in self.classes:
+            raise ValueError(f"unknown {self.kind} {name!r}; known {self.plural}: {', '.join(self.classes)}")
+        return self.classes[name]
+
+    def options(self, name: str) -> dict[str, object]:
+        return {key: option.default for key, option in declared_options(self.get(name).__init__).items()}
+
+    def check_options(self, name: str, options: dict[str, object]) -> dict[str, object]:
+        return validate_options(name, self.get(name).__init__, options, kind=self.kind)
+
+
+_POLICIES: Registry[type[NormPolicy]] = Registry("policy", "policies")
+_METHODS: Registry[type[Method]] = Registry("method", "methods")
 
 P = TypeVar("P", bound=type[NormPolicy])
+M = TypeVar("M", bound="type[Method]")
 
 
 def register_policy(name: str) -> Callable[[P], P]:
     """Class decorator: make a policy layer available as ``tta.adapt(model, name)``."""
-
-    def decorate(cls: P) -> P:
-        if name in _POLICIES:
-            raise ValueError(f"policy {name!r} is already registered")
-        cls.policy_name = name
-        _POLICIES[name] = cls
-        return cls
-
-    return decorate
+    return _POLICIES.register(name)
 
 
 def policies() -> list[str]:
     """The registered policy names, in the order of the spec (M1-M7)."""
-    return list(_POLICIES)
+    return _POLICIES.names()
 
 
 def get_policy(name: str) -> type[NormPolicy]:
     """The layer class of a policy, or a ValueError listing the known names."""
-    if name not in _POLICIES:
-        raise ValueError(f"unknown policy {name!r}; known policies: {', '.join(_POLICIES)}")
-    return _POLICIES[name]
+    return _POLICIES.get(name)
 
 
 def policy_options(name: str) -> dict[str, object]:
     """A policy's user options and their defaults (spec M8b)."""
-    return {key: option.default for key, option in declared_options(get_policy(name).__init__).items()}
+    return _POLICIES.options(name)
 
 
 def check_options(name: str, options: dict[str, object]) -> dict[str, object]:
-    """Check option names, types and ranges (:mod:`tta.options`); return the values as plain numbers.
+    """Check a policy's option names, types and ranges (:mod:`tta.options`); return plain values.
 
     Raises ValueError for an unknown option or a value out of range, TypeError for a wrong type.
     """
-    return validate_options(name, get_policy(name).__init__, options)
+    return _POLICIES.check_options(name, options)
+
+
+def register_method(name: str) -> Callable[[M], M]:
+    """Class decorator: make a method available as ``tta.attach_method(model, name)`` (spec M13)."""
+    return _METHODS.register(name)
+
+
+def methods() -> list[str]:
+    """The registered method names: ``none`` first, then in the order of spec M13."""
+    return _METHODS.names()
+
+
+def get_method(name: str) -> type[Method]:
+    """The class of a method, or a ValueError listing the known names."""
+    return _METHODS.get(name)
+
+
+def method_options(name: str) -> dict[str, object]:
+    """A method's user options and their defaults (spec M13)."""
+    return _METHODS.options(name)
+
+
+def check_method_options(name: str, options: dict[str, object]) -> dict[str, object]:
+    """As :func:`check_options`, for a method."""
+    return _METHODS.check_options(name, options)

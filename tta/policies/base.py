@@ -30,7 +30,14 @@ class NormPolicy(nn.Module):
     parameters and moves everything, but the statistics buffers keep their dtype. The original layer, kept
     outside the module tree for :func:`tta.detach`, follows every cast and move, so the restored layer
     has the dtypes it would have had without adaptation.
+
+    ``stats_grad`` (default False) is the switch a gradient method sets (spec M0, M13): when True, a
+    policy whose statistics are the current batch's lets the gradient flow through them, as train-mode
+    BatchNorm does. Only ``tbn`` honours it; every other policy keeps its statistics detached, because
+    they are (partly) state carried over from earlier batches, which a gradient cannot reach.
     """
+
+    stats_grad: bool = False
 
     def __init__(self, bn: _BatchNorm, *, layer_index: int = 0, post_norm: nn.Module | None = None) -> None:
         """``layer_index`` is the layer's position in the model (for per-layer random draws);
@@ -101,6 +108,17 @@ class NormPolicy(nn.Module):
     def adapted_stats(self) -> tuple[Tensor, Tensor] | None:
         """Per-channel mean and variance the state holds now; None for stateless policies."""
         return None
+
+    def affine_parameters(self) -> list[nn.Parameter]:
+        """The Parameters that train ``weight`` and ``bias`` (a parametrized one's ``original``); none if
+        the layer has no affine transform."""
+        found = []
+        for name in ("weight", "bias"):
+            if parametrize.is_parametrized(self.original, name):
+                found.append(self.original.parametrizations[name].original)
+            elif getattr(self, name) is not None:
+                found.append(getattr(self, name))
+        return found
 
     def affine(self) -> tuple[Tensor | None, Tensor | None]:
         """``(weight, bias)`` as the original layer would use them now (parametrizations evaluated)."""

@@ -18,14 +18,18 @@ class TestBatchNorm(NormPolicy):
     Schneider et al. 2020, "Improving robustness against common corruptions by covariate shift
     adaptation"; Nado et al. 2020. With B = 1 on spatial inputs this is instance normalization; with a
     single value per channel (n = 1) the source statistics are used for that call (spec M0).
+
+    By default the statistics carry no gradient (spec M0); with ``stats_grad`` set (by Tent, spec M13)
+    the gradient flows through the batch mean and variance exactly as in train-mode BatchNorm.
     """
 
     def normalize(self, x: Tensor) -> Tensor:
         if elements_per_channel(x) < 2:
             return self.normalize_with_source(x)
-        if torch.is_grad_enabled() and x.requires_grad:
+        if torch.is_grad_enabled() and x.requires_grad and not self.stats_grad:
             # Statistics carry no gradient (spec M0); only weight and bias do.
             mean, var, _ = batch_moments(x, self.stats_dtype)
             return self.normalize_with(x, mean, var)
-        # Fused kernel: batch statistics and normalization in one call.
+        # Fused kernel: batch statistics and normalization in one call (with stats_grad, its backward
+        # is train-mode BatchNorm's, through the statistics).
         return F.batch_norm(x, None, None, *self.affine(), True, 0.0, self.eps)

@@ -1,0 +1,228 @@
+"""The methods layer's contract (spec M13): registry, options, errors, the stats_grad switch, eval mode
+and dropout, the global RNG, inference mode, nesting in a bigger model, casts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import tta
+from tests.tta.conftest import build, give_source_statistics, inputs
+from tests.tta.methods.conftest import learner, run
+
+
+def test_methods_and_their_options_are_listed() -> None:
+    assert tta.methods() == ["none", "tent"]
+    assert tta.method_options("none") == {}
+    assert tta.method_options("tent") == {
+        "lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.0, "steps": 1, "episodic": False,
+    }
+    assert tta.get_method("tent").method_name == "tent"
+
+
+def test_unknown_method_lists_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="unknown method 'rotta'; known methods: none, tent"):
+        tta.attach_method(tta.adapt(build("small_cnn"), "tbn"), "rotta")
+
+
+def test_unknown_option_names_the_accepted_ones() -> None:
+    model = tta.adapt(build("small_cnn"), "tbn")
+    with pytest.raises(ValueError, match=r"method 'tent' has no option 'momentum'; it takes: lr=0.001, beta1=0.9"):
+        tta.attach_method(model, "tent", momentum=0.9)
+    with pytest.raises(ValueError, match="method 'none' has no option 'lr'; it takes: none"):
+        tta.attach_method(model, "none", lr=0.1)
+    assert all(p.requires_grad for p in model.parameters()), "a refused option must leave the model untouched"
+
+
+# (option, values refused for their type, values refused for their range, values accepted), by hand
+TENT_CASES = [
+    ("lr", ["0.001", None, True], [0.0, -1e-3, float("nan"), float("inf")], [1e-4, 1, np.float32(0.01)]),
+    ("beta1", [None], [1.0, -0.1], [0.0, 0.5]),
+    ("beta2", ["0.999"], [1.0, 1.5], [0.0, 0.99]),
+    ("weight_decay", [False], [-1e-4, float("nan")], [0.0, 1e-2]),
+    ("steps", [1.0, 1.5, "1", True], [0, -1], [1, np.int64(3)]),
+    ("episodic", [0, 1, 1.0, "True", None], [], [True, False, np.bool_(True)]),
+]
+
+
+@pytest.mark.parametrize("option, wrong_type, out_of_range, accepted", TENT_CASES)
+def test_each_tent_option_is_checked_for_type_and_range(
+    option: str, wrong_type: list[object], out_of_range: list[object], accepted: list[object]
+) -> None:
+    model = tta.adapt(build("small_cnn"), "tbn")
+    for value in wrong_type:
+        with pytest.raises(TypeError, match=f"method 'tent' option '{option}' must be an? (integer|real number|bool)"):
+            tta.attach_method(model, "tent", **{option: value})
+    for value in out_of_range:
+        with pytest.raises(ValueError, match=f"method 'tent' option '{option}' must (lie in|be finite)"):
+            tta.attach_method(model, "tent", **{option: value})
+    for value in accepted:
+        stored = getattr(tta.attach_method(tta.adapt(build("small_cnn"), "tbn"), "tent", **{option: value}), option)
+        assert stored == value and type(stored) is type(tta.method_options("tent")[option])
+
+
+def test_every_declared_tent_option_has_a_case_here() -> None:
+    assert {case[0] for case in TENT_CASES} == set(tta.method_options("tent"))
+
+
+@pytest.mark.parametrize("method", ["none", "tent"])
+def test_a_model_without_policy_layers_is_refused(method: str) -> None:
+    with pytest.raises(ValueError, match=r"swapped by tta.adapt\(model, policy\); Sequential has no policy layer"):
+        tta.attach_method(build("small_cnn"), method)
+    with pytest.raises(ValueError, match="has no policy layer"):
+        tta.get_method(method)(build("small_cnn"))
+
+
+def test_attaching_twice_or_adapting_a_learner_is_refused() -> None:
+    tent = learner("small_cnn", "tbn")
+    with pytest.raises(ValueError, match="already has a method attached"):
+        tta.attach_method(tent, "tent")
+    with pytest.raises(ValueError, match="already adapted"):
+        tta.adapt(tent, "rbn")
+
+
+def test_tent_refuses_normalization_layers_without_affine_parameters() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, affine=False)).eval()
+    with pytest.raises(ValueError, match="affine parameters; this model's have none"):
+        tta.attach_method(tta.adapt(model, "tbn"), "tent")
+
+
+@pytest.mark.parametrize("policy", tta.policies())
+def test_none_is_the_policy_alone(policy: str, model_name: str) -> None:
+    plain = tta.adapt(build(model_name), policy)
+    wrapped = learner(model_name, policy, "none")
+    for a, b in zip(run(plain, model_name, range(3)), run(wrapped, model_name, range(3))):
+        assert torch.equal(a, b)
+
+
+def test_tbn_with_stats_grad_has_the_gradient_of_train_mode_batchnorm() -> None:
+    bn = give_source_statistics(nn.BatchNorm2d(5))
+    layer = tta.adapt(nn.Sequential(bn), "tbn")[0]
+    x = (torch.randn(4, 5, 3, 3, generator=torch.Generator().manual_seed(0)) * 2 + 1).requires_grad_()
+    weight = torch.linspace(-1, 1, 45).view(1, 5, 3, 3)
+
+    def grads(out: torch.Tensor) -> list[torch.Tensor]:
+        return list(torch.autograd.grad((out * weight).sum(), [x, bn.weight, bn.bias]))
+
+    expected = grads(F.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps))
+    detached_stats = grads(layer(x))
+    layer.stats_grad = True
+    for got, want in zip(grads(layer(x)), expected):
+        torch.testing.assert_close(got, want)
+    assert not torch.allclose(detached_stats[0], expected[0], atol=1e-3)  # the switch matters for x
+
+
+@pytest.mark.parametrize("policy", [p for p in tta.policies() if p != "tbn"])
+def test_other_policies_keep_their_statistics_detached_whatever_stats_grad_says(policy: str) -> None:
+    x = inputs("small_cnn", 4, 0).requires_grad_()
+    results = []
+    for stats_grad in (False, True):
+        model = tta.adapt(build("small_cnn"), policy)
+        for _, layer in tta.policy_layers(model):
+            layer.stats_grad = stats_grad
+        results.append(torch.autograd.grad(model(x).square().sum(), [x, *model.parameters()]))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+def test_dropout_stays_off_under_tent() -> None:
+    def with_dropout(drop: nn.Module) -> nn.Module:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            conv, head = nn.Conv2d(3, 8, 3), nn.Linear(288, 10)
+        return give_source_statistics(nn.Sequential(conv, nn.BatchNorm2d(8), nn.ReLU(), drop, nn.Flatten(), head))
+
+    tent = tta.attach_method(tta.adapt(with_dropout(nn.Dropout(0.5)), "tbn"), "tent")
+    reference = tta.attach_method(tta.adapt(with_dropout(nn.Identity()), "tbn"), "tent")
+    for seed in range(3):
+        x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(tent(x), reference(x))
+    assert not tent.model[3].training
+
+
+def test_tent_does_not_touch_the_global_random_state() -> None:
+    state = torch.get_rng_state()
+    tent = learner("resnet18", "unmix_tns")
+    run(tent, "resnet18", range(2))
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_tent_adapts_inside_inference_mode_as_outside() -> None:
+    inside, outside = learner("mlp_bn1d", "tbn"), learner("mlp_bn1d", "tbn")
+    xs = [inputs("mlp_bn1d", 4, seed) for seed in range(3)]
+    with torch.inference_mode():
+        got = [inside(x.clone()) for x in xs]
+    for x, out in zip(xs, got):
+        assert torch.equal(out, outside(x))
+    # adapted and attached inside inference mode, it still adapts outside it
+    model = build("mlp_bn1d")
+    with torch.inference_mode():
+        late = tta.attach_method(tta.adapt(model, "tbn"), "tent")
+    assert torch.equal(late(xs[0]), learner("mlp_bn1d", "tbn")(xs[0]))
+
+
+def test_a_learner_inside_a_bigger_model_is_reset_paused_and_detached() -> None:
+    original = build("small_cnn")
+    bigger = nn.Sequential(nn.Identity(), tta.attach_method(tta.adapt(original, "rbn"), "tent"))
+    x = inputs("small_cnn", 4, 0)
+    first = bigger(x)
+    assert len(tta.policy_layers(bigger)) == 2
+    with tta.paused(bigger):
+        state = {k: v.clone() for k, v in bigger.state_dict().items() if isinstance(v, torch.Tensor)}
+        bigger(x)
+        assert all(torch.equal(v, bigger.state_dict()[k]) for k, v in state.items())
+    tta.reset(bigger)
+    assert torch.equal(bigger(x), first)
+    detached = tta.detach(bigger)
+    assert detached[1] is original and isinstance(original[1], nn.BatchNorm2d)
+
+
+def test_casting_a_learner_carries_the_optimizer_state_along() -> None:
+    tent = learner("small_cnn", "rbn")
+    run(tent, "small_cnn", range(2))
+    tent.double()
+    out = tent(inputs("small_cnn", 4, 2, torch.float64))
+    assert out.dtype == torch.float64 and torch.isfinite(out).all()
+    state = tent.optimizer.state[tent.params[0]]
+    assert state["exp_avg"].dtype == torch.float64 and int(state["step"]) == 3
+    tta.reset(tent)
+    assert tent.initial_affine.dtype == torch.float64 and not tent.optimizer.state
+
+
+def test_tent_trains_a_parametrized_affine_parameter_through_its_original() -> None:
+    class Positive(nn.Module):
+        def forward(self, w: torch.Tensor) -> torch.Tensor:
+            return w.abs() + 0.1
+
+    model = build("small_cnn")
+    torch.nn.utils.parametrize.register_parametrization(model[1], "weight", Positive())
+    original = model[1].parametrizations.weight.original
+    before = original.detach().clone()
+    tent = tta.attach_method(tta.adapt(model, "tbn"), "tent")
+    assert sum(p is original for p in tent.params) == 1 and len(tent.params) == 4
+    run(tent, "small_cnn", range(2))
+    assert not torch.equal(original, before)
+    assert tta.detach(tent) is model and torch.equal(original, before)
+
+
+def test_a_layer_shared_by_two_places_trains_its_parameters_once() -> None:
+    shared = nn.BatchNorm1d(4)
+    model = give_source_statistics(nn.Sequential(nn.Linear(4, 4), shared, nn.Linear(4, 4), shared))
+    tent = tta.attach_method(tta.adapt(model, "tbn"), "tent")
+    assert len(tent.layers) == 1 and len(tent.params) == 2
+    tent(torch.randn(5, 4, generator=torch.Generator().manual_seed(0)))
+    assert int(tent.updates) == 1
+
+
+def test_tent_over_dua_augmentation_adapts_resets_and_detaches() -> None:
+    model = build("small_cnn")
+    wrapped = tta.adapt(model, "momentum_decay", augment=2)
+    tent = tta.attach_method(wrapped, "tent")
+    tent(inputs("small_cnn", 2))
+    assert int(tent.updates) == 1 and int(wrapped.calls) == 1
+    tta.reset(tent)
+    assert int(tent.updates) == 0 and int(wrapped.calls) == 0
+    assert tta.detach(tent) is model

@@ -1,0 +1,134 @@
+"""A learner (a method on a policy) on every policy, every model family, B = 1 and B > 1: reset, paused,
+state_dict round trip, detach, episodic, finite outputs (spec M13, M9 for the layers beneath)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+import tta
+from tests.tta.conftest import build, inputs
+from tests.tta.methods.conftest import assert_same, learner, run, snapshot
+
+POLICIES = tta.policies()
+METHODS = tta.methods()
+BATCHES = [1, 4]
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("method", METHODS)
+def test_reset_restores_the_attach_state_bit_for_bit(method: str, policy: str, model_name: str, batch: int) -> None:
+    model = learner(model_name, policy, method)
+    attached = snapshot(model)
+    first = run(model, model_name, range(3), batch)
+    tta.reset(model)
+    assert_same(snapshot(model), attached)
+    again = run(model, model_name, range(3), batch)
+    for a, b in zip(first, again):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("method", METHODS)
+def test_paused_predicts_with_no_update_at_all(method: str, policy: str, model_name: str, batch: int) -> None:
+    model = learner(model_name, policy, method)
+    run(model, model_name, range(2), batch)
+    state = snapshot(model)
+    with tta.paused(model):
+        paused_out = run(model, model_name, range(5, 7), batch)
+        again = run(model, model_name, range(5, 7), batch)
+    assert_same(snapshot(model), state)
+    for a, b in zip(paused_out, again):
+        assert torch.equal(a, b)
+    assert not model.paused and all(not layer.paused for layer in model.layers)
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("method", METHODS)
+def test_a_fresh_learner_loaded_from_the_state_dict_continues_identically(
+    method: str, policy: str, model_name: str, batch: int
+) -> None:
+    model = learner(model_name, policy, method)
+    run(model, model_name, range(3), batch)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    buffer.seek(0)
+    restored = learner(model_name, policy, method, seed=7)  # other weights and statistics, overwritten
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    for a, b in zip(run(model, model_name, range(3, 7), batch), run(restored, model_name, range(3, 7), batch)):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("method", METHODS)
+def test_detach_gives_back_the_original_model(method: str, policy: str, model_name: str) -> None:
+    model = build(model_name)
+    modules = dict(model.named_modules())
+    last = list(model.parameters())[-1]
+    last.requires_grad_(False)  # a frozen parameter must stay frozen, the others trainable
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    before = snapshot(model)
+    x = inputs(model_name, 3, 9)
+    with torch.no_grad():
+        expected = model(x)
+    tent = tta.attach_method(tta.adapt(model, policy), method)
+    run(tent, model_name, range(3))
+    restored = tta.detach(tent)
+    assert restored is model and dict(restored.named_modules()) == modules  # the very same objects
+    assert_same(snapshot(restored), before)
+    assert {name: p.requires_grad for name, p in restored.named_parameters()} == flags
+    assert all(p.grad is None for p in restored.parameters())
+    assert not restored.training
+    with torch.no_grad():
+        assert torch.equal(restored(x), expected)
+    with pytest.raises(RuntimeError, match="was detached"):
+        tent(x)
+
+
+@pytest.mark.parametrize("policy", ["adabn", "momentum_decay", "rbn", "unmix_tns"])
+def test_detach_keep_adapted_keeps_the_trained_affine_parameters_and_bakes_the_statistics(policy: str) -> None:
+    tent = learner("small_cnn", policy)
+    run(tent, "small_cnn", range(3))
+    trained = [p.detach().clone() for p in tent.params]
+    held = {name: tuple(t.clone() for t in layer.adapted_stats()) for name, layer in tta.policy_layers(tent.model)}
+    baked = tta.detach(tent, keep_adapted=True)
+    assert not tta.policy_layers(baked)
+    for name, (mean, var) in held.items():
+        bn = baked.get_submodule(name.removeprefix("model."))
+        assert torch.equal(bn.running_mean, mean) and torch.equal(bn.running_var, var)
+    for p, value in zip(tent.params, trained):
+        assert torch.equal(p, value)
+    assert all(p.requires_grad for p in baked.parameters())
+
+
+@pytest.mark.parametrize("policy", ["source", "tbn", "alpha_bn"])
+def test_detach_keep_adapted_refuses_a_stateless_policy_and_leaves_the_learner_attached(policy: str) -> None:
+    tent = learner("small_cnn", policy)
+    run(tent, "small_cnn", range(2))
+    with pytest.raises(ValueError, match="keeps no statistics"):
+        tta.detach(tent, keep_adapted=True)
+    assert tent.layers[0].stats_grad and not tent.model[0].weight.requires_grad
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("policy", POLICIES)
+def test_episodic_predicts_each_batch_as_a_fresh_learner(policy: str, model_name: str, batch: int) -> None:
+    episodic = learner(model_name, policy, episodic=True)
+    for seed in range(3):
+        x = inputs(model_name, batch, seed)
+        assert torch.equal(episodic(x), learner(model_name, policy)(x))
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("policy", POLICIES)
+def test_tent_gives_finite_outputs_and_parameters_in_eval_mode(policy: str, model_name: str, batch: int) -> None:
+    tent = learner(model_name, policy)
+    for out in run(tent, model_name, range(3), batch):
+        assert out.shape == (batch, 10) and torch.isfinite(out).all()
+    assert all(torch.isfinite(p).all() for p in tent.params)
+    assert int(tent.updates) == 3 and not tent.training

@@ -1,0 +1,78 @@
+"""The method every test-time adaptation method derives from (spec M13)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from tta.policies.base import NormPolicy
+
+
+class Method(nn.Module):
+    """Wraps a model adapted with ``tta.adapt`` and decides, on every forward, how it adapts (spec M13).
+
+    ``forward(x)`` adapts and returns the prediction; while ``paused`` (set by :func:`tta.paused`, which
+    also pauses the policy layers) it only predicts. A subclass writes :meth:`forward_and_adapt`; what
+    it changes in the model when attached it undoes in :meth:`restore_model` (called by
+    :func:`tta.detach` through :meth:`release`); the state it holds itself (optimizer, counters, initial
+    values) :meth:`reset` restores, while
+    :func:`tta.reset` on the learner restores that and the policy layers together. State that must be
+    saved is in buffers or in the module's extra state, so ``state_dict()`` holds all of it.
+    """
+
+    method_name: str = ""  # set by tta.registry.register_method
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        if any(isinstance(m, Method) for m in model.modules()):
+            raise ValueError(
+                "the model already has a method attached; tta.detach(model) first, or attach to a fresh model"
+            )
+        layers = [m for m in model.modules() if isinstance(m, NormPolicy)]
+        if not layers:
+            raise ValueError(
+                f"{type(self).__name__} needs a model whose BatchNorm layers were swapped by "
+                f"tta.adapt(model, policy); {type(model).__name__} has no policy layer"
+            )
+        self.model = model
+        self.layers = layers  # a plain list: the layers are registered once, inside the model
+        self.paused = False
+        self.released = False
+        self.training = model.training  # the model's mode, untouched (a method never calls train())
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.released:
+            raise RuntimeError(
+                f"this {self.method_name} learner was detached (tta.detach) and its model given back; "
+                "attach the method again with tta.attach_method"
+            )
+        if self.paused:
+            return self.model(x)
+        return self.forward_and_adapt(x)
+
+    def forward_and_adapt(self, x: Tensor) -> Tensor:
+        """Adapt on the batch ``x`` and return the prediction for it."""
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Restore the method's own state to its value at attach; none here."""
+
+    def reset_all(self) -> None:
+        """Restore the policy layers and the method itself to the moment of attach (:func:`tta.reset`)."""
+        from tta.api import reset
+
+        reset(self)
+
+    def release(self, keep_adapted: bool = False) -> nn.Module:
+        """Give the model back (:func:`tta.detach`): :meth:`restore_model`, then this learner refuses
+        further calls."""
+        model = self.restore_model(keep_adapted)
+        self.released = True
+        return model
+
+    def restore_model(self, keep_adapted: bool = False) -> nn.Module:
+        """Undo what attaching changed in the model and return it; ``keep_adapted`` keeps what the
+        method learned. Nothing to undo here."""
+        return self.model
+
+    def extra_repr(self) -> str:
+        return f"method={self.method_name!r}"

@@ -1,0 +1,140 @@
+"""``tent``: entropy minimization of the normalization layers' affine parameters (spec M13)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Annotated, Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from tta.methods.base import Method
+from tta.options import Range
+from tta.registry import register_method
+from tta.stats import all_finite
+
+logger = logging.getLogger(__name__)
+
+
+def softmax_entropy(logits: Tensor) -> Tensor:
+    """Entropy of each row's softmax distribution, from logits ``(B, classes)``."""
+    return -(logits.softmax(1) * logits.log_softmax(1)).sum(1)
+
+
+@register_method("tent")
+class Tent(Method):
+    """Each batch: predict, then one Adam step on the batch's mean prediction entropy (spec M13).
+
+    Wang et al. ICLR 2021, "Tent: fully test-time adaptation by entropy minimization" (official
+    DequanWang/tent). Only the policy layers' affine parameters train: every other parameter has
+    ``requires_grad`` False while attached (restored by ``tta.detach``). The prediction returned is the
+    forward that gave the loss, before the step (detached from the graph); with ``steps > 1`` that of
+    the last step, as the official code. ``episodic`` resets everything before each batch.
+
+    Tent sets ``stats_grad`` on the layers: over ``tbn`` the gradient flows through the batch statistics,
+    which makes it equal to the official code (train-mode BatchNorm without running statistics). Over
+    the other policies the statistics stay detached, a documented choice: ``adabn``, ``momentum_decay``,
+    ``rbn`` and ``unmix_tns`` hold state from earlier batches, ``source`` has no batch statistics, and
+    ``alpha_bn`` keeps its mix detached too. Each step is one adapting forward, so a stateful policy
+    updates once per step.
+
+    Departures, on purpose: the model is not switched to ``train()`` (dropout stays off; the layers
+    adapt in any mode); every policy layer trains (BatchNorm1d/2d/3d, SyncBatchNorm), where the official
+    code collects BatchNorm2d only; a batch with one value per channel normalizes with the source statistics, where
+    train-mode BatchNorm raises; a non-finite loss or gradient skips the step (logged as a warning)
+    instead of turning the parameters into NaN for the rest of the stream.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        lr: Annotated[float, Range(0, low_open=True)] = 1e-3,
+        beta1: Annotated[float, Range(0, 1, high_open=True)] = 0.9,
+        beta2: Annotated[float, Range(0, 1, high_open=True)] = 0.999,
+        weight_decay: Annotated[float, Range(0)] = 0.0,
+        steps: Annotated[int, Range(1)] = 1,
+        episodic: bool = False,
+    ) -> None:
+        super().__init__(model)
+        self.lr, self.beta1, self.beta2, self.weight_decay = lr, beta1, beta2, weight_decay
+        self.steps, self.episodic = steps, episodic
+        self.params = list({id(p): p for layer in self.layers for p in layer.affine_parameters()}.values())
+        if not self.params:
+            raise ValueError("tent trains the normalization layers' affine parameters; this model's have none")
+        # What attaching changes, to undo on release.
+        self.requires_grad_before = [(p, p.requires_grad) for p in model.parameters()]
+        self.stats_grad_before = [layer.stats_grad for layer in self.layers]
+        model.requires_grad_(False)
+        for p in self.params:
+            p.requires_grad_(True)
+        for layer in self.layers:
+            layer.stats_grad = True
+        self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=(beta1, beta2), weight_decay=weight_decay)
+        self.initial_optimizer_state = copy.deepcopy(self.optimizer.state_dict())
+        self.register_buffer("initial_affine", torch.cat([p.detach().flatten() for p in self.params]))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.int64, device=self.initial_affine.device))
+
+    def forward_and_adapt(self, x: Tensor) -> Tensor:
+        if self.episodic:
+            self.reset_all()
+        with torch.inference_mode(False), torch.enable_grad():
+            if x.is_inference():
+                x = x.clone()  # an inference tensor cannot be saved for the backward
+            for _ in range(self.steps):
+                outputs = self.model(x)
+                self.step(softmax_entropy(outputs).mean(0))
+        return outputs.detach()
+
+    def step(self, loss: Tensor) -> None:
+        """One optimizer step on ``loss`` w.r.t. the affine parameters; skipped if anything is non-finite."""
+        if not loss.requires_grad:
+            return
+        grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+        if not bool(all_finite(loss, *(g for g in grads if g is not None))):
+            logger.warning("tent: non-finite loss or gradient on this batch; the step is skipped")
+            return
+        for p, g in zip(self.params, grads):
+            p.grad = g
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.updates += 1
+
+    def restore_affine(self) -> None:
+        """The affine parameters' values at attach."""
+        with torch.no_grad():
+            for p, value in zip(self.params, self.initial_affine.split([p.numel() for p in self.params])):
+                p.copy_(value.view_as(p))
+
+    def reset(self) -> None:
+        self.restore_affine()
+        self.optimizer.load_state_dict(copy.deepcopy(self.initial_optimizer_state))
+        self.updates.zero_()
+
+    def restore_model(self, keep_adapted: bool = False) -> nn.Module:
+        if not keep_adapted:
+            self.restore_affine()
+        for p, flag in self.requires_grad_before:
+            p.requires_grad_(flag)
+        for layer, flag in zip(self.layers, self.stats_grad_before):
+            layer.stats_grad = flag
+        return self.model
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Tent:
+        """Casts and moves: the optimizer's state follows its parameters."""
+        super()._apply(fn, recurse)
+        self.optimizer.load_state_dict(self.optimizer.state_dict())
+        return self
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, lr={self.lr}, betas=({self.beta1}, {self.beta2}), "
+            f"weight_decay={self.weight_decay}, steps={self.steps}, episodic={self.episodic}"
+        )
