@@ -4,8 +4,10 @@
 A policy's (or method's) constructor declares an option as ``alpha: Annotated[float, Range(0, 1)] = 0.1``.
 Before anything is built, :func:`validate_options` checks every given value against its declared type (a
 float option takes a finite real number, an int option an integer, never a bool or a string; a bool
-option takes only ``True`` or ``False``) and range, and returns them as plain Python values. The
-constructors then only check constraints that tie several options together.
+option takes only ``True`` or ``False``) and range, and returns them as plain Python values. A type
+declared ``float | None`` also takes ``None`` (the policy says what None means); a string option names
+its accepted values, ``Annotated[str, Choice("a", "b")]``. The constructors then only check constraints
+that tie several options together.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
+import types
 import typing
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-__all__ = ["Range", "declared_options", "validate_options"]
+__all__ = ["Choice", "Range", "declared_options", "validate_options"]
 
 # Constructor arguments that adapt() supplies itself, not user options.
 _INTERNAL_ARGS = {"self", "bn", "layer_index", "post_norm"}
@@ -46,41 +49,74 @@ class Range:
 
 
 @dataclass(frozen=True)
+class Choice:
+    """The accepted values of a string option: ``Annotated[str, Choice("source", "running")]``."""
+
+    values: tuple[str, ...]
+
+    def __init__(self, *values: str) -> None:
+        object.__setattr__(self, "values", values)
+
+    def __str__(self) -> str:
+        return ", ".join(map(repr, self.values))
+
+
+@dataclass(frozen=True)
 class _Option:
-    kind: type  # int, float or bool
+    kind: type  # int, float, bool or str
     default: object
     range: Range | None
+    choice: Choice | None = None
+    optional: bool = False  # declared ``kind | None``: None is accepted as is
 
 
 def declared_options(constructor: Callable[..., object]) -> dict[str, _Option]:
-    """The keyword-only options of a policy or method constructor, with their type, default and range."""
+    """The keyword-only options of a policy constructor, with their type, default and range."""
     hints = typing.get_type_hints(constructor, include_extras=True)
     options = {}
     for name, parameter in inspect.signature(constructor).parameters.items():
         if name in _INTERNAL_ARGS or parameter.kind is not inspect.Parameter.KEYWORD_ONLY:
             continue
-        hint, bounds = hints[name], None
+        hint, extras = hints[name], []
         if typing.get_origin(hint) is typing.Annotated:
             hint, *extras = typing.get_args(hint)
-            bounds = next((extra for extra in extras if isinstance(extra, Range)), None)
-        if hint not in (int, float, bool):
-            raise TypeError(f"option {name!r} must be declared int, float or bool, not {hint!r}")
-        options[name] = _Option(hint, parameter.default, bounds)
+        bounds = next((extra for extra in extras if isinstance(extra, Range)), None)
+        choice = next((extra for extra in extras if isinstance(extra, Choice)), None)
+        members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else ()
+        optional = len(members) == 2 and type(None) in members
+        if optional:
+            hint = next(member for member in members if member is not type(None))
+        if hint not in (int, float, bool, str):
+            raise TypeError(f"option {name!r} must be declared int, float, bool or str (or X | None), not {hint!r}")
+        if (hint is str) != (choice is not None):
+            raise TypeError(f"option {name!r}: a str option, and only a str option, declares its Choice of values")
+        options[name] = _Option(hint, parameter.default, bounds, choice, optional)
     return options
 
 
-def _checked(where: str, option: _Option, value: object) -> int | float | bool:
+def _checked(where: str, option: _Option, value: object) -> int | float | bool | str | None:
+    or_none = " or None" if option.optional else ""
+    if value is None and option.optional:
+        return None
     if option.kind is bool:
         if not isinstance(value, (bool, np.bool_)):
-            raise TypeError(f"{where} must be a bool (True or False), got {value!r} ({type(value).__name__})")
+            raise TypeError(
+                f"{where} must be a bool (True or False){or_none}, got {value!r} ({type(value).__name__})"
+            )
         return bool(value)
+    if option.kind is str:
+        if not isinstance(value, str):
+            raise TypeError(f"{where} must be a string{or_none}, got {value!r} ({type(value).__name__})")
+        if value not in option.choice.values:
+            raise ValueError(f"{where} must be one of {option.choice}, got {value!r}")
+        return str(value)
     if option.kind is int:
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise TypeError(f"{where} must be an integer, got {value!r} ({type(value).__name__})")
+            raise TypeError(f"{where} must be an integer{or_none}, got {value!r} ({type(value).__name__})")
         value = int(value)
     else:
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise TypeError(f"{where} must be a real number, got {value!r} ({type(value).__name__})")
+            raise TypeError(f"{where} must be a real number{or_none}, got {value!r} ({type(value).__name__})")
         value = float(value)
         if not math.isfinite(value):
             raise ValueError(f"{where} must be finite, got {value!r}")
@@ -92,7 +128,7 @@ def _checked(where: str, option: _Option, value: object) -> int | float | bool:
 def validate_options(
     name: str, constructor: Callable[..., object], options: dict[str, object], *, kind: str = "policy"
 ) -> dict[str, object]:
-    """Check names, types and ranges of ``options``; return them as plain ints, floats and bools.
+    """Check names, types and ranges of ``options``; return them as plain ints, floats, bools and strings.
 
     ``kind`` ("policy" or "method") names what ``name`` is in the messages. Raises ValueError for an
     unknown name or a value out of range (listing what the policy or method takes), and TypeError for a

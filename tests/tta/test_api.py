@@ -14,8 +14,10 @@ import tta
 from tests.tta.conftest import build, give_source_statistics, inputs
 
 
-def test_policies_are_the_seven_of_the_spec_in_order() -> None:
-    assert tta.policies() == ["source", "tbn", "adabn", "alpha_bn", "momentum_decay", "rbn", "unmix_tns"]
+def test_policies_are_those_of_the_spec_in_order() -> None:
+    assert tta.policies() == [
+        "source", "tbn", "adabn", "alpha_bn", "momentum_decay", "rbn", "unmix_tns", "adab2n", "iabn",
+    ]
 
 
 def test_options_and_defaults_are_those_of_the_spec() -> None:
@@ -27,6 +29,8 @@ def test_options_and_defaults_are_those_of_the_spec() -> None:
     assert tta.policy_options("unmix_tns") == {
         "num_components": 16, "temperature": 0.07, "init_spread": 0.5, "batch_size_max": 64, "seed": 0,
     }
+    assert tta.policy_options("adab2n") == {"momentum": None, "kappa": 0.4}
+    assert tta.policy_options("iabn") == {"k": 4.0, "stats": "running", "momentum": 0.01}
     assert all(tta.policy_options(p) == {} for p in ["source", "tbn", "adabn"])
 
 
@@ -160,7 +164,7 @@ def test_adapted_stats_start_at_the_source_statistics() -> None:
     assert not torch.equal(tta.policy_layers(model)[0][1].adapted_stats()[0], tta.policy_layers(model)[0][1].source_mean)
 
 
-@pytest.mark.parametrize("policy", ["adabn", "momentum_decay", "rbn", "unmix_tns"])
+@pytest.mark.parametrize("policy", ["adabn", "momentum_decay", "rbn", "unmix_tns", "adab2n", "iabn"])
 def test_detach_keep_adapted_bakes_the_current_statistics_into_plain_batchnorms(policy: str) -> None:
     model = tta.adapt(build("small_cnn"), policy)
     with torch.no_grad():
@@ -189,6 +193,19 @@ def test_detach_keep_adapted_refuses_stateless_policies_and_changes_nothing(poli
     with pytest.raises(ValueError, match=f"policy {policy} keeps no statistics"):
         tta.detach(model, keep_adapted=True)
     assert len(tta.policy_layers(model)) == 2
+
+
+def test_iabn_from_source_statistics_keeps_no_state() -> None:
+    """``stats="source"``: stateless, so nothing to reset or keep, and nothing a batch changes."""
+    model = tta.adapt(build("small_cnn"), "iabn", stats="source")
+    layer = model[1]
+    assert {name for name, _ in layer.named_buffers()} == {"source_mean", "source_var"}
+    with torch.no_grad():
+        first = model(inputs("small_cnn", 4, 0))
+        model(inputs("small_cnn", 8, 1))
+        assert torch.equal(model(inputs("small_cnn", 4, 0)), first)
+    with pytest.raises(ValueError, match="policy iabn keeps no statistics"):
+        tta.detach(model, keep_adapted=True)
 
 
 def test_adabn_skips_batches_with_one_value_per_channel() -> None:

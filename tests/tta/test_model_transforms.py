@@ -15,7 +15,7 @@ from tests.tta.conftest import build, give_source_statistics, inputs
 from tests.tta.test_invariants import assert_same_state, snapshot
 
 POLICIES = tta.policies()
-STATEFUL = ["adabn", "momentum_decay", "rbn", "unmix_tns"]
+STATEFUL = ["adabn", "momentum_decay", "rbn", "unmix_tns", "adab2n", "iabn"]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 import pytest
+from torch import nn
 
 import tta
 from tests.tta.conftest import build
+from tta.options import Choice, Range, declared_options, validate_options
 
 # (policy, option, values refused for their type, values refused for their range, values accepted):
-# the ranges of spec M5-M7 written out by hand.
+# the ranges of spec M5-M7, M10, M12 written out by hand.
 CASES = [
     ("alpha_bn", "alpha", ["0.1", None, True], [-0.1, 1.5, float("nan"), float("inf")], [0, 1, 0.5, np.float32(0.25)]),
     ("rbn", "alpha", ["0.1", [0.1]], [-1e-9, 1.0001, float("-inf")], [0.0, 1.0, np.float64(0.05)]),
@@ -22,6 +26,11 @@ CASES = [
     ("unmix_tns", "init_spread", [None], [1.0, -0.1, float("nan")], [0.0, 0.99]),
     ("unmix_tns", "batch_size_max", [64.0], [0], [1, 128]),
     ("unmix_tns", "seed", [1.5, "0", None, True], [-1], [0, 7, np.int64(3)]),
+    ("adab2n", "momentum", ["0.1", True, [0.1]], [-0.1, 1.5, float("nan")], [0.0, 1.0, 0.3, np.float32(0.5)]),
+    ("adab2n", "kappa", [None, "1"], [-0.1, 1.01, float("inf")], [0, 0.4, 1]),
+    ("iabn", "k", [None, "4"], [-1.0, float("nan"), float("inf")], [0, 4, 1e6]),
+    ("iabn", "stats", [None, 1, True, ["source"]], ["Source", "batch", ""], ["source", "running"]),
+    ("iabn", "momentum", [None, "0.01"], [-0.01, 1.5], [0.0, 0.01, 1]),
 ]
 
 
@@ -31,16 +40,16 @@ def test_each_option_is_checked_for_type_and_range(
 ) -> None:
     for value in wrong_type:
         model = build("small_cnn")
-        with pytest.raises(TypeError, match=f"option '{option}' must be an? (integer|real number)"):
+        with pytest.raises(TypeError, match=f"option '{option}' must be an? (integer|real number|string)"):
             tta.adapt(model, policy, **{option: value})
         assert not tta.policy_layers(model), "a refused option must leave the model untouched"
     for value in out_of_range:
-        with pytest.raises(ValueError, match=f"option '{option}' must (lie in|be finite)"):
+        with pytest.raises(ValueError, match=f"option '{option}' must (lie in|be finite|be one of)"):
             tta.adapt(build("small_cnn"), policy, **{option: value})
     for value in accepted:
         _, layer = tta.policy_layers(tta.adapt(build("small_cnn"), policy, **{option: value}))[0]
         stored = getattr(layer, option)
-        assert stored == value and type(stored) is type(tta.policy_options(policy)[option])
+        assert stored == value and type(stored) is declared_options(tta.get_policy(policy).__init__)[option].kind
 
 
 def test_every_declared_option_has_a_case_here() -> None:
@@ -52,3 +61,57 @@ def test_every_declared_option_has_a_case_here() -> None:
 def test_options_that_constrain_each_other_are_checked_together() -> None:
     with pytest.raises(ValueError, match="momentum \\+ min_momentum <= 1"):
         tta.adapt(build("small_cnn"), "momentum_decay", momentum=0.9, min_momentum=0.2)
+
+
+def test_an_option_declared_with_none_takes_none_and_the_policy_says_what_it_means() -> None:
+    """``adab2n`` ``momentum: float | None``: None (the default) is the layer's BN momentum (spec M10)."""
+    model = build("small_cnn")
+    model[1].momentum, model[4].momentum = 0.3, None  # None: PyTorch's cumulative average; taken as 0.1
+    tta.adapt(model, "adab2n", momentum=None)
+    assert (model[1].momentum, model[4].momentum) == (0.3, 0.1)
+    with pytest.raises(TypeError, match="option 'momentum' must be a real number or None, got '0.1'"):
+        tta.adapt(build("small_cnn"), "adab2n", momentum="0.1")
+    with pytest.raises(TypeError, match="option 'kappa' must be a real number, got None"):
+        tta.adapt(build("small_cnn"), "adab2n", kappa=None)
+
+
+def test_a_string_option_names_its_choices() -> None:
+    with pytest.raises(ValueError, match="option 'stats' must be one of 'running', 'source', got 'batch'"):
+        tta.adapt(build("small_cnn"), "iabn", stats="batch")
+    with pytest.raises(TypeError, match="option 'stats' must be a string, got 1"):
+        tta.adapt(build("small_cnn"), "iabn", stats=1)
+
+
+def test_declarations_that_cannot_be_checked_are_refused() -> None:
+    def no_choice(self: object, bn: nn.Module, *, stats: str = "a") -> None: ...
+
+    def choice_on_a_number(self: object, bn: nn.Module, *, k: Annotated[float, Choice("a")] = 1.0) -> None: ...
+
+    def two_types(self: object, bn: nn.Module, *, k: int | float = 1) -> None: ...
+
+    for constructor in (no_choice, choice_on_a_number):
+        with pytest.raises(TypeError, match="a str option, and only a str option, declares its Choice"):
+            declared_options(constructor)
+    with pytest.raises(TypeError, match="must be declared int, float, bool or str"):
+        declared_options(two_types)
+
+
+def test_optional_int_and_optional_choice_are_checked_like_their_type() -> None:
+    def constructor(
+        self: object,
+        bn: nn.Module,
+        *,
+        count: Annotated[int | None, Range(1)] = None,
+        mode: Annotated[str | None, Choice("a", "b")] = None,
+    ) -> None: ...
+
+    assert validate_options("p", constructor, {"count": None, "mode": None}) == {"count": None, "mode": None}
+    assert validate_options("p", constructor, {"count": np.int64(3), "mode": "b"}) == {"count": 3, "mode": "b"}
+    with pytest.raises(TypeError, match="option 'count' must be an integer or None, got 1.5"):
+        validate_options("p", constructor, {"count": 1.5})
+    with pytest.raises(ValueError, match="option 'count' must lie in"):
+        validate_options("p", constructor, {"count": 0})
+    with pytest.raises(TypeError, match="option 'mode' must be a string or None"):
+        validate_options("p", constructor, {"mode": 2})
+    with pytest.raises(ValueError, match="option 'mode' must be one of 'a', 'b', got 'c'"):
+        validate_options("p", constructor, {"mode": "c"})

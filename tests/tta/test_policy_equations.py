@@ -1,7 +1,8 @@
-"""Each policy's equations (spec M1-M7, M9) against statistics recomputed here with plain tensor ops."""
+"""Each policy's equations (spec M1-M7, M9, M10, M12) against statistics recomputed here with plain tensor ops."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -237,3 +238,174 @@ def test_unmix_tns_one_repeated_class_moves_one_component_most() -> None:
         layer(repeated)
     moved = (layer.component_mean - before).norm(dim=1).sort(descending=True).values
     assert moved[0] > 5 * moved[1]
+
+
+def test_adab2n_with_kappa_one_is_an_ema_with_constant_momentum() -> None:
+    m = 0.2
+    bn = source_layer()
+    layer = tta.adapt(source_layer(), "adab2n", momentum=m, kappa=1.0)
+    reference = source_layer()
+    reference.momentum = m
+    reference.train()
+    mean, var = bn.running_mean.clone(), bn.running_var.clone()
+    for t in range(1, 5):
+        x = batch((6, 4, 5, 5), t)
+        out = layer(x)
+        reference(x)  # PyTorch's own EMA of the batch means with momentum m
+        dims = channel_dims(x)
+        mean = (1 - m) * mean + m * x.mean(dims)
+        var = (1 - m) * var + m * x.var(dims, unbiased=False)  # biased, as the official code
+        assert layer.step.item() == t and layer.eta.item() == m
+        torch.testing.assert_close(layer.running_mean, reference.running_mean)
+        torch.testing.assert_close(layer.running_mean, mean)
+        torch.testing.assert_close(layer.running_var, var)
+        torch.testing.assert_close(out, by_hand(x, mean, var, bn))  # normalized with the updated state
+
+
+def test_adab2n_with_kappa_zero_is_the_cumulative_mean_of_the_batch_statistics() -> None:
+    """``eta_t = 1/t``: the state is the plain mean of the batch means and batch variances (whatever the
+    batch sizes), and the source statistics are gone after the first batch."""
+    bn = source_layer()
+    layer = tta.adapt(source_layer(), "adab2n", kappa=0.0)
+    batches = [batch((b, 4, 3, 3), seed, shift=seed) for seed, b in enumerate([3, 7, 2, 5], start=10)]
+    for t in range(1, len(batches) + 1):
+        out = layer(batches[t - 1])
+        means = [b.mean(channel_dims(b)) for b in batches[:t]]
+        variances = [b.var(channel_dims(b), unbiased=False) for b in batches[:t]]
+        mean, var = sum(means) / t, sum(variances) / t
+        assert layer.eta.item() == pytest.approx(1 / t, rel=1e-15)
+        torch.testing.assert_close(layer.running_mean, mean)
+        torch.testing.assert_close(layer.running_var, var)
+        torch.testing.assert_close(out, by_hand(batches[t - 1], mean, var, bn))
+
+
+def test_adab2n_eta_follows_the_recursion_for_a_middle_kappa() -> None:
+    m, kappa = 0.1, 0.4
+    # eta_1 = 0.1^0.4 and eta_2 = eta_1 / (eta_1 + 0.9^0.4), worked out by hand
+    assert m**kappa == pytest.approx(0.398107, abs=1e-6)
+    assert (m**kappa) / (m**kappa + (1 - m) ** kappa) == pytest.approx(0.293408, abs=1e-6)
+    bn = source_layer()
+    layer = tta.adapt(source_layer(), "adab2n", momentum=m, kappa=kappa)
+    mean, var, eta = bn.running_mean.clone(), bn.running_var.clone(), None
+    for t in range(1, 7):
+        x = batch((5, 4, 4, 4), t, shift=0.2 * t)
+        out = layer(x)
+        eta = m**kappa if t == 1 else eta / (eta + (1 - m) ** kappa)
+        dims = channel_dims(x)
+        mean = mean + eta * (x.mean(dims) - mean)
+        var = (1 - eta) * var + eta * x.var(dims, unbiased=False)
+        assert layer.step.item() == t and layer.eta.item() == pytest.approx(eta, rel=1e-12)
+        torch.testing.assert_close(layer.running_mean, mean)
+        torch.testing.assert_close(layer.running_var, var)
+        torch.testing.assert_close(out, by_hand(x, mean, var, bn))
+    assert 0.1 < eta < 0.2  # decreasing from m^kappa towards a floor; not yet 1/t
+
+
+def test_adab2n_default_momentum_is_the_layer_s_and_one_value_per_channel_updates_nothing() -> None:
+    bn = source_layer(dims=1)
+    bn.momentum = 0.3
+    layer = tta.adapt(copy.deepcopy(bn), "adab2n", kappa=1.0)
+    assert layer.momentum == 0.3
+    single = batch((1, 4), 1)
+    assert torch.equal(layer(single), bn(single))  # n = 1: source statistics, no update
+    assert layer.step.item() == 0 and torch.equal(layer.running_mean, bn.running_mean)
+    x = batch((6, 4), 2)
+    layer(x)
+    torch.testing.assert_close(layer.running_mean, 0.7 * bn.running_mean + 0.3 * x.mean(0))
+
+
+def shrink(d: float, threshold: float) -> float:
+    """Soft-thresholding written out case by case."""
+    if d > threshold:
+        return d - threshold
+    if d < -threshold:
+        return d + threshold
+    return 0.0
+
+
+def iabn_by_loops(x: torch.Tensor, mean_b: torch.Tensor, var_b: torch.Tensor, bn: nn.Module, k: float) -> torch.Tensor:
+    """Spec M12 instance by instance and channel by channel, in float64."""
+    out = torch.empty_like(x, dtype=torch.float64)
+    for b in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            values = x[b, c].double().flatten()
+            length = values.numel()
+            mu_i = values.sum().item() / length
+            var_i = ((values - mu_i) ** 2).sum().item() / (length - 1)  # unbiased, as the official code
+            mb, vb = mean_b[c].item(), var_b[c].item()
+            s_mu = math.sqrt((vb + EPS) / length)
+            s_var = (vb + EPS) * math.sqrt(2 / (length - 1))
+            mu = mb + shrink(mu_i - mb, k * s_mu)
+            var = max(0.0, vb + shrink(var_i - vb, k * s_var))
+            out[b, c] = (x[b, c].double() - mu) / math.sqrt(var + EPS) * bn.weight[c].item() + bn.bias[c].item()
+    return out.to(x.dtype)
+
+
+@pytest.mark.parametrize("k", [1.0, 4.0])
+@pytest.mark.parametrize("dims, shape", [(2, (5, 4, 4, 6)), (1, (5, 4, 7)), (3, (3, 4, 2, 3, 3))])
+def test_iabn_from_source_statistics_matches_the_equations_written_with_loops(
+    dims: int, shape: tuple[int, ...], k: float
+) -> None:
+    bn = source_layer(dims=dims)
+    layer = tta.adapt(source_layer(dims=dims), "iabn", k=k, stats="source")
+    for seed in range(2):
+        x = batch(shape, seed, shift=0.5 * seed)
+        expected = iabn_by_loops(x, bn.running_mean, bn.running_var, bn, k)
+        torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_iabn_shrinks_some_deviations_to_zero_and_keeps_others_in_these_cases() -> None:
+    """The loop test above covers both branches of the soft threshold (else it would test little)."""
+    bn = source_layer()
+    x = batch((5, 4, 4, 6), 0)
+    mean_i = x.mean(dim=(2, 3))
+    threshold = 4.0 * torch.sqrt((bn.running_var + EPS) / 24)
+    inside = (mean_i - bn.running_mean).abs() <= threshold
+    assert inside.any() and not inside.all()
+
+
+def test_iabn_running_statistics_are_pytorch_s_ema_applied_after_normalizing() -> None:
+    """NOTE predicts with the running estimate, then its BatchNorm updates it in train mode."""
+    m, k = 0.2, 2.0
+    bn = source_layer()
+    layer = tta.adapt(source_layer(), "iabn", k=k, momentum=m)
+    reference = source_layer()
+    reference.momentum = m
+    reference.train()
+    for seed in range(3):
+        x = batch((6, 4, 5, 5), seed, shift=0.4 * seed)
+        expected = iabn_by_loops(x, reference.running_mean, reference.running_var, bn, k)  # before the update
+        out = layer(x)
+        reference(x)  # PyTorch's running update: momentum m, unbiased batch variance
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(layer.running_mean, reference.running_mean)
+        torch.testing.assert_close(layer.running_var, reference.running_var)
+
+
+def test_iabn_without_spatial_extent_uses_the_layer_statistics() -> None:
+    """``L <= 1``: BatchNorm1d on (B, C), and (B, C, 1), normalize with ``(mu_b, var_b)``."""
+    bn = source_layer(dims=1)
+    for x in [batch((6, 4), 1), batch((6, 4, 1), 2)]:
+        assert torch.equal(tta.adapt(source_layer(dims=1), "iabn", stats="source")(x), bn(x))
+    layer = tta.adapt(source_layer(dims=1), "iabn", momentum=0.5)
+    x = batch((6, 4), 3)
+    assert torch.equal(layer(x), bn(x))  # the running estimate before this batch: the source
+    torch.testing.assert_close(layer.running_mean, 0.5 * bn.running_mean + 0.5 * x.mean(0))
+    mean, var = layer.running_mean.clone(), layer.running_var.clone()
+    torch.testing.assert_close(layer(x), by_hand(x, mean, var, bn))
+
+
+def test_iabn_with_a_huge_k_normalizes_with_the_layer_statistics() -> None:
+    x = batch((4, 4, 5, 5), 4, shift=3.0, scale=4.0)
+    layer = tta.adapt(source_layer(), "iabn", k=1e12, stats="source")
+    torch.testing.assert_close(layer(x), source_layer()(x), rtol=1e-5, atol=1e-5)
+
+
+def test_iabn_with_k_zero_is_instance_normalization_with_unbiased_variance() -> None:
+    bn = source_layer()
+    layer = tta.adapt(source_layer(), "iabn", k=0.0)
+    for seed in range(2):
+        x = batch((3, 4, 5, 6), seed)
+        mean = x.mean(dim=(2, 3))
+        var = x.var(dim=(2, 3), unbiased=True)  # the official torch.var_mean(..., unbiased=True)
+        torch.testing.assert_close(layer(x), by_hand(x, mean, var, bn), rtol=1e-5, atol=1e-5)

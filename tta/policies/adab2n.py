@@ -1,0 +1,97 @@
+"""``adab2n``: AdaB²N's adaptive balance of the running statistics' momentum (spec M10)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import torch
+from torch import Tensor
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from tta.options import Range
+from tta.policies.base import NormPolicy
+from tta.registry import register_policy
+from tta.stats import all_finite, batch_moments
+
+
+@register_policy("adab2n")
+class AdaptiveBalanceBatchNorm(NormPolicy):
+    """Running statistics updated with AdaB²N's momentum ``eta_t``, then used to normalize (spec M10).
+
+    Lyu et al. NeurIPS 2023, "Overcoming recency bias of normalization statistics in continual learning:
+    balance and adaptation" (official ``lvyilin/AdaB2N``, ``models/utils/adab2n.py``). The running state
+    starts at the source statistics; on the t-th adapting forward ``mu_r <- mu_r + eta_t (mu_B - mu_r)``,
+    ``var_r <- (1 - eta_t) var_r + eta_t var_B`` with the **biased** batch variance (``correction=0``, as
+    the official code), and the batch is normalized with the updated state. ``eta_1 = m^kappa``,
+    ``eta_t = eta_{t-1} / (eta_{t-1} + (1 - m)^kappa)``: ``kappa = 1`` is a plain EMA with momentum ``m``,
+    ``kappa = 0`` the cumulative mean (``eta_t = 1/t``). ``momentum=None`` (default) takes ``m`` from the
+    layer's BN momentum (0.1 where that is None, PyTorch's cumulative average, which the official code
+    refuses). Default ``kappa = 0.4``, chosen from the paper's grid {0.1, 0.4, 0.7, 1.0} on seed 0 only:
+    the best mean error over single/continual x iid/dirichlet 0.1/dirichlet 0.01 on fmnist-c, bundled
+    model, severity 5, 2,000 examples (27.8% against 30.0, 28.6 and 30.0).
+
+    Departures from the official code, on purpose: its task-wise Bayesian weighting of samples (task
+    weights from a learned parameter and task counts) needs task labels and training, so it does not
+    apply at test time; each batch is weighted uniformly, as the official code does within the first
+    task. The official layer normalizes a training batch with that batch's statistics and only eval
+    forwards use the running state; at test time each batch updates the state and is normalized with
+    the updated state (spec M10). ``t`` and ``eta_t`` are buffers (``reset``, ``state_dict``), not a
+    Python attribute. A batch with one value per channel (n = 1) updates nothing, as for every
+    stateful policy.
+    """
+
+    def __init__(
+        self,
+        bn: _BatchNorm,
+        *,
+        momentum: Annotated[float | None, Range(0, 1)] = None,
+        kappa: Annotated[float, Range(0, 1)] = 0.4,
+        **base: object,
+    ) -> None:
+        super().__init__(bn, **base)
+        self.momentum = self.bn_momentum if momentum is None else momentum
+        self.kappa = kappa
+        device = self.source_mean.device
+        self.register_buffer("step", torch.zeros((), dtype=torch.int64, device=device))
+        self.register_buffer("eta", torch.zeros((), dtype=torch.float64, device=device))  # eta of the last update
+        self.register_buffer("running_mean", self.source_mean.clone())
+        self.register_buffer("running_var", self.source_var.clone())
+
+    def next_eta(self, step: Tensor) -> Tensor:
+        """``eta_t`` for the t-th update (``step = t``), from ``eta_{t-1}`` held in the buffer."""
+        m, kappa = self.momentum, self.kappa
+        if kappa == 0.0:
+            return 1.0 / step.double()
+        if kappa == 1.0:
+            return torch.full_like(self.eta, m)
+        first = torch.full_like(self.eta, m**kappa)
+        return torch.where(step == 1, first, self.eta / (self.eta + (1 - m) ** kappa))
+
+    def normalize(self, x: Tensor) -> Tensor:
+        if self.adapting:
+            mean_b, var_b, n = batch_moments(x, self.stats_dtype)
+            if n >= 2:
+                ok = all_finite(mean_b, var_b)
+                step = self.step + 1
+                eta = self.next_eta(step)
+                rate = eta.to(self.stats_dtype)
+                self.commit(
+                    ok,
+                    step=step,
+                    eta=eta,
+                    running_mean=torch.lerp(self.running_mean, mean_b, rate),
+                    running_var=torch.lerp(self.running_var, var_b, rate),
+                )
+        return self.normalize_with(x, self.running_mean, self.running_var)
+
+    def reset(self) -> None:
+        self.step.zero_()
+        self.eta.zero_()
+        self.running_mean.copy_(self.source_mean)
+        self.running_var.copy_(self.source_var)
+
+    def adapted_stats(self) -> tuple[Tensor, Tensor]:
+        return self.running_mean, self.running_var
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, momentum={self.momentum}, kappa={self.kappa}"

@@ -1,0 +1,107 @@
+"""``iabn``: NOTE's instance-aware batch normalization, at test time on a BatchNorm model (spec M12)."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated
+
+import torch
+from torch import Tensor
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from tta.options import Choice, Range
+from tta.policies.base import NormPolicy
+from tta.registry import register_policy
+from tta.stats import all_finite, batch_moments, instance_moments, normalize_per_instance, unbiased
+
+
+def softshrink(x: Tensor, threshold: Tensor) -> Tensor:
+    """``sign(x) max(|x| - threshold, 0)`` with a tensor threshold (``F.softshrink`` takes a scalar)."""
+    return x - torch.minimum(torch.maximum(x, -threshold), threshold)
+
+
+@register_policy("iabn")
+class InstanceAwareBatchNorm(NormPolicy):
+    """Each instance normalized by its own statistics, soft-shrunk towards the layer statistics (spec M12).
+
+    Gong et al. NeurIPS 2022, "NOTE: robust continual test-time adaptation against temporal correlation"
+    (official ``TaesikGong/NOTE``, ``utils/iabn.py``). With layer statistics ``(mu_b, var_b)``, instance
+    statistics ``(mu_i, var_i)`` over the ``L`` spatial elements (unbiased variance, as the official
+    code), ``s_mu = sqrt((var_b + eps) / L)`` and ``s_var = (var_b + eps) sqrt(2 / (L - 1))``:
+    ``mu = mu_b + softshrink(mu_i - mu_b, k s_mu)``, ``var = relu(var_b + softshrink(var_i - var_b, k s_var))``.
+    ``k = 4`` as NOTE's ``tta.sh``. With ``L <= 1`` (BatchNorm1d on ``(B, C)`` included) ``(mu_b, var_b)``
+    normalize, as the official ``skip_thres = 1``.
+
+    ``stats`` chooses the layer statistics. ``"running"`` (default) is NOTE's test-time setting: its
+    learner (``--use_learned_stats``) predicts in eval mode, where the official layer deviates from its
+    BatchNorm's ``running_mean``/``running_var`` (``mu_b = self._bn.running_mean``), and that BatchNorm
+    keeps updating them in train mode by PyTorch's EMA with ``bn_momentum = 0.01`` (``tta.sh``). Here the
+    running estimate starts at the source statistics and, after each batch is normalized with it, moves
+    by that EMA: ``mu_r <- (1-m) mu_r + m mu_B``, ``var_r <- (1-m) var_r + m var_B,u`` (unbiased, as
+    PyTorch's running update), ``m = momentum``. ``"source"``: the frozen source statistics, stateless.
+
+    Departures from the official code, on purpose: the running estimate is updated from the incoming
+    batch (NOTE updates it from its class-balanced memory every 64 samples, a model-level part, spec M8),
+    and a batch with one value per channel updates nothing. Statistics carry no gradient (spec M0; the
+    official layer backpropagates through the instance statistics).
+    """
+
+    def __init__(
+        self,
+        bn: _BatchNorm,
+        *,
+        k: Annotated[float, Range(0)] = 4.0,
+        stats: Annotated[str, Choice("running", "source")] = "running",
+        momentum: Annotated[float, Range(0, 1)] = 0.01,
+        **base: object,
+    ) -> None:
+        super().__init__(bn, **base)
+        self.k, self.stats, self.momentum = k, stats, momentum
+        if stats == "running":
+            self.register_buffer("running_mean", self.source_mean.clone())
+            self.register_buffer("running_var", self.source_var.clone())
+
+    def layer_stats(self) -> tuple[Tensor, Tensor]:
+        """``(mu_b, var_b)``: the running estimate or the source statistics, per ``stats``."""
+        if self.stats == "running":
+            return self.running_mean, self.running_var
+        return self.source_mean, self.source_var
+
+    def normalize(self, x: Tensor) -> Tensor:
+        mean_b, var_b = self.layer_stats()
+        length = x[0, 0].numel()
+        if length <= 1:
+            out = self.normalize_with(x, mean_b, var_b)
+        else:
+            mean_i, var_i = instance_moments(x, self.stats_dtype)  # (B, C), biased
+            var_i = unbiased(var_i, length)
+            scale = var_b + self.eps
+            mean = mean_b + softshrink(mean_i - mean_b, self.k * torch.sqrt(scale / length))
+            var = torch.relu(var_b + softshrink(var_i - var_b, self.k * scale * math.sqrt(2 / (length - 1))))
+            out = normalize_per_instance(x, mean, var, *self.affine(), self.eps)
+        if self.adapting and self.stats == "running":
+            self.update_running(x)
+        return out
+
+    def update_running(self, x: Tensor) -> None:
+        """PyTorch BatchNorm's running update with momentum ``m`` (unbiased batch variance)."""
+        batch_mean, batch_var, n = batch_moments(x, self.stats_dtype)
+        if n >= 2:
+            ok = all_finite(batch_mean, batch_var)
+            self.commit(
+                ok,
+                running_mean=torch.lerp(self.running_mean, batch_mean, self.momentum),
+                running_var=torch.lerp(self.running_var, unbiased(batch_var, n), self.momentum),
+            )
+
+    def reset(self) -> None:
+        if self.stats == "running":
+            self.running_mean.copy_(self.source_mean)
+            self.running_var.copy_(self.source_var)
+
+    def adapted_stats(self) -> tuple[Tensor, Tensor] | None:
+        """The running estimate; None with ``stats="source"`` (nothing adapts)."""
+        return (self.running_mean, self.running_var) if self.stats == "running" else None
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, k={self.k}, stats={self.stats!r}, momentum={self.momentum}"
