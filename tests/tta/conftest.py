@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 import torch
@@ -81,3 +81,12 @@ def inputs(name: str, batch: int, seed: int = 1, dtype: torch.dtype = torch.floa
 @pytest.fixture(params=list(MODELS))
 def model_name(request: pytest.FixtureRequest) -> str:
     return request.param
+
+
+@pytest.fixture
+def full_float32_precision() -> Iterator[None]:
+    """TF32 convolutions differ from the CPU by about 1e-3: CUDA tests compare in full float32."""
+    conv, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul

@@ -4,25 +4,18 @@
 from __future__ import annotations
 
 import copy
-from typing import Iterator
-
 import pytest
 import torch
 
 import tta
 from tests.tta.conftest import build, inputs
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+pytestmark = [
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"),
+    pytest.mark.usefixtures("full_float32_precision"),  # tests/tta/conftest.py
+]
 POLICIES = tta.policies()
 
-
-@pytest.fixture(autouse=True)
-def full_float32_precision() -> Iterator[None]:
-    """TF32 convolutions differ from the CPU by about 1e-3: compare in full float32."""
-    conv, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
 
 
 def batches(model_name: str) -> list[torch.Tensor]:

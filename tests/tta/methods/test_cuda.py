@@ -3,8 +3,6 @@ optimizer state. Skipped without CUDA."""
 
 from __future__ import annotations
 
-from typing import Iterator
-
 import pytest
 import torch
 
@@ -12,16 +10,11 @@ import tta
 from tests.tta.conftest import inputs
 from tests.tta.methods.conftest import learner
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+pytestmark = [
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"),
+    pytest.mark.usefixtures("full_float32_precision"),  # tests/tta/conftest.py
+]
 
-
-@pytest.fixture(autouse=True)
-def full_float32_precision() -> Iterator[None]:
-    """TF32 convolutions differ from the CPU by about 1e-3: compare in full float32."""
-    conv, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
 
 
 @pytest.mark.parametrize("method", ["none", "tent"])
