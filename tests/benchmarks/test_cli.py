@@ -47,7 +47,8 @@ def grid_keys(args: list[str]) -> set[tuple]:
     """The rows the arguments ask for, enumerated by hand from the flag values."""
     value = {args[i]: args[i + 1] for i in range(len(args) - 1) if args[i].startswith("--")}
     return {
-        (policy, "single", order, int(seed), corruption, 5)
+        (method, policy, "single", order, int(seed), corruption, 5)
+        for method in value.get("--methods", "none").split(",")
         for policy in value["--policies"].split(",")
         for order in value["--order"].split(",")
         for seed in value["--seeds"].split(",")
@@ -79,7 +80,7 @@ def test_source_rows_match_the_unadapted_model_evaluated_by_hand(finished, cache
         expected = sum(int((model(b.x).argmax(1) != b.y).sum()) for b in stream)
     rows = {grid.row_key(r): r for r in read_rows(finished / "results.jsonl")}
     for order in ("iid", "sorted"):
-        assert rows[("source", "single", order, 0, "brightness", 5)]["errors"] == expected
+        assert rows[("none", "source", "single", order, 0, "brightness", 5)]["errors"] == expected
 
 
 def test_test_batch_statistics_suffer_from_class_sorted_streams(finished):
@@ -87,8 +88,8 @@ def test_test_batch_statistics_suffer_from_class_sorted_streams(finished):
     # (at 200 images in batches of 50 a sorted batch holds two or three classes).
     rows = {grid.row_key(r): r for r in read_rows(finished / "results.jsonl")}
     for corruption in ("brightness", "contrast"):
-        iid = rows[("tbn", "single", "iid", 0, corruption, 5)]["error"]
-        sorted_ = rows[("tbn", "single", "sorted", 0, corruption, 5)]["error"]
+        iid = rows[("none", "tbn", "single", "iid", 0, corruption, 5)]["error"]
+        sorted_ = rows[("none", "tbn", "single", "sorted", 0, corruption, 5)]["error"]
         assert sorted_ > iid + 5
 
 
