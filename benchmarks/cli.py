@@ -1,4 +1,4 @@
-"""``tta-bench``: run the benchmark grid, rebuild its report, time the policies, train the source model.
+"""``tta-bench``: run the benchmark grid, rebuild its report, time methods and policies, train the source model.
 
 A thin front end (style guide, principle 6): it parses arguments, calls :mod:`benchmarks.grid`,
 :mod:`benchmarks.results`, :mod:`benchmarks.evaluate`, :mod:`benchmarks.report` and
@@ -277,8 +277,9 @@ def cmd_speed(args: argparse.Namespace) -> int:
     model = _load_model(grid.normalize_model(args.model), args.dataset, device, args, args.arch,
                         grid.parse_model_args(args.model_arg))
     with_method = methods != (grid.NO_METHOD,)
+    counted = f"{len(methods)} methods x {len(policies)}" if with_method else f"{len(policies)}"
     print(
-        f"timing {f'{len(methods)} methods x ' if with_method else ''}{len(policies)} policies on {args.model} ({args.dataset} input), batch {args.batch_size}, "
+        f"timing {counted} policies on {args.model} ({args.dataset} input), batch {args.batch_size}, "
         f"{device}, {torch.get_num_threads()} threads: median of {args.repeats} runs of "
         f"{args.batches_per_repeat} batches after {args.warmup} warm-up batches"
     )

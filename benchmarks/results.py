@@ -1,11 +1,12 @@
 """The append-only results store of a benchmark folder: ``config.json`` plus ``results.jsonl``.
 
-``results.jsonl`` holds one JSON object per finished (method, policy, setting, order, seed, domain), appended,
-flushed and fsynced as soon as it is known, so a killed run loses nothing already reported. ``config.json``
-holds the :class:`benchmarks.grid.GridConfig` the rows were produced with. Reopening a folder with a
-different configuration is refused (never mixed): the identity of a results folder is its whole grid
-configuration (dataset, model, methods, policies, settings, orders, corruptions, severities, seeds, batch
-size, number of examples, policy and method options); the data location, cache, device and output folder are not part of it.
+``results.jsonl`` holds one JSON object per finished (method, policy, setting, order, seed, domain),
+appended, flushed and fsynced as soon as it is known, so a killed run loses nothing already reported.
+``config.json`` holds the :class:`benchmarks.grid.GridConfig` the rows were produced with. Reopening a
+folder with a different configuration is refused (never mixed): the identity of a results folder is its
+whole grid configuration (dataset, model, methods, policies, settings, orders, corruptions, severities,
+seeds, batch size, number of examples, policy and method options); the data location, cache, device and
+output folder are not part of it.
 
 One process writes a folder at a time: :class:`FolderLock` holds an OS-level lock (``filelock``, released
 by the OS when the holder dies, even by ``kill -9``) on ``.lock`` for the whole run, and records the

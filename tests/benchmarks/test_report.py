@@ -76,7 +76,8 @@ METHOD_ROWS = [
     *[with_method("none", r) for r in ROWS],
     with_method("tent", row("source", "fog", 8)), with_method("tent", row("source", "snow", 12)),  # mean 10
     with_method("tent", row("tbn", "fog", 4)), with_method("tent", row("tbn", "snow", 5)),  # mean 4.5
-    with_method("tent", row("tbn", "fog", 40, order="sorted")), with_method("tent", row("tbn", "snow", 44, order="sorted")),
+    with_method("tent", row("tbn", "fog", 40, order="sorted")),
+    with_method("tent", row("tbn", "snow", 44, order="sorted")),
 ]
 
 
@@ -106,6 +107,7 @@ def test_with_methods_the_domain_table_and_csv_name_the_method(tmp_path):
 
 def test_rows_of_none_alone_keep_the_policy_tables_with_or_without_a_method_key():
     marked = [with_method("none", r) for r in ROWS]
-    assert report.summary_table(marked, policies=["source", "tbn"]) == report.summary_table(ROWS, policies=["source", "tbn"])
+    policies = ["source", "tbn"]
+    assert report.summary_table(marked, policies=policies) == report.summary_table(ROWS, policies=policies)
     assert report.domain_table(marked) == report.domain_table(ROWS)
     assert cells(report.summary_table(marked))[0] == ["policy", "iid", "sorted"]

@@ -56,7 +56,8 @@ def test_methods_are_timed_over_every_policy_against_source_under_none():
     model(__import__("torch").rand(2, 1, 8, 8))
     results = measure_speed(model, ["tbn", "rbn"], methods=["none", "tent"], input_shape=(1, 8, 8), batch_size=4,
                             warmup=1, repeats=2, batches_per_repeat=1)
-    assert [(r.method, r.policy) for r in results] == [("none", "tbn"), ("none", "rbn"), ("tent", "tbn"), ("tent", "rbn")]
+    assert [(r.method, r.policy) for r in results] == [
+        ("none", "tbn"), ("none", "rbn"), ("tent", "tbn"), ("tent", "rbn")]
     assert all(r.images_per_s > 0 and math.isfinite(r.ratio_to_source) for r in results)
     assert tta.policy_layers(model) == []
 
