@@ -5,9 +5,10 @@ A grid run (:class:`benchmarks.grid.Run`) is one stream (setting, order, seed) e
 with the policy, the method attached), every batch is fed to all of them, and errors are counted per
 domain from ``batch.domain``. Learners are reset (``tta.reset``) before each episode of the stream (spec
 S4: one episode per domain in ``single``, one for the whole stream otherwise), so the rows of one episode
-are known when it ends. The loop runs under ``torch.no_grad``; a gradient method (Tent) takes its
-gradients inside its own forward, whatever the caller's mode. A killed run loses at most the episode in progress: in
-``single`` one domain, in ``continual``/``mixed``/``gradual`` the whole stream, which is run again.
+are known when it ends. A killed run loses at most the episode in progress: in ``single`` one domain,
+in ``continual``/``mixed``/``gradual`` the whole stream, which is run again. The loop runs under
+``torch.no_grad``; a gradient method (Tent) takes its gradients inside its own forward, whatever the
+caller's mode.
 """
 
 from __future__ import annotations
@@ -261,7 +262,9 @@ def run_grid(
                 tta.reset(adapted)
             label = episode_domains[0] if len(episode_domains) == 1 else None
 
-            def on_batch(tallies: dict[Pair, dict[Domain, Tally]], _run: Run = run, _label: Domain | None = label) -> None:
+            def on_batch(
+                tallies: dict[Pair, dict[Domain, Tally]], _run: Run = run, _label: Domain | None = label
+            ) -> None:
                 if progress.on_batch is not None:
                     progress.on_batch(_run, _label, tallies)
 
