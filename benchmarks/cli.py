@@ -1,4 +1,4 @@
-"""``tta-bench``: run the benchmark grid, rebuild its report, time the policies, train the source model.
+"""``tta-bench``: run the benchmark grid, rebuild its report, time methods and policies, train the source model.
 
 A thin front end (style guide, principle 6): it parses arguments, calls :mod:`benchmarks.grid`,
 :mod:`benchmarks.results`, :mod:`benchmarks.evaluate`, :mod:`benchmarks.report` and
@@ -95,6 +95,7 @@ def _config_from_args(args: argparse.Namespace) -> grid.GridConfig:
         arch=args.arch,
         model_args=args.model_arg,
         table=args.table,
+        methods=args.methods,
     )
 
 
@@ -133,7 +134,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             metadata.write_meta(out, meta)
         if status:
             return status
-        return _write_report(store.folder, store.rows(), config.to_json(), meta, config.policies)
+        return _write_report(store.folder, store.rows(), config.to_json(), meta, config.policies, config.methods)
 
 
 def _run_grid(args: argparse.Namespace, config: grid.GridConfig, model: Any, source: Any,
@@ -145,8 +146,10 @@ def _run_grid(args: argparse.Namespace, config: grid.GridConfig, model: Any, sou
 
     keys = grid.row_keys(config)
     todo = [key for key in keys if not store.done(key)]
+    with_method = config.methods != (grid.NO_METHOD,)  # name the method in every line, unless only none
+    methods = f"{len(config.methods)} methods x " if with_method else ""
     print(
-        f"{len(keys)} results in the grid ({len(config.policies)} policies x {len(grid.expand(config))} "
+        f"{len(keys)} results in the grid ({methods}{len(config.policies)} policies x {len(grid.expand(config))} "
         f"streams); {len(keys) - len(todo)} already in {store.results_path}", flush=True
     )
     if "clean_error" not in meta:  # once per folder; a resumed run reuses it
@@ -165,7 +168,7 @@ def _run_grid(args: argparse.Namespace, config: grid.GridConfig, model: Any, sou
         if sys.stdout.isatty() and not args.no_progress else None
     finished = len(keys) - len(todo)
 
-    def on_batch(run: grid.Run, domain: Any, tallies: dict[str, dict[Any, Any]]) -> None:
+    def on_batch(run: grid.Run, domain: Any, tallies: dict[tuple[str, str], dict[Any, Any]]) -> None:
         if bar is None:
             return
         where = f"{run.setting} {run.order} seed {run.seed}"
@@ -173,10 +176,10 @@ def _run_grid(args: argparse.Namespace, config: grid.GridConfig, model: Any, sou
             where += f" {domain[0]}"
         bar.set_description(where, refresh=False)
         postfix = {}
-        for policy, per_domain in tallies.items():  # each policy's running error in this episode
+        for (method, policy), per_domain in tallies.items():  # each learner's running error in this episode
             n = sum(t.n for t in per_domain.values())
             wrong = sum(t.errors for t in per_domain.values())
-            postfix[policy] = f"{100.0 * wrong / max(n, 1):.1f}%"
+            postfix[f"{method}/{policy}" if with_method else policy] = f"{100.0 * wrong / max(n, 1):.1f}%"
         bar.set_postfix(postfix)
 
     def on_rows(rows: list[dict[str, Any]]) -> None:
@@ -186,8 +189,8 @@ def _run_grid(args: argparse.Namespace, config: grid.GridConfig, model: Any, sou
             bar.update(len(rows))
             return
         for i, row in enumerate(rows, start=finished - len(rows) + 1):
-            print(f"[{i}/{len(keys)}] {results.describe_key(grid.row_key(row))}: error {row['error']:.1f}%",
-                  flush=True)
+            described = results.describe_key(grid.row_key(row), with_method=with_method)
+            print(f"[{i}/{len(keys)}] {described}: error {row['error']:.1f}%", flush=True)
 
     try:
         evaluate.run_grid(
@@ -215,14 +218,14 @@ def _run_grid(args: argparse.Namespace, config: grid.GridConfig, model: Any, sou
 
 
 def _write_report(folder: Path, rows: list[dict[str, Any]], config: dict[str, Any] | None,
-                  meta: dict[str, Any], policies: Sequence[str] | None) -> int:
+                  meta: dict[str, Any], policies: Sequence[str] | None, methods: Sequence[str] | None) -> int:
     from benchmarks import report
 
     paths = report.write_report(folder, rows, config=config, metadata=meta)
     print()
     if config:
         print(f"Mean error (%) over domains, {config['dataset']}, model {config['model']}:")
-    print(report.summary_table(rows, policies=policies))
+    print(report.summary_table(rows, policies=policies, methods=methods))
     print()
     for name, path in paths.items():
         print(f"{name}: {path}")
@@ -246,8 +249,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     config_path = folder / results.CONFIG_NAME
     config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.exists() else None
     policies = config.get("policies") if config else None
+    methods = config.get("methods", [grid.NO_METHOD]) if config else None
     paths = report.write_report(folder, rows, config=config, metadata=metadata.read_meta(folder))
-    print(report.summary_table(rows, policies=policies))
+    print(report.summary_table(rows, policies=policies, methods=methods))
     print()
     for name, path in paths.items():
         print(f"{name}: {path}")
@@ -264,15 +268,18 @@ def cmd_speed(args: argparse.Namespace) -> int:
     from benchmarks import speed
 
     policies = grid.parse_policies(args.policies)
-    options = grid.parse_options(args.option, policies)
+    methods = grid.parse_methods(args.methods)
+    options = grid.parse_options(args.option, policies, methods)
     if args.dataset not in speed.INPUT_SHAPES:
         raise _Fail(f"unknown dataset {args.dataset!r}; choose from: {', '.join(speed.INPUT_SHAPES)}")
     _set_threads(args.threads)
     device = _device(args.device)
     model = _load_model(grid.normalize_model(args.model), args.dataset, device, args, args.arch,
                         grid.parse_model_args(args.model_arg))
+    with_method = methods != (grid.NO_METHOD,)
+    counted = f"{len(methods)} methods x {len(policies)}" if with_method else f"{len(policies)}"
     print(
-        f"timing {len(policies)} policies on {args.model} ({args.dataset} input), batch {args.batch_size}, "
+        f"timing {counted} policies on {args.model} ({args.dataset} input), batch {args.batch_size}, "
         f"{device}, {torch.get_num_threads()} threads: median of {args.repeats} runs of "
         f"{args.batches_per_repeat} batches after {args.warmup} warm-up batches"
     )
@@ -282,14 +289,17 @@ def cmd_speed(args: argparse.Namespace) -> int:
         input_shape=speed.INPUT_SHAPES[args.dataset],
         batch_size=args.batch_size,
         options=options,
+        methods=methods,
         warmup=args.warmup,
         repeats=args.repeats,
         batches_per_repeat=args.batches_per_repeat,
         device=device,
     )
-    table = [[r.policy, f"{r.images_per_s:,.0f}" if r.images_per_s >= 100 else f"{r.images_per_s:.1f}",
+    table = [[*([r.method] if with_method else []), r.policy,
+              f"{r.images_per_s:,.0f}" if r.images_per_s >= 100 else f"{r.images_per_s:.1f}",
               f"{r.ratio_to_source:.2f}"] for r in measured]
-    print(tabulate(table, headers=["policy", "images/s", "x source"], tablefmt="github", disable_numparse=True))
+    headers = [*(["method"] if with_method else []), "policy", "images/s", "x source"]
+    print(tabulate(table, headers=headers, tablefmt="github", disable_numparse=True))
     return 0
 
 
@@ -357,8 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {tta.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{run,report,speed,train-source}")
 
-    run = sub.add_parser("run", help="evaluate policies over a grid of streams; resumable",
-                         description="Evaluate policies over the grid policies x settings x orders x seeds "
+    run = sub.add_parser("run", help="evaluate methods and policies over a grid of streams; resumable",
+                         description="Evaluate over the grid methods x policies x settings x orders x seeds "
                                      "x domains. Results are appended to OUT/results.jsonl as they finish; "
                                      "rerunning the same command resumes. One run at a time per OUT folder "
                                      "(a second is refused). Models take images in [0, 1].")
@@ -369,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where corrupted images are cached (default: the streams default, $TTA_CACHE_DIR)")
     _add_model_arguments(run)
     run.add_argument("--policies", default="all", help="comma list of policies, or all (default)")
+    run.add_argument("--methods", default=grid.NO_METHOD,
+                     help=f"comma list of methods stacked on each policy ({', '.join(tta.methods())}), or all; "
+                          "default none: the policies alone")
     run.add_argument("--setting", default="single", help="comma list of single, continual, mixed, gradual")
     run.add_argument("--order", default="iid", help="comma list of iid, sorted, dirichlet:<delta>, slots:<gamma>")
     run.add_argument("--corruptions", default="all",
@@ -379,8 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=int, default=64)
     run.add_argument("--n-examples", type=int, default=None, help="images per domain (default: all)")
     run.add_argument("--seeds", default="0", help="comma list of seeds (default 0)")
-    run.add_argument("--option", action="append", default=[], metavar="POLICY.KEY=VALUE",
-                     help="a policy option, e.g. alpha_bn.alpha=0.2 (repeatable; value is a Python literal)")
+    run.add_argument("--option", action="append", default=[], metavar="NAME.KEY=VALUE",
+                     help="a policy or method option, e.g. alpha_bn.alpha=0.2 or tent.lr=1e-4 (repeatable; "
+                          "value is a Python literal)")
     run.add_argument("--out", required=True, metavar="DIR", help="results folder (created; reused to resume)")
     run.add_argument("--device", default=DEFAULT_DEVICE, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     run.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
@@ -393,12 +407,14 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("dir", metavar="DIR")
     rep.set_defaults(func=cmd_report)
 
-    spd = sub.add_parser("speed", help="images/s of each policy and the ratio to source")
+    spd = sub.add_parser("speed", help="images/s of each method x policy and the ratio to source")
     spd.add_argument("--dataset", default="fmnist-c", help="decides the input size and the model's classes")
     _add_model_arguments(spd)
     spd.add_argument("--policies", default="all")
+    spd.add_argument("--methods", default=grid.NO_METHOD,
+                     help="comma list of methods, or all; default none (the policies alone)")
     spd.add_argument("--batch-size", type=int, default=64)
-    spd.add_argument("--option", action="append", default=[], metavar="POLICY.KEY=VALUE")
+    spd.add_argument("--option", action="append", default=[], metavar="NAME.KEY=VALUE")
     spd.add_argument("--warmup", type=int, default=3, help="untimed batches per policy first (default 3)")
     spd.add_argument("--repeats", type=int, default=10, help="timed runs per policy; the median is reported")
     spd.add_argument("--batches-per-repeat", type=int, default=5, help="batches in one timed run")

@@ -1,11 +1,14 @@
-"""Evaluate normalization policies on test streams: the library calls behind ``tta-bench run``.
+"""Evaluate methods over normalization policies on test streams: the library calls behind ``tta-bench run``.
 
-A grid run (:class:`benchmarks.grid.Run`) is one stream (setting, order, seed) evaluated for several
-policies in lockstep: each policy has its own adapted copy of the model, every batch is fed to all of
-them, and errors are counted per domain from ``batch.domain``. Policies are reset before each episode of
-the stream (spec S4: one episode per domain in ``single``, one for the whole stream otherwise), so the
-rows of one episode are known when it ends. A killed run loses at most the episode in progress: in
-``single`` one domain, in ``continual``/``mixed``/``gradual`` the whole stream, which is run again.
+A grid run (:class:`benchmarks.grid.Run`) is one stream (setting, order, seed) evaluated for every
+(method, policy) in lockstep: each has its own learner (:func:`learner_copy`: a copy of the model adapted
+with the policy, the method attached), every batch is fed to all of them, and errors are counted per
+domain from ``batch.domain``. Learners are reset (``tta.reset``) before each episode of the stream (spec
+S4: one episode per domain in ``single``, one for the whole stream otherwise), so the rows of one episode
+are known when it ends. A killed run loses at most the episode in progress: in ``single`` one domain,
+in ``continual``/``mixed``/``gradual`` the whole stream, which is run again. The loop runs under
+``torch.no_grad``; a gradient method (Tent) takes its gradients inside its own forward, whatever the
+caller's mode.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ from torch import nn
 
 import streams
 import tta
-from benchmarks.grid import CLEAN, GridConfig, Run, domains
+from benchmarks.grid import CLEAN, NO_METHOD, GridConfig, RowKey, Run, domains
 
 log = logging.getLogger(__name__)
 
 Domain = tuple[str, int]
+Pair = tuple[str, str]
+"""(method, policy): one learner of the grid."""
 
 
 @dataclasses.dataclass
@@ -56,6 +61,27 @@ def adapted_copy(model: nn.Module, policy: str, options: Mapping[str, Any] | Non
     return adapted.eval()
 
 
+def learner_copy(
+    model: nn.Module,
+    method: str,
+    policy: str,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    seed: int = 0,
+) -> nn.Module:
+    """``method`` attached to :func:`adapted_copy` of ``model`` with ``policy``; ``options`` by name (the
+    grid's one namespace of policy and method options). Method ``none`` gives the adapted model itself:
+    the policy alone, as before methods existed. A method taking a ``seed`` gets the run's, as policies do."""
+    options = options or {}
+    adapted = adapted_copy(model, policy, options.get(policy), seed=seed)
+    if method == NO_METHOD:
+        return adapted
+    method_options = dict(options.get(method, {}))
+    if "seed" in tta.method_options(method) and "seed" not in method_options:
+        method_options["seed"] = seed
+    return tta.attach_method(adapted, method, **method_options)
+
+
 def domain_of(item: Any) -> Domain:
     """Normalize one ``batch.domain`` entry to ``(corruption, severity)``; clean images are ``("none", 0)``."""
     corruption, severity = item
@@ -64,21 +90,21 @@ def domain_of(item: Any) -> Domain:
 
 
 def evaluate_batches(
-    models: Mapping[str, nn.Module],
+    models: Mapping[Any, nn.Module],
     batches: Iterable[Any],
     *,
     device: torch.device | str = "cpu",
-    on_batch: Callable[[dict[str, dict[Domain, Tally]]], None] | None = None,
-) -> dict[str, dict[Domain, Tally]]:
-    """Feed every batch to every model (each adapting as it goes); count errors per policy and domain.
+    on_batch: Callable[[dict[Any, dict[Domain, Tally]]], None] | None = None,
+) -> dict[Any, dict[Domain, Tally]]:
+    """Feed every batch to every model (each adapting as it goes); count errors per model and domain.
 
     ``batches`` yields objects with ``x`` (float images in [0, 1]), ``y`` (labels) and ``domain`` (one
     (corruption, severity) per image), i.e. :class:`streams.Batch`. ``on_batch`` is called with the tallies
     so far after each batch (progress display).
     """
     device = torch.device(device)
-    tallies: dict[str, dict[Domain, Tally]] = {name: {} for name in models}
-    with torch.no_grad():
+    tallies: dict[Any, dict[Domain, Tally]] = {name: {} for name in models}
+    with torch.no_grad():  # a method's own forward enables the gradients it needs
         for batch in batches:
             x = batch.x.to(device, non_blocking=True)
             y = batch.y.to(device, non_blocking=True)
@@ -165,10 +191,12 @@ def build_stream(
     )
 
 
-def make_row(config: GridConfig, run: Run, policy: str, domain: Domain, tally: Tally) -> dict[str, Any]:
+def make_row(config: GridConfig, run: Run, pair: Pair, domain: Domain, tally: Tally) -> dict[str, Any]:
     """One result row (the keys ``benchmarks.results`` requires, plus context)."""
+    method, policy = pair
     corruption, severity = domain
     return {
+        "method": method,
         "policy": policy,
         "setting": run.setting,
         "order": run.order,
@@ -182,6 +210,7 @@ def make_row(config: GridConfig, run: Run, policy: str, domain: Domain, tally: T
         "model": config.model,
         "batch_size": config.batch_size,
         "options": config.options.get(policy, {}),
+        "method_options": config.options.get(method, {}),
     }
 
 
@@ -189,7 +218,7 @@ def make_row(config: GridConfig, run: Run, policy: str, domain: Domain, tally: T
 class Progress:
     """Callbacks a front end (the CLI's progress bar) may set; all optional."""
 
-    on_batch: Callable[[Run, Domain | None, dict[str, dict[Domain, Tally]]], None] | None = None
+    on_batch: Callable[[Run, Domain | None, dict[Pair, dict[Domain, Tally]]], None] | None = None
     on_rows: Callable[[list[dict[str, Any]]], None] | None = None
 
 
@@ -197,7 +226,7 @@ def run_grid(
     config: GridConfig,
     model: nn.Module,
     *,
-    done: Callable[[tuple[str, str, str, int, str, int]], bool],
+    done: Callable[[RowKey], bool],
     save: Callable[[list[dict[str, Any]]], Any],
     source: Any = None,
     data_dir: str | os.PathLike[str] | None = None,
@@ -218,11 +247,11 @@ def run_grid(
     model = model.to(device).eval()
     for run in expand(config):
         run_domains = domains(config, run.setting)
-        pending = [p for p in run.policies if not all(done(_key(p, run, d)) for d in run_domains)]
+        pending = [p for p in run.pairs() if not all(done(_key(p, run, d)) for d in run_domains)]
         if not pending:
             continue
         stream = build_stream(config, run, source, cache_dir=cache_dir)
-        models = {p: adapted_copy(model, p, config.options.get(p), seed=run.seed) for p in pending}
+        models = {p: learner_copy(model, *p, config.options, seed=run.seed) for p in pending}
         for episode_domain, batches in stream.episodes():
             episode_domains = _episode_domains(episode_domain, run_domains, run.setting)
             todo = [p for p in pending if not all(done(_key(p, run, d)) for d in episode_domains)]
@@ -233,7 +262,9 @@ def run_grid(
                 tta.reset(adapted)
             label = episode_domains[0] if len(episode_domains) == 1 else None
 
-            def on_batch(tallies: dict[str, dict[Domain, Tally]], _run: Run = run, _label: Domain | None = label) -> None:
+            def on_batch(
+                tallies: dict[Pair, dict[Domain, Tally]], _run: Run = run, _label: Domain | None = label
+            ) -> None:
                 if progress.on_batch is not None:
                     progress.on_batch(_run, _label, tallies)
 
@@ -265,12 +296,13 @@ def first_batch(
 def check_model_and_policies(
     config: GridConfig, model: nn.Module, batch: Any, *, device: torch.device | str = "cpu"
 ) -> None:
-    """Fail before a grid starts if ``model`` or a policy with its options cannot process ``batch``.
+    """Fail before a grid starts if ``model`` or a (method, policy) with its options cannot process ``batch``.
 
     The model must take the stream's images and return one finite row of class scores per image, at
-    least as many classes as the batch's labels need; each policy is attached to a deep copy
-    (:func:`adapted_copy`, ``model`` is untouched) and must give finite outputs on the batch. Raises one
-    ``ValueError`` naming the model or the policy and its options.
+    least as many classes as the batch's labels need; each method over each policy is built on a deep
+    copy (:func:`learner_copy`, ``model`` is untouched) and must give finite outputs on the batch (a
+    method adapts once on it). Raises one ``ValueError`` naming the model, or the method and the policy
+    with their options.
     """
     model = model.to(device).eval()
     x, y = batch.x.to(device), batch.y.to(device)
@@ -294,16 +326,27 @@ def check_model_and_policies(
             )
         if not bool(torch.isfinite(out).all()):
             raise ValueError(f"model {config.model} gives non-finite outputs on clean {config.dataset} images")
-        for policy in config.policies:
-            options = config.options.get(policy, {})
-            what = f"policy {policy}" + (f" with options {options}" if options else "")
-            try:
-                adapted = adapted_copy(model, policy, options, seed=config.seeds[0])
-                out = adapted(x)
-            except (ValueError, TypeError, RuntimeError) as error:
-                raise ValueError(f"{what}: {_first_line(error)}") from None
-            if not bool(torch.isfinite(out).all()):
-                raise ValueError(f"{what} gives non-finite outputs on the first batch; check the option values")
+        for method in config.methods:
+            for policy in config.policies:
+                what = _describe_pair(config, method, policy)
+                try:
+                    learner = learner_copy(model, method, policy, config.options, seed=config.seeds[0])
+                    out = learner(x)
+                except (ValueError, TypeError, RuntimeError) as error:
+                    raise ValueError(f"{what}: {_first_line(error)}") from None
+                if not bool(torch.isfinite(out).all()):
+                    raise ValueError(f"{what} gives non-finite outputs on the first batch; check the option values")
+
+
+def _describe_pair(config: GridConfig, method: str, policy: str) -> str:
+    """``"policy tbn"``, or ``"method tent with options {'lr': -1} over policy tbn"`` for messages."""
+    def named(kind: str, name: str) -> str:
+        options = config.options.get(name, {})
+        return f"{kind} {name}" + (f" with options {options}" if options else "")
+
+    if method == NO_METHOD:
+        return named("policy", policy)
+    return f"{named('method', method)} over {named('policy', policy)}"
 
 
 def _first_line(error: BaseException) -> str:
@@ -329,8 +372,8 @@ def clean_error(
     return {"n": tally.n, "errors": tally.errors, "error": round(tally.error, 4), "n_examples": config.n_examples}
 
 
-def _key(policy: str, run: Run, domain: Domain) -> tuple[str, str, str, int, str, int]:
-    return (policy, run.setting, run.order, run.seed, domain[0], domain[1])
+def _key(pair: Pair, run: Run, domain: Domain) -> RowKey:
+    return (pair[0], pair[1], run.setting, run.order, run.seed, domain[0], domain[1])
 
 
 def _episode_domains(episode_domain: Any, run_domains: list[Domain], setting: str) -> list[Domain]:

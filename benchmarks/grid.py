@@ -1,7 +1,7 @@
 """The benchmark grid: validated arguments, their fingerprint and the ordered list of runs.
 
-A benchmark command names lists (policies, settings, orders, seeds, corruptions, severities); the grid is
-their product. This module turns raw strings into a validated :class:`GridConfig`, expands it into
+A benchmark command names lists (methods, policies, settings, orders, seeds, corruptions, severities);
+the grid is their product. This module turns raw strings into a validated :class:`GridConfig`, expands it into
 :class:`Run` objects in a fixed order, and names every result row it will produce (:func:`row_keys`), so
 that the results store can tell what is finished (spec S3, S4; issue 5).
 """
@@ -24,8 +24,11 @@ DATASETS: tuple[str, ...] = ("fmnist-c", "cifar10-c", "cifar100-c", "imagenet-c"
 CLEAN = "none"
 """The corruption name of the clean test set (spec S5: domain label of clean images)."""
 
-RowKey = tuple[str, str, str, int, str, int]
-"""Identity of one result row: (policy, setting, order, seed, corruption, severity)."""
+NO_METHOD = "none"
+"""The default method: the policy alone (a row without a ``method`` key, written before methods, is one)."""
+
+RowKey = tuple[str, str, str, str, int, str, int]
+"""Identity of one result row: (method, policy, setting, order, seed, corruption, severity)."""
 
 MODEL_PREFIXES: tuple[str, ...] = ("robustbench:", "torchvision:", "timm:")
 TABLES: tuple[str, ...] = ("cifar", "imagenet")
@@ -54,14 +57,17 @@ class GridConfig:
     arch: str | None = None
     model_args: dict[str, Any] = dataclasses.field(default_factory=dict)
     table: str | None = None
+    methods: tuple[str, ...] = (NO_METHOD,)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (lists instead of tuples), stored as the results folder's config.
 
-        ``arch``, ``model_args`` and ``table`` appear only when set, so folders written before they
-        existed keep the same identity and still resume.
+        ``arch``, ``model_args``, ``table`` and ``methods`` appear only when set (``methods`` when not
+        just ``none``), so folders written before they existed keep the same identity and still resume.
         """
         extra: dict[str, Any] = {}
+        if self.methods != (NO_METHOD,):
+            extra["methods"] = list(self.methods)
         if self.arch is not None:
             extra["arch"] = self.arch
         if self.model_args:
@@ -101,21 +107,27 @@ class GridConfig:
             arch=data.get("arch"),
             model_args=dict(data.get("model_args", {})),
             table=data.get("table"),
+            methods=tuple(data.get("methods", [NO_METHOD])),
         )
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One stream of the grid: a (setting, order, seed) evaluated for several policies in lockstep.
+    """One stream of the grid: a (setting, order, seed) evaluated for every (method, policy) in lockstep.
 
-    All policies of a run see the same batches, so the stream is read (and corrupted) once for all of
-    them; each policy still has its own model copy and state.
+    All learners of a run see the same batches, so the stream is read (and corrupted) once for all of
+    them; each (method, policy) still has its own model copy and state.
     """
 
     setting: str
     order: str
     seed: int
     policies: tuple[str, ...]
+    methods: tuple[str, ...] = (NO_METHOD,)
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """The (method, policy) pairs of the run, methods outermost."""
+        return [(method, policy) for method in self.methods for policy in self.policies]
 
 
 def split_list(text: str) -> list[str]:
@@ -143,6 +155,21 @@ def parse_policies(text: str) -> tuple[str, ...]:
         if name not in known:
             raise ValueError(f"unknown policy {name!r}; choose from: all, {', '.join(known)}")
     _unique(names, "policy")
+    return tuple(names)
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+    """``"all"`` or a comma list of names from the shared registry ``tta.methods()`` (spec M13)."""
+    known = list(tta.methods())
+    names = split_list(text)
+    if names == ["all"]:
+        return tuple(known)
+    if not names:
+        raise ValueError(f"no method given; choose from: all, {', '.join(known)}")
+    for name in names:
+        if name not in known:
+            raise ValueError(f"unknown method {name!r}; choose from: all, {', '.join(known)}")
+    _unique(names, "method")
     return tuple(names)
 
 
@@ -224,11 +251,13 @@ def parse_value(raw: str) -> Any:
 
 
 def parse_option(text: str) -> tuple[str, str, Any]:
-    """Parse ``policy.key=value``; the value as in :func:`parse_value`."""
+    """Parse ``name.key=value`` (``name`` a policy or a method); the value as in :func:`parse_value`."""
     target, sep, raw = text.partition("=")
     policy, dot, key = target.strip().partition(".")
     if not sep or not dot or not policy or not key:
-        raise ValueError(f"option {text!r} is not of the form policy.key=value (e.g. alpha_bn.alpha=0.2)")
+        raise ValueError(
+            f"option {text!r} is not of the form policy.key=value or method.key=value (e.g. alpha_bn.alpha=0.2)"
+        )
     return policy, key.strip(), parse_value(raw)
 
 
@@ -246,24 +275,31 @@ def parse_model_args(texts: Iterable[str]) -> dict[str, Any]:
     return args
 
 
-def parse_options(texts: Iterable[str], policies: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Group ``policy.key=value`` options by policy; each policy must be one of the grid's policies."""
+def parse_options(
+    texts: Iterable[str], policies: Sequence[str], methods: Sequence[str] = (NO_METHOD,)
+) -> dict[str, dict[str, Any]]:
+    """Group ``name.key=value`` options by name, one namespace: ``name`` is a policy of the grid's
+    policies or a method of its methods (the registries share no name)."""
     options: dict[str, dict[str, Any]] = {}
     for text in texts:
-        policy, key, value = parse_option(text)
-        if policy not in tta.policies():
+        name, key, value = parse_option(text)
+        if name in tta.policies():
+            kind, flag, in_grid, accepted = "policy", "--policies", name in policies, tta.policy_options(name)
+        elif name in tta.methods():
+            kind, flag, in_grid, accepted = "method", "--methods", name in methods, tta.method_options(name)
+        else:
             raise ValueError(
-                f"option {text!r}: unknown policy {policy!r}; choose from: {', '.join(tta.policies())}"
+                f"option {text!r}: unknown policy or method {name!r}; choose from: "
+                f"{', '.join(tta.policies())} (policies), {', '.join(tta.methods())} (methods)"
             )
-        if policy not in policies:
-            raise ValueError(f"option {text!r}: policy {policy!r} is not among --policies")
-        accepted = tta.policy_options(policy)
+        if not in_grid:
+            raise ValueError(f"option {text!r}: {kind} {name!r} is not among {flag}")
         if key not in accepted:
             takes = ", ".join(f"{k}={v!r}" for k, v in accepted.items()) or "no options"
-            raise ValueError(f"option {text!r}: policy {policy!r} has no option {key!r}; it takes: {takes}")
-        if key in options.get(policy, {}):
-            raise ValueError(f"option {policy}.{key} is given twice")
-        options.setdefault(policy, {})[key] = value
+            raise ValueError(f"option {text!r}: {kind} {name!r} has no option {key!r}; it takes: {takes}")
+        if key in options.get(name, {}):
+            raise ValueError(f"option {name}.{key} is given twice")
+        options.setdefault(name, {})[key] = value
     return options
 
 
@@ -296,6 +332,7 @@ def make_config(
     arch: str | None = None,
     model_args: Iterable[str] = (),
     table: str | None = None,
+    methods: str = NO_METHOD,
 ) -> GridConfig:
     """Validate the raw command-line strings and build the :class:`GridConfig`; errors name the argument."""
     if dataset not in DATASETS:
@@ -307,6 +344,7 @@ def make_config(
     if table is not None and table not in TABLES:
         raise ValueError(f"unknown table {table!r}; choose from: {', '.join(TABLES)}")
     policy_names = parse_policies(policies)
+    method_names = parse_methods(methods)
     setting_names = parse_settings(settings)
     corruption_names = parse_corruptions(corruptions)
     if corruption_names == (CLEAN,) and set(setting_names) != {"single"}:
@@ -322,17 +360,18 @@ def make_config(
         seeds=parse_ints(seeds, "seed", low=0),
         batch_size=batch_size,
         n_examples=n_examples,
-        options=parse_options(options, policy_names),
+        options=parse_options(options, policy_names, method_names),
         arch=arch.strip() if arch else None,
         model_args=parse_model_args(model_args),
         table=table,
+        methods=method_names,
     )
 
 
 def expand(config: GridConfig) -> list[Run]:
     """The runs of the grid in execution order: setting, then order, then seed (outermost first)."""
     return [
-        Run(setting=setting, order=order, seed=seed, policies=config.policies)
+        Run(setting=setting, order=order, seed=seed, policies=config.policies, methods=config.methods)
         for setting in config.settings
         for order in config.orders
         for seed in config.seeds
@@ -352,8 +391,9 @@ def domains(config: GridConfig, setting: str) -> list[tuple[str, int]]:
 
 
 def row_key(row: dict[str, Any]) -> RowKey:
-    """The identity of a stored result row."""
+    """The identity of a stored result row; a row without ``method`` (written before methods) is ``none``'s."""
     return (
+        str(row.get("method", NO_METHOD)),
         str(row["policy"]),
         str(row["setting"]),
         str(row["order"]),
@@ -366,8 +406,8 @@ def row_key(row: dict[str, Any]) -> RowKey:
 def row_keys(config: GridConfig) -> list[RowKey]:
     """Every row the grid produces, in execution order."""
     return [
-        (policy, run.setting, run.order, run.seed, corruption, severity)
+        (method, policy, run.setting, run.order, run.seed, corruption, severity)
         for run in expand(config)
         for corruption, severity in domains(config, run.setting)
-        for policy in run.policies
+        for method, policy in run.pairs()
     ]

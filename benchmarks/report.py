@@ -3,6 +3,11 @@
 Everything here is computed from the rows of ``results.jsonl`` alone (plus the folder's ``config.json``
 for the display order), so ``tta-bench report DIR`` rebuilds the same files after the fact. Means are
 unweighted over domains (each corruption counts once, as in the published tables) and over seeds.
+
+With methods in the grid (anything but ``none`` alone) the summary has the shape of the UnMix-TNS tables:
+one table per (setting, order), a line per method, a column per policy; the per-domain table and the plot
+name the method too. With ``none`` alone the tables are those of the policies alone (a line per policy).
+A row without a ``method`` key (written before methods existed) is ``none``'s.
 """
 
 from __future__ import annotations
@@ -23,11 +28,22 @@ CSV_NAME = "results.csv"
 PLOT_NAME = "errors.png"
 
 CSV_COLUMNS: tuple[str, ...] = (
-    "dataset", "model", "policy", "setting", "order", "seed", "corruption", "severity",
-    "n", "errors", "error", "batch_size", "options",
+    "dataset", "model", "method", "policy", "setting", "order", "seed", "corruption", "severity",
+    "n", "errors", "error", "batch_size", "options", "method_options",
 )
+NO_METHOD = "none"
 
 Rows = Sequence[dict[str, Any]]
+
+
+def method_of(row: dict[str, Any]) -> str:
+    """The row's method; ``none`` for a row written before methods existed."""
+    return str(row.get("method", NO_METHOD))
+
+
+def has_methods(rows: Rows) -> bool:
+    """Whether the rows hold any method but ``none`` (then the tables name the method)."""
+    return any(method_of(row) != NO_METHOD for row in rows)
 
 
 def _ordered(values: list[Any], preferred: Sequence[Any] | None) -> list[Any]:
@@ -52,67 +68,89 @@ def _fmt(value: float) -> str:
     return "" if math.isnan(value) else f"{value:.1f}"
 
 
-def mean_errors(rows: Rows) -> dict[tuple[str, str, str], dict[int, float]]:
-    """Mean error over domains per (policy, setting, order) and seed."""
-    per_seed: dict[tuple[str, str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+def mean_errors(rows: Rows) -> dict[tuple[str, str, str, str], dict[int, float]]:
+    """Mean error over domains per (method, policy, setting, order) and seed."""
+    per_seed: dict[tuple[str, str, str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
-        per_seed[(row["policy"], row["setting"], row["order"])][int(row["seed"])].append(float(row["error"]))
+        key = (method_of(row), row["policy"], row["setting"], row["order"])
+        per_seed[key][int(row["seed"])].append(float(row["error"]))
     return {key: {seed: _mean(errors) for seed, errors in seeds.items()} for key, seeds in per_seed.items()}
 
 
-def summary_table(rows: Rows, *, policies: Sequence[str] | None = None) -> str:
-    """Markdown table: one line per policy, one column per (setting, order): the mean error in percent
-    over domains, averaged over seeds (``mean ± std`` over seeds when there are several)."""
+def _cell(seeds: dict[int, float] | None) -> str:
+    """Mean over seeds, ``mean ± std`` when there are several; empty when there is no result."""
+    if not seeds:
+        return ""
+    values = list(seeds.values())
+    cell = _fmt(_mean(values))
+    if len(values) > 1:
+        cell += f" ± {statistics.stdev(values):.1f}"
+    return cell
+
+
+def summary_table(
+    rows: Rows, *, policies: Sequence[str] | None = None, methods: Sequence[str] | None = None
+) -> str:
+    """The mean error in percent over domains, averaged over seeds (``mean ± std`` over seeds when there
+    are several), as Markdown.
+
+    ``none`` alone: one table, a line per policy, a column per (setting, order). With methods: one table
+    per (setting, order), headed ``**setting, order**``, a line per method and a column per policy (the
+    shape of the UnMix-TNS tables)."""
     means = mean_errors(rows)
-    policy_names = _ordered([key[0] for key in means], policies)
-    columns = list(dict.fromkeys((key[1], key[2]) for key in means))
-    single_setting = len({setting for setting, _ in columns}) == 1
-    headers = ["policy"] + [order if single_setting else f"{setting} {order}" for setting, order in columns]
-    table = []
-    for policy in policy_names:
-        line = [policy]
-        for setting, order in columns:
-            seeds = means.get((policy, setting, order))
-            if not seeds:
-                line.append("")
-                continue
-            values = list(seeds.values())
-            cell = _fmt(_mean(values))
-            if len(values) > 1:
-                cell += f" ± {statistics.stdev(values):.1f}"
-            line.append(cell)
-        table.append(line)
-    return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
+    policy_names = _ordered([key[1] for key in means], policies)
+    columns = list(dict.fromkeys((key[2], key[3]) for key in means))
+    if not has_methods(rows):
+        single_setting = len({setting for setting, _ in columns}) == 1
+        headers = ["policy"] + [order if single_setting else f"{setting} {order}" for setting, order in columns]
+        table = [[policy] + [_cell(means.get((NO_METHOD, policy, *column))) for column in columns]
+                 for policy in policy_names]
+        return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
+    method_names = _ordered([key[0] for key in means], methods)
+    parts = []
+    for setting, order in columns:
+        table = [[method] + [_cell(means.get((method, policy, setting, order))) for policy in policy_names]
+                 for method in method_names]
+        parts.append(f"**{setting}, {order}**\n\n"
+                     + tabulate(table, headers=["method", *policy_names], tablefmt="github", disable_numparse=True))
+    return "\n\n".join(parts)
 
 
 def domain_table(
-    rows: Rows, *, policies: Sequence[str] | None = None, corruptions: Sequence[str] | None = None
+    rows: Rows,
+    *,
+    policies: Sequence[str] | None = None,
+    corruptions: Sequence[str] | None = None,
+    methods: Sequence[str] | None = None,
 ) -> str:
     """Markdown table: one line per (policy, setting, order), one column per domain (error in percent,
-    averaged over seeds) and their mean."""
+    averaged over seeds) and their mean; with methods, one line per (method, policy, setting, order)."""
     severities = {int(row["severity"]) for row in rows if row["corruption"] != "none"}
     with_severity = len(severities) > 1
-    cells: dict[tuple[str, str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    cells: dict[tuple[str, str, str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     domain_order: list[tuple[str, int]] = []
     for row in rows:
         domain = (row["corruption"], int(row["severity"]))
         domain_order.append(domain)
         label = domain_label(*domain, with_severity=with_severity)
-        cells[(row["policy"], row["setting"], row["order"])][label].append(float(row["error"]))
+        cells[(method_of(row), row["policy"], row["setting"], row["order"])][label].append(float(row["error"]))
     corruption_rank = {c: i for i, c in enumerate(corruptions or [])}
     unique_domains = list(dict.fromkeys(domain_order))
     unique_domains.sort(key=lambda d: (corruption_rank.get(d[0], len(corruption_rank)), d[1]))
     labels = list(dict.fromkeys(domain_label(*d, with_severity=with_severity) for d in unique_domains))
-    policy_rank = {p: i for i, p in enumerate(_ordered([k[0] for k in cells], policies))}
-    keys = sorted(cells, key=lambda k: (policy_rank[k[0]], list(cells).index(k)))
+    method_rank = {m: i for i, m in enumerate(_ordered([k[0] for k in cells], methods))}
+    policy_rank = {p: i for i, p in enumerate(_ordered([k[1] for k in cells], policies))}
+    first_seen = {key: i for i, key in enumerate(cells)}
+    keys = sorted(cells, key=lambda k: (method_rank[k[0]], policy_rank[k[1]], first_seen[k]))
     means = mean_errors(rows)
+    with_method = has_methods(rows)
     table = []
     for key in keys:
-        line = list(key)
+        line = list(key) if with_method else list(key[1:])
         line += [_fmt(_mean(cells[key].get(label, []))) for label in labels]
         line.append(_fmt(_mean(list(means[key].values()))))
         table.append(line)
-    headers = ["policy", "setting", "order", *labels, "mean"]
+    headers = [*(["method"] if with_method else []), "policy", "setting", "order", *labels, "mean"]
     return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
 
 
@@ -125,8 +163,10 @@ def write_csv(rows: Rows, path: str | Path) -> Path:
         writer.writeheader()
         for row in rows:
             out = {key: row.get(key, "") for key in writer.fieldnames}
-            if isinstance(out["options"], dict):
-                out["options"] = json.dumps(out["options"], sort_keys=True)
+            out["method"] = method_of(row)
+            for key in ("options", "method_options"):
+                if isinstance(out[key], dict):
+                    out[key] = json.dumps(out[key], sort_keys=True)
             writer.writerow(out)
     return path
 
@@ -138,8 +178,10 @@ def plot_errors(
     policies: Sequence[str] | None = None,
     corruptions: Sequence[str] | None = None,
     title: str = "",
+    methods: Sequence[str] | None = None,
 ) -> Path:
-    """Error per domain, one line per policy, one panel per (setting, order); saved as a PNG."""
+    """Error per domain, one line per policy, one panel per (setting, order); saved as a PNG. With
+    methods, one line per (method, policy): a colour per policy, a line style per method."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -148,7 +190,7 @@ def plot_errors(
     path = Path(path)
     severities = {int(row["severity"]) for row in rows if row["corruption"] != "none"}
     with_severity = len(severities) > 1
-    panels: dict[tuple[str, str], dict[str, dict[str, list[float]]]] = defaultdict(
+    panels: dict[tuple[str, str], dict[tuple[str, str], dict[str, list[float]]]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(list))
     )
     corruption_rank = {c: i for i, c in enumerate(corruptions or [])}
@@ -159,18 +201,24 @@ def plot_errors(
     labels = list(dict.fromkeys(domain_label(*d, with_severity=with_severity) for d in domain_keys))
     for row in rows:
         label = domain_label(row["corruption"], int(row["severity"]), with_severity=with_severity)
-        panels[(row["setting"], row["order"])][row["policy"]][label].append(float(row["error"]))
+        panels[(row["setting"], row["order"])][(method_of(row), row["policy"])][label].append(float(row["error"]))
     policy_names = _ordered([row["policy"] for row in rows], policies)
+    method_names = _ordered([method_of(row) for row in rows], methods)
+    with_method = has_methods(rows)
+    styles = ["-", "--", ":", "-."]
     n_panels = max(len(panels), 1)
     width = max(6.0, 0.45 * len(labels) + 2.5)
     figure, axes = plt.subplots(n_panels, 1, figsize=(width, 3.6 * n_panels), squeeze=False)
     x = list(range(len(labels)))
-    for axis, ((setting, order), by_policy) in zip(axes[:, 0], panels.items()):
-        for policy in policy_names:
-            if policy not in by_policy:
-                continue
-            y = [_mean(by_policy[policy].get(label, [])) for label in labels]
-            axis.plot(x, y, marker="o", markersize=3, linewidth=1.2, label=policy)
+    for axis, ((setting, order), by_pair) in zip(axes[:, 0], panels.items()):
+        for m, method in enumerate(method_names):
+            for p, policy in enumerate(policy_names):
+                if (method, policy) not in by_pair:
+                    continue
+                y = [_mean(by_pair[(method, policy)].get(label, [])) for label in labels]
+                axis.plot(x, y, marker="o", markersize=3, linewidth=1.2, color=f"C{p % 10}",
+                          linestyle=styles[m % len(styles)],
+                          label=f"{method}/{policy}" if with_method else policy)
         axis.set_title(f"{setting}, {order}", fontsize=10)
         axis.set_ylabel("error (%)")
         axis.set_xticks(x)
@@ -223,6 +271,7 @@ def write_report(
     folder = Path(folder)
     config = config or {}
     policies = config.get("policies")
+    methods = config.get("methods")
     corruptions = config.get("corruptions")
     title = f"{config.get('dataset', '')} {config.get('model', '')}".strip()
     lines = [f"# Benchmark report{': ' + title if title else ''}", ""]
@@ -234,11 +283,11 @@ def write_report(
     lines += [
         "## Mean error (%) over domains",
         "",
-        summary_table(rows, policies=policies),
+        summary_table(rows, policies=policies, methods=methods),
         "",
         "## Error (%) per domain",
         "",
-        domain_table(rows, policies=policies, corruptions=corruptions),
+        domain_table(rows, policies=policies, corruptions=corruptions, methods=methods),
         "",
         f"![error per corruption]({PLOT_NAME})",
         "",
@@ -250,5 +299,6 @@ def write_report(
     return {
         "report": report_path,
         "csv": write_csv(rows, folder / CSV_NAME),
-        "plot": plot_errors(rows, folder / PLOT_NAME, policies=policies, corruptions=corruptions, title=title),
+        "plot": plot_errors(rows, folder / PLOT_NAME, policies=policies, corruptions=corruptions, title=title,
+                            methods=methods),
     }

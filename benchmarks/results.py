@@ -1,16 +1,18 @@
 """The append-only results store of a benchmark folder: ``config.json`` plus ``results.jsonl``.
 
-``results.jsonl`` holds one JSON object per finished (policy, setting, order, seed, domain), appended,
-flushed and fsynced as soon as it is known, so a killed run loses nothing already reported. ``config.json``
-holds the :class:`benchmarks.grid.GridConfig` the rows were produced with. Reopening a folder with a
-different configuration is refused (never mixed): the identity of a results folder is its whole grid
-configuration (dataset, model, policies, settings, orders, corruptions, severities, seeds, batch size,
-number of examples, policy options); the data location, cache, device and output folder are not part of it.
+``results.jsonl`` holds one JSON object per finished (method, policy, setting, order, seed, domain),
+appended, flushed and fsynced as soon as it is known, so a killed run loses nothing already reported.
+``config.json`` holds the :class:`benchmarks.grid.GridConfig` the rows were produced with. Reopening a
+folder with a different configuration is refused (never mixed): the identity of a results folder is its
+whole grid configuration (dataset, model, methods, policies, settings, orders, corruptions, severities,
+seeds, batch size, number of examples, policy and method options); the data location, cache, device and
+output folder are not part of it.
 
 One process writes a folder at a time: :class:`FolderLock` holds an OS-level lock (``filelock``, released
 by the OS when the holder dies, even by ``kill -9``) on ``.lock`` for the whole run, and records the
 holder's PID in ``.lock.pid`` so a refused run can name it. Readers tolerate a key stored twice (left
-by an older, unlocked version): it counts once and is reported.
+by an older, unlocked version): it counts once and is reported. Rows and configs written before methods
+existed (no ``method`` key, no ``methods``) are ``none``'s: such a folder resumes with the same command.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 
 import filelock
 
-from benchmarks.grid import GridConfig, RowKey, row_key
+from benchmarks.grid import NO_METHOD, GridConfig, RowKey, row_key
 
 log = logging.getLogger(__name__)
 
@@ -141,10 +143,14 @@ def read_results(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], li
     return list(unique.values()), duplicates
 
 
-def describe_key(key: RowKey) -> str:
-    """``"tbn single iid seed 0 fog-5"``: a row key for messages."""
-    policy, setting, order, seed, corruption, severity = key
-    return f"{policy} {setting} {order} seed {seed} {corruption}-{severity}"
+def describe_key(key: RowKey, *, with_method: bool | None = None) -> str:
+    """``"tent/tbn single iid seed 0 fog-5"``: a row key for messages. The method is named when
+    ``with_method`` says so; by default when it is not ``none`` (``"tbn single iid seed 0 fog-5"``)."""
+    method, policy, setting, order, seed, corruption, severity = key
+    if with_method is None:
+        with_method = method != NO_METHOD
+    learner = f"{method}/{policy}" if with_method else policy
+    return f"{learner} {setting} {order} seed {seed} {corruption}-{severity}"
 
 
 def read_config(folder: str | os.PathLike[str]) -> GridConfig:

@@ -47,7 +47,8 @@ def grid_keys(args: list[str]) -> set[tuple]:
     """The rows the arguments ask for, enumerated by hand from the flag values."""
     value = {args[i]: args[i + 1] for i in range(len(args) - 1) if args[i].startswith("--")}
     return {
-        (policy, "single", order, int(seed), corruption, 5)
+        (method, policy, "single", order, int(seed), corruption, 5)
+        for method in value.get("--methods", "none").split(",")
         for policy in value["--policies"].split(",")
         for order in value["--order"].split(",")
         for seed in value["--seeds"].split(",")
@@ -79,7 +80,7 @@ def test_source_rows_match_the_unadapted_model_evaluated_by_hand(finished, cache
         expected = sum(int((model(b.x).argmax(1) != b.y).sum()) for b in stream)
     rows = {grid.row_key(r): r for r in read_rows(finished / "results.jsonl")}
     for order in ("iid", "sorted"):
-        assert rows[("source", "single", order, 0, "brightness", 5)]["errors"] == expected
+        assert rows[("none", "source", "single", order, 0, "brightness", 5)]["errors"] == expected
 
 
 def test_test_batch_statistics_suffer_from_class_sorted_streams(finished):
@@ -87,8 +88,8 @@ def test_test_batch_statistics_suffer_from_class_sorted_streams(finished):
     # (at 200 images in batches of 50 a sorted batch holds two or three classes).
     rows = {grid.row_key(r): r for r in read_rows(finished / "results.jsonl")}
     for corruption in ("brightness", "contrast"):
-        iid = rows[("tbn", "single", "iid", 0, corruption, 5)]["error"]
-        sorted_ = rows[("tbn", "single", "sorted", 0, corruption, 5)]["error"]
+        iid = rows[("none", "tbn", "single", "iid", 0, corruption, 5)]["error"]
+        sorted_ = rows[("none", "tbn", "single", "sorted", 0, corruption, 5)]["error"]
         assert sorted_ > iid + 5
 
 
@@ -435,3 +436,155 @@ def test_a_run_over_single_streams_never_iterates_one_flat(tmp_path, cache_dir):
         warnings.simplefilter("always")
         assert cli.main(["run", *args]) == 0
     assert not [w for w in caught if "stream.episodes()" in str(w.message)]
+
+
+# --- methods: a grid axis over the policies --------------------------------------------------------------
+
+METHODS = [*SMALL, "--order", "iid", "--methods", "none,tent"]  # 2 methods x 2 policies x 2 corruptions
+
+
+@pytest.fixture(scope="module")
+def with_methods(tmp_path_factory, cache_dir) -> tuple[Path, str]:
+    """One complete run of METHODS and what it printed (no terminal: one line per result)."""
+    import contextlib
+    import io
+
+    out = tmp_path_factory.mktemp("methods") / "out"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert cli.main(["run", *METHODS, "--cache-dir", str(cache_dir), "--out", str(out)]) == 0
+    return out, printed.getvalue()
+
+
+def _hand_built_errors(cache_dir: Path, method: str, policy: str) -> dict[str, int]:
+    """Misclassified images per corruption of ``method`` over ``policy``, by hand: adapt, attach, and walk
+    the stream's episodes resetting the learner before each (no benchmark code, no no_grad)."""
+    learner = tta.attach_method(tta.adapt(load_bundled_model().eval(), policy), method)
+    stream = streams.Stream(streams.fashion_mnist("test"), corruptions=["brightness", "contrast"], severities=5,
+                            order="iid", setting="single", batch_size=50, n_examples=200, seed=0,
+                            cache_dir=cache_dir)
+    errors = {}
+    for domain, batches in stream.episodes():
+        tta.reset(learner)
+        errors[str(domain[0])] = sum(int((learner(b.x).argmax(1) != b.y).sum()) for b in batches)
+    return errors
+
+
+def test_a_method_grid_has_one_row_per_method_and_policy(with_methods):
+    out, _ = with_methods
+    rows = read_rows(out / "results.jsonl")
+    assert sorted(keys_of(rows)) == sorted(grid_keys(METHODS)) and len(rows) == 8
+    assert {(r["method"], r["policy"]) for r in rows} == {(m, p) for m in ("none", "tent") for p in ("source", "tbn")}
+    assert json.loads((out / "config.json").read_text())["methods"] == ["none", "tent"]
+
+
+def test_the_none_rows_of_a_method_grid_are_the_rows_of_a_run_without_methods(with_methods, finished):
+    out, _ = with_methods
+    plain = {grid.row_key(r): r for r in read_rows(finished / "results.jsonl") if r["order"] == "iid"}
+    none = {grid.row_key(r): r for r in read_rows(out / "results.jsonl") if r["method"] == "none"}
+    assert none.keys() == plain.keys()
+    for key, row in none.items():
+        assert {k: row[k] for k in ("n", "errors", "error")} == {k: plain[key][k] for k in ("n", "errors", "error")}
+
+
+@pytest.mark.parametrize("policy", ["source", "tbn"])
+def test_the_tent_rows_equal_a_hand_built_tent_loop_on_the_same_stream(with_methods, cache_dir, policy):
+    out, _ = with_methods
+    got = {r["corruption"]: r["errors"] for r in read_rows(out / "results.jsonl")
+           if (r["method"], r["policy"]) == ("tent", policy)}
+    assert got == _hand_built_errors(cache_dir, "tent", policy)
+
+
+def test_a_method_grid_names_the_method_in_each_line_and_reports_a_line_per_method(with_methods, capsys):
+    out, printed = with_methods
+    rows = read_rows(out / "results.jsonl")
+    expected = [f"[{i}/8] {r['method']}/{r['policy']} single iid seed 0 {r['corruption']}-5: error {r['error']:.1f}%"
+                for i, r in enumerate(rows, start=1)]
+    assert [line for line in printed.splitlines() if line.startswith("[")] == expected
+    assert "(2 methods x 2 policies x 1 streams)" in printed
+    report_md = (out / "report.md").read_text()
+    summary = report_md[report_md.index("**single, iid**"):report_md.index("## Error (%) per domain")]
+    assert [line.split("|")[1].strip() for line in summary.splitlines() if line.startswith("| ")] == [
+        "method", "none", "tent"]
+    assert [c.strip() for c in summary.splitlines()[2].split("|")[1:-1]] == ["method", "source", "tbn"]
+    with open(out / "results.csv", newline="") as file:
+        assert sorted(line["method"] for line in csv.DictReader(file)) == ["none"] * 4 + ["tent"] * 4
+    for name in ("report.md", "results.csv", "errors.png"):
+        (out / name).unlink()
+    assert cli.main(["report", str(out)]) == 0
+    assert (out / "report.md").read_text() == report_md
+    assert "**single, iid**" in capsys.readouterr().out
+
+
+def test_an_old_folder_without_methods_resumes_with_the_old_command_as_none(finished, cache_dir, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "old"
+    shutil.copytree(finished, folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert "methods" not in config
+    rows = read_rows(folder / "results.jsonl")
+    old = [{k: v for k, v in r.items() if k not in ("method", "method_options")} for r in rows[:-2]]
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))  # the format before methods
+    before = (folder / "results.jsonl").read_bytes()
+    assert cli.main(["run", *SMALL, "--cache-dir", str(cache_dir), "--out", str(folder)]) == 0
+    assert "6 already" in capsys.readouterr().out
+    assert (folder / "results.jsonl").read_bytes().startswith(before)
+    resumed = read_rows(folder / "results.jsonl")
+    assert sorted(keys_of(resumed)) == sorted(grid_keys(SMALL))
+    assert [r["errors"] for r in resumed[-2:]] == [r["errors"] for r in rows[-2:]]
+    assert [r.get("method") for r in resumed] == [None] * 6 + ["none"] * 2
+    assert cli.main(["report", str(folder)]) == 0
+
+    def summary(text: str) -> str:
+        return text[text.index("## Mean error"):text.index("## Error (%) per domain")]
+
+    assert summary((folder / "report.md").read_text()) == summary((finished / "report.md").read_text())
+    with open(folder / "results.csv", newline="") as file:
+        assert {line["method"] for line in csv.DictReader(file)} == {"none"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [(["--option", "tent.lr=-1"], "method tent with options {'lr': -1}"),
+     (["--option", "tent.steps=1.5"], "must be an integer"),
+     (["--methods", "none,warp"], "unknown method 'warp'"),
+     (["--methods", "none", "--option", "tent.lr=0.1"], "not among --methods")],
+)
+def test_a_bad_method_or_method_option_is_one_error_before_anything_is_written(tmp_path, cache_dir, capsys,
+                                                                                extra, needle):
+    args = [*METHODS, *extra, "--cache-dir", str(cache_dir), "--out", str(tmp_path / "out")]
+    assert cli.main(["run", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and needle in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_killed_method_grid_resumes_to_the_rows_of_an_uninterrupted_run(tmp_path, cache_dir, with_methods):
+    args = [*METHODS, "--order", "iid,sorted", "--cache-dir", str(cache_dir), "--out", str(tmp_path / "out")]
+    results = tmp_path / "out" / "results.jsonl"
+    process = subprocess.Popen([sys.executable, "-m", "benchmarks.cli", "run", *args], cwd=REPO,
+                               env=_subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (results.exists() and results.read_bytes().count(b"\n") >= 1):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    first = results.read_bytes()
+    assert 1 <= len(read_rows(results)) < 16, "the run finished before it could be killed: enlarge the grid"
+    assert cli.main(["run", *args]) == 0
+    rows = read_rows(results)
+    assert len(rows) == len(set(keys_of(rows))) == 16 and set(keys_of(rows)) == grid_keys(args)
+    assert results.read_bytes().startswith(first[: first.rfind(b"\n") + 1])
+    uninterrupted = {grid.row_key(r): r["errors"] for r in read_rows(with_methods[0] / "results.jsonl")}
+    assert {grid.row_key(r): r["errors"] for r in rows if r["order"] == "iid"} == uninterrupted
+
+
+def test_the_progress_bar_of_a_method_grid_shows_each_learners_running_error(tmp_path, cache_dir, capsys,
+                                                                              monkeypatch):
+    args = [a for a in METHODS if a != "--no-progress"] + ["--corruptions", "brightness"]
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert cli.main(["run", *args, "--cache-dir", str(cache_dir), "--out", str(tmp_path)]) == 0
+    bar = capsys.readouterr().err
+    assert re.search(r"none/source=\d+\.\d%, none/tbn=\d+\.\d%, tent/source=\d+\.\d%, tent/tbn=\d+\.\d%", bar)

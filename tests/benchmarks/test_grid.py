@@ -94,8 +94,9 @@ def test_row_keys_are_the_full_product_without_repeats():
     keys = grid.row_keys(config)
     # 2 policies x 1 setting x 2 orders x 2 seeds x 2 corruptions x 1 severity
     assert len(keys) == 2 * 2 * 2 * 2 == 16 and len(set(keys)) == 16
-    assert {k[0] for k in keys} == {"source", "tbn"}
-    assert {(k[4], k[5]) for k in keys} == {("brightness", 5), ("contrast", 5)}
+    assert {k[0] for k in keys} == {"none"}
+    assert {k[1] for k in keys} == {"source", "tbn"}
+    assert {(k[5], k[6]) for k in keys} == {("brightness", 5), ("contrast", 5)}
     runs = grid.expand(config)
     assert [(r.order, r.seed) for r in runs] == [("iid", 0), ("iid", 1), ("dirichlet:0.1", 0), ("dirichlet:0.1", 1)]
 
@@ -135,3 +136,55 @@ def test_arch_model_args_and_table_are_part_of_the_identity_only_when_set():
     assert grid.GridConfig.from_json(full.to_json()) == full
     with pytest.raises(ValueError, match="'svhn'"):
         small(table="svhn")
+
+
+# --- methods: a grid axis over the policies ---------------------------------------------------------------
+
+
+def test_methods_are_an_axis_of_the_row_keys_outside_the_policies():
+    config = small(methods="none,tent", orders="iid", seeds="0")
+    keys = grid.row_keys(config)
+    # 2 methods x 2 policies x 2 corruptions
+    assert len(keys) == len(set(keys)) == 8
+    assert keys[:4] == [("none", "source", "single", "iid", 0, "brightness", 5),
+                        ("none", "tbn", "single", "iid", 0, "brightness", 5),
+                        ("tent", "source", "single", "iid", 0, "brightness", 5),
+                        ("tent", "tbn", "single", "iid", 0, "brightness", 5)]
+    assert small(methods="all").methods == tuple(tta.methods())
+
+
+def test_methods_are_part_of_the_identity_only_when_not_just_none():
+    plain = small()
+    assert plain.methods == ("none",) and "methods" not in plain.to_json()  # old folders still resume
+    assert small(methods="none").to_json() == plain.to_json()
+    both = small(methods="none,tent")
+    assert both.to_json() == {**plain.to_json(), "methods": ["none", "tent"]}
+    assert grid.GridConfig.from_json(both.to_json()) == both
+    assert grid.GridConfig.from_json(plain.to_json()).methods == ("none",)
+
+
+def test_a_row_without_method_is_the_none_methods_row():
+    row = {"policy": "tbn", "setting": "single", "order": "iid", "seed": 0, "corruption": "fog", "severity": 5}
+    assert grid.row_key(row) == ("none", "tbn", "single", "iid", 0, "fog", 5)
+    assert grid.row_key({**row, "method": "tent"})[0] == "tent"
+
+
+def test_method_options_share_the_policies_namespace():
+    config = small(methods="none,tent", options=["tent.lr=1e-4", "tent.steps=2", "alpha_bn.alpha=0.2"],
+                   policies="tbn,alpha_bn")
+    assert config.options == {"tent": {"lr": 1e-4, "steps": 2}, "alpha_bn": {"alpha": 0.2}}
+
+
+@pytest.mark.parametrize(
+    ("methods", "option", "needle"),
+    [
+        ("none", "tent.lr=1e-4", "not among --methods"),          # method not in the grid
+        ("none,tent", "tent.lrr=1e-4", "has no option 'lrr'"),    # not an option of the method
+        ("none,tent", "nope.lr=1", "unknown policy or method 'nope'"),
+        ("none,warp", "tent.lr=1", "unknown method 'warp'"),
+        ("tent,tent", "tent.lr=1", "twice"),
+    ],
+)
+def test_bad_methods_and_method_options_are_refused(methods, option, needle):
+    with pytest.raises(ValueError, match=needle):
+        small(methods=methods, options=[option])

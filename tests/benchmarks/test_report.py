@@ -63,3 +63,51 @@ def test_write_report_writes_markdown_csv_and_a_png(tmp_path):
 def test_an_empty_report_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="no result rows"):
         report.write_report(tmp_path, [])
+
+
+# --- methods: rows = methods, a table per (setting, order) ------------------------------------------------
+
+
+def with_method(method, r):
+    return {**r, "method": method}
+
+
+METHOD_ROWS = [
+    *[with_method("none", r) for r in ROWS],
+    with_method("tent", row("source", "fog", 8)), with_method("tent", row("source", "snow", 12)),  # mean 10
+    with_method("tent", row("tbn", "fog", 4)), with_method("tent", row("tbn", "snow", 5)),  # mean 4.5
+    with_method("tent", row("tbn", "fog", 40, order="sorted")),
+    with_method("tent", row("tbn", "snow", 44, order="sorted")),
+]
+
+
+def test_with_methods_the_summary_is_a_table_per_order_with_a_line_per_method():
+    text = report.summary_table(METHOD_ROWS, policies=["source", "tbn"], methods=["none", "tent"])
+    iid, sorted_ = text.split("**single, sorted**")
+    assert iid.startswith("**single, iid**")
+    assert cells(iid) == [["method", "source", "tbn"],
+                          ["none", "25.0 ± 14.1", "5.5"],
+                          ["tent", "10.0", "4.5"]]
+    assert cells(sorted_) == [["method", "source", "tbn"], ["none", "", "60.0"], ["tent", "", "42.0"]]
+
+
+def test_with_methods_the_domain_table_and_csv_name_the_method(tmp_path):
+    table = cells(report.domain_table(METHOD_ROWS, policies=["source", "tbn"], methods=["tent", "none"],
+                                      corruptions=["fog", "snow"]))
+    assert table[0] == ["method", "policy", "setting", "order", "fog", "snow", "mean"]
+    assert table[1] == ["tent", "source", "single", "iid", "8.0", "12.0", "10.0"]
+    assert [line[0] for line in table[1:]] == ["tent"] * 3 + ["none"] * 3
+    paths = report.write_report(tmp_path, METHOD_ROWS, config={"policies": ["source", "tbn"],
+                                                                "methods": ["none", "tent"]})
+    with open(paths["csv"], newline="") as file:
+        lines = list(csv.DictReader(file))
+    assert [line["method"] for line in lines] == [r["method"] for r in METHOD_ROWS]
+    assert "| tent     | 10.0" in paths["report"].read_text()
+
+
+def test_rows_of_none_alone_keep_the_policy_tables_with_or_without_a_method_key():
+    marked = [with_method("none", r) for r in ROWS]
+    policies = ["source", "tbn"]
+    assert report.summary_table(marked, policies=policies) == report.summary_table(ROWS, policies=policies)
+    assert report.domain_table(marked) == report.domain_table(ROWS)
+    assert cells(report.summary_table(marked))[0] == ["policy", "iid", "sorted"]

@@ -26,8 +26,8 @@ def test_rows_survive_reopening_and_count_as_done(tmp_path):
     assert store.append([row("source"), row("tbn")]) == 2
     again = ResultStore.open(tmp_path, config())
     assert again.rows() == [row("source"), row("tbn")]
-    assert again.done(("tbn", "single", "iid", 0, "brightness", 5))
-    assert not again.done(("tbn", "single", "iid", 0, "contrast", 5))
+    assert again.done(("none", "tbn", "single", "iid", 0, "brightness", 5))
+    assert not again.done(("none", "tbn", "single", "iid", 0, "contrast", 5))
     lines = (tmp_path / "results.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in lines] == [row("source"), row("tbn")]
 
