@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -246,4 +245,4 @@ def test_the_number_of_classes_comes_from_the_first_output() -> None:
     model.model[-1] = model.teacher[-1] = torch.nn.Linear(32, 3)  # a three-class head on both
     model(inputs("mlp_bn1d", 2, 0))
     assert model.memory.num_classes == 3
-    np.testing.assert_array_less(model.memory.labels.numpy(), 3)
+    assert 0 <= model.memory.labels.max() < 3
