@@ -6,6 +6,7 @@ own files (test_memory.py, test_strong_augment.py)."""
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 import subprocess
@@ -246,3 +247,132 @@ def test_the_number_of_classes_comes_from_the_first_output() -> None:
     model(inputs("mlp_bn1d", 2, 0))
     assert model.memory.num_classes == 3
     assert 0 <= model.memory.labels.max() < 3
+
+
+class PlainRobustBN(torch.nn.Module):
+    """The official ``RobustBN2d`` written plainly: in train mode, blend the batch statistics (biased)
+    into the global ones with ``alpha`` and normalize with the result; in eval mode, normalize with the
+    global ones. The batch statistics are detached here, as tta's policy layers keep them (the one
+    departure from the official layer, said in the RoTTA docstring)."""
+
+    def __init__(self, bn: torch.nn.BatchNorm2d, alpha: float = 0.05) -> None:
+        super().__init__()
+        self.alpha, self.eps = alpha, bn.eps
+        self.weight, self.bias = torch.nn.Parameter(bn.weight.detach().clone()), torch.nn.Parameter(bn.bias.detach().clone())
+        self.mean, self.var = bn.running_mean.clone(), bn.running_var.clone()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            var, mean = torch.var_mean(x.detach(), dim=[0, 2, 3], correction=0)
+            self.mean = (1 - self.alpha) * self.mean + self.alpha * mean
+            self.var = (1 - self.alpha) * self.var + self.alpha * var
+        shape = (1, -1, 1, 1)
+        x = (x - self.mean.view(shape)) / torch.sqrt(self.var.view(shape) + self.eps)
+        return x * self.weight.view(shape) + self.bias.view(shape)
+
+
+class PlainRoTTA:
+    """The official adapter and CSTU memory written plainly (lists of items, Python floats), with the
+    strong augmentation replaced by a horizontal flip."""
+
+    def __init__(self, model: torch.nn.Module, capacity: int, update_frequency: int, num_classes: int) -> None:
+        for i, m in enumerate(model):
+            if isinstance(m, torch.nn.BatchNorm2d):
+                model[i] = PlainRobustBN(m)
+        self.student = model.requires_grad_(False)
+        self.params = [p for m in model if isinstance(m, PlainRobustBN) for p in (m.weight, m.bias)]
+        for p in self.params:
+            p.requires_grad_(True)
+        self.teacher = copy.deepcopy(model).requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.params, lr=1e-3, betas=(0.9, 0.999))
+        self.capacity, self.update_frequency, self.k = capacity, update_frequency, num_classes
+        self.classes: list[list[list]] = [[] for _ in range(num_classes)]  # items [x, entropy, age]
+        self.seen = 0
+
+    def score(self, age: int, entropy: float) -> float:
+        return 1 / (1 + math.exp(-age / self.capacity)) + entropy / math.log(self.k)
+
+    def offer(self, x: torch.Tensor, label: int, entropy: float) -> None:
+        occupancy = sum(map(len, self.classes))
+        if len(self.classes[label]) < self.capacity / self.k and occupancy < self.capacity:
+            admit = True
+        else:
+            if len(self.classes[label]) < self.capacity / self.k:
+                most = max(map(len, self.classes))
+                pool = [c for c in range(self.k) if len(self.classes[c]) == most]
+            else:
+                pool = [label]
+            best = None  # (score, class, index), the last of the highest
+            for c in pool:
+                for i, (_, e, age) in enumerate(self.classes[c]):
+                    if best is None or self.score(age, e) >= best[0]:
+                        best = (self.score(age, e), c, i)
+            admit = best[0] > self.score(0, entropy)
+            if admit:
+                self.classes[best[1]].pop(best[2])
+        if admit:
+            self.classes[label].append([x, entropy, 0])
+        for items in self.classes:
+            for item in items:
+                item[2] += 1
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            self.teacher.eval()
+            logits = self.teacher(x)
+            p = logits.softmax(1)
+            entropies = -(p * torch.log(p + 1e-6)).sum(1)
+        for sample, label, entropy in zip(x, p.argmax(1), entropies):
+            self.offer(sample, int(label), float(entropy))
+            self.seen += 1
+            if self.seen % self.update_frequency == 0:
+                self.update()
+        return logits
+
+    def update(self) -> None:
+        self.teacher.train(), self.student.train()
+        memory = torch.stack([item[0] for items in self.classes for item in items])
+        a = torch.tensor([item[2] for items in self.classes for item in items]).float() / self.capacity
+        with torch.no_grad():
+            teacher_logits = self.teacher(memory)
+        with torch.enable_grad():
+            student_logits = self.student(memory.flip(-1))
+            loss = (-(teacher_logits.softmax(1) * student_logits.log_softmax(1)).sum(1) * torch.exp(-a) / (1 + torch.exp(-a))).mean()
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+        with torch.no_grad():
+            for t, s in zip(self.teacher.parameters(), self.student.parameters()):
+                t.copy_((1 - 0.001) * t + 0.001 * s)
+
+
+def three_class_cnn() -> torch.nn.Module:
+    """small_cnn with a three-class head whose predictions on ``varied_inputs`` are 2, 26 and 12 of 40."""
+    model = build("small_cnn")
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        model[-1] = torch.nn.Linear(16, 3)
+    return model
+
+
+def varied_inputs(batch: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 3, 16, 16, generator=generator) + torch.randn(batch, 3, 1, 1, generator=generator) * 2
+
+
+def test_over_rbn_equals_the_official_adapter_written_plainly() -> None:
+    """Ten updates, most inside a batch; capacity 4 for 3 classes (quota 1.33): evictions from the own
+    class and, when the rare class comes to a full memory, from the majority classes."""
+    official = PlainRoTTA(three_class_cnn(), capacity=4, update_frequency=4, num_classes=3)
+    ours = tta.attach_method(tta.adapt(three_class_cnn(), "rbn"), "rotta", capacity=4, update_frequency=4)
+    ours.augmented = lambda data: data.flip(-1)
+    worst, dropped = 0.0, 0
+    with torch.no_grad():
+        for seed in range(8):
+            x = varied_inputs(5, seed)
+            worst = max(worst, (ours(x) - official(x)).abs().max().item())
+    assert int(ours.updates) == 10
+    assert sorted(ours.memory.labels.tolist()) == sorted(c for c, items in enumerate(official.classes) for _ in items)
+    assert worst <= 1e-5
+    for a, b in zip(ours.params, official.params):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=0, atol=1e-5)
