@@ -24,8 +24,9 @@ class CSTUMemory(nn.Module):
 
     Storage is slot-based: the samples in one ``(capacity, *shape)`` tensor on the samples' device, the
     bookkeeping (labels, ages, entropies, insertion stamps) in small NumPy arrays, so a decision costs
-    microseconds and never waits on an accelerator. Everything is the module's extra state (the sample shape is known only
-    once the first sample comes), so ``state_dict`` round-trips and :meth:`reset` empties it.
+    microseconds and never waits on an accelerator. Everything is the module's extra state (the sample
+    shape is known only once the first sample comes), so ``state_dict`` round-trips and :meth:`reset`
+    empties it.
     """
 
     BOOKKEEPING = ("labels", "ages", "entropies", "stamps")

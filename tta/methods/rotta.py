@@ -76,7 +76,9 @@ class RoTTA(Method):
     parameters only (every other parameter is frozen and equal in teacher and student; the official
     average over all parameters changes them only by rounding); the policy layers keep their statistics
     detached (``rbn`` too), where the official ``RobustBN`` lets the student's gradient flow through the
-    ``alpha``-weighted batch statistics; a non-finite loss or gradient skips the step (logged).
+    ``alpha``-weighted batch statistics; a non-finite loss or gradient skips the step, and a sample with a
+    non-finite value or prediction is kept out of the memory (it still counts towards the next update;
+    both logged), where the official code would carry the NaN into every later update.
     """
 
     def __init__(
@@ -131,10 +133,14 @@ class RoTTA(Method):
                 logits = self.teacher(x)
             probs = logits.detach().softmax(1)
             labels = probs.argmax(1).tolist()
-            entropies = (-(probs * torch.log(probs + 1e-6)).sum(1)).tolist()
+            entropies = -(probs * torch.log(probs + 1e-6)).sum(1)
+            finite = (torch.isfinite(x.flatten(1)).all(1) & torch.isfinite(entropies)).tolist()
+            if not all(finite):
+                logger.warning("rotta: %d non-finite sample(s) kept out of the memory", finite.count(False))
             seen = int(self.instances)
-            for sample, label, entropy in zip(x, labels, entropies):
-                self.memory.add(sample, label, entropy, num_classes=logits.shape[1])
+            for sample, label, entropy, ok in zip(x, labels, entropies.tolist(), finite):
+                if ok:
+                    self.memory.add(sample, label, entropy, num_classes=logits.shape[1])
                 seen += 1
                 if seen % self.update_frequency == 0:
                     self.update_model()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import io
+import logging
 import math
 import subprocess
 import sys
@@ -258,7 +259,8 @@ class PlainRobustBN(torch.nn.Module):
     def __init__(self, bn: torch.nn.BatchNorm2d, alpha: float = 0.05) -> None:
         super().__init__()
         self.alpha, self.eps = alpha, bn.eps
-        self.weight, self.bias = torch.nn.Parameter(bn.weight.detach().clone()), torch.nn.Parameter(bn.bias.detach().clone())
+        self.weight = torch.nn.Parameter(bn.weight.detach().clone())
+        self.bias = torch.nn.Parameter(bn.bias.detach().clone())
         self.mean, self.var = bn.running_mean.clone(), bn.running_var.clone()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -337,7 +339,8 @@ class PlainRoTTA:
             teacher_logits = self.teacher(memory)
         with torch.enable_grad():
             student_logits = self.student(memory.flip(-1))
-            loss = (-(teacher_logits.softmax(1) * student_logits.log_softmax(1)).sum(1) * torch.exp(-a) / (1 + torch.exp(-a))).mean()
+            cross_entropy = -(teacher_logits.softmax(1) * student_logits.log_softmax(1)).sum(1)
+            loss = (cross_entropy * torch.exp(-a) / (1 + torch.exp(-a))).mean()
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
@@ -376,3 +379,15 @@ def test_over_rbn_equals_the_official_adapter_written_plainly() -> None:
     assert worst <= 1e-5
     for a, b in zip(ours.params, official.params):
         torch.testing.assert_close(a.detach(), b.detach(), rtol=0, atol=1e-5)
+
+
+def test_a_non_finite_sample_stays_out_of_the_memory_but_counts(caplog: pytest.LogCaptureFixture) -> None:
+    model = rotta("small_cnn", update_frequency=4)
+    x = inputs("small_cnn", 4, 0)
+    x[1, 0, 0, 0] = float("nan")
+    with caplog.at_level(logging.WARNING, logger="tta.methods.rotta"), torch.no_grad():
+        model(x)
+    assert "1 non-finite sample(s) kept out of the memory" in caplog.text
+    assert len(model.memory) == 3 and int(model.updates) == 1 and int(model.instances) == 4
+    assert all(torch.isfinite(p).all() for p in model.params + model.teacher_params)
+    assert torch.isfinite(model(inputs("small_cnn", 4, 1))).all()
