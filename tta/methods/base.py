@@ -46,8 +46,12 @@ class Method(nn.Module):
                 "attach the method again with tta.attach_method"
             )
         if self.paused:
-            return self.model(x)
+            return self.predict(x)
         return self.forward_and_adapt(x)
+
+    def predict(self, x: Tensor) -> Tensor:
+        """The prediction while paused, with no update: the adapted model's forward (RoTTA: its teacher's)."""
+        return self.model(x)
 
     def forward_and_adapt(self, x: Tensor) -> Tensor:
         """Adapt on the batch ``x`` and return the prediction for it."""

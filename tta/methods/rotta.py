@@ -1,0 +1,232 @@
+"""``rotta``: RoTTA's teacher-student adaptation from a category-balanced memory (spec M8, M13)."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+from typing import Annotated, Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from tta.methods.base import Method
+from tta.methods.memory import CSTUMemory
+from tta.methods.strong_augment import strong_augment
+from tta.options import Choice, Range
+from tta.policies.base import NormPolicy
+from tta.registry import register_method
+from tta.stats import all_finite
+
+logger = logging.getLogger(__name__)
+
+
+def timeliness_weights(ages: Tensor, capacity: int) -> Tensor:
+    """``exp(-a) / (1 + exp(-a))`` with ``a = age / capacity``: older memory items weigh less."""
+    a = ages.to(torch.float32) / capacity
+    return torch.exp(-a) / (1 + torch.exp(-a))
+
+
+def soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+    """Per-sample cross-entropy of the student's prediction against the teacher's soft labels."""
+    return -(teacher_logits.softmax(1) * student_logits.log_softmax(1)).sum(1)
+
+
+@contextlib.contextmanager
+def paused_layers(layers: list[NormPolicy]) -> Iterator[None]:
+    """The layers normalize with their state and update nothing inside; each one's flag is restored."""
+    before = [layer.paused for layer in layers]
+    for layer in layers:
+        layer.paused = True
+    try:
+        yield
+    finally:
+        for layer, flag in zip(layers, before):
+            layer.paused = flag
+
+
+@register_method("rotta")
+class RoTTA(Method):
+    """The teacher predicts; every sample enters a CSTU memory; every ``update_frequency`` samples the
+    teacher's statistics update on the memory and the student learns from it (spec M13).
+
+    Yuan et al. CVPR 2023, "Robust test-time adaptation in dynamic scenarios" (official BIT-DA/RoTTA,
+    ``core/adapter/rotta.py``). Over ``rbn`` this is RoTTA; over ``unmix_tns`` the paper's "RoTTA +
+    UnMix-TNS"; it runs over every policy. Per batch: the teacher (a copy of the adapted model made at
+    attach, held in the learner) predicts with its layers paused, so the raw batch updates no statistics;
+    each sample, with the teacher's pseudo-label and entropy ``-sum p log(p + 1e-6)``, is offered to the
+    memory (:class:`tta.methods.memory.CSTUMemory`); every ``update_frequency`` offered samples (a count
+    of instances, whatever the batch size, so an update can fall inside a batch) the teacher forwards
+    the memory (its statistics update), the student (the adapted model itself) forwards the strongly
+    augmented memory (its statistics update), and one Adam step on the student's normalization affine
+    parameters minimizes the timeliness-weighted soft cross-entropy to the teacher (:func:`timeliness_weights`);
+    then the teacher's affine parameters move by ``nu`` towards the student's (buffers are not averaged).
+    The prediction returned for a batch is the teacher's before the updates its samples trigger. The
+    number of classes is the width of the teacher's output at the first batch.
+
+    Randomness: the augmentation of the k-th update draws from a generator seeded by ``(seed, k)``, so
+    the same seed gives the same predictions and ``reset`` replays them. ``augment``: ``"strong"`` (the
+    official pipeline for image batches with 1 or 3 channels, noise only for other inputs; see
+    :func:`tta.methods.strong_augment.strong_augment`), ``"noise"`` (Gaussian noise only), ``"none"``
+    (the identity).
+
+    Departures from the official code, on purpose: the model is never switched to ``train()`` (the
+    policy layers adapt by their ``paused`` flag; dropout stays off); the EMA averages the affine
+    parameters only (every other parameter is frozen and equal in teacher and student; the official
+    average over all parameters changes them only by rounding); the policy layers keep their statistics
+    detached (``rbn`` too), where the official ``RobustBN`` lets the student's gradient flow through the
+    ``alpha``-weighted batch statistics; a non-finite loss or gradient skips the step, and a sample with a
+    non-finite value or prediction is kept out of the memory (it still counts towards the next update;
+    both logged), where the official code would carry the NaN into every later update.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        capacity: Annotated[int, Range(1)] = 64,
+        update_frequency: Annotated[int, Range(1)] = 64,
+        lr: Annotated[float, Range(0, low_open=True)] = 1e-3,
+        beta1: Annotated[float, Range(0, 1, high_open=True)] = 0.9,
+        beta2: Annotated[float, Range(0, 1, high_open=True)] = 0.999,
+        weight_decay: Annotated[float, Range(0)] = 0.0,
+        nu: Annotated[float, Range(0, 1)] = 0.001,
+        lambda_t: Annotated[float, Range(0)] = 1.0,
+        lambda_u: Annotated[float, Range(0)] = 1.0,
+        augment: Annotated[str, Choice("strong", "noise", "none")] = "strong",
+        noise_std: Annotated[float, Range(0)] = 0.005,
+        seed: Annotated[int, Range(0)] = 0,
+    ) -> None:
+        super().__init__(model)
+        self.capacity, self.update_frequency = capacity, update_frequency
+        self.lr, self.beta1, self.beta2, self.weight_decay, self.nu = lr, beta1, beta2, weight_decay, nu
+        self.lambda_t, self.lambda_u = lambda_t, lambda_u
+        self.augment, self.noise_std, self.seed = augment, noise_std, seed
+        self.params = list({id(p): p for layer in self.layers for p in layer.affine_parameters()}.values())
+        if not self.params:
+            raise ValueError("rotta trains the normalization layers' affine parameters; this model's have none")
+        self.requires_grad_before = [(p, p.requires_grad) for p in model.parameters()]
+        self.teacher = copy.deepcopy(model).requires_grad_(False)
+        self.teacher_layers = [m for m in self.teacher.modules() if isinstance(m, NormPolicy)]
+        self.teacher_params = list(
+            {id(p): p for layer in self.teacher_layers for p in layer.affine_parameters()}.values()
+        )
+        model.requires_grad_(False)
+        for p in self.params:
+            p.requires_grad_(True)
+        self.memory = CSTUMemory(capacity, lambda_t, lambda_u)
+        self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=(beta1, beta2), weight_decay=weight_decay)
+        self.initial_optimizer_state = copy.deepcopy(self.optimizer.state_dict())
+        self.register_buffer("initial_affine", torch.cat([p.detach().flatten() for p in self.params]))
+        device = self.initial_affine.device
+        self.register_buffer("instances", torch.zeros((), dtype=torch.int64, device=device))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.int64, device=device))
+
+    def predict(self, x: Tensor) -> Tensor:
+        return self.teacher(x)
+
+    def forward_and_adapt(self, x: Tensor) -> Tensor:
+        with torch.inference_mode(False):
+            x = x.clone() if x.is_inference() else x.detach()
+            with torch.no_grad(), paused_layers(self.teacher_layers):
+                logits = self.teacher(x)
+            probs = logits.detach().softmax(1)
+            labels = probs.argmax(1).tolist()
+            entropies = -(probs * torch.log(probs + 1e-6)).sum(1)
+            finite = (torch.isfinite(x.flatten(1)).all(1) & torch.isfinite(entropies)).tolist()
+            if not all(finite):
+                logger.warning("rotta: %d non-finite sample(s) kept out of the memory", finite.count(False))
+            seen = int(self.instances)
+            for sample, label, entropy, ok in zip(x, labels, entropies.tolist(), finite):
+                if ok:
+                    self.memory.add(sample, label, entropy, num_classes=logits.shape[1])
+                seen += 1
+                if seen % self.update_frequency == 0:
+                    self.update_model()
+            self.instances.fill_(seen)
+        return logits
+
+    def update_model(self) -> None:
+        """Teacher and student see the memory, one Adam step on the student, the teacher's EMA."""
+        data, ages = self.memory.contents()
+        with torch.no_grad():
+            teacher_logits = self.teacher(data)
+        augmented = self.augmented(data)
+        with torch.enable_grad():
+            student_logits = self.model(augmented)
+            weights = timeliness_weights(ages, self.capacity).to(student_logits.device)
+            self.step((soft_cross_entropy(student_logits, teacher_logits) * weights).mean())
+        with torch.no_grad():
+            for teacher_p, student_p in zip(self.teacher_params, self.params):
+                teacher_p.copy_((1 - self.nu) * teacher_p + self.nu * student_p)
+        self.updates += 1
+
+    def augmented(self, data: Tensor) -> Tensor:
+        """The memory as the student sees it, drawn from the generator of this update."""
+        if self.augment == "none":
+            return data
+        update_seed = int(np.random.SeedSequence([self.seed, int(self.updates)]).generate_state(1)[0])
+        generator = torch.Generator().manual_seed(update_seed)
+        if self.augment == "noise":
+            noise = torch.randn(data.shape, generator=generator, dtype=torch.float32) * self.noise_std
+            return data + noise.to(data.device, data.dtype)
+        return strong_augment(data, generator, self.noise_std)
+
+    def step(self, loss: Tensor) -> None:
+        """One optimizer step on ``loss`` w.r.t. the student's affine parameters; skipped if non-finite."""
+        if not loss.requires_grad:
+            return
+        grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+        if not bool(all_finite(loss, *(g for g in grads if g is not None))):
+            logger.warning("rotta: non-finite loss or gradient on the memory; the step is skipped")
+            return
+        for p, g in zip(self.params, grads):
+            p.grad = g
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def restore_affine(self, params: list[nn.Parameter]) -> None:
+        """Affine parameters (the student's or the teacher's) back to their values at attach."""
+        with torch.no_grad():
+            for p, value in zip(params, self.initial_affine.split([p.numel() for p in params])):
+                p.copy_(value.view_as(p))
+
+    def reset(self) -> None:
+        self.restore_affine(self.params)
+        self.restore_affine(self.teacher_params)
+        self.optimizer.load_state_dict(copy.deepcopy(self.initial_optimizer_state))
+        self.memory.reset()
+        self.instances.zero_()
+        self.updates.zero_()
+
+    def restore_model(self, keep_adapted: bool = False) -> nn.Module:
+        """The student model; ``keep_adapted`` first gives it the teacher's parameters and statistics (the
+        model that predicts), so the baked model normalizes as the teacher does now."""
+        if keep_adapted:
+            self.model.load_state_dict(self.teacher.state_dict())
+        else:
+            self.restore_affine(self.params)
+        for p, flag in self.requires_grad_before:
+            p.requires_grad_(flag)
+        return self.model
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> RoTTA:
+        """Casts and moves: the optimizer's state follows its parameters."""
+        super()._apply(fn, recurse)
+        self.optimizer.load_state_dict(self.optimizer.state_dict())
+        return self
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, capacity={self.capacity}, update_frequency={self.update_frequency}, "
+            f"lr={self.lr}, betas=({self.beta1}, {self.beta2}), weight_decay={self.weight_decay}, nu={self.nu}, "
+            f"lambda_t={self.lambda_t}, lambda_u={self.lambda_u}, augment={self.augment!r}, "
+            f"noise_std={self.noise_std}, seed={self.seed}"
+        )
