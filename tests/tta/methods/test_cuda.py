@@ -1,5 +1,5 @@
 """On a GPU every method over every policy learns what it learns on the CPU; the learner moves with its
-optimizer state. Skipped without CUDA."""
+optimizer state (and RoTTA with its teacher and memory). Skipped without CUDA."""
 
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ pytestmark = [
 
 
 
-@pytest.mark.parametrize("method", ["none", "tent"])
+@pytest.mark.parametrize("method", tta.methods())
 @pytest.mark.parametrize("policy", tta.policies())
 def test_cuda_learner_matches_cpu(policy: str, method: str) -> None:
-    cpu = learner("small_cnn", policy, method)
-    gpu = learner("small_cnn", policy, method)
+    options = {"update_frequency": 8} if method == "rotta" else {}  # memory updates within the test
+    cpu = learner("small_cnn", policy, method, **options)
+    gpu = learner("small_cnn", policy, method, **options)
     for seed in range(2):  # one batch on the CPU first: the optimizer state must move with the learner
         x = inputs("small_cnn", 4, seed)
         gpu(x)
