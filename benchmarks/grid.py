@@ -143,34 +143,28 @@ def _unique(values: Sequence[Any], what: str) -> None:
         seen.add(value)
 
 
-def parse_policies(text: str) -> tuple[str, ...]:
-    """``"all"`` or a comma list of names from the shared registry ``tta.policies()``."""
-    known = list(tta.policies())
+def _parse_names(text: str, known: list[str], what: str) -> tuple[str, ...]:
+    """``"all"`` or a comma list of names from ``known`` (a shared registry), each once."""
     names = split_list(text)
     if names == ["all"]:
         return tuple(known)
     if not names:
-        raise ValueError(f"no policy given; choose from: all, {', '.join(known)}")
+        raise ValueError(f"no {what} given; choose from: all, {', '.join(known)}")
     for name in names:
         if name not in known:
-            raise ValueError(f"unknown policy {name!r}; choose from: all, {', '.join(known)}")
-    _unique(names, "policy")
+            raise ValueError(f"unknown {what} {name!r}; choose from: all, {', '.join(known)}")
+    _unique(names, what)
     return tuple(names)
+
+
+def parse_policies(text: str) -> tuple[str, ...]:
+    """``"all"`` or a comma list of names from the shared registry ``tta.policies()``."""
+    return _parse_names(text, list(tta.policies()), "policy")
 
 
 def parse_methods(text: str) -> tuple[str, ...]:
     """``"all"`` or a comma list of names from the shared registry ``tta.methods()`` (spec M13)."""
-    known = list(tta.methods())
-    names = split_list(text)
-    if names == ["all"]:
-        return tuple(known)
-    if not names:
-        raise ValueError(f"no method given; choose from: all, {', '.join(known)}")
-    for name in names:
-        if name not in known:
-            raise ValueError(f"unknown method {name!r}; choose from: all, {', '.join(known)}")
-    _unique(names, "method")
-    return tuple(names)
+    return _parse_names(text, list(tta.methods()), "method")
 
 
 def parse_settings(text: str) -> tuple[str, ...]:

@@ -1,6 +1,6 @@
 """One method per module; importing them registers them: ``none`` first, then in the order of spec M13."""
 
-from tta.methods.base import Method
+from tta.methods.base import GradientMethod, Method
 from tta.methods import none, tent, rotta  # noqa: F401  (registers the methods)
 
-__all__ = ["Method"]
+__all__ = ["GradientMethod", "Method"]

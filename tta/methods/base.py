@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
+import torch
 from torch import Tensor, nn
 
 from tta.policies.base import NormPolicy
@@ -80,3 +83,22 @@ class Method(nn.Module):
 
     def extra_repr(self) -> str:
         return f"method={self.method_name!r}"
+
+
+class GradientMethod(Method):
+    """A method that trains with a torch optimizer, ``self.optimizer``: its state is saved as the module's
+    extra state (so ``state_dict()`` holds it, loadable with ``weights_only=True``) and follows the
+    learner's casts and moves."""
+
+    optimizer: torch.optim.Optimizer
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> GradientMethod:
+        super()._apply(fn, recurse)
+        self.optimizer.load_state_dict(self.optimizer.state_dict())  # re-cast the state like its parameters
+        return self

@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-from typing import Annotated, Any, Callable, Iterator
+from typing import Annotated, Iterator
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tta.methods.base import Method
+from tta.methods.base import GradientMethod
 from tta.methods.memory import CSTUMemory
 from tta.methods.strong_augment import strong_augment
 from tta.options import Choice, Range
@@ -47,7 +47,7 @@ def paused_layers(layers: list[NormPolicy]) -> Iterator[None]:
 
 
 @register_method("rotta")
-class RoTTA(Method):
+class RoTTA(GradientMethod):
     """The teacher predicts; every sample enters a CSTU memory; every ``update_frequency`` samples the
     teacher's statistics update on the memory and the student learns from it (spec M13).
 
@@ -210,18 +210,6 @@ class RoTTA(Method):
         for p, flag in self.requires_grad_before:
             p.requires_grad_(flag)
         return self.model
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict()}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-
-    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> RoTTA:
-        """Casts and moves: the optimizer's state follows its parameters."""
-        super()._apply(fn, recurse)
-        self.optimizer.load_state_dict(self.optimizer.state_dict())
-        return self
 
     def extra_repr(self) -> str:
         return (

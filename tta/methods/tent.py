@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Annotated, Any, Callable
+from typing import Annotated
 
 import torch
 from torch import Tensor, nn
 
-from tta.methods.base import Method
+from tta.methods.base import GradientMethod
 from tta.options import Range
 from tta.registry import register_method
 from tta.stats import all_finite
@@ -23,7 +23,7 @@ def softmax_entropy(logits: Tensor) -> Tensor:
 
 
 @register_method("tent")
-class Tent(Method):
+class Tent(GradientMethod):
     """Each batch: predict, then one Adam step on the batch's mean prediction entropy (spec M13).
 
     Wang et al. ICLR 2021, "Tent: fully test-time adaptation by entropy minimization" (official
@@ -120,18 +120,6 @@ class Tent(Method):
         for layer, flag in zip(self.layers, self.stats_grad_before):
             layer.stats_grad = flag
         return self.model
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict()}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-
-    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Tent:
-        """Casts and moves: the optimizer's state follows its parameters."""
-        super()._apply(fn, recurse)
-        self.optimizer.load_state_dict(self.optimizer.state_dict())
-        return self
 
     def extra_repr(self) -> str:
         return (
