@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
 from tta.policies.base import NormPolicy
+from tta.stats import all_finite
+
+logger = logging.getLogger(__name__)
 
 
 class Method(nn.Module):
@@ -86,11 +90,27 @@ class Method(nn.Module):
 
 
 class GradientMethod(Method):
-    """A method that trains with a torch optimizer, ``self.optimizer``: its state is saved as the module's
-    extra state (so ``state_dict()`` holds it, loadable with ``weights_only=True``) and follows the
-    learner's casts and moves."""
+    """A method that trains ``self.params`` with a torch optimizer, ``self.optimizer``: its state is saved
+    as the module's extra state (so ``state_dict()`` holds it, loadable with ``weights_only=True``) and
+    follows the learner's casts and moves."""
 
     optimizer: torch.optim.Optimizer
+    params: list[nn.Parameter]
+
+    def step(self, loss: Tensor) -> bool:
+        """One optimizer step on ``loss`` w.r.t. ``self.params``; whether it was taken. A non-finite loss or
+        gradient skips it (logged) rather than turning the parameters into NaN for the rest of the stream."""
+        if not loss.requires_grad:
+            return False
+        grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+        if not bool(all_finite(loss, *(g for g in grads if g is not None))):
+            logger.warning("%s: non-finite loss or gradient; the step is skipped", self.method_name)
+            return False
+        for p, g in zip(self.params, grads):
+            p.grad = g
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return True
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict()}

@@ -17,7 +17,6 @@ from tta.methods.strong_augment import strong_augment
 from tta.options import Choice, Range
 from tta.policies.base import NormPolicy
 from tta.registry import register_method
-from tta.stats import all_finite
 
 logger = logging.getLogger(__name__)
 
@@ -172,19 +171,6 @@ class RoTTA(GradientMethod):
             noise = torch.randn(data.shape, generator=generator, dtype=torch.float32) * self.noise_std
             return data + noise.to(data.device, data.dtype)
         return strong_augment(data, generator, self.noise_std)
-
-    def step(self, loss: Tensor) -> None:
-        """One optimizer step on ``loss`` w.r.t. the student's affine parameters; skipped if non-finite."""
-        if not loss.requires_grad:
-            return
-        grads = torch.autograd.grad(loss, self.params, allow_unused=True)
-        if not bool(all_finite(loss, *(g for g in grads if g is not None))):
-            logger.warning("rotta: non-finite loss or gradient on the memory; the step is skipped")
-            return
-        for p, g in zip(self.params, grads):
-            p.grad = g
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
 
     def restore_affine(self, params: list[nn.Parameter]) -> None:
         """Affine parameters (the student's or the teacher's) back to their values at attach."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import logging
 from typing import Annotated
 
 import torch
@@ -12,9 +11,6 @@ from torch import Tensor, nn
 from tta.methods.base import GradientMethod
 from tta.options import Range
 from tta.registry import register_method
-from tta.stats import all_finite
-
-logger = logging.getLogger(__name__)
 
 
 def softmax_entropy(logits: Tensor) -> Tensor:
@@ -84,22 +80,9 @@ class Tent(GradientMethod):
                 x = x.clone()  # an inference tensor cannot be saved for the backward
             for _ in range(self.steps):
                 outputs = self.model(x)
-                self.step(softmax_entropy(outputs).mean(0))
+                if self.step(softmax_entropy(outputs).mean(0)):
+                    self.updates += 1
         return outputs.detach()
-
-    def step(self, loss: Tensor) -> None:
-        """One optimizer step on ``loss`` w.r.t. the affine parameters; skipped if anything is non-finite."""
-        if not loss.requires_grad:
-            return
-        grads = torch.autograd.grad(loss, self.params, allow_unused=True)
-        if not bool(all_finite(loss, *(g for g in grads if g is not None))):
-            logger.warning("tent: non-finite loss or gradient on this batch; the step is skipped")
-            return
-        for p, g in zip(self.params, grads):
-            p.grad = g
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.updates += 1
 
     def restore_affine(self) -> None:
         """The affine parameters' values at attach."""

@@ -170,7 +170,7 @@ def test_a_non_finite_batch_skips_the_step_and_logs(caplog: pytest.LogCaptureFix
     tent, fresh = learner("small_cnn", "tbn"), learner("small_cnn", "tbn")
     bad = inputs("small_cnn", 4, 0)
     bad[0, 0, 0, 0] = float("nan")
-    with caplog.at_level(logging.WARNING, logger="tta.methods.tent"):
+    with caplog.at_level(logging.WARNING, logger="tta.methods.base"):
         tent(bad)
     assert "non-finite" in caplog.text
     assert int(tent.updates) == 0 and all(torch.isfinite(p).all() for p in tent.params)
