@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any, Callable
 
@@ -96,6 +97,42 @@ class GradientMethod(Method):
 
     optimizer: torch.optim.Optimizer
     params: list[nn.Parameter]
+
+    def train_affine(self, *, lr: float, betas: tuple[float, float], weight_decay: float) -> None:
+        """Train only the policy layers' affine parameters, with Adam; called by a subclass's constructor.
+
+        Every other parameter gets ``requires_grad`` False while attached (:meth:`restore_requires_grad`
+        undoes it); the attach-time values (the ``initial_affine`` buffer) and optimizer state are kept
+        for :meth:`restore_affine` and :meth:`reset_optimizer`.
+        """
+        self.params = list({id(p): p for layer in self.layers for p in layer.affine_parameters()}.values())
+        if not self.params:
+            raise ValueError(
+                f"{self.method_name} trains the normalization layers' affine parameters; this model's have none"
+            )
+        self.requires_grad_before = [(p, p.requires_grad) for p in self.model.parameters()]
+        self.model.requires_grad_(False)
+        for p in self.params:
+            p.requires_grad_(True)
+        self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=betas, weight_decay=weight_decay)
+        self.initial_optimizer_state = copy.deepcopy(self.optimizer.state_dict())
+        self.register_buffer("initial_affine", torch.cat([p.detach().flatten() for p in self.params]))
+
+    def restore_affine(self, params: list[nn.Parameter] | None = None) -> None:
+        """Affine parameters (``self.params``, or a copy's in the same order) back to their values at attach."""
+        params = self.params if params is None else params
+        with torch.no_grad():
+            for p, value in zip(params, self.initial_affine.split([p.numel() for p in params])):
+                p.copy_(value.view_as(p))
+
+    def reset_optimizer(self) -> None:
+        """The optimizer's state at attach."""
+        self.optimizer.load_state_dict(copy.deepcopy(self.initial_optimizer_state))
+
+    def restore_requires_grad(self) -> None:
+        """Every parameter's ``requires_grad`` as it was before :meth:`train_affine`."""
+        for p, flag in self.requires_grad_before:
+            p.requires_grad_(flag)
 
     def step(self, loss: Tensor) -> bool:
         """One optimizer step on ``loss`` w.r.t. ``self.params``; whether it was taken. A non-finite loss or

@@ -102,22 +102,13 @@ class RoTTA(GradientMethod):
         self.lr, self.beta1, self.beta2, self.weight_decay, self.nu = lr, beta1, beta2, weight_decay, nu
         self.lambda_t, self.lambda_u = lambda_t, lambda_u
         self.augment, self.noise_std, self.seed = augment, noise_std, seed
-        self.params = list({id(p): p for layer in self.layers for p in layer.affine_parameters()}.values())
-        if not self.params:
-            raise ValueError("rotta trains the normalization layers' affine parameters; this model's have none")
-        self.requires_grad_before = [(p, p.requires_grad) for p in model.parameters()]
+        self.train_affine(lr=lr, betas=(beta1, beta2), weight_decay=weight_decay)
         self.teacher = copy.deepcopy(model).requires_grad_(False)
         self.teacher_layers = [m for m in self.teacher.modules() if isinstance(m, NormPolicy)]
         self.teacher_params = list(
             {id(p): p for layer in self.teacher_layers for p in layer.affine_parameters()}.values()
         )
-        model.requires_grad_(False)
-        for p in self.params:
-            p.requires_grad_(True)
         self.memory = CSTUMemory(capacity, lambda_t, lambda_u)
-        self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=(beta1, beta2), weight_decay=weight_decay)
-        self.initial_optimizer_state = copy.deepcopy(self.optimizer.state_dict())
-        self.register_buffer("initial_affine", torch.cat([p.detach().flatten() for p in self.params]))
         device = self.initial_affine.device
         self.register_buffer("instances", torch.zeros((), dtype=torch.int64, device=device))
         self.register_buffer("updates", torch.zeros((), dtype=torch.int64, device=device))
@@ -172,16 +163,10 @@ class RoTTA(GradientMethod):
             return data + noise.to(data.device, data.dtype)
         return strong_augment(data, generator, self.noise_std)
 
-    def restore_affine(self, params: list[nn.Parameter]) -> None:
-        """Affine parameters (the student's or the teacher's) back to their values at attach."""
-        with torch.no_grad():
-            for p, value in zip(params, self.initial_affine.split([p.numel() for p in params])):
-                p.copy_(value.view_as(p))
-
     def reset(self) -> None:
-        self.restore_affine(self.params)
+        self.restore_affine()
         self.restore_affine(self.teacher_params)
-        self.optimizer.load_state_dict(copy.deepcopy(self.initial_optimizer_state))
+        self.reset_optimizer()
         self.memory.reset()
         self.instances.zero_()
         self.updates.zero_()
@@ -192,9 +177,8 @@ class RoTTA(GradientMethod):
         if keep_adapted:
             self.model.load_state_dict(self.teacher.state_dict())
         else:
-            self.restore_affine(self.params)
-        for p, flag in self.requires_grad_before:
-            p.requires_grad_(flag)
+            self.restore_affine()
+        self.restore_requires_grad()
         return self.model
 
     def extra_repr(self) -> str:

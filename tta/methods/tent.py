@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Annotated
 
 import torch
@@ -56,20 +55,10 @@ class Tent(GradientMethod):
         super().__init__(model)
         self.lr, self.beta1, self.beta2, self.weight_decay = lr, beta1, beta2, weight_decay
         self.steps, self.episodic = steps, episodic
-        self.params = list({id(p): p for layer in self.layers for p in layer.affine_parameters()}.values())
-        if not self.params:
-            raise ValueError("tent trains the normalization layers' affine parameters; this model's have none")
-        # What attaching changes, to undo on release.
-        self.requires_grad_before = [(p, p.requires_grad) for p in model.parameters()]
-        self.stats_grad_before = [layer.stats_grad for layer in self.layers]
-        model.requires_grad_(False)
-        for p in self.params:
-            p.requires_grad_(True)
+        self.train_affine(lr=lr, betas=(beta1, beta2), weight_decay=weight_decay)
+        self.stats_grad_before = [layer.stats_grad for layer in self.layers]  # to undo on release
         for layer in self.layers:
             layer.stats_grad = True
-        self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=(beta1, beta2), weight_decay=weight_decay)
-        self.initial_optimizer_state = copy.deepcopy(self.optimizer.state_dict())
-        self.register_buffer("initial_affine", torch.cat([p.detach().flatten() for p in self.params]))
         self.register_buffer("updates", torch.zeros((), dtype=torch.int64, device=self.initial_affine.device))
 
     def forward_and_adapt(self, x: Tensor) -> Tensor:
@@ -84,22 +73,15 @@ class Tent(GradientMethod):
                     self.updates += 1
         return outputs.detach()
 
-    def restore_affine(self) -> None:
-        """The affine parameters' values at attach."""
-        with torch.no_grad():
-            for p, value in zip(self.params, self.initial_affine.split([p.numel() for p in self.params])):
-                p.copy_(value.view_as(p))
-
     def reset(self) -> None:
         self.restore_affine()
-        self.optimizer.load_state_dict(copy.deepcopy(self.initial_optimizer_state))
+        self.reset_optimizer()
         self.updates.zero_()
 
     def restore_model(self, keep_adapted: bool = False) -> nn.Module:
         if not keep_adapted:
             self.restore_affine()
-        for p, flag in self.requires_grad_before:
-            p.requires_grad_(flag)
+        self.restore_requires_grad()
         for layer, flag in zip(self.layers, self.stats_grad_before):
             layer.stats_grad = flag
         return self.model
