@@ -16,14 +16,18 @@ _FUSED_STATS_DEVICES = frozenset({"cpu", "cuda"})
 _ROW_CHUNK = 1 << 18
 
 
-def batch_moments(x: Tensor, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor, int]:
+def batch_moments(x: Tensor, dtype: torch.dtype = torch.float32, grad: bool = False) -> tuple[Tensor, Tensor, int]:
     """Per-channel mean and biased variance over ``(B, *S)`` in ``dtype``, and the count ``n`` (spec M0).
 
     Uses the statistics kernel of BatchNorm's own training pass (``torch.batch_norm_update_stats``), three
     to ten times faster on CPU than ``torch.var_mean`` over the non-contiguous dims, and just as exact for
-    contiguous inputs (channels-last: relative error about 1e-5 in float32).
+    contiguous inputs (channels-last: relative error about 1e-5 in float32). With ``grad`` the moments
+    stay in the autograd graph of ``x`` (``torch.var_mean``; the fused kernel has no backward).
     """
     n = elements_per_channel(x)
+    if grad:
+        var, mean = torch.var_mean(x.to(dtype), dim=[0, *range(2, x.dim())], correction=0)
+        return mean, var, n
     x = x.detach().to(dtype)
     if n >= 2 and x.device.type in _FUSED_STATS_DEVICES:
         mean, var = torch.batch_norm_update_stats(x, None, None, 1.0)
@@ -32,14 +36,18 @@ def batch_moments(x: Tensor, dtype: torch.dtype = torch.float32) -> tuple[Tensor
     return mean, var, n
 
 
-def instance_moments(x: Tensor, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+def instance_moments(x: Tensor, dtype: torch.dtype = torch.float32, grad: bool = False) -> tuple[Tensor, Tensor]:
     """Per-instance, per-channel mean and biased variance over the spatial dims ``S``, ``(B, C)``, in ``dtype``.
 
     Two passes (mean, then mean squared deviation): as exact as ``torch.var_mean`` and several times
     faster on CPU (:func:`_row_moments`). A channels-last input (2-D or 3-D) is reduced in its own
     layout, as ``(B, prod(S), C)``; any other layout (a slice, an expanded batch) as contiguous
-    ``(B, C, prod(S))`` rows, copied first where it is not.
+    ``(B, C, prod(S))`` rows, copied first where it is not. With ``grad`` the moments stay in the
+    autograd graph of ``x`` (``torch.var_mean``).
     """
+    if grad:
+        var, mean = torch.var_mean(x.to(dtype), dim=list(range(2, x.dim())), correction=0)
+        return mean, var
     x = x.detach().to(dtype)
     b, c = x.shape[:2]
     if not x.is_contiguous() and x.movedim(1, -1).is_contiguous():
@@ -117,7 +125,11 @@ def normalize(
     they are cast only where the affine parameters are of another dtype too (a ``model.bfloat16()``).
     When autograd records, the statistics are snapshots: autograd saves them for the backward, and a
     policy's state buffer may be updated in place by a later forward before that backward runs.
+    Statistics that carry a gradient themselves (a policy's ``stats_grad``) go through
+    :func:`normalize_per_instance`'s differentiable scale and shift (the kernel has no backward for them).
     """
+    if mean.requires_grad or var.requires_grad:
+        return normalize_per_instance(x, mean.expand(x.shape[0], -1), var.expand(x.shape[0], -1), weight, bias, eps)
     if weight is not None and weight.dtype != mean.dtype:
         mean, var = mean.to(weight.dtype), var.to(weight.dtype)
     elif torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):

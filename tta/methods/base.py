@@ -101,9 +101,11 @@ class GradientMethod(Method):
     def train_affine(self, *, lr: float, betas: tuple[float, float], weight_decay: float) -> None:
         """Train only the policy layers' affine parameters, with Adam; called by a subclass's constructor.
 
-        Every other parameter gets ``requires_grad`` False while attached (:meth:`restore_requires_grad`
-        undoes it); the attach-time values (the ``initial_affine`` buffer) and optimizer state are kept
-        for :meth:`restore_affine` and :meth:`reset_optimizer`.
+        Every other parameter gets ``requires_grad`` False while attached, and the layers' ``stats_grad``
+        is set, so the gradient flows through the current batch's share of the statistics as in the
+        official methods' train-mode layers (:meth:`restore_requires_grad` undoes both); the attach-time
+        values (the ``initial_affine`` buffer) and optimizer state are kept for :meth:`restore_affine`
+        and :meth:`reset_optimizer`.
         """
         self.params = list({id(p): p for layer in self.layers for p in layer.affine_parameters()}.values())
         if not self.params:
@@ -114,6 +116,9 @@ class GradientMethod(Method):
         self.model.requires_grad_(False)
         for p in self.params:
             p.requires_grad_(True)
+        self.stats_grad_before = [layer.stats_grad for layer in self.layers]
+        for layer in self.layers:
+            layer.stats_grad = True
         self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=betas, weight_decay=weight_decay)
         self.initial_optimizer_state = copy.deepcopy(self.optimizer.state_dict())
         self.register_buffer("initial_affine", torch.cat([p.detach().flatten() for p in self.params]))
@@ -130,9 +135,11 @@ class GradientMethod(Method):
         self.optimizer.load_state_dict(copy.deepcopy(self.initial_optimizer_state))
 
     def restore_requires_grad(self) -> None:
-        """Every parameter's ``requires_grad`` as it was before :meth:`train_affine`."""
+        """Every parameter's ``requires_grad`` and every layer's ``stats_grad`` as before :meth:`train_affine`."""
         for p, flag in self.requires_grad_before:
             p.requires_grad_(flag)
+        for layer, stats_grad in zip(self.layers, self.stats_grad_before):
+            layer.stats_grad = stats_grad
 
     def step(self, loss: Tensor) -> bool:
         """One optimizer step on ``loss`` w.r.t. ``self.params``; whether it was taken. A non-finite loss or

@@ -59,8 +59,9 @@ class RoTTA(GradientMethod):
     of instances, whatever the batch size, so an update can fall inside a batch) the teacher forwards
     the memory (its statistics update), the student (the adapted model itself) forwards the strongly
     augmented memory (its statistics update), and one Adam step on the student's normalization affine
-    parameters minimizes the timeliness-weighted soft cross-entropy to the teacher (:func:`timeliness_weights`);
-    then the teacher's affine parameters move by ``nu`` towards the student's (buffers are not averaged).
+    parameters minimizes the timeliness-weighted soft cross-entropy to the teacher (:func:`timeliness_weights`),
+    its gradient flowing through the memory batch's share of the statistics (``stats_grad``, as the
+    official ``RobustBN``); then the teacher's affine parameters move by ``nu`` towards the student's (buffers are not averaged).
     The prediction returned for a batch is the teacher's before the updates its samples trigger. The
     number of classes is the width of the teacher's output at the first batch.
 
@@ -73,9 +74,7 @@ class RoTTA(GradientMethod):
     Departures from the official code, on purpose: the model is never switched to ``train()`` (the
     policy layers adapt by their ``paused`` flag; dropout stays off); the EMA averages the affine
     parameters only (every other parameter is frozen and equal in teacher and student; the official
-    average over all parameters changes them only by rounding); the policy layers keep their statistics
-    detached (``rbn`` too), where the official ``RobustBN`` lets the student's gradient flow through the
-    ``alpha``-weighted batch statistics; a non-finite loss or gradient skips the step, and a sample with a
+    average over all parameters changes them only by rounding); a non-finite loss or gradient skips the step, and a sample with a
     non-finite value or prediction is kept out of the memory (it still counts towards the next update;
     both logged), where the official code would carry the NaN into every later update.
     """

@@ -27,12 +27,11 @@ class Tent(GradientMethod):
     forward that gave the loss, before the step (detached from the graph); with ``steps > 1`` that of
     the last step, as the official code. ``episodic`` resets everything before each batch.
 
-    Tent sets ``stats_grad`` on the layers: over ``tbn`` the gradient flows through the batch statistics,
-    which makes it equal to the official code (train-mode BatchNorm without running statistics). Over
-    the other policies the statistics stay detached, a documented choice: ``adabn``, ``momentum_decay``,
-    ``rbn`` and ``unmix_tns`` hold state from earlier batches, ``source`` has no batch statistics, and
-    ``alpha_bn`` keeps its mix detached too. Each step is one adapting forward, so a stateful policy
-    updates once per step.
+    The layers' ``stats_grad`` is set (:meth:`GradientMethod.train_affine`): over ``tbn`` the gradient
+    flows through the batch statistics, which makes it equal to the official code (train-mode BatchNorm
+    without running statistics); over the other policies through the batch's (or instance's) share of
+    their statistics, as the official UnMix-TNS layers under Tent (``NormPolicy`` doc). Each step is one
+    adapting forward, so a stateful policy updates once per step.
 
     Departures, on purpose: the model is not switched to ``train()`` (dropout stays off; the layers
     adapt in any mode); every policy layer trains (BatchNorm1d/2d/3d, SyncBatchNorm), where the official
@@ -56,9 +55,6 @@ class Tent(GradientMethod):
         self.lr, self.beta1, self.beta2, self.weight_decay = lr, beta1, beta2, weight_decay
         self.steps, self.episodic = steps, episodic
         self.train_affine(lr=lr, betas=(beta1, beta2), weight_decay=weight_decay)
-        self.stats_grad_before = [layer.stats_grad for layer in self.layers]  # to undo on release
-        for layer in self.layers:
-            layer.stats_grad = True
         self.register_buffer("updates", torch.zeros((), dtype=torch.int64, device=self.initial_affine.device))
 
     def forward_and_adapt(self, x: Tensor) -> Tensor:
@@ -82,8 +78,6 @@ class Tent(GradientMethod):
         if not keep_adapted:
             self.restore_affine()
         self.restore_requires_grad()
-        for layer, flag in zip(self.layers, self.stats_grad_before):
-            layer.stats_grad = flag
         return self.model
 
     def extra_repr(self) -> str:

@@ -68,21 +68,21 @@ class AdaptiveBalanceBatchNorm(NormPolicy):
         return torch.where(step == 1, first, self.eta / (self.eta + (1 - m) ** kappa))
 
     def normalize(self, x: Tensor) -> Tensor:
+        mean, var = self.running_mean, self.running_var
         if self.adapting:
-            mean_b, var_b, n = batch_moments(x, self.stats_dtype)
+            grad = self.grad_through_stats(x)
+            mean_b, var_b, n = batch_moments(x, self.stats_dtype, grad=grad)
             if n >= 2:
                 ok = all_finite(mean_b, var_b)
                 step = self.step + 1
                 eta = self.next_eta(step)
                 rate = eta.to(self.stats_dtype)
-                self.commit(
-                    ok,
-                    step=step,
-                    eta=eta,
-                    running_mean=torch.lerp(self.running_mean, mean_b, rate),
-                    running_var=torch.lerp(self.running_var, var_b, rate),
-                )
-        return self.normalize_with(x, self.running_mean, self.running_var)
+                new_mean = torch.lerp(self.running_mean, mean_b, rate)
+                new_var = torch.lerp(self.running_var, var_b, rate)
+                if grad:
+                    mean, var = torch.where(ok, new_mean, mean), torch.where(ok, new_var, var)
+                self.commit(ok, step=step, eta=eta, running_mean=new_mean, running_var=new_var)
+        return self.normalize_with(x, mean, var)
 
     def reset(self) -> None:
         self.step.zero_()

@@ -32,12 +32,16 @@ class AdaBatchNorm(NormPolicy):
         self.register_buffer("target_m2", torch.zeros_like(self.source_mean, dtype=torch.float64))
 
     def normalize(self, x: Tensor) -> Tensor:
+        fresh = None
         if self.adapting:
-            mean_b, var_b, n = batch_moments(x, self.stats_dtype)
+            grad = self.grad_through_stats(x)
+            mean_b, var_b, n = batch_moments(x, self.stats_dtype, grad=grad)
             if n >= 2:
                 ok = all_finite(mean_b, var_b)
                 count, mean, m2 = merge_moments(self.count, self.target_mean, self.target_m2, n, mean_b, var_b)
                 self.commit(ok, count=count, target_mean=mean, target_m2=m2)
+                if grad:  # the pool, with this batch's share keeping its gradient
+                    fresh = ok, mean.to(self.stats_dtype), (m2 / count).to(self.stats_dtype)
         pooled = self.count >= 2
         if x.device.type == "cpu" and not torch.compiler.is_compiling():  # reading the count is free here
             mean, var = self.adapted_stats() if pooled else (self.source_mean, self.source_var)
@@ -45,6 +49,9 @@ class AdaBatchNorm(NormPolicy):
             mean, var = self.adapted_stats()
             mean = torch.where(pooled, mean, self.source_mean)
             var = torch.where(pooled, var, self.source_var)
+        if fresh is not None:
+            ok, new_mean, new_var = fresh
+            mean, var = torch.where(ok, new_mean, mean), torch.where(ok, new_var, var)
         return self.normalize_with(x, mean, var)
 
     def reset(self) -> None:

@@ -26,7 +26,7 @@ class AlphaBatchNorm(NormPolicy):
         self.alpha = alpha
 
     def normalize(self, x: Tensor) -> Tensor:
-        mean_b, var_b, n = batch_moments(x, self.stats_dtype)
+        mean_b, var_b, n = batch_moments(x, self.stats_dtype, grad=self.grad_through_stats(x))
         if n < 2:
             return self.normalize_with_source(x)
         mean = (1 - self.alpha) * self.source_mean + self.alpha * mean_b

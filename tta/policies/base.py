@@ -31,10 +31,13 @@ class NormPolicy(nn.Module):
     outside the module tree for :func:`tta.detach`, follows every cast and move, so the restored layer
     has the dtypes it would have had without adaptation.
 
-    ``stats_grad`` (default False) is the switch a gradient method sets (spec M0, M13): when True, a
-    policy whose statistics are the current batch's lets the gradient flow through them, as train-mode
-    BatchNorm does. Only ``tbn`` honours it; every other policy keeps its statistics detached, because
-    they are (partly) state carried over from earlier batches, which a gradient cannot reach.
+    ``stats_grad`` (default False) is the switch a gradient method sets (spec M0, M13): when True, the
+    gradient flows through the current batch's (or instance's) share of the statistics that normalize
+    it, as in train-mode BatchNorm (``tbn``, official Tent) and in the official layers the other policies
+    come from (RoTTA's ``RobustBN``: the batch term of its momentum mix; UnMix-TNS and NOTE's IABN: the
+    instance statistics, with UnMix-TNS's assignments detached). State carried over from earlier batches
+    is a constant to the gradient, and the state buffers themselves never join a graph. ``source`` has
+    no batch statistics, so nothing changes there.
     """
 
     stats_grad: bool = False
@@ -69,6 +72,10 @@ class NormPolicy(nn.Module):
     def stats_dtype(self) -> torch.dtype:
         """The dtype the statistics are kept and computed in (class doc)."""
         return self.source_mean.dtype
+
+    def grad_through_stats(self, x: Tensor) -> bool:
+        """Whether this forward's batch statistics keep their gradient (``stats_grad``, class doc)."""
+        return self.stats_grad and x.requires_grad and torch.is_grad_enabled()
 
     @property
     def adapting(self) -> bool:
@@ -150,7 +157,7 @@ class NormPolicy(nn.Module):
             raise ValueError(f"{self.describe()}: empty batch of shape {tuple(x.shape)}")
 
     def commit(self, ok: Tensor, **values: Tensor) -> None:
-        """Write each new value into the buffer of that name where ``ok`` (a 0-dim bool) holds.
+        """Write each new value into the buffer of that name where ``ok`` (a 0-dim bool) holds (detached).
 
         On an accelerator ``torch.where`` keeps the check on the device (no host sync); on the CPU,
         where reading ``ok`` costs nothing, a plain branch saves one kernel per buffer. Under
@@ -159,11 +166,11 @@ class NormPolicy(nn.Module):
         if ok.device.type == "cpu" and not torch.compiler.is_compiling():
             if bool(ok):
                 for name, value in values.items():
-                    getattr(self, name).copy_(value)
+                    getattr(self, name).copy_(value.detach())
             return
         for name, value in values.items():
             buffer = getattr(self, name)
-            buffer.copy_(torch.where(ok, value.to(buffer.dtype), buffer))
+            buffer.copy_(torch.where(ok, value.detach().to(buffer.dtype), buffer))
 
     def restore_original(self, keep_adapted: bool = False) -> _BatchNorm:
         """The original layer with the source statistics in its buffers, or with the adapted ones.

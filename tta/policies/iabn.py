@@ -42,8 +42,9 @@ class InstanceAwareBatchNorm(NormPolicy):
 
     Departures from the official code, on purpose: the running estimate is updated from the incoming
     batch (NOTE updates it from its class-balanced memory every 64 samples, a model-level part, spec M8),
-    and a batch with one value per channel updates nothing. Statistics carry no gradient (spec M0; the
-    official layer backpropagates through the instance statistics).
+    and a batch with one value per channel updates nothing. Under a gradient method (``stats_grad``) the
+    gradient flows through the instance statistics, as in the official layer; otherwise they carry none
+    (spec M0).
     """
 
     def __init__(
@@ -73,7 +74,7 @@ class InstanceAwareBatchNorm(NormPolicy):
         if length <= 1:
             out = self.normalize_with(x, mean_b, var_b)
         else:
-            mean_i, var_i = instance_moments(x, self.stats_dtype)  # (B, C), biased
+            mean_i, var_i = instance_moments(x, self.stats_dtype, grad=self.grad_through_stats(x))  # (B, C), biased
             var_i = unbiased(var_i, length)
             scale = var_b + self.eps
             mean = mean_b + softshrink(mean_i - mean_b, self.k * torch.sqrt(scale / length))

@@ -60,19 +60,20 @@ class MomentumDecayBatchNorm(NormPolicy):
                 "use the return value (model = tta.adapt(model, 'momentum_decay', augment=...))",
                 stacklevel=2,
             )
+        mean, var = self.running_mean, self.running_var
         if self.adapting:
-            mean_b, var_b, n = batch_moments(x, self.stats_dtype)
+            grad = self.grad_through_stats(x)
+            mean_b, var_b, n = batch_moments(x, self.stats_dtype, grad=grad)
             if n >= 2:
                 ok = all_finite(mean_b, var_b)
                 step = self.step + 1
                 m = self.current_momentum(step).to(self.stats_dtype)
-                self.commit(
-                    ok,
-                    step=step,
-                    running_mean=torch.lerp(self.running_mean, mean_b, m),
-                    running_var=torch.lerp(self.running_var, unbiased(var_b, n), m),
-                )
-        return self.normalize_with(x, self.running_mean, self.running_var)
+                new_mean = torch.lerp(self.running_mean, mean_b, m)
+                new_var = torch.lerp(self.running_var, unbiased(var_b, n), m)
+                if grad:
+                    mean, var = torch.where(ok, new_mean, mean), torch.where(ok, new_var, var)
+                self.commit(ok, step=step, running_mean=new_mean, running_var=new_var)
+        return self.normalize_with(x, mean, var)
 
     def reset(self) -> None:
         self.step.zero_()

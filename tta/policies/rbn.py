@@ -31,16 +31,18 @@ class RobustBatchNorm(NormPolicy):
         self.register_buffer("global_var", self.source_var.clone())
 
     def normalize(self, x: Tensor) -> Tensor:
+        mean, var = self.global_mean, self.global_var
         if self.adapting:
-            mean_b, var_b, n = batch_moments(x, self.stats_dtype)
+            grad = self.grad_through_stats(x)
+            mean_b, var_b, n = batch_moments(x, self.stats_dtype, grad=grad)
             if n >= 2:
                 ok = all_finite(mean_b, var_b)
-                self.commit(
-                    ok,
-                    global_mean=torch.lerp(self.global_mean, mean_b, self.alpha),
-                    global_var=torch.lerp(self.global_var, var_b, self.alpha),
-                )
-        return self.normalize_with(x, self.global_mean, self.global_var)
+                new_mean = torch.lerp(self.global_mean, mean_b, self.alpha)
+                new_var = torch.lerp(self.global_var, var_b, self.alpha)
+                if grad:  # the batch term keeps its gradient, as in the official RobustBN
+                    mean, var = torch.where(ok, new_mean, mean), torch.where(ok, new_var, var)
+                self.commit(ok, global_mean=new_mean, global_var=new_var)
+        return self.normalize_with(x, mean, var)
 
     def reset(self) -> None:
         self.global_mean.copy_(self.source_mean)

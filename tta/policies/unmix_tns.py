@@ -71,7 +71,7 @@ class UnMixTNS(NormPolicy):
     def normalize(self, x: Tensor) -> Tensor:
         if x.dim() < 3 or x[0, 0].numel() < 2:
             return self.normalize_with_source(x)
-        inst_mean, inst_var = instance_moments(x, self.stats_dtype)  # (B, C)
+        inst_mean, inst_var = instance_moments(x, self.stats_dtype, grad=self.grad_through_stats(x))  # (B, C)
         p, mean, var = self.mixture_statistics(inst_mean, inst_var)
         # 4. normalize with the components before this batch's update
         out = normalize_per_instance(x, mean, var, *self.affine(), self.eps)
@@ -89,7 +89,7 @@ class UnMixTNS(NormPolicy):
         comp_mean, comp_var = self.component_mean, self.component_var  # (K, C)
         k = comp_mean.shape[0]
         # 1. soft assignment of each instance to the components by cosine similarity of means
-        cosine = F.normalize(inst_mean, dim=1) @ F.normalize(comp_mean, dim=1).T
+        cosine = F.normalize(inst_mean.detach(), dim=1) @ F.normalize(comp_mean, dim=1).T  # no gradient
         p = torch.softmax(cosine / self.temperature, dim=1)
         q = 1 - p
         p_mean = p.mean(dim=1, keepdim=True)  # (B, 1)

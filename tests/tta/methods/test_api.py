@@ -3,6 +3,7 @@ and dropout, the global RNG, inference mode, nesting in a bigger model, casts.""
 
 from __future__ import annotations
 
+import copy
 import numpy as np
 import pytest
 import torch
@@ -115,17 +116,71 @@ def test_tbn_with_stats_grad_has_the_gradient_of_train_mode_batchnorm() -> None:
     assert not torch.allclose(detached_stats[0], expected[0], atol=1e-3)  # the switch matters for x
 
 
-@pytest.mark.parametrize("policy", [p for p in tta.policies() if p != "tbn"])
-def test_other_policies_keep_their_statistics_detached_whatever_stats_grad_says(policy: str) -> None:
-    x = inputs("small_cnn", 4, 0).requires_grad_()
-    results = []
-    for stats_grad in (False, True):
-        model = tta.adapt(build("small_cnn"), policy)
-        for _, layer in tta.policy_layers(model):
-            layer.stats_grad = stats_grad
-        results.append(torch.autograd.grad(model(x).square().sum(), [x, *model.parameters()]))
-    for a, b in zip(*results):
-        assert torch.equal(a, b)
+def plain_normalize(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
+    """The normalization written out, differentiable in the statistics; per channel or per (instance, channel)."""
+    view = (*mean.shape, 1, 1) if mean.dim() == 2 else (1, -1, 1, 1)
+    return (x - mean.view(view)) / torch.sqrt(var.view(view) + bn.eps) * bn.weight.view(1, -1, 1, 1) + bn.bias.view(
+        1, -1, 1, 1
+    )
+
+
+def batch_stats(x: torch.Tensor, unbiased: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return x.mean(dim=(0, 2, 3)), x.var(dim=(0, 2, 3), unbiased=unbiased)
+
+
+def instance_stats(x: torch.Tensor, unbiased: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return x.mean(dim=(2, 3)), x.var(dim=(2, 3), unbiased=unbiased)
+
+
+def rbn_mix(x: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoTTA's RobustBN: the source statistics moved by alpha = 0.05 towards the batch's (biased)."""
+    mean, var = batch_stats(x, unbiased=False)
+    return 0.95 * bn.running_mean + 0.05 * mean, 0.95 * bn.running_var + 0.05 * var
+
+
+# policy, options, the statistics of the first adapting forward written out with autograd (spec M2-M12
+# at options where they reduce to plain batch or instance statistics, and rbn's mix at its default).
+STATS_WITH_GRADIENT = [
+    ("tbn", {}, lambda x, bn: batch_stats(x, unbiased=False)),
+    ("adabn", {}, lambda x, bn: batch_stats(x, unbiased=False)),  # the first batch is the whole pool
+    ("alpha_bn", {"alpha": 1.0}, lambda x, bn: batch_stats(x, unbiased=True)),
+    ("momentum_decay", {"momentum": 1.0, "decay": 1.0, "min_momentum": 0.0}, lambda x, bn: batch_stats(x, True)),
+    ("rbn", {"alpha": 1.0}, lambda x, bn: batch_stats(x, unbiased=False)),
+    ("rbn", {}, rbn_mix),
+    ("adab2n", {"momentum": 1.0, "kappa": 1.0}, lambda x, bn: batch_stats(x, unbiased=False)),
+    ("iabn", {"k": 0.0}, lambda x, bn: instance_stats(x, unbiased=True)),  # no shrinkage: instance statistics
+    ("unmix_tns", {"num_components": 1}, lambda x, bn: instance_stats(x, unbiased=False)),  # p = 1: the instance
+    ("source", {}, lambda x, bn: (bn.running_mean, bn.running_var)),
+]
+
+
+@pytest.mark.parametrize(("policy", "options", "statistics"), STATS_WITH_GRADIENT)
+def test_stats_grad_lets_the_gradient_through_the_batch_share_of_the_statistics(
+    policy: str, options: dict, statistics
+) -> None:
+    """With ``stats_grad`` the gradient w.r.t. the input and the affine parameters is that of the
+    normalization with the statistics written out differentiably; without it, the statistics are constants."""
+    bn = give_source_statistics(nn.BatchNorm2d(5))
+    assert tta.registry.get_policy(policy)  # registered
+    x = (torch.randn(4, 5, 3, 3, generator=torch.Generator().manual_seed(0)) * 2 + 1).requires_grad_()
+    weight = torch.linspace(-1, 1, 180).view(4, 5, 3, 3)
+
+    def grads(out: torch.Tensor) -> list[torch.Tensor]:
+        return list(torch.autograd.grad((out * weight).sum(), [x, bn.weight, bn.bias]))
+
+    mean, var = statistics(x, bn)
+    expected = grads(plain_normalize(x, mean, var, bn))
+    constant = grads(plain_normalize(x, mean.detach(), var.detach(), bn))
+    for stats_grad, want in ((True, expected), (False, constant)):
+        layer = tta.adapt(nn.Sequential(copy.deepcopy(bn)), policy, **options)[0]
+        layer.weight, layer.bias = bn.weight, bn.bias  # the same parameters as the expectation's
+        layer.stats_grad = stats_grad
+        for got, value in zip(grads(layer(x)), want):
+            torch.testing.assert_close(got, value, rtol=1e-4, atol=1e-5)
+        for buffer in layer.buffers():
+            assert not buffer.requires_grad, "a state buffer joined the graph"
+    if policy != "source":
+        assert not torch.allclose(expected[0], constant[0], atol=1e-3)  # the switch matters for x
 
 
 def test_dropout_stays_off_under_tent() -> None:

@@ -253,8 +253,7 @@ def test_the_number_of_classes_comes_from_the_first_output() -> None:
 class PlainRobustBN(torch.nn.Module):
     """The official ``RobustBN2d`` written plainly: in train mode, blend the batch statistics (biased)
     into the global ones with ``alpha`` and normalize with the result; in eval mode, normalize with the
-    global ones. The batch statistics are detached here, as tta's policy layers keep them (the one
-    departure from the official layer, said in the RoTTA docstring)."""
+    global ones, the student's gradient flowing through the batch term; the stored state is detached."""
 
     def __init__(self, bn: torch.nn.BatchNorm2d, alpha: float = 0.05) -> None:
         super().__init__()
@@ -264,12 +263,14 @@ class PlainRobustBN(torch.nn.Module):
         self.mean, self.var = bn.running_mean.clone(), bn.running_var.clone()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean, var = self.mean, self.var
         if self.training:
-            var, mean = torch.var_mean(x.detach(), dim=[0, 2, 3], correction=0)
-            self.mean = (1 - self.alpha) * self.mean + self.alpha * mean
-            self.var = (1 - self.alpha) * self.var + self.alpha * var
+            batch_var, batch_mean = torch.var_mean(x, dim=[0, 2, 3], correction=0)
+            mean = (1 - self.alpha) * self.mean + self.alpha * batch_mean
+            var = (1 - self.alpha) * self.var + self.alpha * batch_var
+            self.mean, self.var = mean.detach(), var.detach()
         shape = (1, -1, 1, 1)
-        x = (x - self.mean.view(shape)) / torch.sqrt(self.var.view(shape) + self.eps)
+        x = (x - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
         return x * self.weight.view(shape) + self.bias.view(shape)
 
 

@@ -26,11 +26,11 @@ def hand_tent(
     The reference is a plainly adapted model whose layers let the gradient through their batch
     statistics (the switch Tent sets); the step never goes through tta.methods.
     """
-    model = tta.adapt(build(model_name), policy)
+    model = tta.adapt(build(model_name), policy).requires_grad_(False)  # only the affine parameters train
     layers = [layer for _, layer in tta.policy_layers(model)]
     for layer in layers:
         layer.stats_grad = True
-    params = [p for layer in layers for p in (layer.weight, layer.bias)]
+    params = [p.requires_grad_() for layer in layers for p in (layer.weight, layer.bias)]
     m = [torch.zeros_like(p) for p in params]
     v = [torch.zeros_like(p) for p in params]
     (beta1, beta2), eps = betas, 1e-8
