@@ -65,7 +65,7 @@ class DUA(Method):
     ``copies`` augmentations (the official code adapts one image at a time: call with B = 1 for that);
     the update pass normalizes as the policy does (``momentum_decay``: with its updated running
     statistics), where official train-mode BatchNorm normalizes the copies with their own batch
-    statistics, so deeper layers see slightly different features while they update. The padding is zero in
+    statistics, so deeper layers see other features while they update. The padding is zero in
     the model's input space: black, as the official padding of the image before normalization, for models
     that take unnormalized images (the bundled and benchmark models).
     """

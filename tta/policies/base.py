@@ -198,7 +198,6 @@ class NormPolicy(nn.Module):
         return f"{self.num_features}, eps={self.eps}"
 
 
-
 @contextlib.contextmanager
 def pausing(modules: Iterable[nn.Module]) -> Iterator[None]:
     """Inside, every module's ``paused`` flag (policy layers, methods) is True; each gets its own value back
