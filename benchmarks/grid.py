@@ -288,6 +288,9 @@ def parse_options(
             )
         if not in_grid:
             raise ValueError(f"option {text!r}: {kind} {name!r} is not among {flag}")
+        retired = tta.get_policy(name).retired_option(key, value) if kind == "policy" else None
+        if retired is not None:
+            raise ValueError(f"option {text!r}: {retired}")
         if key not in accepted:
             takes = ", ".join(f"{k}={v!r}" for k, v in accepted.items()) or "no options"
             raise ValueError(f"option {text!r}: {kind} {name!r} has no option {key!r}; it takes: {takes}")

@@ -94,6 +94,54 @@ axis.legend(fontsize=8)
 plt.show()"""
     ),
     new_markdown_cell(
+        """## A policy alone, under Tent and under RoTTA
+
+A method stacks on a policy (`tta.attach_method`, README "Methods"): Tent trains the normalization
+layers' affine parameters by entropy minimization, one Adam step per batch; RoTTA predicts with a
+teacher and refreshes the statistics only from a category-balanced memory. As in the UnMix-TNS paper's
+tables, each of three policies is run alone (method `none`), under Tent and under RoTTA, on i.i.d. and
+Dirichlet δ = 0.1 streams (setting `single`, at most 2,000 images per corruption to keep this quick)."""
+    ),
+    new_code_cell(
+        """METHODS = ["none", "tent", "rotta"]
+METHOD_POLICIES = ["tbn", "rbn", "unmix_tns"]
+METHOD_ORDERS = ["iid", "dirichlet:0.1"]
+method_n = min(N_EXAMPLES, 2000)
+method_error = {}  # (method, policy, order) -> mean error over corruptions, in percent
+for order in METHOD_ORDERS:
+    stream = streams.Stream(source, corruptions=corruptions, severities=SEVERITY, order=order,
+                            setting="single", batch_size=BATCH_SIZE, n_examples=method_n, seed=SEED)
+    learners = {(m, p): evaluate.learner_copy(model, m, p, seed=SEED) for m in METHODS for p in METHOD_POLICIES}
+    for (m, p), per_domain in evaluate.evaluate_stream(learners, stream).items():
+        method_error[m, p, order] = statistics.fmean(t.error for t in per_domain.values())
+
+for order in METHOD_ORDERS:
+    print(f"{order}: mean error (%) over {len(corruptions)} corruptions, {method_n} images each")
+    print(tabulate([[m, *(f"{method_error[m, p, order]:.1f}" for p in METHOD_POLICIES)] for m in METHODS],
+                   headers=["method", *METHOD_POLICIES], tablefmt="github"))
+    print()"""
+    ),
+    new_markdown_cell(
+        """What the tables showed at the default size (15 corruptions, 2,000 images each, seed 0; a run took
+40 minutes on one thread of a 2-core machine at load average 10):
+
+| method | tbn iid | tbn δ=0.1 | rbn iid | rbn δ=0.1 | unmix_tns iid | unmix_tns δ=0.1 |
+|---|--:|--:|--:|--:|--:|--:|
+| none | 20.6 | 57.4 | 28.0 | 30.9 | 48.4 | 48.8 |
+| tent | 20.3 | 57.6 | 29.1 | 32.0 | 52.2 | 52.0 |
+| rotta | 20.6 | 57.4 | 29.1 | 28.5 | 49.3 | 50.0 |
+
+- **The policy decides the robustness to label correlation; a method on top moves it by a few points.**
+  `tbn` loses 37 points from i.i.d. to δ = 0.1 whatever the method; `rbn` and `unmix_tns` lose 3 and 0.4
+  alone.
+- **RoTTA needs a policy with state.** Over `rbn` (RoTTA itself) it is the only combination that gains
+  under correlation (30.9 → 28.5, below its own i.i.d. error), because the statistics are refreshed from
+  the category-balanced memory only. Over `tbn` it changes nothing: each batch is still normalized with
+  its own statistics, the teacher's included.
+- **Tent helps little on streams this short** (about 30 steps per corruption): −0.3 points over `tbn`
+  i.i.d., and it costs 1 point over `rbn` and 3-4 over `unmix_tns`, on both orders."""
+    ),
+    new_markdown_cell(
         """## Drift of the adapted statistics from the source statistics
 
 One continual stream (the corruptions one after another, no reset, Dirichlet δ = 0.1). After every

@@ -9,7 +9,6 @@ __version__ = "0.2.0.dev0"
 
 from tta import policies as _policies  # noqa: F401  (registers the policies)
 from tta.api import adapt, attach_method, detach, paused, policy_layers, reset
-from tta.augment import AugmentedUpdate
 from tta.methods.base import Method
 from tta.policies.base import NormPolicy
 from tta.registry import (
@@ -25,7 +24,6 @@ from tta.registry import (
 
 __all__ = [
     "__version__",
-    "AugmentedUpdate",
     "Method",
     "NormPolicy",
     "adapt",

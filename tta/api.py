@@ -1,7 +1,7 @@
 """The user-facing calls: adapt, attach_method, reset, detach, paused, policy_layers (spec M0, M13).
 
 ``reset``, ``detach`` and ``paused`` act on every module of the tree that holds adaptation state: the
-policy layers, a DUA wrapper and a method (a learner), wherever they sit.
+policy layers and a method (a learner), wherever they sit.
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from tta.augment import AugmentedUpdate
 from tta.methods.base import Method
-from tta.policies.base import NormPolicy
+from tta.policies.base import NormPolicy, pausing
 from tta.registry import check_method_options, check_options, get_method, get_policy
 from tta.surgery import check_replaceable, is_batchnorm, post_norm_of, replace_modules
 
@@ -24,10 +23,9 @@ def adapt(model: nn.Module, policy: str, **options: object) -> nn.Module:
     """Replace every BatchNorm layer of ``model`` in place with ``policy``'s layer; return the model.
 
     Options are the policy's keyword arguments (spec M8b), checked for name, type and range before
-    anything changes. If ``model`` is itself a BatchNorm layer, the returned module is its replacement.
-    ``momentum_decay`` with ``augment > 0`` returns the model wrapped in
-    :class:`tta.augment.AugmentedUpdate` (DUA's protocol): use the return value. The state is created
-    as ordinary tensors even inside ``torch.inference_mode()``, so the model adapts outside it too.
+    anything changes. If ``model`` is itself a BatchNorm layer, the returned module is its replacement;
+    otherwise it is ``model`` itself. The state is created as ordinary tensors even inside
+    ``torch.inference_mode()``, so the model adapts outside it too.
     """
     layer_class = get_policy(policy)
     options = check_options(policy, options)
@@ -48,8 +46,7 @@ def adapt(model: nn.Module, policy: str, **options: object) -> nn.Module:
         return layer_class(bn, layer_index=next(index), post_norm=post_norm_of(bn), **options)
 
     with torch.inference_mode(False):
-        adapted = replace_modules(model, is_batchnorm, build)
-        return layer_class.wrap_model(adapted, **options)
+        return replace_modules(model, is_batchnorm, build)
 
 
 def attach_method(model: nn.Module, method: str, **options: object) -> Method:
@@ -78,13 +75,13 @@ def _require_layers(model: nn.Module) -> list[NormPolicy]:
 
 
 def reset(model: nn.Module) -> None:
-    """Return every policy layer, a DUA wrapper and a method to their state right after attach, bit for bit.
+    """Return every policy layer and a method to their state right after attach, bit for bit.
 
     For a learner (:func:`attach_method`) that includes the trained parameters and the optimizer state.
     """
     _require_layers(model)
     for module in model.modules():
-        if isinstance(module, (NormPolicy, AugmentedUpdate, Method)):
+        if isinstance(module, (NormPolicy, Method)):
             module.reset()
 
 
@@ -95,7 +92,7 @@ def detach(model: nn.Module, *, keep_adapted: bool = False) -> nn.Module:
     statistics. ``keep_adapted=True`` instead bakes the statistics each layer holds now into the
     restored layers' running statistics: a plain BatchNorm model that normalizes as the adapted one
     did at this moment, for deployment or export (a stateless policy has none: ValueError, and the
-    model is left adapted). An :class:`AugmentedUpdate` wrapper is removed and its inner model returned.
+    model is left adapted).
 
     A method (learner) is removed first, wherever it sits, and undoes what it changed
     (:meth:`Method.release`): Tent restores the affine parameters' values at attach (with
@@ -109,8 +106,6 @@ def detach(model: nn.Module, *, keep_adapted: bool = False) -> nn.Module:
             "with each batch or the source), so there are none to keep; the model stays adapted"
         )
     model = replace_modules(model, lambda m: isinstance(m, Method), lambda _, method: method.release(keep_adapted))
-    if isinstance(model, AugmentedUpdate):
-        model = model.model
     return replace_modules(
         model, lambda m: isinstance(m, NormPolicy), lambda _, layer: layer.restore_original(keep_adapted)
     )
@@ -124,12 +119,5 @@ def paused(model: nn.Module) -> Iterator[nn.Module]:
     normalization, not an update. Flags are restored on exit, also after an exception.
     """
     _require_layers(model)
-    flagged = [m for m in model.modules() if isinstance(m, (NormPolicy, Method))]
-    before = [m.paused for m in flagged]
-    for m in flagged:
-        m.paused = True
-    try:
+    with pausing(m for m in model.modules() if isinstance(m, (NormPolicy, Method))):
         yield model
-    finally:
-        for m, was_paused in zip(flagged, before):
-            m.paused = was_paused

@@ -79,8 +79,14 @@ def policy_options(name: str) -> dict[str, object]:
 def check_options(name: str, options: dict[str, object]) -> dict[str, object]:
     """Check a policy's option names, types and ranges (:mod:`tta.options`); return plain values.
 
-    Raises ValueError for an unknown option or a value out of range, TypeError for a wrong type.
+    Raises ValueError for an unknown option or a value out of range, TypeError for a wrong type; an option
+    the policy no longer takes gets the policy's own message (:meth:`NormPolicy.retired_option`).
     """
+    layer_class = _POLICIES.get(name)
+    for option, value in options.items():
+        message = layer_class.retired_option(option, value)
+        if message is not None:
+            raise ValueError(message)
     return _POLICIES.check_options(name, options)
 
 

@@ -223,7 +223,7 @@ def test_run_on_a_state_dict_with_arch_gives_the_bundled_models_rows(tmp_path, f
 
 @pytest.mark.parametrize(
     "option",
-    ["rbn.alpha=abc", "rbn.alpha=None", "momentum_decay.augment=1.5", "unmix_tns.temperature=nan"],
+    ["rbn.alpha=abc", "rbn.alpha=None", "momentum_decay.decay=1.5", "unmix_tns.temperature=nan"],
 )
 def test_a_bad_option_value_is_one_error_before_anything_is_written(tmp_path, cache_dir, capsys, option):
     policy = option.split(".")[0]
@@ -456,11 +456,12 @@ def with_methods(tmp_path_factory, cache_dir) -> tuple[Path, str]:
     return out, printed.getvalue()
 
 
-def _hand_built_errors(cache_dir: Path, method: str, policy: str) -> dict[str, int]:
+def _hand_built_errors(cache_dir: Path, method: str, policy: str,
+                       corruptions: tuple[str, ...] = ("brightness", "contrast"), **options: object) -> dict[str, int]:
     """Misclassified images per corruption of ``method`` over ``policy``, by hand: adapt, attach, and walk
     the stream's episodes resetting the learner before each (no benchmark code, no no_grad)."""
-    learner = tta.attach_method(tta.adapt(load_bundled_model().eval(), policy), method)
-    stream = streams.Stream(streams.fashion_mnist("test"), corruptions=["brightness", "contrast"], severities=5,
+    learner = tta.attach_method(tta.adapt(load_bundled_model().eval(), policy), method, **options)
+    stream = streams.Stream(streams.fashion_mnist("test"), corruptions=list(corruptions), severities=5,
                             order="iid", setting="single", batch_size=50, n_examples=200, seed=0,
                             cache_dir=cache_dir)
     errors = {}
@@ -493,6 +494,17 @@ def test_the_tent_rows_equal_a_hand_built_tent_loop_on_the_same_stream(with_meth
     got = {r["corruption"]: r["errors"] for r in read_rows(out / "results.jsonl")
            if (r["method"], r["policy"]) == ("tent", policy)}
     assert got == _hand_built_errors(cache_dir, "tent", policy)
+
+
+def test_dua_runs_in_the_grid_with_its_options_as_a_hand_built_loop(tmp_path, cache_dir):
+    args = [*SMALL, "--order", "iid", "--corruptions", "brightness", "--policies", "momentum_decay",
+            "--methods", "dua", "--option", "dua.copies=4"]
+    assert cli.main(["run", *args, "--cache-dir", str(cache_dir), "--out", str(tmp_path / "out")]) == 0
+    rows = read_rows(tmp_path / "out" / "results.jsonl")
+    assert [(r["method"], r["policy"], r["method_options"]) for r in rows] == [
+        ("dua", "momentum_decay", {"copies": 4})]
+    expected = _hand_built_errors(cache_dir, "dua", "momentum_decay", ("brightness",), copies=4, seed=0)
+    assert {rows[0]["corruption"]: rows[0]["errors"]} == expected
 
 
 def test_a_method_grid_names_the_method_in_each_line_and_reports_a_line_per_method(with_methods, capsys):

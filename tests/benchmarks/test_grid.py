@@ -169,6 +169,14 @@ def test_a_row_without_method_is_the_none_methods_row():
     assert grid.row_key({**row, "method": "tent"})[0] == "tent"
 
 
+def test_dua_is_a_method_of_the_grid_and_momentum_decay_augment_names_it():
+    config = small(methods="none,dua", policies="momentum_decay", options=["dua.copies=4", "dua.seed=2"])
+    assert config.methods == ("none", "dua") and config.options == {"dua": {"copies": 4, "seed": 2}}
+    with pytest.raises(ValueError, match=r"'momentum_decay.augment=8': momentum_decay no longer takes augment=8; "
+                                         r"DUA is a method: .* --methods dua --option dua.copies=N"):
+        small(policies="momentum_decay", options=["momentum_decay.augment=8"])
+
+
 def test_method_options_share_the_policies_namespace():
     config = small(methods="none,tent", options=["tent.lr=1e-4", "tent.steps=2", "alpha_bn.alpha=0.2"],
                    policies="tbn,alpha_bn")

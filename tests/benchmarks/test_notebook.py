@@ -30,6 +30,7 @@ def test_the_notebook_executes_at_a_small_size(tmp_path, monkeypatch):
     monkeypatch.setenv("TTA_NB_CORRUPTIONS", "brightness,contrast")
     monkeypatch.setenv("TTA_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("PYTHONPATH", str(EXAMPLES.parent))  # the kernel imports this checkout, not an installed copy
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     client = NotebookClient(notebook, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
@@ -37,6 +38,12 @@ def test_the_notebook_executes_at_a_small_size(tmp_path, monkeypatch):
         output.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
     )
     assert f"{len(tta.policies())} policies, 2 corruptions, 200 images each" in text
+    # the methods section: a table per order, a row per method, a column per policy
+    for order in ("iid", "dirichlet:0.1"):
+        table = text[text.index(f"{order}: mean error (%) over 2 corruptions, 200 images each"):].split("\n\n")[0]
+        rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| ")]
+        assert [[c.strip() for c in row] for row in rows][0] == ["method", "tbn", "rbn", "unmix_tns"]
+        assert [row[0].strip() for row in rows[1:]] == ["none", "tent", "rotta"]
     # the drift figure covers exactly the stateful policies
     final = [o for o in notebook.cells[-1].outputs if o.get("name") == "stdout"][-1]["text"]
     assert all(name in final for name in ("adabn", "momentum_decay", "rbn", "unmix_tns"))

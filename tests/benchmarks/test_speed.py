@@ -77,3 +77,12 @@ def test_speed_refuses_an_unknown_method_and_an_option_of_a_method_not_timed(cap
     assert "warp" in capsys.readouterr().err
     assert cli.main(["speed", "--policies", "tbn", "--option", "tent.lr=0.1"]) == 2
     assert "not among --methods" in capsys.readouterr().err
+
+
+def test_speed_times_dua_with_its_options(capsys):
+    assert cli.main(["speed", "--methods", "dua", "--policies", "momentum_decay", "--option", "dua.copies=2",
+                     "--batch-size", "4", "--warmup", "0", "--repeats", "1", "--batches-per-repeat", "1",
+                     "--device", "cpu"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert [[c.strip() for c in line.split("|")[1:3]] for line in lines] == [
+        ["method", "policy"], ["dua", "momentum_decay"]]

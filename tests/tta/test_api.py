@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 
 import pytest
 import timm.layers
@@ -24,7 +23,7 @@ def test_options_and_defaults_are_those_of_the_spec() -> None:
     assert tta.policy_options("alpha_bn") == {"alpha": 0.1}
     assert tta.policy_options("rbn") == {"alpha": 0.05}
     assert tta.policy_options("momentum_decay") == {
-        "momentum": 0.1, "decay": 0.94, "min_momentum": 0.005, "augment": 0,
+        "momentum": 0.1, "decay": 0.94, "min_momentum": 0.005,
     }
     assert tta.policy_options("unmix_tns") == {
         "num_components": 16, "temperature": 0.07, "init_spread": 0.5, "batch_size_max": 64, "seed": 0,
@@ -220,26 +219,3 @@ def test_adabn_skips_batches_with_one_value_per_channel() -> None:
     with torch.no_grad():
         model(inputs("mlp_bn1d", 2))
     assert int(tta.policy_layers(model)[0][1].count) == 2
-
-
-def test_augment_is_refused_for_a_model_without_image_batchnorm() -> None:
-    model = build("mlp_bn1d")
-    with pytest.raises(ValueError, match="only BatchNorm1d layers, so its inputs are not images"):
-        tta.adapt(model, "momentum_decay", augment=2)
-    assert not tta.policy_layers(model)
-    wrapped = tta.adapt(build("small_cnn"), "momentum_decay", augment=2)
-    with pytest.raises(ValueError, match=r"augments image batches \(N, C, H, W\); got input of shape \(4, 3\)"):
-        wrapped(torch.randn(4, 3))
-
-
-def test_calling_the_model_instead_of_the_augmenting_wrapper_warns() -> None:
-    model = build("small_cnn")
-    wrapped = tta.adapt(model, "momentum_decay", augment=2)
-    x = inputs("small_cnn", 2)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        with torch.no_grad():
-            wrapped(x)  # the documented use: no warning
-    with pytest.warns(UserWarning, match="without the AugmentedUpdate wrapper that tta.adapt returned"):
-        with torch.no_grad():
-            model(x)

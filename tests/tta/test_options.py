@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 import numpy as np
@@ -20,7 +21,6 @@ CASES = [
     ("momentum_decay", "momentum", ["x"], [-0.1, 1.1, float("nan")], [0.0, 0.5]),
     ("momentum_decay", "decay", [None], [0.0, -0.5, 1.01, float("nan")], [1e-6, 1, 0.94]),
     ("momentum_decay", "min_momentum", [False], [-0.001, 1.5], [0.0, 0.005]),
-    ("momentum_decay", "augment", [1.5, 2.0, "2", True], [-1], [0, np.int64(2)]),
     ("unmix_tns", "num_components", [2.5, 16.0, "16"], [0, -3], [1, 2, np.int32(4)]),
     ("unmix_tns", "temperature", ["0.07"], [0.0, -1.0, float("nan"), float("inf")], [1e-3, 1, 0.07]),
     ("unmix_tns", "init_spread", [None], [1.0, -0.1, float("nan")], [0.0, 0.99]),
@@ -56,6 +56,21 @@ def test_every_declared_option_has_a_case_here() -> None:
     covered = {(policy, option) for policy, option, *_ in CASES}
     declared = {(policy, option) for policy in tta.policies() for option in tta.policy_options(policy)}
     assert declared == covered
+
+
+@pytest.mark.parametrize("value", [8, 1, np.int64(2)])
+def test_momentum_decay_augment_is_refused_naming_the_dua_method(value: object) -> None:
+    """Issue 11: DUA's augmented update moved from ``momentum_decay``'s ``augment`` to the method ``dua``."""
+    model = build("small_cnn")
+    expected = (
+        f"momentum_decay no longer takes augment={value}; DUA is a method: "
+        f'tta.attach_method(tta.adapt(model, "momentum_decay"), "dua", copies={value})'
+    )
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        tta.adapt(model, "momentum_decay", augment=value)
+    with pytest.raises(ValueError, match="augment=0 .* drop it"):
+        tta.adapt(model, "momentum_decay", augment=0)
+    assert not tta.policy_layers(model)
 
 
 def test_options_that_constrain_each_other_are_checked_together() -> None:

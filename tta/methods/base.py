@@ -6,6 +6,7 @@ import copy
 import logging
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -13,6 +14,12 @@ from tta.policies.base import NormPolicy
 from tta.stats import all_finite
 
 logger = logging.getLogger(__name__)
+
+
+def seeded_generator(seed: int, step: int) -> torch.Generator:
+    """A CPU generator for a method's ``step``-th random draw under ``seed``: numpy's ``SeedSequence`` mixes
+    the two, so neighbouring (seed, step) pairs give unrelated draws, the same in any process."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
 
 
 class Method(nn.Module):

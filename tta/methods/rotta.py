@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
-from typing import Annotated, Iterator
+from typing import Annotated
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tta.methods.base import GradientMethod
+from tta.methods.base import GradientMethod, seeded_generator
 from tta.methods.memory import CSTUMemory
 from tta.methods.strong_augment import strong_augment
 from tta.options import Choice, Range
-from tta.policies.base import NormPolicy
+from tta.policies.base import NormPolicy, pausing
 from tta.registry import register_method
 
 logger = logging.getLogger(__name__)
@@ -30,19 +28,6 @@ def timeliness_weights(ages: Tensor, capacity: int) -> Tensor:
 def soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
     """Per-sample cross-entropy of the student's prediction against the teacher's soft labels."""
     return -(teacher_logits.softmax(1) * student_logits.log_softmax(1)).sum(1)
-
-
-@contextlib.contextmanager
-def paused_layers(layers: list[NormPolicy]) -> Iterator[None]:
-    """The layers normalize with their state and update nothing inside; each one's flag is restored."""
-    before = [layer.paused for layer in layers]
-    for layer in layers:
-        layer.paused = True
-    try:
-        yield
-    finally:
-        for layer, flag in zip(layers, before):
-            layer.paused = flag
 
 
 @register_method("rotta")
@@ -118,7 +103,7 @@ class RoTTA(GradientMethod):
     def forward_and_adapt(self, x: Tensor) -> Tensor:
         with torch.inference_mode(False):
             x = x.clone() if x.is_inference() else x.detach()
-            with torch.no_grad(), paused_layers(self.teacher_layers):
+            with torch.no_grad(), pausing(self.teacher_layers):
                 logits = self.teacher(x)
             probs = logits.detach().softmax(1)
             labels = probs.argmax(1).tolist()
@@ -155,8 +140,7 @@ class RoTTA(GradientMethod):
         """The memory as the student sees it, drawn from the generator of this update."""
         if self.augment == "none":
             return data
-        update_seed = int(np.random.SeedSequence([self.seed, int(self.updates)]).generate_state(1)[0])
-        generator = torch.Generator().manual_seed(update_seed)
+        generator = seeded_generator(self.seed, int(self.updates))
         if self.augment == "noise":
             noise = torch.randn(data.shape, generator=generator, dtype=torch.float32) * self.noise_std
             return data + noise.to(data.device, data.dtype)

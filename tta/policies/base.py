@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -101,9 +102,9 @@ class NormPolicy(nn.Module):
         """Refuse a model this policy cannot serve, before ``tta.adapt`` swaps any layer; none here."""
 
     @classmethod
-    def wrap_model(cls, model: nn.Module, **options: object) -> nn.Module:
-        """Model-level part of a policy, applied by ``tta.adapt`` after the layers are swapped; none here."""
-        return model
+    def retired_option(cls, option: str, value: object) -> str | None:
+        """The error message for an option this policy no longer takes (what replaced it), else None."""
+        return None
 
     def normalize(self, x: Tensor) -> Tensor:
         """Normalize ``x`` with the policy's statistics, updating its state if adapting."""
@@ -203,3 +204,18 @@ class NormPolicy(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}"
 
+
+@contextlib.contextmanager
+def pausing(modules: Iterable[nn.Module]) -> Iterator[None]:
+    """Inside, every module's ``paused`` flag (policy layers, methods) is True; each gets its own value back
+    on exit, also after an exception. :func:`tta.paused` and the methods that predict without updating
+    (RoTTA's teacher, DUA's prediction) share it."""
+    modules = list(modules)
+    before = [m.paused for m in modules]
+    for m in modules:
+        m.paused = True
+    try:
+        yield
+    finally:
+        for m, was_paused in zip(modules, before):
+            m.paused = was_paused

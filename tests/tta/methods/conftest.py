@@ -11,9 +11,23 @@ import tta
 from tests.tta.conftest import build, inputs
 
 
+# Options the learners of the tests get unless a test sets them: DUA with 2 copies, not 64, keeps the suite fast.
+TEST_OPTIONS: dict[str, dict[str, object]] = {"dua": {"copies": 2}}
+
+# Methods that need image batches (N, C, H, W): they refuse a model without BatchNorm2d (README, Methods).
+IMAGE_METHODS = {"dua"}
+
+
 def learner(model_name: str, policy: str, method: str = "tent", seed: int = 0, **options: object) -> tta.Method:
-    """A method attached to the named test model adapted with ``policy``."""
+    """A method attached to the named test model adapted with ``policy`` (:data:`TEST_OPTIONS` by default)."""
+    options = {**TEST_OPTIONS.get(method, {}), **options}
     return tta.attach_method(tta.adapt(build(model_name, seed), policy), method, **options)
+
+
+def refuses(method: str, model_name: str) -> bool:
+    """Whether ``method`` must refuse the named test model: an image-only method on a model without a
+    BatchNorm2d layer (``mlp_bn1d``, ``cnn_bn3d``)."""
+    return method in IMAGE_METHODS and not any(isinstance(m, nn.BatchNorm2d) for m in build(model_name).modules())
 
 
 def run(model: nn.Module, model_name: str, seeds: range, batch: int = 4) -> list[torch.Tensor]:

@@ -16,7 +16,7 @@ from tests.tta.methods.conftest import learner, run
 
 
 def test_methods_and_their_options_are_listed() -> None:
-    assert tta.methods() == ["none", "tent", "rotta"]
+    assert tta.methods() == ["none", "tent", "rotta", "dua"]
     assert tta.method_options("none") == {}
     assert tta.method_options("tent") == {
         "lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.0, "steps": 1, "episodic": False,
@@ -25,7 +25,7 @@ def test_methods_and_their_options_are_listed() -> None:
 
 
 def test_unknown_method_lists_the_known_ones() -> None:
-    with pytest.raises(ValueError, match="unknown method 'lame'; known methods: none, tent, rotta"):
+    with pytest.raises(ValueError, match="unknown method 'lame'; known methods: none, tent, rotta, dua"):
         tta.attach_method(tta.adapt(build("small_cnn"), "tbn"), "lame")
 
 
@@ -69,7 +69,7 @@ def test_every_declared_tent_option_has_a_case_here() -> None:
     assert {case[0] for case in TENT_CASES} == set(tta.method_options("tent"))
 
 
-@pytest.mark.parametrize("method", ["none", "tent", "rotta"])
+@pytest.mark.parametrize("method", tta.methods())
 def test_a_model_without_policy_layers_is_refused(method: str) -> None:
     with pytest.raises(ValueError, match=r"swapped by tta.adapt\(model, policy\); Sequential has no policy layer"):
         tta.attach_method(build("small_cnn"), method)
@@ -270,14 +270,3 @@ def test_a_layer_shared_by_two_places_trains_its_parameters_once() -> None:
     assert len(tent.layers) == 1 and len(tent.params) == 2
     tent(torch.randn(5, 4, generator=torch.Generator().manual_seed(0)))
     assert int(tent.updates) == 1
-
-
-def test_tent_over_dua_augmentation_adapts_resets_and_detaches() -> None:
-    model = build("small_cnn")
-    wrapped = tta.adapt(model, "momentum_decay", augment=2)
-    tent = tta.attach_method(wrapped, "tent")
-    tent(inputs("small_cnn", 2))
-    assert int(tent.updates) == 1 and int(wrapped.calls) == 1
-    tta.reset(tent)
-    assert int(tent.updates) == 0 and int(wrapped.calls) == 0
-    assert tta.detach(tent) is model

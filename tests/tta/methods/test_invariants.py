@@ -1,5 +1,6 @@
-"""A learner (a method on a policy) on every policy, every model family, B = 1 and B > 1: reset, paused,
-state_dict round trip, detach, episodic, finite outputs (spec M13, M9 for the layers beneath)."""
+"""A learner (every registered method on every policy) on every model family, B = 1 and B > 1: reset, paused,
+state_dict round trip, detach, episodic, finite outputs (spec M13, M9 for the layers beneath). An image-only
+method (DUA) must refuse the models whose inputs are not images, with its error."""
 
 from __future__ import annotations
 
@@ -10,18 +11,30 @@ import torch
 
 import tta
 from tests.tta.conftest import build, inputs
-from tests.tta.methods.conftest import assert_same, learner, run, snapshot
+from tests.tta.methods.conftest import TEST_OPTIONS, assert_same, learner, refuses, run, snapshot
 
 POLICIES = tta.policies()
 METHODS = tta.methods()
 BATCHES = [1, 4]
+REFUSAL = r"augments image batches \(N, C, H, W\), but this model has only BatchNorm[13]d layers"
+
+
+def learner_or_refusal(model_name: str, policy: str, method: str, **options: object) -> tta.Method | None:
+    """The learner; or, where the method must refuse the model (:func:`refuses`), None once the refusal
+    is asserted."""
+    if refuses(method, model_name):
+        with pytest.raises(ValueError, match=REFUSAL):
+            learner(model_name, policy, method, **options)
+        return None
+    return learner(model_name, policy, method, **options)
 
 
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("method", METHODS)
 def test_reset_restores_the_attach_state_bit_for_bit(method: str, policy: str, model_name: str, batch: int) -> None:
-    model = learner(model_name, policy, method)
+    if (model := learner_or_refusal(model_name, policy, method)) is None:
+        return
     attached = snapshot(model)
     first = run(model, model_name, range(3), batch)
     tta.reset(model)
@@ -35,7 +48,8 @@ def test_reset_restores_the_attach_state_bit_for_bit(method: str, policy: str, m
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("method", METHODS)
 def test_paused_predicts_with_no_update_at_all(method: str, policy: str, model_name: str, batch: int) -> None:
-    model = learner(model_name, policy, method)
+    if (model := learner_or_refusal(model_name, policy, method)) is None:
+        return
     run(model, model_name, range(2), batch)
     state = snapshot(model)
     with tta.paused(model):
@@ -53,7 +67,8 @@ def test_paused_predicts_with_no_update_at_all(method: str, policy: str, model_n
 def test_a_fresh_learner_loaded_from_the_state_dict_continues_identically(
     method: str, policy: str, model_name: str, batch: int
 ) -> None:
-    model = learner(model_name, policy, method)
+    if (model := learner_or_refusal(model_name, policy, method)) is None:
+        return
     run(model, model_name, range(3), batch)
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
@@ -76,7 +91,13 @@ def test_detach_gives_back_the_original_model(method: str, policy: str, model_na
     x = inputs(model_name, 3, 9)
     with torch.no_grad():
         expected = model(x)
-    tent = tta.attach_method(tta.adapt(model, policy), method)
+    adapted = tta.adapt(model, policy)
+    if refuses(method, model_name):
+        with pytest.raises(ValueError, match=REFUSAL):
+            tta.attach_method(adapted, method, **TEST_OPTIONS.get(method, {}))
+        assert tta.detach(adapted) is model and dict(model.named_modules()) == modules  # left as it was
+        return
+    tent = tta.attach_method(adapted, method, **TEST_OPTIONS.get(method, {}))
     run(tent, model_name, range(3))
     restored = tta.detach(tent)
     assert restored is model and dict(restored.named_modules()) == modules  # the very same objects
