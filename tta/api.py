@@ -15,9 +15,9 @@ from torch import nn
 
 from tta.augment import AugmentedUpdate
 from tta.methods.base import Method
-from tta.policies.base import NormPolicy
+from tta.policies.base import ModelHook, NormPolicy
 from tta.registry import check_method_options, check_options, get_method, get_policy
-from tta.surgery import check_replaceable, is_batchnorm, post_norm_of, replace_modules
+from tta.surgery import check_replaceable, is_batchnorm, post_norm_of, remove_hooks, replace_modules
 
 
 def adapt(model: nn.Module, policy: str, **options: object) -> nn.Module:
@@ -42,6 +42,7 @@ def adapt(model: nn.Module, policy: str, **options: object) -> nn.Module:
         check_replaceable(name, bn)
         post_norm_of(bn)  # refuse unknown subclasses before anything is swapped
     layer_class.check_model(model, **options)
+    options = layer_class.model_options(model, options)
     index = itertools.count()
 
     def build(name: str, bn: nn.Module) -> NormPolicy:
@@ -111,6 +112,7 @@ def detach(model: nn.Module, *, keep_adapted: bool = False) -> nn.Module:
     model = replace_modules(model, lambda m: isinstance(m, Method), lambda _, method: method.release(keep_adapted))
     if isinstance(model, AugmentedUpdate):
         model = model.model
+    remove_hooks(model, ModelHook)
     return replace_modules(
         model, lambda m: isinstance(m, NormPolicy), lambda _, layer: layer.restore_original(keep_adapted)
     )

@@ -12,6 +12,11 @@ from torch.nn.utils import parametrize
 from tta.stats import normalize
 
 
+class ModelHook:
+    """Base of the hooks a policy registers on the model itself in ``wrap_model`` (a forward hook that
+    learns the model's predictions): :func:`tta.detach` removes every one, wherever it sits."""
+
+
 class NormPolicy(nn.Module):
     """Replaces one BatchNorm layer and decides which statistics normalize each input (spec M0).
 
@@ -41,6 +46,7 @@ class NormPolicy(nn.Module):
     """
 
     stats_grad: bool = False
+    uses_predictions: bool = False  # True for a policy that learns from the model's predicted classes
 
     def __init__(self, bn: _BatchNorm, *, layer_index: int = 0, post_norm: nn.Module | None = None) -> None:
         """``layer_index`` is the layer's position in the model (for per-layer random draws);
@@ -99,6 +105,12 @@ class NormPolicy(nn.Module):
     @classmethod
     def check_model(cls, model: nn.Module, **options: object) -> None:
         """Refuse a model this policy cannot serve, before ``tta.adapt`` swaps any layer; none here."""
+
+    @classmethod
+    def model_options(cls, model: nn.Module, options: dict[str, object]) -> dict[str, object]:
+        """The options completed from the model before any layer is built (a number of classes read from
+        its classifier); unchanged here."""
+        return options
 
     @classmethod
     def wrap_model(cls, model: nn.Module, **options: object) -> nn.Module:
