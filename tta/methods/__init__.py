@@ -1,6 +1,6 @@
 """One method per module; importing them registers them: ``none`` first, then in the order of spec M13."""
 
 from tta.methods.base import GradientMethod, Method
-from tta.methods import none, tent, rotta  # noqa: F401  (registers the methods)
+from tta.methods import none, tent, rotta, lame  # noqa: F401  (registers the methods)
 
 __all__ = ["GradientMethod", "Method"]
