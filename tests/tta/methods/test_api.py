@@ -17,7 +17,7 @@ from tests.tta.methods.conftest import learner, run
 
 def test_methods_and_their_options_are_listed() -> None:
     assert tta.methods() == ["none", "tent", "rotta", "lame"]
-    assert tta.method_options("lame") == {"affinity": "rbf", "knn": 5, "force_symmetry": False}
+    assert tta.method_options("lame") == {"affinity": "knn", "knn": 5, "force_symmetry": False}
     assert tta.method_options("none") == {}
     assert tta.method_options("tent") == {
         "lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.0, "steps": 1, "episodic": False,
