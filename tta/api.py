@@ -26,7 +26,8 @@ def adapt(model: nn.Module, policy: str, **options: object) -> nn.Module:
     Options are the policy's keyword arguments (spec M8b), checked for name, type and range before
     anything changes. If ``model`` is itself a BatchNorm layer, the returned module is its replacement.
     ``momentum_decay`` with ``augment > 0`` returns the model wrapped in
-    :class:`tta.augment.AugmentedUpdate` (DUA's protocol): use the return value. The state is created
+    :class:`tta.augment.AugmentedUpdate` (DUA's protocol): use the return value. ``balanced`` registers a
+    forward hook on the model (its second, updating forward), which :func:`detach` removes. The state is created
     as ordinary tensors even inside ``torch.inference_mode()``, so the model adapts outside it too.
     """
     layer_class = get_policy(policy)
