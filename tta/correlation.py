@@ -11,10 +11,14 @@ any data; it costs one ``bincount`` per batch.
 Two things make it differ from the true value: misclassifications (they spread a correlated batch's
 predictions over more classes, so it reads lower), and the online reference (a stream that shows its
 classes one after another has a reference made of the classes seen so far, so it reads lower early on;
-the first batch has no reference and is not counted).
+the first batch has no reference and is not counted). To read a value, compare it with
+:attr:`CorrelationMeter.iid_level`, what i.i.d. batches of the same size from the same class distribution
+would give on average: the distance of a finite batch is never 0.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -23,6 +27,23 @@ from torch import Tensor
 def total_variation(p: Tensor, q: Tensor) -> float:
     """Total variation distance ``0.5 sum |p - q|`` between two distributions over the same classes."""
     return 0.5 * float((p - q).abs().sum())
+
+
+def expected_iid_distance(distribution: Tensor, batch_size: int) -> float:
+    """Mean TV distance between the histogram of ``batch_size`` i.i.d. draws from ``distribution`` and the
+    distribution itself: ``0.5 sum_k E|X_k / B - q_k|``, ``X_k ~ Binomial(B, q_k)``, each term exact by de
+    Moivre's mean absolute deviation ``E|X - Bq| = 2 (m + 1) C(B, m + 1) q^(m + 1) (1 - q)^(B - m)``,
+    ``m = floor(Bq)`` (in logs, so large batches do not overflow)."""
+    total = 0.0
+    for q in distribution.tolist():
+        if 0.0 < q < 1.0:
+            m = math.floor(batch_size * q)
+            log_term = (
+                math.lgamma(batch_size + 1) - math.lgamma(m + 2) - math.lgamma(batch_size - m)
+                + (m + 1) * math.log(q) + (batch_size - m) * math.log1p(-q)
+            )
+            total += 2 * (m + 1) * math.exp(log_term) / batch_size
+    return 0.5 * total
 
 
 class CorrelationMeter:
@@ -38,6 +59,7 @@ class CorrelationMeter:
         self.counts: Tensor | None = None  # predicted-class counts of all batches so far
         self.total_distance = 0.0
         self.batches = 0  # batches that had a reference (all but the first)
+        self.samples = 0  # in those batches
 
     def update(self, logits: Tensor) -> float | None:
         """Add one batch's ``(batch, classes)`` outputs (logits or probabilities); return its distance to the
@@ -55,6 +77,7 @@ class CorrelationMeter:
             distance = total_variation(batch / batch.sum(), self.counts / self.counts.sum())
             self.total_distance += distance
             self.batches += 1
+            self.samples += len(logits)
             self.counts += batch
         return distance
 
@@ -63,3 +86,11 @@ class CorrelationMeter:
         """Mean distance over the batches counted so far (0 to 1, higher is more correlated); NaN before the
         second batch."""
         return self.total_distance / self.batches if self.batches else float("nan")
+
+    @property
+    def iid_level(self) -> float:
+        """What :attr:`value` would be for i.i.d. batches of the mean batch size drawn from the predicted-class
+        distribution seen so far (:func:`expected_iid_distance`); NaN before the second batch."""
+        if not self.batches:
+            return float("nan")
+        return expected_iid_distance(self.counts / self.counts.sum(), round(self.samples / self.batches))

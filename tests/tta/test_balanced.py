@@ -158,3 +158,16 @@ def test_the_non_finite_output_of_a_bad_batch_updates_nothing() -> None:
     with torch.no_grad():
         model(x)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+def test_detach_keep_adapted_bakes_the_mixture_and_removes_the_hook() -> None:
+    model = tta.adapt(build("small_cnn"), "balanced", eta=0.5)
+    with torch.no_grad():
+        model(inputs("small_cnn", 8))
+    layer = model[1]
+    mean = layer.class_mean.mean(0)
+    var = layer.class_var.mean(0) + layer.class_mean.var(0)
+    baked = tta.detach(model, keep_adapted=True)
+    torch.testing.assert_close(baked[1].running_mean, mean)
+    torch.testing.assert_close(baked[1].running_var, var)
+    assert not baked._forward_hooks and not tta.policy_layers(baked)

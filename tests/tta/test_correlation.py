@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from streams.orderings import label_stats
 from tta import CorrelationMeter
+from tta.correlation import expected_iid_distance
 
 
 def one_hot(labels: list[int], classes: int = 2) -> torch.Tensor:
@@ -63,3 +64,22 @@ def test_bad_outputs_are_named() -> None:
     meter.update(torch.zeros(4, 3))
     with pytest.raises(ValueError, match="saw 3 classes so far, now 5; reset"):
         meter.update(torch.zeros(4, 5))
+
+
+def test_expected_iid_distance_by_enumeration() -> None:
+    # B = 4, q = (1/2, 1/2): |X/4 - 1/2| is 1/2, 1/4, 0, 1/4, 1/2 with probabilities 1, 4, 6, 4, 1 over 16:
+    # mean 3/16 per class, TV = 0.5 * 2 * 3/16
+    assert expected_iid_distance(torch.tensor([0.5, 0.5]), 4) == pytest.approx(3 / 16)
+    # B = 2, q = (0.2, 0.8): |X/2 - 0.2| is 0.2, 0.3, 0.8 with probabilities 0.64, 0.32, 0.04: mean 0.256,
+    # the same for the other class; TV = 0.256
+    assert expected_iid_distance(torch.tensor([0.2, 0.8]), 2) == pytest.approx(0.256)
+    assert expected_iid_distance(torch.tensor([1.0, 0.0]), 64) == 0.0
+    assert 0 < expected_iid_distance(torch.full((10,), 0.1), 100_000) < 0.01  # no overflow, tends to 0
+
+
+def test_the_iid_level_is_that_of_the_batches_seen() -> None:
+    meter = CorrelationMeter()
+    assert np.isnan(meter.iid_level)
+    meter.update(one_hot([0, 1, 0, 1]))
+    meter.update(one_hot([0, 0, 1, 1]))  # reference after both: (1/2, 1/2), batches of 4
+    assert meter.iid_level == pytest.approx(3 / 16)
