@@ -57,7 +57,9 @@ class BalancedBatchNorm(NormPolicy):
     wrapper, so ``tta.adapt`` returns the model it was given; the labels live on the layers only during
     that forward, so all state is in the layers' buffers (``state_dict``, ``reset``). A layer called
     outside the model's forward (no labels) normalizes and updates nothing. The model's output must be
-    ``(B, K)`` logits.
+    ``(B, K)`` logits. ``torch.export`` records the prediction forward only: the hook is Python around the
+    graph (the module export gives back calls it on the live model), so a saved exported program does not
+    adapt.
 
     ``K`` is ``num_classes``, or (None) the output size of the model's last ``nn.Linear``, read at
     attach. Defaults as the official configs: ``eta = max(0.0005 K, 0.01)`` (0.01 for CIFAR-10),
