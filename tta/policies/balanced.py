@@ -59,7 +59,8 @@ class BalancedBatchNorm(NormPolicy):
     outside the model's forward (no labels) normalizes and updates nothing. The model's output must be
     ``(B, K)`` logits. ``torch.export`` records the prediction forward only: the hook is Python around the
     graph (the module export gives back calls it on the live model), so a saved exported program does not
-    adapt.
+    adapt. The returned forward normalizes with state only, so a gradient method's ``stats_grad`` has no
+    batch share to let through (as for ``source``; the official teacher's prediction has none either).
 
     ``K`` is ``num_classes``, or (None) the output size of the model's last ``nn.Linear``, read at
     attach. Defaults as the official configs: ``eta = max(0.0005 K, 0.01)`` (0.01 for CIFAR-10),
