@@ -2,13 +2,15 @@
 
 ``tta.adapt(model, "rbn")`` swaps every BatchNorm layer for a policy layer that re-estimates its
 statistics online from the test stream; ``tta.attach_method(model, "tent")`` stacks a method on it (a
-learner); ``reset``, ``detach`` and ``paused`` undo or freeze either. Specification: shared/spec/methods.md.
+learner); ``reset``, ``detach`` and ``paused`` undo or freeze either; ``CorrelationMeter`` tells from
+the predictions how label-correlated a stream is. Specification: shared/spec/methods.md.
 """
 
 __version__ = "0.2.0.dev0"
 
 from tta import policies as _policies  # noqa: F401  (registers the policies)
 from tta.api import adapt, attach_method, detach, paused, policy_layers, reset
+from tta.correlation import CorrelationMeter
 from tta.methods.base import Method
 from tta.policies.base import NormPolicy
 from tta.registry import (
@@ -24,6 +26,7 @@ from tta.registry import (
 
 __all__ = [
     "__version__",
+    "CorrelationMeter",
     "Method",
     "NormPolicy",
     "adapt",

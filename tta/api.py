@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from tta.methods.base import Method
-from tta.policies.base import NormPolicy, pausing
+from tta.policies.base import ModelHook, NormPolicy, pausing
 from tta.registry import check_method_options, check_options, get_method, get_policy
-from tta.surgery import check_replaceable, is_batchnorm, post_norm_of, replace_modules
+from tta.surgery import check_replaceable, is_batchnorm, post_norm_of, remove_hooks, replace_modules
 
 
 def adapt(model: nn.Module, policy: str, **options: object) -> nn.Module:
@@ -25,7 +25,8 @@ def adapt(model: nn.Module, policy: str, **options: object) -> nn.Module:
     Options are the policy's keyword arguments (spec M8b), checked for name, type and range before
     anything changes. If ``model`` is itself a BatchNorm layer, the returned module is its replacement;
     otherwise it is ``model`` itself. The state is created as ordinary tensors even inside
-    ``torch.inference_mode()``, so the model adapts outside it too.
+    ``torch.inference_mode()``, so the model adapts outside it too. ``balanced`` registers a forward hook on the model
+    (its second, updating forward), which :func:`detach` removes.
     """
     layer_class = get_policy(policy)
     options = check_options(policy, options)
@@ -40,13 +41,16 @@ def adapt(model: nn.Module, policy: str, **options: object) -> nn.Module:
         check_replaceable(name, bn)
         post_norm_of(bn)  # refuse unknown subclasses before anything is swapped
     layer_class.check_model(model, **options)
+    options = layer_class.model_options(model, options)
     index = itertools.count()
 
     def build(name: str, bn: nn.Module) -> NormPolicy:
         return layer_class(bn, layer_index=next(index), post_norm=post_norm_of(bn), **options)
 
     with torch.inference_mode(False):
-        return replace_modules(model, is_batchnorm, build)
+        adapted = replace_modules(model, is_batchnorm, build)
+    layer_class.register_model_hooks(adapted, **options)
+    return adapted
 
 
 def attach_method(model: nn.Module, method: str, **options: object) -> Method:
@@ -106,6 +110,7 @@ def detach(model: nn.Module, *, keep_adapted: bool = False) -> nn.Module:
             "with each batch or the source), so there are none to keep; the model stays adapted"
         )
     model = replace_modules(model, lambda m: isinstance(m, Method), lambda _, method: method.release(keep_adapted))
+    remove_hooks(model, ModelHook)
     return replace_modules(
         model, lambda m: isinstance(m, NormPolicy), lambda _, layer: layer.restore_original(keep_adapted)
     )

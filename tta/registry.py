@@ -62,7 +62,7 @@ def register_policy(name: str) -> Callable[[P], P]:
 
 
 def policies() -> list[str]:
-    """The registered policy names, in the order of the spec (M1-M7, M10, M12)."""
+    """The registered policy names, in the order of the spec (M1-M7, M10-M12)."""
     return _POLICIES.names()
 
 

@@ -79,3 +79,25 @@ def replace_modules(
         return replacement("", root)
     visit("", root)
     return root
+
+
+def last_linear(model: nn.Module) -> nn.Linear | None:
+    """The model's last ``nn.Linear`` in module order, taken as its classifier (for the number of classes,
+    or the features entering it); None if it has none."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+def remove_hooks(model: nn.Module, hook_type: type) -> None:
+    """Remove every forward hook and forward pre-hook that is an instance of ``hook_type``, on every module
+    of the tree (found by type, not by handle: a deep-copied model holds copies of the hooks, and a copied
+    handle would point at the original model's hooks)."""
+    for module in model.modules():
+        for hooks, extras in (
+            (module._forward_hooks, (module._forward_hooks_with_kwargs, module._forward_hooks_always_called)),
+            (module._forward_pre_hooks, (module._forward_pre_hooks_with_kwargs,)),
+        ):
+            for key in [key for key, hook in hooks.items() if isinstance(hook, hook_type)]:
+                del hooks[key]
+                for extra in extras:
+                    extra.pop(key, None)

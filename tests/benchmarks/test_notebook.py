@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nbformat
@@ -30,7 +31,8 @@ def test_the_notebook_executes_at_a_small_size(tmp_path, monkeypatch):
     monkeypatch.setenv("TTA_NB_CORRUPTIONS", "brightness,contrast")
     monkeypatch.setenv("TTA_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    monkeypatch.setenv("PYTHONPATH", str(EXAMPLES.parent))  # the kernel imports this checkout, not an installed copy
+    # the kernel runs in tmp_path: put this checkout first, or it imports the installed package (another tree)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(EXAMPLES.parent), os.environ.get("PYTHONPATH")])))
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     client = NotebookClient(notebook, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
     client.execute()

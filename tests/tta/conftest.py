@@ -12,6 +12,8 @@ import torchvision
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+import tta
+
 
 def give_source_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
     """Random running statistics and affine parameters, as a trained model would have; eval mode."""
@@ -90,3 +92,15 @@ def full_float32_precision() -> Iterator[None]:
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     yield
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
+
+
+def with_classifier(model: nn.Module, policy: str, features: int, classes: int = 3) -> nn.Module:
+    """``model`` followed by a linear classifier on its ``features`` flattened outputs when ``policy`` learns
+    from the model's predictions (``balanced`` needs (B, K) logits); unchanged for the other policies, which
+    are tested on the bare layers."""
+    if not tta.get_policy(policy).uses_predictions:
+        return model
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        head = nn.Linear(features, classes)
+    return nn.Sequential(model, nn.Flatten(), head).eval()

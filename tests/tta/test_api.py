@@ -15,7 +15,7 @@ from tests.tta.conftest import build, give_source_statistics, inputs
 
 def test_policies_are_those_of_the_spec_in_order() -> None:
     assert tta.policies() == [
-        "source", "tbn", "adabn", "alpha_bn", "momentum_decay", "rbn", "unmix_tns", "adab2n", "iabn",
+        "source", "tbn", "adabn", "alpha_bn", "momentum_decay", "rbn", "unmix_tns", "adab2n", "balanced", "iabn",
     ]
 
 
@@ -29,6 +29,7 @@ def test_options_and_defaults_are_those_of_the_spec() -> None:
         "num_components": 16, "temperature": 0.07, "init_spread": 0.5, "batch_size_max": 64, "seed": 0,
     }
     assert tta.policy_options("adab2n") == {"momentum": None, "kappa": 0.4}
+    assert tta.policy_options("balanced") == {"num_classes": None, "eta": None, "gamma": None}
     assert tta.policy_options("iabn") == {"k": 4.0, "stats": "running", "momentum": 0.01}
     assert all(tta.policy_options(p) == {} for p in ["source", "tbn", "adabn"])
 

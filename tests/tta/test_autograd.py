@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import tta
-from tests.tta.conftest import build, give_source_statistics, inputs
+from tests.tta.conftest import build, give_source_statistics, inputs, with_classifier
 
 POLICIES = tta.policies()
 
@@ -40,7 +40,7 @@ def test_two_forwards_in_one_loss_give_the_sum_of_their_separate_gradients(polic
 def test_a_layer_reached_twice_in_one_forward_backpropagates(policy: str) -> None:
     bn = nn.BatchNorm2d(4)
     model = give_source_statistics(nn.Sequential(nn.Conv2d(3, 4, 3), bn, nn.ReLU(), bn))
-    model = tta.adapt(model, policy)
+    model = tta.adapt(with_classifier(model, policy, 4 * 6 * 6), policy)
     x = torch.randn(6, 3, 8, 8, requires_grad=True)
     loss = model(x).sum() + model(x).sum()
     loss.backward()
@@ -51,6 +51,7 @@ def test_a_layer_reached_twice_in_one_forward_backpropagates(policy: str) -> Non
 
 def test_the_issue_reproduction_runs_for_every_policy() -> None:
     for policy in POLICIES:
-        model = tta.adapt(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4).eval()), policy)
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4).eval())
+        model = tta.adapt(with_classifier(model, policy, 4 * 6 * 6), policy)
         x = torch.randn(8, 3, 8, 8, requires_grad=True)
         (model(x).sum() + model(x).sum()).backward()

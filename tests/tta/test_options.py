@@ -14,7 +14,7 @@ from tests.tta.conftest import build
 from tta.options import Choice, Range, declared_options, validate_options
 
 # (policy, option, values refused for their type, values refused for their range, values accepted):
-# the ranges of spec M5-M7, M10, M12 written out by hand.
+# the ranges of spec M5-M7, M10-M12 written out by hand.
 CASES = [
     ("alpha_bn", "alpha", ["0.1", None, True], [-0.1, 1.5, float("nan"), float("inf")], [0, 1, 0.5, np.float32(0.25)]),
     ("rbn", "alpha", ["0.1", [0.1]], [-1e-9, 1.0001, float("-inf")], [0.0, 1.0, np.float64(0.05)]),
@@ -28,6 +28,9 @@ CASES = [
     ("unmix_tns", "seed", [1.5, "0", None, True], [-1], [0, 7, np.int64(3)]),
     ("adab2n", "momentum", ["0.1", True, [0.1]], [-0.1, 1.5, float("nan")], [0.0, 1.0, 0.3, np.float32(0.5)]),
     ("adab2n", "kappa", [None, "1"], [-0.1, 1.01, float("inf")], [0, 0.4, 1]),
+    ("balanced", "num_classes", [10.0, "10", True], [1, 0, -2], [2, 10, np.int64(5)]),
+    ("balanced", "eta", ["0.01", True], [0.0, -0.01, 1.5, float("nan")], [1e-4, 0.01, 1]),
+    ("balanced", "gamma", ["0", [0.1]], [-0.1, 1.01, float("inf")], [0.0, 0.1, 1]),
     ("iabn", "k", [None, "4"], [-1.0, float("nan"), float("inf")], [0, 4, 1e6]),
     ("iabn", "stats", [None, 1, True, ["source"]], ["Source", "batch", ""], ["source", "running"]),
     ("iabn", "momentum", [None, "0.01"], [-0.01, 1.5], [0.0, 0.01, 1]),

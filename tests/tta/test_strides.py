@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import tta
-from tests.tta.conftest import give_source_statistics
+from tests.tta.conftest import give_source_statistics, with_classifier
 
 POLICIES = tta.policies()
 
@@ -35,9 +35,9 @@ LAYOUTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
-def bn_model(dims: int) -> nn.Module:
+def bn_model(dims: int, policy: str) -> nn.Module:
     bn = nn.BatchNorm2d(3) if dims == 2 else nn.BatchNorm3d(3)
-    return give_source_statistics(nn.Sequential(bn))
+    return with_classifier(give_source_statistics(nn.Sequential(bn)), policy, 3 * 5 * 7 if dims == 2 else 3 * 4 * 5 * 3)
 
 
 @pytest.mark.parametrize("dims", [2, 3])
@@ -48,7 +48,7 @@ def test_output_and_state_are_those_of_the_contiguous_copy(policy: str, layout: 
     shape = (6, 3, 5, 7) if dims == 2 else (6, 3, 4, 5, 3)
     batches = [LAYOUTS[layout](torch.randn(shape, generator=generator) * 2 + 1) for _ in range(2)]
     assert not batches[0].is_contiguous()
-    strided_model, contiguous_model = tta.adapt(bn_model(dims), policy), tta.adapt(bn_model(dims), policy)
+    strided_model, contiguous_model = tta.adapt(bn_model(dims, policy), policy), tta.adapt(bn_model(dims, policy), policy)
     with torch.no_grad():
         for x in batches:
             torch.testing.assert_close(strided_model(x), contiguous_model(x.contiguous()), rtol=1e-4, atol=1e-4)

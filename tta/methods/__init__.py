@@ -2,6 +2,6 @@
 ``dua`` (spec M5's single-image protocol)."""
 
 from tta.methods.base import GradientMethod, Method
-from tta.methods import none, tent, rotta, dua  # noqa: F401  (registers the methods)
+from tta.methods import none, tent, rotta, dua, lame  # noqa: F401  (registers the methods)
 
 __all__ = ["GradientMethod", "Method"]

@@ -13,6 +13,11 @@ from torch.nn.utils import parametrize
 from tta.stats import normalize
 
 
+class ModelHook:
+    """Base of the hooks a policy registers on the model itself in ``register_model_hooks`` (a forward hook that
+    learns the model's predictions): :func:`tta.detach` removes every one, wherever it sits."""
+
+
 class NormPolicy(nn.Module):
     """Replaces one BatchNorm layer and decides which statistics normalize each input (spec M0).
 
@@ -42,6 +47,7 @@ class NormPolicy(nn.Module):
     """
 
     stats_grad: bool = False
+    uses_predictions: bool = False  # True for a policy that learns from the model's predicted classes
 
     def __init__(self, bn: _BatchNorm, *, layer_index: int = 0, post_norm: nn.Module | None = None) -> None:
         """``layer_index`` is the layer's position in the model (for per-layer random draws);
@@ -105,6 +111,18 @@ class NormPolicy(nn.Module):
     def retired_option(cls, option: str, value: object) -> str | None:
         """The error message for an option this policy no longer takes (what replaced it), else None."""
         return None
+
+    @classmethod
+    def model_options(cls, model: nn.Module, options: dict[str, object]) -> dict[str, object]:
+        """The options completed from the model before any layer is built (a number of classes read from
+        its classifier); unchanged here."""
+        return options
+
+    @classmethod
+    def register_model_hooks(cls, model: nn.Module, **options: object) -> None:
+        """Register the policy's :class:`ModelHook` on the adapted model (``balanced``: the forward that
+        learns its predictions), after the layers are swapped; none here."""
+
 
     def normalize(self, x: Tensor) -> Tensor:
         """Normalize ``x`` with the policy's statistics, updating its state if adapting."""

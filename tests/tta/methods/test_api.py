@@ -16,7 +16,8 @@ from tests.tta.methods.conftest import learner, run
 
 
 def test_methods_and_their_options_are_listed() -> None:
-    assert tta.methods() == ["none", "tent", "rotta", "dua"]
+    assert tta.methods() == ["none", "tent", "rotta", "dua", "lame"]
+    assert tta.method_options("lame") == {"affinity": "knn", "knn": 5, "force_symmetry": False}
     assert tta.method_options("none") == {}
     assert tta.method_options("tent") == {
         "lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.0, "steps": 1, "episodic": False,
@@ -25,8 +26,8 @@ def test_methods_and_their_options_are_listed() -> None:
 
 
 def test_unknown_method_lists_the_known_ones() -> None:
-    with pytest.raises(ValueError, match="unknown method 'lame'; known methods: none, tent, rotta, dua"):
-        tta.attach_method(tta.adapt(build("small_cnn"), "tbn"), "lame")
+    with pytest.raises(ValueError, match="unknown method 'note'; known methods: none, tent, rotta, dua, lame"):
+        tta.attach_method(tta.adapt(build("small_cnn"), "tbn"), "note")
 
 
 def test_unknown_option_names_the_accepted_ones() -> None:

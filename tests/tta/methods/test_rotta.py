@@ -370,7 +370,7 @@ def test_over_rbn_equals_the_official_adapter_written_plainly() -> None:
     official = PlainRoTTA(three_class_cnn(), capacity=4, update_frequency=4, num_classes=3)
     ours = tta.attach_method(tta.adapt(three_class_cnn(), "rbn"), "rotta", capacity=4, update_frequency=4)
     ours.augmented = lambda data: data.flip(-1)
-    worst, dropped = 0.0, 0
+    worst = 0.0
     with torch.no_grad():
         for seed in range(8):
             x = varied_inputs(5, seed)

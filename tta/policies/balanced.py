@@ -1,0 +1,198 @@
+"""``balanced``: TRIBE's balanced batch normalization, per-class statistics from pseudo-labels (spec M11)."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from tta.options import Range
+from tta.policies.base import ModelHook, NormPolicy
+from tta.registry import register_policy
+from tta.stats import all_finite, instance_moments
+from tta.surgery import last_linear
+
+# The official configs' class coupling per number of classes (CIFAR-10, CIFAR-100, ImageNet).
+_OFFICIAL_GAMMA = {10: 0.0, 100: 0.1, 1000: 0.5}
+
+
+def default_eta(num_classes: int) -> float:
+    """The official configs' per-sample step: ``max(0.0005 K, 0.01)`` (0.01, 0.05, 0.5 for 10, 100, 1000)."""
+    return max(0.0005 * num_classes, 0.01)
+
+
+def default_gamma(num_classes: int) -> float:
+    """The official configs' ``gamma`` for the class count nearest to ``K`` on a log scale (no formula given)."""
+    nearest = min(_OFFICIAL_GAMMA, key=lambda k: abs(math.log(k) - math.log(num_classes)))
+    return _OFFICIAL_GAMMA[nearest]
+
+
+@register_policy("balanced")
+class BalancedBatchNorm(NormPolicy):
+    """K per-class statistics updated from pseudo-labelled samples; their class-balanced mixture normalizes
+    (spec M11).
+
+    Su et al. AAAI 2024, "Towards real-world test-time adaptation: tri-net self-training with balanced
+    normalization" (official ``Gorilla-Lab-SCUT/TRIBE``, ``core/utils/balanced_bn_pyv.py``
+    ``update_statistics_2d_v5`` and ``core/adapter/TRIBE.py``). Class k holds ``(mu_k, var_k)``, both
+    starting at the source statistics. With ``n_k`` samples predicted k in the batch, per-sample step
+    ``m_k = 1/n_k`` if ``n_k > 1/eta`` else ``eta``, per-sample means over the spatial dims of
+    ``d = x - mu_k`` and ``d^2``: ``delta_k = m_k sum_i mean(d_i)``, ``s_k = sum_i mean(d_i^2)``;
+    ``mu_k += (1 - gamma) delta_k``, then every class ``mu += gamma mean_k'(delta_k')``;
+    ``var_k += (1 - gamma)(m_k (s_k - n_k var_k) - delta_k^2)``, then every class
+    ``var += gamma (mean_k'(m_k' s_k' - delta_k'^2) - mean_k'(m_k' n_k') var)`` (``k'``: the classes
+    present). So class k moves with weight ``min(eta n_k, 1)`` towards its samples' mean and biased
+    variance. The layer normalizes with ``mu = mean_k mu_k``, ``var = mean_k var_k + var_k(mu_k)``
+    (unbiased over the K classes, the official ``var(0)``).
+
+    The order of forwards is the official adapter's: the prediction returned is a forward with the
+    current statistics and no update (its teacher's first, eval-mode forward); its argmax labels a
+    second forward of the same batch, which updates every layer in turn and is discarded (the
+    teacher's train-mode forward, which feeds only its loss). Each adapting call therefore costs two
+    forwards; a paused one, one. The second forward is run by a forward hook on the model's root
+    (:class:`PredictThenUpdate`, registered by ``tta.adapt``, removed by ``tta.detach``), rather than by a
+    wrapper, so ``tta.adapt`` returns the model it was given; the labels live on the layers only during
+    that forward, so all state is in the layers' buffers (``state_dict``, ``reset``). A layer called
+    outside the model's forward (no labels) normalizes and updates nothing. The model's output must be
+    ``(B, K)`` logits. ``torch.export`` records the prediction forward only: the hook is Python around the
+    graph (the module export gives back calls it on the live model), so a saved exported program does not
+    adapt. The returned forward normalizes with state only, so a gradient method's ``stats_grad`` has no
+    batch share to let through (as for ``source``; the official teacher's prediction has none either).
+
+    ``K`` is ``num_classes``, or (None) the output size of the model's last ``nn.Linear``, read at
+    attach. Defaults as the official configs: ``eta = max(0.0005 K, 0.01)`` (0.01 for CIFAR-10),
+    ``gamma`` that of the official config nearest in class count (0 for 10 classes, 0.1 for 100, 0.5
+    for 1000).
+
+    Departures, on purpose: the official student and its strongly augmented forward, the source anchor
+    and the gradient step are TRIBE's training, not its normalization, and are left out (forward-only);
+    the official 1-D layer (``update_statistics_1d_v5``) rebinds ``local_mean`` instead of updating it in
+    place, so its ``gamma`` term on the means is lost; here every dimension follows the 2-D rule. A
+    non-finite batch updates nothing (spec M0). The rule is per sample, so a batch of one sample updates
+    (finitely) as the official code does, unlike the batch-statistics policies.
+    """
+
+    uses_predictions = True
+
+    def __init__(
+        self,
+        bn: _BatchNorm,
+        *,
+        num_classes: Annotated[int | None, Range(2)] = None,
+        eta: Annotated[float | None, Range(0, 1, low_open=True)] = None,
+        gamma: Annotated[float | None, Range(0, 1)] = None,
+        **base: object,
+    ) -> None:
+        super().__init__(bn, **base)
+        if num_classes is None:
+            raise ValueError("balanced: num_classes is needed to build a layer on its own (tta.adapt reads it)")
+        self.num_classes = num_classes
+        self.eta = default_eta(num_classes) if eta is None else eta
+        self.gamma = default_gamma(num_classes) if gamma is None else gamma
+        self.labels: Tensor | None = None  # set by PredictThenUpdate for the updating forward only
+        self.register_buffer("class_mean", self.source_mean.expand(num_classes, -1).clone())
+        self.register_buffer("class_var", self.source_var.expand(num_classes, -1).clone())
+
+    @classmethod
+    def model_options(cls, model: nn.Module, options: dict[str, object]) -> dict[str, object]:
+        """``num_classes`` from the model's last ``nn.Linear`` when not given."""
+        if options.get("num_classes") is not None:
+            return options
+        classifier = last_linear(model)
+        if classifier is None:
+            raise ValueError(
+                f"balanced reads the number of classes from the model's last nn.Linear, and {type(model).__name__} "
+                "has none; pass num_classes=K"
+            )
+        if classifier.out_features < 2:
+            raise ValueError(f"balanced: the last nn.Linear has {classifier.out_features} output; it needs K >= 2 classes")
+        return {**options, "num_classes": classifier.out_features}
+
+    @classmethod
+    def register_model_hooks(cls, model: nn.Module, **options: object) -> None:
+        """Register the hook that runs the updating forward."""
+        model.register_forward_hook(PredictThenUpdate(), with_kwargs=True)
+
+    def mixture(self) -> tuple[Tensor, Tensor]:
+        """The class-balanced mean and variance: mean of the class means; mean of the class variances plus
+        the (unbiased) variance of the class means."""
+        return self.class_mean.mean(0), self.class_var.mean(0) + self.class_mean.var(0)
+
+    def normalize(self, x: Tensor) -> Tensor:
+        labels, self.labels = self.labels, None  # used by one call, as the official layer
+        if labels is not None and self.adapting:
+            self.update(x, labels)
+        return self.normalize_with(x, *self.mixture())
+
+    def update(self, x: Tensor, labels: Tensor) -> None:
+        """The official per-class step with coupling ``gamma`` (class doc), vectorized over samples and classes."""
+        if labels.shape != x.shape[:1]:
+            raise ValueError(
+                f"{self.describe()}: the model predicted {tuple(labels.shape)} labels for a batch of {x.shape[0]} "
+                "samples at this layer; balanced needs every BatchNorm layer to see the model's batch"
+            )
+        dtype = self.stats_dtype
+        sample_mean, sample_var = instance_moments(x, dtype)  # (B, C) over the spatial dims, biased
+        mean, var = self.class_mean, self.class_var
+        d = sample_mean - mean[labels]  # mean over S of x - mu_y
+        d_square = sample_var + d.square()  # mean over S of (x - mu_y)^2
+        counts = torch.zeros(self.num_classes, dtype=dtype, device=x.device).index_add_(
+            0, labels, torch.ones_like(labels, dtype=dtype)
+        )
+        present = (counts > 0).to(dtype)
+        rate = torch.where(counts > 1.0 / self.eta, 1.0 / counts.clamp_min(1), self.eta) * present  # m_k
+        delta = rate[:, None] * torch.zeros_like(mean).index_add_(0, labels, d)
+        square = torch.zeros_like(mean).index_add_(0, labels, d_square)
+        k_present = present.sum()
+        gamma = self.gamma
+        new_mean = mean + (1 - gamma) * delta + gamma * delta.sum(0) / k_present
+        new_var = var + (1 - gamma) * (rate[:, None] * (square - counts[:, None] * var) - delta.square())
+        gap = (rate[:, None] * square - delta.square()).sum(0) / k_present
+        new_var = new_var + gamma * (gap - (rate * counts).sum() / k_present * new_var)
+        self.commit(all_finite(new_mean, new_var), class_mean=new_mean, class_var=new_var)
+
+    def reset(self) -> None:
+        self.class_mean.copy_(self.source_mean.expand_as(self.class_mean))
+        self.class_var.copy_(self.source_var.expand_as(self.class_var))
+
+    def adapted_stats(self) -> tuple[Tensor, Tensor]:
+        return self.mixture()
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, num_classes={self.num_classes}, eta={self.eta}, gamma={self.gamma}"
+
+
+class PredictThenUpdate(ModelHook):
+    """Forward hook on the model's root: after the model's forward (the prediction, no update), label the
+    batch with its argmax and run the updating forward of the ``balanced`` layers (spec M11)."""
+
+    def __init__(self) -> None:
+        self.updating = False  # true during the updating forward, which must not start another
+
+    def __call__(self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        if self.updating:
+            return
+        layers = [m for m in model.modules() if isinstance(m, BalancedBatchNorm)]
+        if not any(layer.adapting for layer in layers):
+            return
+        classes = layers[0].num_classes
+        if not isinstance(output, Tensor) or output.dim() != 2 or output.shape[1] != classes:
+            shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+            raise ValueError(
+                f"balanced labels each sample with the model's prediction and needs (batch, {classes}) logits "
+                f"from the model; it returned {shape}"
+            )
+        labels = output.detach().argmax(1)
+        self.updating = True
+        try:
+            for layer in layers:
+                layer.labels = labels
+            with torch.no_grad():
+                model(*args, **kwargs)
+        finally:
+            self.updating = False
+            for layer in layers:
+                layer.labels = None
