@@ -12,7 +12,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tta.options import Range
 from tta.policies.base import NormPolicy
 from tta.registry import register_policy
-from tta.stats import all_finite, batch_moments, unbiased
+from tta.stats import all_finite, unbiased
 
 
 @register_policy("momentum_decay")
@@ -27,6 +27,11 @@ class MomentumDecayBatchNorm(NormPolicy):
     which ``tta.adapt`` wraps around the model (and refuses for a model without BatchNorm2d, whose
     inputs are not images); a layer called without it warns. A batch with one value per channel
     updates nothing.
+
+    Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc, issue 13): batch statistics, combined
+    over every process's batch (one all-reduce per layer and call). With ``augment``, each process
+    augments its own images: the state is the same on every process, but not that of one process
+    augmenting the whole batch (the draws depend on the batch).
     """
 
     def __init__(
@@ -63,7 +68,7 @@ class MomentumDecayBatchNorm(NormPolicy):
         mean, var = self.running_mean, self.running_var
         if self.adapting:
             grad = self.grad_through_stats(x)
-            mean_b, var_b, n = batch_moments(x, self.stats_dtype, grad=grad)
+            mean_b, var_b, n = self.batch_moments(x, grad=grad)
             if n >= 2:
                 ok = all_finite(mean_b, var_b)
                 step = self.step + 1
