@@ -50,6 +50,7 @@ class NormPolicy(nn.Module):
     """
 
     stats_grad: bool = False
+    sync_batchnorm: bool = False  # the original layer was a SyncBatchNorm (set at attach)
 
     def __init__(self, bn: _BatchNorm, *, layer_index: int = 0, post_norm: nn.Module | None = None) -> None:
         """``layer_index`` is the layer's position in the model (for per-layer random draws);
@@ -72,7 +73,7 @@ class NormPolicy(nn.Module):
         self.register_buffer("source_var", bn.running_var.detach().to(stats_dtype, copy=True))
         self.post_norm = post_norm
         self.paused = False
-        self.sync_batchnorm = isinstance(bn, nn.SyncBatchNorm)  # combine statistics across processes
+        self.sync_batchnorm = isinstance(bn, nn.SyncBatchNorm)
         self.train(bn.training)
         # The original layer is kept outside the module tree: detach() puts it back, and it adds
         # nothing to state_dict().
@@ -89,7 +90,8 @@ class NormPolicy(nn.Module):
 
     def syncing(self) -> bool:
         """True when batch statistics are combined across processes now (class doc): the original layer was
-        a SyncBatchNorm and its process group (the default one if None) has more than one process."""
+        a SyncBatchNorm, a default process group is initialized, and the layer's ``process_group`` (the
+        default one if None) has more than one process, as SyncBatchNorm's own test."""
         return (
             self.sync_batchnorm
             and dist.is_available()
