@@ -37,8 +37,8 @@ CASES: dict[str, dict[str, object]] = {
 # sample, so its BatchNorm1d layer has n = 1 on its own and n = 8 together.
 SHARDS = [(4, 4), (1, 7), (6, 2)]
 BATCH = 8
-# Policies whose batch statistics keep their gradient under stats_grad (a gradient method's switch).
-GRAD_POLICIES = ["tbn", "rbn"]
+# Under stats_grad (a gradient method's switch) every policy lets the gradient through its batch's share.
+GRAD_POLICIES = list(CASES)
 
 
 def base_model() -> nn.Module:
