@@ -11,7 +11,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tta.options import Range
 from tta.policies.base import NormPolicy
 from tta.registry import register_policy
-from tta.stats import all_finite, batch_moments
+from tta.stats import all_finite
 
 
 @register_policy("adab2n")
@@ -38,6 +38,9 @@ class AdaptiveBalanceBatchNorm(NormPolicy):
     the updated state (spec M10). ``t`` and ``eta_t`` are buffers (``reset``, ``state_dict``), not a
     Python attribute. A batch with one value per channel (n = 1) updates nothing, as for every
     stateful policy.
+
+    Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc, issue 13): batch statistics, combined
+    over every process's batch (one all-reduce per layer and call).
     """
 
     def __init__(
@@ -71,7 +74,7 @@ class AdaptiveBalanceBatchNorm(NormPolicy):
         mean, var = self.running_mean, self.running_var
         if self.adapting:
             grad = self.grad_through_stats(x)
-            mean_b, var_b, n = batch_moments(x, self.stats_dtype, grad=grad)
+            mean_b, var_b, n = self.batch_moments(x, grad=grad)
             if n >= 2:
                 ok = all_finite(mean_b, var_b)
                 step = self.step + 1

@@ -8,7 +8,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from tta.policies.base import NormPolicy
 from tta.registry import register_policy
-from tta.stats import all_finite, batch_moments, merge_moments
+from tta.stats import all_finite, merge_moments
 
 
 @register_policy("adabn")
@@ -23,6 +23,9 @@ class AdaBatchNorm(NormPolicy):
     the source statistics normalize. A batch with one value per channel (n = 1) updates nothing, as
     for every stateful policy: it has no variance of its own, and a pool built from such batches
     would normalize with the variance of the first two values seen.
+
+    Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc, issue 13): batch statistics, combined
+    over every process's batch (one all-reduce per layer and call).
     """
 
     def __init__(self, bn: _BatchNorm, **base: object) -> None:
@@ -35,7 +38,7 @@ class AdaBatchNorm(NormPolicy):
         fresh = None
         if self.adapting:
             grad = self.grad_through_stats(x)
-            mean_b, var_b, n = batch_moments(x, self.stats_dtype, grad=grad)
+            mean_b, var_b, n = self.batch_moments(x, grad=grad)
             if n >= 2:
                 ok = all_finite(mean_b, var_b)
                 count, mean, m2 = merge_moments(self.count, self.target_mean, self.target_m2, n, mean_b, var_b)

@@ -10,7 +10,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tta.options import Range
 from tta.policies.base import NormPolicy
 from tta.registry import register_policy
-from tta.stats import batch_moments, unbiased
+from tta.stats import unbiased
 
 
 @register_policy("alpha_bn")
@@ -19,6 +19,9 @@ class AlphaBatchNorm(NormPolicy):
 
     You et al. 2021, "Test-time batch statistics calibration for covariate shift"; the unbiased batch
     variance follows the reference ``AlphaBatchNorm``. With n = 1 the source statistics are used.
+
+    Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc, issue 13): batch statistics, combined
+    over every process's batch (one all-reduce per layer and call).
     """
 
     def __init__(self, bn: _BatchNorm, *, alpha: Annotated[float, Range(0, 1)] = 0.1, **base: object) -> None:
@@ -26,7 +29,7 @@ class AlphaBatchNorm(NormPolicy):
         self.alpha = alpha
 
     def normalize(self, x: Tensor) -> Tensor:
-        mean_b, var_b, n = batch_moments(x, self.stats_dtype, grad=self.grad_through_stats(x))
+        mean_b, var_b, n = self.batch_moments(x, grad=self.grad_through_stats(x))
         if n < 2:
             return self.normalize_with_source(x)
         mean = (1 - self.alpha) * self.source_mean + self.alpha * mean_b

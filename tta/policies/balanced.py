@@ -67,6 +67,9 @@ class BalancedBatchNorm(NormPolicy):
     ``gamma`` that of the official config nearest in class count (0 for 10 classes, 0.1 for 100, 0.5
     for 1000).
 
+    Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc): not combined; each process updates the
+    class statistics from its own share of the batch.
+
     Departures, on purpose: the official student and its strongly augmented forward, the source anchor
     and the gradient step are TRIBE's training, not its normalization, and are left out (forward-only);
     the official 1-D layer (``update_statistics_1d_v5``) rebinds ``local_mean`` instead of updating it in

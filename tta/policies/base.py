@@ -6,11 +6,12 @@ import contextlib
 from typing import Callable, Iterable, Iterator
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrize
 
-from tta.stats import normalize
+from tta.stats import batch_moments, normalize, reduce_moments
 
 
 class ModelHook:
@@ -44,10 +45,19 @@ class NormPolicy(nn.Module):
     instance statistics, with UnMix-TNS's assignments detached). State carried over from earlier batches
     is a constant to the gradient, and the state buffers themselves never join a graph. ``source`` has
     no batch statistics, so nothing changes there.
+
+    One stream served by several processes (issue 13): when the original layer was a ``SyncBatchNorm``
+    and a process group is initialized, the batch statistics a policy uses (:meth:`batch_moments`) are
+    those of every process's batch together, so N processes with B/N samples each adapt and predict as
+    one process with B. SyncBatchNorm itself combines them only in train mode (in eval it uses its
+    running statistics); a policy uses batch statistics in either mode, so it combines them in either.
+    As with SyncBatchNorm, every process of the group must call the model in step (the same number of
+    calls, none of them paused on one process only), each with at least one sample.
     """
 
     stats_grad: bool = False
     uses_predictions: bool = False  # True for a policy that learns from the model's predicted classes
+    sync_batchnorm: bool = False  # the original layer was a SyncBatchNorm (set at attach)
 
     def __init__(self, bn: _BatchNorm, *, layer_index: int = 0, post_norm: nn.Module | None = None) -> None:
         """``layer_index`` is the layer's position in the model (for per-layer random draws);
@@ -70,6 +80,7 @@ class NormPolicy(nn.Module):
         self.register_buffer("source_var", bn.running_var.detach().to(stats_dtype, copy=True))
         self.post_norm = post_norm
         self.paused = False
+        self.sync_batchnorm = isinstance(bn, nn.SyncBatchNorm)
         self.train(bn.training)
         # The original layer is kept outside the module tree: detach() puts it back, and it adds
         # nothing to state_dict().
@@ -83,6 +94,26 @@ class NormPolicy(nn.Module):
     def grad_through_stats(self, x: Tensor) -> bool:
         """Whether this forward's batch statistics keep their gradient (``stats_grad``, class doc)."""
         return self.stats_grad and x.requires_grad and torch.is_grad_enabled()
+
+    def syncing(self) -> bool:
+        """True when batch statistics are combined across processes now (class doc): the original layer was
+        a SyncBatchNorm, a default process group is initialized, and the layer's ``process_group`` (the
+        default one if None) has more than one process, as SyncBatchNorm's own test."""
+        return (
+            self.sync_batchnorm
+            and dist.is_available()
+            and dist.is_initialized()
+            and dist.get_world_size(self.original.process_group) > 1
+        )
+
+    def batch_moments(self, x: Tensor, grad: bool = False) -> tuple[Tensor, Tensor, int]:
+        """Per-channel mean, biased variance and count of ``x`` in the statistics dtype, in the autograd graph
+        with ``grad`` (:func:`tta.stats.batch_moments`, spec M0), of every process's batch together when
+        :meth:`syncing` (one all-reduce, differentiable with ``grad``: :func:`tta.stats.reduce_moments`)."""
+        mean, var, n = batch_moments(x, self.stats_dtype, grad=grad)
+        if self.sync_batchnorm and self.syncing():
+            return reduce_moments(mean, var, n, self.original.process_group)
+        return mean, var, n
 
     @property
     def adapting(self) -> bool:

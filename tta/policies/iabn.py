@@ -12,7 +12,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tta.options import Choice, Range
 from tta.policies.base import NormPolicy
 from tta.registry import register_policy
-from tta.stats import all_finite, batch_moments, instance_moments, normalize_per_instance, unbiased
+from tta.stats import all_finite, instance_moments, normalize_per_instance, unbiased
 
 
 def softshrink(x: Tensor, threshold: Tensor) -> Tensor:
@@ -45,6 +45,10 @@ class InstanceAwareBatchNorm(NormPolicy):
     and a batch with one value per channel updates nothing. Under a gradient method (``stats_grad``) the
     gradient flows through the instance statistics, as in the official layer; otherwise they carry none
     (spec M0).
+
+    Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc, issue 13): the instance statistics are
+    each instance's own and need no reduction; the running estimate's update uses batch statistics,
+    combined over every process's batch (one all-reduce per layer and call; none with ``"source"``).
     """
 
     def __init__(
@@ -86,7 +90,7 @@ class InstanceAwareBatchNorm(NormPolicy):
 
     def update_running(self, x: Tensor) -> None:
         """PyTorch BatchNorm's running update with momentum ``m`` (unbiased batch variance)."""
-        batch_mean, batch_var, n = batch_moments(x, self.stats_dtype)
+        batch_mean, batch_var, n = self.batch_moments(x)
         if n >= 2:
             ok = all_finite(batch_mean, batch_var)
             self.commit(

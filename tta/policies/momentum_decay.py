@@ -11,7 +11,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tta.options import Range
 from tta.policies.base import NormPolicy
 from tta.registry import register_policy
-from tta.stats import all_finite, batch_moments, unbiased
+from tta.stats import all_finite, unbiased
 
 
 @register_policy("momentum_decay")
@@ -25,6 +25,9 @@ class MomentumDecayBatchNorm(NormPolicy):
     protocol (update from augmented copies of each input, then predict it) is the method ``dua``
     (:class:`tta.methods.dua.DUA`), stacked on this policy. A batch with one value per channel updates
     nothing.
+
+    Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc, issue 13): batch statistics, combined
+    over every process's batch (one all-reduce per layer and call).
     """
 
     def __init__(
@@ -52,7 +55,7 @@ class MomentumDecayBatchNorm(NormPolicy):
         mean, var = self.running_mean, self.running_var
         if self.adapting:
             grad = self.grad_through_stats(x)
-            mean_b, var_b, n = batch_moments(x, self.stats_dtype, grad=grad)
+            mean_b, var_b, n = self.batch_moments(x, grad=grad)
             if n >= 2:
                 ok = all_finite(mean_b, var_b)
                 step = self.step + 1

@@ -11,7 +11,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tta.options import Range
 from tta.policies.base import NormPolicy
 from tta.registry import register_policy
-from tta.stats import all_finite, batch_moments
+from tta.stats import all_finite
 
 
 @register_policy("rbn")
@@ -22,6 +22,9 @@ class RobustBatchNorm(NormPolicy):
     ``mu_g <- (1-alpha) mu_g + alpha mu_B``, ``var_g <- (1-alpha) var_g + alpha var_B`` (biased), starting
     from the source statistics, and the batch is normalized with the updated values. A batch with one
     value per channel (n = 1) updates nothing and is normalized with the current global statistics.
+
+    Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc, issue 13): batch statistics, combined
+    over every process's batch (one all-reduce per layer and call).
     """
 
     def __init__(self, bn: _BatchNorm, *, alpha: Annotated[float, Range(0, 1)] = 0.05, **base: object) -> None:
@@ -34,7 +37,7 @@ class RobustBatchNorm(NormPolicy):
         mean, var = self.global_mean, self.global_var
         if self.adapting:
             grad = self.grad_through_stats(x)
-            mean_b, var_b, n = batch_moments(x, self.stats_dtype, grad=grad)
+            mean_b, var_b, n = self.batch_moments(x, grad=grad)
             if n >= 2:
                 ok = all_finite(mean_b, var_b)
                 new_mean = torch.lerp(self.global_mean, mean_b, self.alpha)

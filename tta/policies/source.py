@@ -12,7 +12,8 @@ from tta.registry import register_policy
 class Source(NormPolicy):
     """Normalize with the source statistics, as the original layer does in eval mode (spec M1).
 
-    The no-adaptation baseline of every benchmark; bit for bit the original layer's output.
+    The no-adaptation baseline of every benchmark; bit for bit the original layer's output. Uses no
+    batch statistics, so across processes (a SyncBatchNorm layer) nothing is combined.
     """
 
     def normalize(self, x: Tensor) -> Tensor:

@@ -21,9 +21,16 @@ class TestBatchNorm(NormPolicy):
 
     By default the statistics carry no gradient (spec M0); with ``stats_grad`` set (by Tent, spec M13)
     the gradient flows through the batch mean and variance exactly as in train-mode BatchNorm.
+
+    Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc, issue 13): batch statistics, combined
+    over every process's batch. With ``stats_grad`` the gradient flows through the all-reduce to every
+    process's input, as in SyncBatchNorm's backward; ``weight`` and ``bias`` get each process's own
+    part of their gradient, as there (summing them over processes is the data-parallel wrapper's job).
     """
 
     def normalize(self, x: Tensor) -> Tensor:
+        if self.sync_batchnorm and self.syncing():
+            return self.normalize_across_processes(x)
         if elements_per_channel(x) < 2:
             return self.normalize_with_source(x)
         if torch.is_grad_enabled() and x.requires_grad and not self.stats_grad:
@@ -33,3 +40,8 @@ class TestBatchNorm(NormPolicy):
         # Fused kernel: batch statistics and normalization in one call (with stats_grad, its backward
         # is train-mode BatchNorm's, through the statistics).
         return F.batch_norm(x, None, None, *self.affine(), True, 0.0, self.eps)
+
+    def normalize_across_processes(self, x: Tensor) -> Tensor:
+        """Normalize with the statistics of every process's batch together (issue 13)."""
+        mean, var, n = self.batch_moments(x, grad=self.grad_through_stats(x))
+        return self.normalize_with_source(x) if n < 2 else self.normalize_with(x, mean, var)

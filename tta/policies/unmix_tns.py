@@ -13,7 +13,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tta.options import Range
 from tta.policies.base import NormPolicy
 from tta.registry import register_policy
-from tta.stats import all_finite, instance_moments, normalize_per_instance
+from tta.stats import all_finite, instance_moments, normalize_per_instance, sum_across_processes
 
 
 @register_policy("unmix_tns")
@@ -32,6 +32,11 @@ class UnMixTNS(NormPolicy):
     normalized with the source statistics, updating nothing, as the reference does for BatchNorm1d.
     Components are drawn on the CPU from a generator seeded by ``(seed, layer_index)``, so attaching
     twice with one seed gives identical components on any device; ``reset`` restores that draw.
+
+    Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc, issue 13): each instance is normalized
+    by its own statistics and the shared components, so normalizing needs no reduction; the component
+    update is a mean over the batch, so it is taken over every process's instances together (one
+    all-reduce) and the components stay equal on every process, as one process with the whole batch.
     """
 
     def __init__(
@@ -106,12 +111,27 @@ class UnMixTNS(NormPolicy):
     def update_components(self, p: Tensor, inst_mean: Tensor, inst_var: Tensor) -> None:
         """``comp_k <- comp_k + M mean_b[p_bk (inst_b - comp_k)]`` for means and variances (spec M7, 5)."""
         batch = p.shape[0]
-        rate = 1 - (1 - self.bn_momentum) ** (batch / self.batch_size_max)
         weight_sum = p.mean(dim=0)[:, None]  # (K, 1): mean_b p_bk
-        new_mean = self.component_mean + rate * (p.T @ inst_mean / batch - weight_sum * self.component_mean)
-        new_var = self.component_var + rate * (p.T @ inst_var / batch - weight_sum * self.component_var)
+        assigned_mean = p.T @ inst_mean / batch  # (K, C): mean_b p_bk mu_b
+        assigned_var = p.T @ inst_var / batch
+        if self.sync_batchnorm and self.syncing():
+            batch, (weight_sum, assigned_mean, assigned_var) = self.mean_over_processes(
+                batch, weight_sum, assigned_mean, assigned_var
+            )
+        rate = 1 - (1 - self.bn_momentum) ** (batch / self.batch_size_max)
+        new_mean = self.component_mean + rate * (assigned_mean - weight_sum * self.component_mean)
+        new_var = self.component_var + rate * (assigned_var - weight_sum * self.component_var)
         ok = all_finite(new_mean, new_var)
         self.commit(ok, component_mean=new_mean, component_var=new_var)
+
+    def mean_over_processes(self, batch: int, *means: Tensor) -> tuple[int, list[Tensor]]:
+        """The number of instances of every process together and ``means``, each a mean over the
+        instances of this process, as means over all of them (issue 13): one all-reduce, in float64."""
+        count = torch.full((1,), float(batch), dtype=torch.float64, device=means[0].device)
+        sums = torch.cat([count, *(batch * m.detach().double().flatten() for m in means)])  # no gradient
+        total = sum_across_processes(sums, self.original.process_group)
+        pooled = (total[1:] / total[0]).split([m.numel() for m in means])
+        return int(total[0]), [new.view_as(m).to(m.dtype) for new, m in zip(pooled, means)]
 
     def reset(self) -> None:
         self.component_mean.copy_(self.initial_component_mean)
