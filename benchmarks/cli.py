@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -225,16 +226,19 @@ def _run_grid(args: argparse.Namespace, config: grid.GridConfig, model: Any, sou
             postfix[f"{method}/{policy}" if with_method else policy] = f"{100.0 * wrong / max(n, 1):.1f}%"
         bar.set_postfix(postfix)
 
-    job = executors.Job(config, model, data_dir=args.data_dir, cache_dir=args.cache_dir,
+    serial = args.executor == "local" and args.workers == 1
+    # workers get the model on the CPU (a Ray node may have no GPU) and move it to their own device
+    job = executors.Job(config, model if serial else copy.deepcopy(model).cpu(), data_dir=args.data_dir,
+                        cache_dir=args.cache_dir,
                         device="auto" if args.executor == "ray" and args.device == "auto" else str(device),
                         threads=_worker_threads(args))
     if args.executor == "ray":
         outcomes = executors.run_on_ray(job, units, address=args.ray_address, cpus_per_task=args.cpus_per_task,
                                         gpus_per_task=args.gpus_per_task)
-    elif args.workers > 1:
-        outcomes = executors.run_in_processes(job, units, workers=args.workers)
-    else:
+    elif serial:
         outcomes = executors.run_here(job, units, source=source, on_batch=on_batch)
+    else:
+        outcomes = executors.run_in_processes(job, units, workers=args.workers)
     failed: list[executors.Outcome] = []
     with contextlib.closing(outcomes):
         try:

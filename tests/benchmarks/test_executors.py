@@ -167,6 +167,20 @@ def test_a_unit_that_fails_once_is_retried_and_gives_the_rows_of_a_run_without_f
         assert row["errors"] == serial_rows[grid.row_key(row)]["errors"]
 
 
+@pytest.mark.parametrize("executor", ["workers", "ray"])
+def test_a_unit_whose_worker_dies_is_retried_in_a_new_worker(tmp_path, cache_dir, serial_rows, request, executor):
+    attempts = tmp_path / "attempts"
+    attempts.mkdir()
+    args = [*GRID, *_needs(executor, request), "--methods", "none", "--corruptions", "contrast,brightness",
+            "--model", "tests.benchmarks.flaky_model:build", "--model-arg", f"attempts_dir={str(attempts)!r}",
+            "--model-arg", "always=False", "--model-arg", "crash=True",
+            "--cache-dir", str(cache_dir), "--out", str(tmp_path / "out")]
+    assert cli.main(["run", *args]) == 0
+    assert [p.name for p in attempts.iterdir()] == ["failed-once"]  # one worker died
+    rows = read_rows(tmp_path / "out" / "results.jsonl")
+    assert len(rows) == 8 and all(row["errors"] == serial_rows[grid.row_key(row)]["errors"] for row in rows)
+
+
 def test_ray_missing_is_one_error_naming_the_extra_before_anything_is_written(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     assert cli.main(["run", *GRID, "--executor", "ray", "--out", str(tmp_path / "out")]) == 2
