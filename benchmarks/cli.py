@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -106,6 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _config_from_args(args)
     out = _out_folder(args.out)
     _set_threads(args.threads)
+    _executor_args(args)
     device = _device(args.device)
     with contextlib.ExitStack() as held:
         if out.is_dir():  # an existing folder: refuse at once if another run writes into it
@@ -123,7 +125,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             held.enter_context(results.FolderLock(out))
         store = results.ResultStore.open(out, config)
         meta = metadata.read_meta(out)
-        run_entry: dict[str, Any] = {"started": started_at, **metadata.environment(device)}
+        run_entry: dict[str, Any] = {"started": started_at, **metadata.environment(device),
+                                     "executor": args.executor, "workers": args.workers,
+                                     "worker_threads": _worker_threads(args)}
         before = len(store.rows())
         try:
             status = _run_grid(args, config, model, source, store, meta, device)
@@ -137,12 +141,54 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _write_report(store.folder, store.rows(), config.to_json(), meta, config.policies, config.methods)
 
 
+def _executor_args(args: argparse.Namespace) -> None:
+    """Refuse executor flags that do not fit together, before anything is written."""
+    if args.workers < 1:
+        raise _Fail(f"--workers must be >= 1, got {args.workers}")
+    if args.executor == "ray":
+        if args.workers != 1:
+            raise _Fail("--workers is for --executor local; on Ray the cluster's CPUs and --cpus-per-task "
+                        "decide how many units run at once")
+        if args.cpus_per_task <= 0 or args.gpus_per_task < 0:
+            raise _Fail(f"--cpus-per-task must be > 0 and --gpus-per-task >= 0, got {args.cpus_per_task} "
+                        f"and {args.gpus_per_task}")
+        if args.device not in ("auto", "cpu") and args.gpus_per_task == 0:
+            raise _Fail(f"--device {args.device} with --executor ray needs --gpus-per-task (e.g. 1, or 0.5 to "
+                        "share a GPU): Ray hides the GPUs from tasks that do not ask for one")
+        from benchmarks import executors
+
+        try:
+            executors.import_ray()
+        except ImportError as error:
+            raise _Fail(str(error)) from None
+    else:
+        given = [flag for flag, value, default in (("--ray-address", args.ray_address, None),
+                                                    ("--cpus-per-task", args.cpus_per_task, 1.0),
+                                                    ("--gpus-per-task", args.gpus_per_task, 0.0))
+                 if value != default]
+        if given:
+            raise _Fail(f"{', '.join(given)}: only with --executor ray")
+
+
+def _worker_threads(args: argparse.Namespace) -> int | None:
+    """torch threads per worker: ``--threads``, else the cores shared out (so the machine is not
+    oversubscribed), else with one local worker PyTorch's default."""
+    from benchmarks import executors
+
+    if args.threads is not None:
+        return args.threads
+    if args.executor == "ray":
+        return max(1, int(args.cpus_per_task))
+    return None if args.workers == 1 else max(1, executors.cores() // args.workers)
+
+
 def _run_grid(args: argparse.Namespace, config: grid.GridConfig, model: Any, source: Any,
               store: Any, meta: dict[str, Any], device: Any) -> int:
-    """Run the grid's missing rows into ``store``, showing progress; 130 if interrupted, else 0."""
+    """Run the grid's missing rows into ``store`` on the chosen executor, showing progress; 130 if
+    interrupted, 1 if a unit failed (the others' rows are kept), else 0."""
     from tqdm import tqdm
 
-    from benchmarks import evaluate, metadata, results
+    from benchmarks import evaluate, executors, metadata, results
 
     keys = grid.row_keys(config)
     todo = [key for key in keys if not store.done(key)]
@@ -161,20 +207,18 @@ def _run_grid(args: argparse.Namespace, config: grid.GridConfig, model: Any, sou
         if "error" in meta["clean_error"]:
             print(f"clean error of the unadapted model: {meta['clean_error']['error']:.1f}% "
                   f"on {meta['clean_error']['n']} clean test images", flush=True)
-    if not todo:
+    units = evaluate.units(config, store.done)
+    if not units:
         return 0
     # A redrawn bar only on a terminal; elsewhere (CI logs, a file, --no-progress) one line per result.
     bar = tqdm(total=len(keys), initial=len(keys) - len(todo), unit="result", dynamic_ncols=True) \
         if sys.stdout.isatty() and not args.no_progress else None
     finished = len(keys) - len(todo)
 
-    def on_batch(run: grid.Run, domain: Any, tallies: dict[tuple[str, str], dict[Any, Any]]) -> None:
+    def on_batch(unit: evaluate.Unit, tallies: dict[tuple[str, str], dict[Any, Any]]) -> None:
         if bar is None:
             return
-        where = f"{run.setting} {run.order} seed {run.seed}"
-        if domain is not None:
-            where += f" {domain[0]}"
-        bar.set_description(where, refresh=False)
+        bar.set_description(unit.describe(with_method=with_method).split(" (")[0], refresh=False)
         postfix = {}
         for (method, policy), per_domain in tallies.items():  # each learner's running error in this episode
             n = sum(t.n for t in per_domain.values())
@@ -182,38 +226,58 @@ def _run_grid(args: argparse.Namespace, config: grid.GridConfig, model: Any, sou
             postfix[f"{method}/{policy}" if with_method else policy] = f"{100.0 * wrong / max(n, 1):.1f}%"
         bar.set_postfix(postfix)
 
-    def on_rows(rows: list[dict[str, Any]]) -> None:
-        nonlocal finished
-        finished += len(rows)
-        if bar is not None:
-            bar.update(len(rows))
-            return
-        for i, row in enumerate(rows, start=finished - len(rows) + 1):
-            described = results.describe_key(grid.row_key(row), with_method=with_method)
-            print(f"[{i}/{len(keys)}] {described}: error {row['error']:.1f}%", flush=True)
-
-    try:
-        evaluate.run_grid(
-            config,
-            model,
-            done=store.done,
-            save=store.append,
-            source=source,
-            cache_dir=args.cache_dir,
-            device=device,
-            progress=evaluate.Progress(on_batch=on_batch, on_rows=on_rows),
-        )
-    except KeyboardInterrupt:
-        if bar is not None:
-            bar.close()
-        print(
-            f"\ninterrupted: {len(store.rows())} of {len(keys)} results are saved in {store.results_path}; "
-            "rerun the same command to resume",
-            file=sys.stderr,
-        )
-        return 130
+    serial = args.executor == "local" and args.workers == 1
+    # workers get the model on the CPU (a Ray node may have no GPU) and move it to their own device
+    job = executors.Job(config, model if serial else copy.deepcopy(model).cpu(), data_dir=args.data_dir,
+                        cache_dir=args.cache_dir,
+                        device="auto" if args.executor == "ray" and args.device == "auto" else str(device),
+                        threads=_worker_threads(args))
+    if args.executor == "ray":
+        outcomes = executors.run_on_ray(job, units, address=args.ray_address, cpus_per_task=args.cpus_per_task,
+                                        gpus_per_task=args.gpus_per_task)
+    elif serial:
+        outcomes = executors.run_here(job, units, source=source, on_batch=on_batch)
+    else:
+        outcomes = executors.run_in_processes(job, units, workers=args.workers)
+    failed: list[executors.Outcome] = []
+    with contextlib.closing(outcomes):
+        try:
+            for done, outcome in enumerate(outcomes, start=1):
+                if outcome.error is not None:
+                    failed.append(outcome)
+                rows = [row for row in outcome.rows if not store.done(grid.row_key(row))]
+                store.append(rows)
+                finished += len(rows)
+                units_now = f"units: {outcome.running} running, {done}/{len(units)} done"
+                if bar is not None:
+                    bar.update(len(rows))
+                    bar.set_description(units_now)
+                    continue
+                for i, row in enumerate(rows, start=finished - len(rows) + 1):
+                    described = results.describe_key(grid.row_key(row), with_method=with_method)
+                    print(f"[{i}/{len(keys)}] {described}: error {row['error']:.1f}% ({units_now})", flush=True)
+                if outcome.error is not None:
+                    print(f"failed: {outcome.unit.describe(with_method=with_method)}: {outcome.error} ({units_now})",
+                          flush=True)
+        except KeyboardInterrupt:
+            if bar is not None:
+                bar.close()
+            print(
+                f"\ninterrupted: {len(store.rows())} of {len(keys)} results are saved in {store.results_path}; "
+                "rerun the same command to resume",
+                file=sys.stderr,
+            )
+            return 130
     if bar is not None:
         bar.close()
+    if failed:
+        print(f"\nthe grid is incomplete: {len(failed)} of {len(units)} units failed after {executors.RETRIES + 1} "
+              f"attempts; the other {len(store.rows())} of {len(keys)} results are saved in {store.results_path}:",
+              file=sys.stderr)
+        for outcome in failed:
+            print(f"  {outcome.unit.describe(with_method=with_method)}: {outcome.error}", file=sys.stderr)
+        print("rerun the same command to retry them", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -221,6 +285,7 @@ def _write_report(folder: Path, rows: list[dict[str, Any]], config: dict[str, An
                   meta: dict[str, Any], policies: Sequence[str] | None, methods: Sequence[str] | None) -> int:
     from benchmarks import report
 
+    rows = report.in_grid_order(rows, config)
     paths = report.write_report(folder, rows, config=config, metadata=meta)
     print()
     if config:
@@ -250,6 +315,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.exists() else None
     policies = config.get("policies") if config else None
     methods = config.get("methods", [grid.NO_METHOD]) if config else None
+    rows = report.in_grid_order(rows, config)
     paths = report.write_report(folder, rows, config=config, metadata=metadata.read_meta(folder))
     print(report.summary_table(rows, policies=policies, methods=methods))
     print()
@@ -398,6 +464,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, metavar="DIR", help="results folder (created; reused to resume)")
     run.add_argument("--device", default=DEFAULT_DEVICE, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     run.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+    run.add_argument("--workers", type=int, default=1,
+                     help="local worker processes running the grid's units at once (default 1: in this "
+                          "process); each gets --threads, default the cores divided by the workers")
+    run.add_argument("--executor", default="local", choices=("local", "ray"),
+                     help="local (this machine, --workers) or ray: the units as Ray tasks on a cluster "
+                          "(needs the extra: pip install 'tta[ray]')")
+    run.add_argument("--ray-address", default=None,
+                     help="Ray cluster to connect to, e.g. auto or ray://host:10001 (default: $RAY_ADDRESS, "
+                          "else a new local Ray)")
+    run.add_argument("--cpus-per-task", type=float, default=1.0,
+                     help="Ray CPUs per unit (default 1; also the task's torch threads unless --threads)")
+    run.add_argument("--gpus-per-task", type=float, default=0.0,
+                     help="Ray GPUs per unit, e.g. 1 or 0.5 (default 0; needed for --device cuda)")
     run.add_argument("--no-progress", action="store_true",
                      help="no progress bar: one line per finished result instead (always so when stdout "
                           "is not a terminal)")

@@ -1,12 +1,12 @@
 """Evaluate methods over normalization policies on test streams: the library calls behind ``tta-bench run``.
 
-A grid run (:class:`benchmarks.grid.Run`) is one stream (setting, order, seed) evaluated for every
-(method, policy) in lockstep: each has its own learner (:func:`learner_copy`: a copy of the model adapted
-with the policy, the method attached), every batch is fed to all of them, and errors are counted per
-domain from ``batch.domain``. Learners are reset (``tta.reset``) before each episode of the stream (spec
-S4: one episode per domain in ``single``, one for the whole stream otherwise), so the rows of one episode
-are known when it ends. A killed run loses at most the episode in progress: in ``single`` one domain,
-in ``continual``/``mixed``/``gradual`` the whole stream, which is run again. The loop runs under
+A grid run (:class:`benchmarks.grid.Run`) is one stream (setting, order, seed); it is evaluated in
+independent units (:class:`Unit`): in ``single`` one domain episode for every (method, policy) in
+lockstep, otherwise the whole stream for one (method, policy). Each learner is its own
+(:func:`learner_copy`: a copy of the model adapted with the policy, the method attached), reset
+(``tta.reset``) before its episode (spec S4), and errors are counted per domain from ``batch.domain``,
+so a unit's rows are known when it ends. A killed run loses at most the units in progress, which are run
+again; units run in any order or process give the same rows (``benchmarks.executors``). The loop runs under
 ``torch.no_grad``; a gradient method (Tent) takes its gradients inside its own forward, whatever the
 caller's mode.
 """
@@ -25,7 +25,7 @@ from torch import nn
 
 import streams
 import tta
-from benchmarks.grid import CLEAN, NO_METHOD, GridConfig, RowKey, Run, domains
+from benchmarks.grid import CLEAN, NO_METHOD, GridConfig, RowKey, Run, domains, row_key
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +221,74 @@ class Progress:
     on_rows: Callable[[list[dict[str, Any]]], None] | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    """One independent piece of a grid, the work one worker does (issue 13): in ``single`` one domain
+    episode of a run for all its pending (method, policy) pairs in lockstep (they share the stream's
+    batches), otherwise a whole stream for one pair (its learner carries over the domains)."""
+
+    run: Run
+    pairs: tuple[Pair, ...]
+    domain: Domain | None = None
+    """The episode's domain in ``single``; None for the whole stream."""
+
+    def describe(self, *, with_method: bool = True) -> str:
+        """``"single iid seed 0 fog-5 (none/source, none/tbn)"``: the unit for messages."""
+        where = f"{self.run.setting} {self.run.order} seed {self.run.seed}"
+        if self.domain is not None:
+            where += f" {self.domain[0]}-{self.domain[1]}"
+        learners = ", ".join(f"{m}/{p}" if with_method else p for m, p in self.pairs)
+        return f"{where} ({learners})"
+
+
+def units(config: GridConfig, done: Callable[[RowKey], bool]) -> list[Unit]:
+    """The grid's units that still have a row missing, in the grid's order (see :class:`Unit`)."""
+    from benchmarks.grid import expand
+
+    found = []
+    for run in expand(config):
+        run_domains = domains(config, run.setting)
+        if run.setting == "single":
+            for domain in run_domains:
+                pairs = tuple(p for p in run.pairs() if not done(_key(p, run, domain)))
+                if pairs:
+                    found.append(Unit(run, pairs, domain))
+        else:
+            found += [Unit(run, (p,)) for p in run.pairs() if not all(done(_key(p, run, d)) for d in run_domains)]
+    return found
+
+
+def run_unit(
+    config: GridConfig,
+    model: nn.Module,
+    unit: Unit,
+    source: Any,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    device: torch.device | str = "cpu",
+    on_batch: Callable[[dict[Pair, dict[Domain, Tally]]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """The rows of one :class:`Unit`: fresh learners (``model`` is untouched), reset, fed the unit's
+    episode; rows of every (domain, pair) of the episode, domain-major. ``source`` as from :func:`load_source`."""
+    run = unit.run
+    stream = build_stream(config, run, source, cache_dir=cache_dir)
+    model = model.to(device).eval()
+    learners = {p: learner_copy(model, *p, config.options, seed=run.seed) for p in unit.pairs}
+    for episode_domain, batches in stream.episodes():
+        if unit.domain is not None and domain_of(episode_domain) != unit.domain:
+            continue  # another unit's episode: its batches are never produced
+        episode_domains = [unit.domain] if unit.domain is not None else domains(config, run.setting)
+        for learner in learners.values():
+            tta.reset(learner)
+        tallies = evaluate_batches(learners, batches, device=device, on_batch=on_batch)
+        missing = [d for d in episode_domains if not any(d in tallies[p] for p in unit.pairs)]
+        if missing:
+            raise RuntimeError(f"the stream of {run} yielded no image of domains {missing}")
+        return [make_row(config, run, p, d, tallies[p][d]) for d in episode_domains for p in unit.pairs
+                if d in tallies[p]]
+    raise RuntimeError(f"the stream of {run} has no episode of domain {unit.domain}")
+
+
 def run_grid(
     config: GridConfig,
     model: nn.Module,
@@ -233,53 +301,24 @@ def run_grid(
     device: torch.device | str = "cpu",
     progress: Progress | None = None,
 ) -> None:
-    """Evaluate every run of the grid, skipping rows ``done`` says exist; ``save`` each episode's rows.
-
-    ``save`` is called once per finished episode with its new rows (the results store appends and
-    flushes them), so an interrupt loses only the episode in progress.
-    """
-    from benchmarks.grid import expand
-
+    """Evaluate every unit of the grid in this process, skipping rows ``done`` says exist; ``save`` each
+    unit's new rows (the results store appends and flushes them), so an interrupt loses only the unit
+    in progress. ``benchmarks.executors`` runs the same units in parallel."""
     progress = progress or Progress()
     if source is None:
         source = load_source(config, data_dir=data_dir)
-    model = model.to(device).eval()
-    for run in expand(config):
-        run_domains = domains(config, run.setting)
-        pending = [p for p in run.pairs() if not all(done(_key(p, run, d)) for d in run_domains)]
-        if not pending:
-            continue
-        stream = build_stream(config, run, source, cache_dir=cache_dir)
-        models = {p: learner_copy(model, *p, config.options, seed=run.seed) for p in pending}
-        for episode_domain, batches in stream.episodes():
-            episode_domains = _episode_domains(episode_domain, run_domains, run.setting)
-            todo = [p for p in pending if not all(done(_key(p, run, d)) for d in episode_domains)]
-            if not todo:
-                continue
-            live = {p: models[p] for p in todo}
-            for adapted in live.values():
-                tta.reset(adapted)
-            label = episode_domains[0] if len(episode_domains) == 1 else None
+    for unit in units(config, done):
+        label = unit.domain
 
-            def on_batch(
-                tallies: dict[Pair, dict[Domain, Tally]], _run: Run = run, _label: Domain | None = label
-            ) -> None:
-                if progress.on_batch is not None:
-                    progress.on_batch(_run, _label, tallies)
+        def on_batch(tallies: dict[Pair, dict[Domain, Tally]], _run: Run = unit.run, _label: Domain | None = label) -> None:
+            if progress.on_batch is not None:
+                progress.on_batch(_run, _label, tallies)
 
-            tallies = evaluate_batches(live, batches, device=device, on_batch=on_batch)
-            rows = [
-                make_row(config, run, p, d, tallies[p][d])
-                for d in episode_domains
-                for p in todo
-                if d in tallies[p] and not done(_key(p, run, d))
-            ]
-            missing = [d for d in episode_domains if not any(d in tallies[p] for p in todo)]
-            if missing:
-                raise RuntimeError(f"the stream of {run} yielded no image of domains {missing}")
-            save(rows)
-            if progress.on_rows is not None:
-                progress.on_rows(rows)
+        rows = run_unit(config, model, unit, source, cache_dir=cache_dir, device=device, on_batch=on_batch)
+        rows = [row for row in rows if not done(row_key(row))]
+        save(rows)
+        if progress.on_rows is not None:
+            progress.on_rows(rows)
 
 
 def first_batch(
@@ -373,10 +412,3 @@ def clean_error(
 
 def _key(pair: Pair, run: Run, domain: Domain) -> RowKey:
     return (pair[0], pair[1], run.setting, run.order, run.seed, domain[0], domain[1])
-
-
-def _episode_domains(episode_domain: Any, run_domains: list[Domain], setting: str) -> list[Domain]:
-    """The domains one episode covers: its own in ``single``, all of the run's otherwise."""
-    if setting == "single":
-        return [domain_of(episode_domain)]
-    return run_domains

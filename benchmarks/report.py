@@ -41,6 +41,20 @@ def method_of(row: dict[str, Any]) -> str:
     return str(row.get("method", NO_METHOD))
 
 
+def in_grid_order(rows: Rows, config: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The rows in the order the grid of ``config`` (a folder's ``config.json``) lists them, whatever order
+    they were stored in (parallel executors store them as units finish), so tables and files do not
+    depend on it; rows outside that grid follow, as stored. Without a full config: as stored."""
+    from benchmarks.grid import GridConfig, row_key, row_keys
+
+    try:
+        grid = GridConfig.from_json(config or {})
+    except (KeyError, TypeError, ValueError):
+        return list(rows)
+    rank = {key: i for i, key in enumerate(row_keys(grid))}
+    return sorted(rows, key=lambda row: rank.get(row_key(row), len(rank)))
+
+
 def has_methods(rows: Rows) -> bool:
     """Whether the rows hold any method but ``none`` (then the tables name the method)."""
     return any(method_of(row) != NO_METHOD for row in rows)
@@ -270,6 +284,7 @@ def write_report(
         raise ValueError(f"no result rows in {folder}: nothing to report")
     folder = Path(folder)
     config = config or {}
+    rows = in_grid_order(rows, config)
     policies = config.get("policies")
     methods = config.get("methods")
     corruptions = config.get("corruptions")

@@ -371,8 +371,9 @@ def test_without_a_terminal_each_result_is_one_line_and_threads_are_recorded(tmp
         torch.set_num_threads(1)
     captured = capsys.readouterr()
     rows = read_rows(tmp_path / "results.jsonl")
-    expected = [f"[{i}/4] {r['policy']} single iid seed 0 {r['corruption']}-5: error {r['error']:.1f}%"
-                for i, r in enumerate(rows, start=1)]
+    # two units (a domain episode each) of two results, one after the other
+    expected = [f"[{i}/4] {r['policy']} single iid seed 0 {r['corruption']}-5: error {r['error']:.1f}% "
+                f"(units: {int(i <= 2)} running, {(i + 1) // 2}/2 done)" for i, r in enumerate(rows, start=1)]
     assert [line for line in captured.out.splitlines() if line.startswith("[")] == expected
     assert "\r" not in captured.out + captured.err
     assert json.loads((tmp_path / "meta.json").read_text())["runs"][0]["threads"] == 2
@@ -510,8 +511,8 @@ def test_dua_runs_in_the_grid_with_its_options_as_a_hand_built_loop(tmp_path, ca
 def test_a_method_grid_names_the_method_in_each_line_and_reports_a_line_per_method(with_methods, capsys):
     out, printed = with_methods
     rows = read_rows(out / "results.jsonl")
-    expected = [f"[{i}/8] {r['method']}/{r['policy']} single iid seed 0 {r['corruption']}-5: error {r['error']:.1f}%"
-                for i, r in enumerate(rows, start=1)]
+    expected = [f"[{i}/8] {r['method']}/{r['policy']} single iid seed 0 {r['corruption']}-5: error {r['error']:.1f}% "
+                f"(units: {int(i <= 4)} running, {(i + 3) // 4}/2 done)" for i, r in enumerate(rows, start=1)]
     assert [line for line in printed.splitlines() if line.startswith("[")] == expected
     assert "(2 methods x 2 policies x 1 streams)" in printed
     report_md = (out / "report.md").read_text()
@@ -600,3 +601,20 @@ def test_the_progress_bar_of_a_method_grid_shows_each_learners_running_error(tmp
     assert cli.main(["run", *args, "--cache-dir", str(cache_dir), "--out", str(tmp_path)]) == 0
     bar = capsys.readouterr().err
     assert re.search(r"none/source=\d+\.\d%, none/tbn=\d+\.\d%, tent/source=\d+\.\d%, tent/tbn=\d+\.\d%", bar)
+
+
+def test_the_report_does_not_depend_on_the_order_results_were_stored_in(finished, tmp_path, capsys):
+    # Parallel executors store rows as units finish: a folder whose rows are stored in reverse must give
+    # the same report.md, results.csv and printed summary as the serial run's.
+    import shutil
+
+    folder = tmp_path / "reversed"
+    shutil.copytree(finished, folder)
+    lines = (folder / "results.jsonl").read_text().splitlines()
+    (folder / "results.jsonl").write_text("\n".join(reversed(lines)) + "\n")
+    assert cli.main(["report", str(finished)]) == 0
+    printed = capsys.readouterr().out
+    assert cli.main(["report", str(folder)]) == 0
+    assert capsys.readouterr().out.replace(str(folder), str(finished)) == printed
+    for name in ("report.md", "results.csv"):
+        assert (folder / name).read_text() == (finished / name).read_text()

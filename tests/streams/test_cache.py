@@ -1,6 +1,7 @@
 """The on-disk domain cache (spec S5): integrity check and healing, file modes, stale temporary files,
 concurrent writers."""
 
+import hashlib
 import logging
 import os
 import subprocess
@@ -174,3 +175,37 @@ def test_concurrent_processes_building_the_same_domains_end_with_one_correct_fil
         for path in domains.glob("*.npy"):
             assert cache.load(path.stem) is not None
     assert not caplog.records  # every file matches its record
+
+
+BUILDER = """
+import hashlib, sys, time
+from pathlib import Path
+import numpy as np
+from streams.cache import DomainCache
+root, me = Path(sys.argv[1]), sys.argv[2]
+
+def fill(out):
+    out[...] = (np.arange(out.size) % 251).reshape(out.shape)
+    (root / f"inside-{me}").touch()  # wait until the other builder is inside its fill too
+    deadline = time.monotonic() + 120
+    while len(list(root.glob("inside-*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+array = DomainCache(root).get_or_create("k", (40, 1, 28, 28), fill)
+print(hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest(), (root / f"inside-{me}").exists())
+"""
+
+
+def test_two_processes_building_the_same_domain_at_once_both_end_with_the_valid_cached_data(tmp_path, caplog):
+    # Both miss the cache and write their own temporary file at the same time (each waits inside its fill
+    # for the other), then both rename into place: each gets the data, and the file left matches its record.
+    runs = [subprocess.Popen([sys.executable, "-c", BUILDER, str(tmp_path), name], stdout=subprocess.PIPE, text=True)
+            for name in ("a", "b")]
+    printed = [run.communicate(timeout=300)[0].split() for run in runs]
+    assert all(run.returncode == 0 for run in runs)
+    expected = (np.arange(40 * 28 * 28) % 251).astype(np.uint8).reshape(40, 1, 28, 28)
+    assert printed == [[hashlib.sha256(expected.tobytes()).hexdigest(), "True"]] * 2  # both built it, both read it back whole
+    with caplog.at_level(logging.WARNING, logger="streams.cache"):
+        cached = DomainCache(tmp_path).load("k")
+    assert cached is not None and np.array_equal(cached, expected) and not caplog.records
+    assert not list((tmp_path / "domains").glob(".*"))  # no temporary file left behind
