@@ -12,7 +12,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tta.options import Range
 from tta.policies.base import NormPolicy
 from tta.registry import register_policy
-from tta.stats import all_finite, batch_moments, unbiased
+from tta.stats import all_finite, batch_moments, on_host, unbiased
 
 
 @register_policy("momentum_decay")
@@ -48,9 +48,11 @@ class MomentumDecayBatchNorm(NormPolicy):
         self.register_buffer("running_mean", self.source_mean.clone())
         self.register_buffer("running_var", self.source_var.clone())
 
-    def current_momentum(self, step: Tensor) -> Tensor:
-        """``m_t`` for the t-th update (t = 1, 2, ...)."""
-        return self.momentum * self.decay ** step.double() + self.min_momentum
+    def current_momentum(self, step: Tensor | int) -> Tensor | float:
+        """``m_t`` for the t-th update (t = 1, 2, ...) in float64; a Python float for a step read on the
+        host (:func:`tta.stats.on_host`: five fewer small kernels per layer)."""
+        t = step if isinstance(step, int) else step.double()
+        return self.momentum * self.decay ** t + self.min_momentum
 
     def normalize(self, x: Tensor) -> Tensor:
         if self.augment and not self.in_augmented_update:
@@ -65,7 +67,10 @@ class MomentumDecayBatchNorm(NormPolicy):
             if n >= 2:
                 ok = all_finite(mean_b, var_b)
                 step = self.step + 1
-                m = self.current_momentum(step).to(self.stats_dtype)
+                if on_host(step):
+                    m = self.current_momentum(int(step))  # lerp rounds it to the state's dtype
+                else:
+                    m = self.current_momentum(step).to(self.stats_dtype)
                 self.commit(
                     ok,
                     step=step,
