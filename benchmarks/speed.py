@@ -8,8 +8,9 @@ forwards, they are timed in turns (round-robin over ``repeats`` rounds, so load 
 affects all of them alike), each turn ``batches_per_repeat`` forwards of one fixed batch under
 ``torch.inference_mode`` (the first warm-up forward, at least one, is timed alone: the first call). A
 ratio is taken within each round (the two turns are seconds apart) and the median over rounds is
-reported, with the quartiles of the per-round ratios to the unadapted model as its spread. A gradient method (Tent) takes its backward pass and optimizer step inside its forward: that cost
-is in its figure, as it is in deployment.
+reported, with the quartiles of the per-round ratios to the unadapted model as its spread. A gradient
+method (Tent) takes its backward pass and optimizer step inside its forward: that cost is in its figure,
+as it is in deployment.
 
 ``compile=True`` times ``torch.compile(model, fullgraph=True)`` (inductor) of every model, the unadapted
 one included, with the batch dimension marked dynamic; the first call's time (compiling included) is
@@ -19,6 +20,7 @@ reported, and whether a batch of another size recompiles (``torch.compiler.set_s
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import statistics
@@ -123,7 +125,10 @@ def measure_speed(
     first_call: dict[tuple[str, str], float] = {}
     recompiles: dict[tuple[str, str], bool] = {}
     timings: dict[tuple[str, str], list[float]] = {name: [] for name in names}
-    with torch.inference_mode():
+    # Every copy of the model is a new graph of the same forward code: allow one per copy, plus one more
+    # each for the batch-size check.
+    limit = torch._dynamo.config.patch(recompile_limit=2 * len(models) + 8) if compile else contextlib.nullcontext()
+    with limit, torch.inference_mode():
         for name, timed in models.items():
             start = time.perf_counter()
             timed(x)
