@@ -346,8 +346,9 @@ def cmd_speed(args: argparse.Namespace) -> int:
     counted = f"{len(methods)} methods x {len(policies)}" if with_method else f"{len(policies)}"
     print(
         f"timing {counted} policies on {args.model} ({args.dataset} input), batch {args.batch_size}, "
-        f"{device}, {torch.get_num_threads()} threads: median of {args.repeats} runs of "
-        f"{args.batches_per_repeat} batches after {args.warmup} warm-up batches"
+        f"{device}, {torch.get_num_threads()} threads{', compiled (inductor)' if args.compile else ''}: "
+        f"median of {args.repeats} round-robin runs of {args.batches_per_repeat} batches after "
+        f"{args.warmup} warm-up batches"
     )
     measured = speed.measure_speed(
         model,
@@ -360,11 +361,20 @@ def cmd_speed(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         batches_per_repeat=args.batches_per_repeat,
         device=device,
+        compile=args.compile,
     )
-    table = [[*([r.method] if with_method else []), r.policy,
-              f"{r.images_per_s:,.0f}" if r.images_per_s >= 100 else f"{r.images_per_s:.1f}",
-              f"{r.ratio_to_source:.2f}"] for r in measured]
-    headers = [*(["method"] if with_method else []), "policy", "images/s", "x source"]
+
+    def rate(images_per_s: float) -> str:
+        return f"{images_per_s:,.0f}" if images_per_s >= 100 else f"{images_per_s:.1f}"
+
+    table = [[*([r.method] if with_method else []), r.policy, rate(r.images_per_s), f"{r.ratio_to_unadapted:.2f}",
+              f"{r.spread[0]:.2f}-{r.spread[1]:.2f}", f"{r.ratio_to_source:.2f}",
+              *([f"{r.compile_s:.1f}", "yes" if r.recompiles_on_batch_change else "no"] if args.compile else [])]
+             for r in measured]
+    headers = [*(["method"] if with_method else []), "policy", "images/s", "x unadapted", "spread (IQR)",
+               "x source", *(["first call (s)", "recompiles on batch change"] if args.compile else [])]
+    print(f"unadapted model: {rate(measured[0].unadapted_images_per_s)} images/s; spread: quartiles of the "
+          "per-round ratios to it")
     print(tabulate(table, headers=headers, tablefmt="github", disable_numparse=True))
     return 0
 
@@ -486,7 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("dir", metavar="DIR")
     rep.set_defaults(func=cmd_report)
 
-    spd = sub.add_parser("speed", help="images/s of each method x policy and the ratio to source")
+    spd = sub.add_parser("speed", help="images/s of each method x policy and its ratios to the unadapted model "
+                                       "and to source")
     spd.add_argument("--dataset", default="fmnist-c", help="decides the input size and the model's classes")
     _add_model_arguments(spd)
     spd.add_argument("--policies", default="all")
@@ -499,6 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
     spd.add_argument("--batches-per-repeat", type=int, default=5, help="batches in one timed run")
     spd.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     spd.add_argument("--device", default=DEFAULT_DEVICE)
+    spd.add_argument("--compile", action="store_true",
+                     help="time torch.compile(model, fullgraph=True) of every model, the unadapted one included")
     spd.set_defaults(func=cmd_speed)
 
     trn = sub.add_parser("train-source", help="train the bundled Fashion-MNIST model")

@@ -1,22 +1,32 @@
-"""Throughput of each method x policy: images per second of a learner, and the ratio to ``source``.
+"""Throughput of each method x policy: images per second of a learner, and its ratio to the unadapted
+model and to ``source``.
 
 Method: every (method, policy) gets its own copy of the model, adapted with the policy and the method
-attached (method ``none``: the adapted model alone); after ``warmup`` untimed forwards, they are timed in
-turns (round-robin over ``repeats`` rounds, so load on a shared machine affects all of them alike), each
-turn ``batches_per_repeat`` forwards of one fixed batch under ``torch.inference_mode``; the reported
-figure is the median over rounds. A gradient method (Tent) takes its backward pass and optimizer step
-inside its forward: that cost is in its figure, as it is in deployment. The ratio is to ``source`` under
-``none``, timed always.
+attached (method ``none``: the adapted model alone); the unadapted model (a copy of the input, its
+BatchNorm layers untouched) and ``source`` under ``none`` are always timed too. After ``warmup`` untimed
+forwards, they are timed in turns (round-robin over ``repeats`` rounds, so load on a shared machine
+affects all of them alike), each turn ``batches_per_repeat`` forwards of one fixed batch under
+``torch.inference_mode`` (the first warm-up forward, at least one, is timed alone: the first call). A
+ratio is taken within each round (the two turns are seconds apart) and the median over rounds is
+reported, with the quartiles of the per-round ratios to the unadapted model as its spread. A gradient
+method (Tent) takes its backward pass and optimizer step inside its forward: that cost is in its figure,
+as it is in deployment.
+
+``compile=True`` times ``torch.compile(model, fullgraph=True)`` (inductor) of every model, the unadapted
+one included, with the batch dimension marked dynamic; the first call's time (compiling included) is
+reported, and whether a batch of another size recompiles (``torch.compiler.set_stance
+("fail_on_recompile")`` refuses it if so).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import statistics
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -30,21 +40,46 @@ INPUT_SHAPES: dict[str, tuple[int, int, int]] = {
     "imagenet-c": (3, 224, 224),
 }
 
+#: The name the unadapted model is timed under.
+UNADAPTED = ("none", "unadapted")
+
 
 @dataclasses.dataclass(frozen=True)
 class SpeedResult:
-    """Median throughput of one (method, policy) and its ratio to ``source`` under ``none``."""
+    """Median throughput of one (method, policy), its ratios to the unadapted model and to ``source``
+    (medians of per-round ratios) and the quartiles of the per-round ratio to the unadapted model."""
 
     policy: str
     images_per_s: float
     ratio_to_source: float
     runs: tuple[float, ...]
     method: str = "none"
+    ratio_to_unadapted: float = float("nan")
+    spread: tuple[float, float] = (float("nan"), float("nan"))
+    unadapted_images_per_s: float = float("nan")
+    compile_s: float | None = None  # the first call, compiling included (compile=True)
+    recompiles_on_batch_change: bool | None = None  # compile=True
 
 
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _ratios(runs: Sequence[float], reference: Sequence[float]) -> list[float]:
+    return [a / b for a, b in zip(runs, reference)]
+
+
+def _recompiles(model: Callable[[torch.Tensor], Any], x: torch.Tensor) -> bool:
+    """Whether ``model`` (compiled) needs a new graph for ``x``."""
+    try:
+        with torch.compiler.set_stance("fail_on_recompile"):
+            model(x)
+    except RuntimeError as error:
+        if "recompil" not in str(error).lower():
+            raise
+        return True
+    return False
 
 
 def measure_speed(
@@ -60,45 +95,72 @@ def measure_speed(
     batches_per_repeat: int = 5,
     device: torch.device | str = "cpu",
     seed: int = 0,
+    compile: bool = False,
 ) -> list[SpeedResult]:
     """Time ``methods`` x ``policies`` on ``model`` (see the module docstring); ``options`` by policy or
-    method name. ``source`` under ``none`` is always timed for the ratio."""
+    method name. The unadapted model and ``source`` under ``none`` are always timed for the ratios."""
     if batch_size < 1 or repeats < 1 or batches_per_repeat < 1 or warmup < 0:
         raise ValueError("batch_size, repeats and batches_per_repeat must be >= 1 and warmup >= 0")
     device = torch.device(device)
     options = options or {}
     wanted = [(method, policy) for method in methods for policy in policies]
-    names = list(dict.fromkeys([("none", "source"), *wanted]))
+    names = list(dict.fromkeys([UNADAPTED, ("none", "source"), *wanted]))
     generator = torch.Generator().manual_seed(seed)
     x = torch.rand((batch_size, *input_shape), generator=generator).to(device)
+    other = torch.rand((max(1, batch_size // 2) if batch_size > 2 else batch_size + 1, *input_shape),
+                       generator=generator).to(device)
     base = model.to(device).eval()
-    models: dict[tuple[str, str], nn.Module] = {}
+    models: dict[tuple[str, str], Callable[[torch.Tensor], Any]] = {}
     for method, policy in names:
-        adapted = tta.adapt(copy.deepcopy(base), policy, **options.get(policy, {})).eval()
-        models[(method, policy)] = adapted if method == "none" else tta.attach_method(
-            adapted, method, **options.get(method, {}))
+        if (method, policy) == UNADAPTED:
+            timed: nn.Module = copy.deepcopy(base)
+        else:
+            timed = tta.adapt(copy.deepcopy(base), policy, **options.get(policy, {})).eval()
+            if method != "none":
+                timed = tta.attach_method(timed, method, **options.get(method, {}))
+        models[(method, policy)] = torch.compile(timed, fullgraph=True) if compile else timed
+    if compile:
+        torch._dynamo.mark_dynamic(x, 0)
+        torch._dynamo.mark_dynamic(other, 0)
+    first_call: dict[tuple[str, str], float] = {}
+    recompiles: dict[tuple[str, str], bool] = {}
     timings: dict[tuple[str, str], list[float]] = {name: [] for name in names}
-    with torch.inference_mode():
-        for name, adapted in models.items():
-            for _ in range(warmup):
-                adapted(x)
+    # Every copy of the model is a new graph of the same forward code: allow one per copy, plus one more
+    # each for the batch-size check.
+    limit = torch._dynamo.config.patch(recompile_limit=2 * len(models) + 8) if compile else contextlib.nullcontext()
+    with limit, torch.inference_mode():
+        for name, timed in models.items():
+            start = time.perf_counter()
+            timed(x)
+            _synchronize(device)
+            first_call[name] = time.perf_counter() - start
+            for _ in range(warmup - 1):
+                timed(x)
         _synchronize(device)
         for _ in range(repeats):
-            for name, adapted in models.items():
+            for name, timed in models.items():
                 start = time.perf_counter()
                 for _ in range(batches_per_repeat):
-                    adapted(x)
+                    timed(x)
                 _synchronize(device)
                 timings[name].append(batch_size * batches_per_repeat / (time.perf_counter() - start))
-    source = statistics.median(timings[("none", "source")])
-    return [
-        SpeedResult(
+        if compile:
+            recompiles = {name: _recompiles(timed, other) for name, timed in models.items()}
+    unadapted, source = timings[UNADAPTED], timings[("none", "source")]
+    results = []
+    for name in wanted:
+        to_unadapted = _ratios(timings[name], unadapted)
+        quartiles = statistics.quantiles(to_unadapted, n=4) if repeats > 1 else [to_unadapted[0]] * 3
+        results.append(SpeedResult(
             policy=name[1],
             images_per_s=statistics.median(timings[name]),
-            ratio_to_source=statistics.median(timings[name]) / source,
+            ratio_to_source=statistics.median(_ratios(timings[name], source)),
             runs=tuple(timings[name]),
             method=name[0],
-        )
-        for name in names
-        if name in wanted
-    ]
+            ratio_to_unadapted=statistics.median(to_unadapted),
+            spread=(quartiles[0], quartiles[2]),
+            unadapted_images_per_s=statistics.median(unadapted),
+            compile_s=first_call[name] if compile else None,
+            recompiles_on_batch_change=recompiles.get(name),
+        ))
+    return results

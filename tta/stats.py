@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import math
 import warnings
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -25,18 +26,33 @@ def batch_moments(x: Tensor, dtype: torch.dtype = torch.float32, grad: bool = Fa
     Uses the statistics kernel of BatchNorm's own training pass (``torch.batch_norm_update_stats``), three
     to ten times faster on CPU than ``torch.var_mean`` over the non-contiguous dims, and just as exact for
     contiguous inputs (channels-last: relative error about 1e-5 in float32). With ``grad`` the moments
-    stay in the autograd graph of ``x`` (``torch.var_mean``; the fused kernel has no backward).
+    stay in the autograd graph of ``x`` (``torch.var_mean``; the fused kernel has no backward). Under
+    ``torch.compile``, ``torch.var_mean``, which the compiler fuses: that kernel has no meta
+    implementation, so a graph with dynamic shapes cannot hold it.
     """
     n = elements_per_channel(x)
     if grad:
         var, mean = torch.var_mean(x.to(dtype), dim=[0, *range(2, x.dim())], correction=0)
         return mean, var, n
-    x = x.detach().to(dtype)
-    if n >= 2 and x.device.type in _FUSED_STATS_DEVICES:
+    x = _detached(x, dtype)
+    if n >= 2 and x.device.type in _FUSED_STATS_DEVICES and not torch.compiler.is_compiling():
         mean, var = torch.batch_norm_update_stats(x, None, None, 1.0)
         return mean, var, n
     var, mean = torch.var_mean(x, dim=[0, *range(2, x.dim())], correction=0)
     return mean, var, n
+
+
+def on_host(t: Tensor) -> bool:
+    """True where reading a value of ``t`` in Python is free: on the CPU outside ``torch.compile``
+    (elsewhere it would be a host sync or a graph break)."""
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def _detached(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """``x.detach().to(dtype)``, without the two no-op calls when ``x`` needs neither (inference)."""
+    if x.requires_grad:
+        x = x.detach()
+    return x if x.dtype == dtype else x.to(dtype)
 
 
 def instance_moments(x: Tensor, dtype: torch.dtype = torch.float32, grad: bool = False) -> tuple[Tensor, Tensor]:
@@ -51,7 +67,7 @@ def instance_moments(x: Tensor, dtype: torch.dtype = torch.float32, grad: bool =
     if grad:
         var, mean = torch.var_mean(x.to(dtype), dim=list(range(2, x.dim())), correction=0)
         return mean, var
-    x = x.detach().to(dtype)
+    x = _detached(x, dtype)
     b, c = x.shape[:2]
     if not x.is_contiguous() and x.movedim(1, -1).is_contiguous():
         rows = x.movedim(1, -1).reshape(b, -1, c)  # a view
@@ -66,30 +82,45 @@ def _row_moments(rows: Tensor) -> tuple[Tensor, Tensor]:
     Two passes of contiguous row reductions: sums, then dot products of the deviations. The
     deviations are formed in slices of about ``_ROW_CHUNK`` values that stay in cache (a loop over
     memory slices, not over samples: one slice holds many rows, a small batch is one slice). Off the
-    CPU the whole tensor is one slice.
+    host (:func:`on_host`) the whole tensor is one slice: no loop whose length depends on the batch
+    size, which ``torch.compile`` would specialize on.
     """
     b, c, length = rows.shape
     mean = rows.sum(dim=2).div_(length)
     flat_rows, flat_mean = rows.view(b * c, length), mean.view(b * c, 1)
     squares = torch.empty(b * c, dtype=rows.dtype, device=rows.device)
-    step = max(1, _ROW_CHUNK // length) if rows.device.type == "cpu" else b * c
+    step = max(1, _ROW_CHUNK // length) if on_host(rows) else b * c
     for start in range(0, b * c, step):
         deviation = flat_rows[start: start + step] - flat_mean[start: start + step]
         torch.linalg.vecdot(deviation, deviation, out=squares[start: start + step])
     return mean, squares.view(b, c).div_(length)
 
 
-def all_finite(*tensors: Tensor) -> Tensor:
-    """0-dim bool: every value of every tensor is finite (no NaN, no Inf).
+def all_finite(*tensors: Tensor) -> Tensor | bool:
+    """Every value of every tensor is finite (no NaN, no Inf): a 0-dim bool tensor, or a Python bool on
+    the CPU outside ``torch.compile``, where reading the value costs nothing and saves isfinite's kernels
+    (on an accelerator the tensor stays on the device: no host sync).
 
     Checked on the sum of all values, which is NaN or Inf exactly when some value is (Inf + -Inf gives
-    NaN), in three small kernels instead of two per tensor. The one difference: finite values whose sum
-    overflows float32 (beyond 3e38) also count as non-finite, so such a batch leaves the state as is.
+    NaN): tensors of one shape are added first, so two of them take two small kernels. The one
+    difference: finite values whose sum overflows float32 (beyond 3e38) also count as non-finite, so
+    such a batch leaves the state as is.
     """
-    total = tensors[0].sum()
-    for t in tensors[1:]:
-        total = total + t.sum()
+    if all(t.shape == tensors[0].shape for t in tensors[1:]):
+        total = functools.reduce(torch.add, tensors).sum()
+    else:
+        total = functools.reduce(torch.add, [t.sum() for t in tensors])
+    if on_host(total):
+        return math.isfinite(total.item())
     return torch.isfinite(total)
+
+
+def select(ok: Tensor | bool, new: Tensor, old: Tensor) -> Tensor:
+    """``new`` where ``ok`` holds, else ``old``: a branch for a bool read on the host (:func:`all_finite`),
+    ``torch.where`` (differentiable, no host sync) for a 0-dim tensor."""
+    if isinstance(ok, bool):
+        return new if ok else old
+    return torch.where(ok, new, old)
 
 
 def elements_per_channel(x: Tensor) -> int:
@@ -103,20 +134,25 @@ def unbiased(var: Tensor, n: int) -> Tensor:
 
 
 def merge_moments(
-    count: Tensor, mean: Tensor, m2: Tensor, batch_count: int, batch_mean: Tensor, batch_var: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
+    count: Tensor | int, mean: Tensor, m2: Tensor, batch_count: int, batch_mean: Tensor, batch_var: Tensor
+) -> tuple[Tensor | int, Tensor, Tensor]:
     """Exact pooled update of (count, mean, sum of squared deviations) with one batch (Chan et al. 1979).
 
     ``m2`` gains the batch's own squared deviations plus the between-batch term
     ``delta^2 * count * batch_count / total``, so the result equals the moments of the concatenation
-    (spec M3). Computed in ``mean``'s dtype.
+    (spec M3). Computed in ``mean``'s dtype. ``count`` may be a Python int read on the host
+    (:func:`on_host`): the scalar factors are then Python floats (float64, the same values), which saves
+    five small kernels; the additions then round once (fused multiply-add) where ``addcmul`` may round
+    twice, a difference in the last bit of float64.
     """
     total = count + batch_count
+    delta = torch.sub(batch_mean, mean)  # in mean's dtype (promoted)
+    m2 = m2.add(batch_var, alpha=batch_count)
+    if isinstance(count, int):
+        weight = batch_count / total
+        return total, mean.add(delta, alpha=weight), m2.add(delta.square_(), alpha=count * weight)
     weight = batch_count / total.to(mean.dtype)  # 0-dim
-    delta = batch_mean.to(mean.dtype) - mean
-    new_mean = torch.addcmul(mean, delta, weight)
-    new_m2 = torch.addcmul(m2.add(batch_var.to(m2.dtype), alpha=batch_count), delta.square(), count * weight)
-    return total, new_mean, new_m2
+    return total, torch.addcmul(mean, delta, weight), torch.addcmul(m2, delta.square(), count * weight)
 
 
 def normalize(
@@ -137,7 +173,8 @@ def normalize(
         mean, var = mean.to(weight.dtype), var.to(weight.dtype)
     elif torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
         mean, var = mean.clone(), var.clone()
-    return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
+    # F.batch_norm's own kernel, called without its Python wrapper (a few microseconds per layer).
+    return torch.batch_norm(x, weight, bias, mean, var, False, 0.0, eps, torch.backends.cudnn.enabled)
 
 
 def normalize_per_instance(

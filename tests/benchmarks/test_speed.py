@@ -6,10 +6,11 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 from torch import nn
 
 import tta
-from benchmarks import cli
+from benchmarks import cli, speed
 from benchmarks.speed import measure_speed
 
 
@@ -19,21 +20,62 @@ def tiny_model() -> nn.Module:
 
 def test_every_policy_gets_a_positive_throughput_and_source_has_ratio_one():
     model = tiny_model()
-    model(__import__("torch").rand(2, 1, 8, 8))  # materialize the lazy layer
+    model(torch.rand(2, 1, 8, 8))  # materialize the lazy layer
     results = measure_speed(model, tta.policies(), input_shape=(1, 8, 8), batch_size=4,
                             warmup=1, repeats=2, batches_per_repeat=1)
     assert [r.policy for r in results] == tta.policies()
     for r in results:
         assert r.images_per_s > 0 and len(r.runs) == 2 and math.isfinite(r.ratio_to_source)
-    source = results[0]
-    assert source.ratio_to_source == 1.0
-    for r in results:
-        assert r.ratio_to_source == pytest.approx(r.images_per_s / source.images_per_s)
+        assert math.isfinite(r.ratio_to_unadapted) and r.spread[0] <= r.ratio_to_unadapted <= r.spread[1]
+        assert r.compile_s is None and r.recompiles_on_batch_change is None
+    assert results[0].ratio_to_source == 1.0  # each round's ratio of source to itself
+
+
+class FakeClock:
+    """``time.perf_counter`` for the benchmark: advanced only by the forwards of :class:`Costly`."""
+
+    now = 0.0
+
+
+class Costly(nn.Module):
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        FakeClock.now += self.seconds
+        return x
+
+
+def test_ratios_are_images_per_second_relative_to_the_unadapted_model_and_to_source(monkeypatch):
+    """With known costs per forward (a fake clock): unadapted 2 s, source 2.5 s, tbn 4 s, rbn 5 s."""
+    costs = {"source": 0.5, "tbn": 2.0, "rbn": 3.0}  # on top of the model's own 2 s
+    monkeypatch.setattr(speed.time, "perf_counter", lambda: FakeClock.now)
+    monkeypatch.setattr(speed.tta, "adapt", lambda model, policy, **_: nn.Sequential(model, Costly(costs[policy])))
+    results = measure_speed(nn.Sequential(Costly(2.0)), ["tbn", "rbn"], input_shape=(1,), batch_size=8,
+                            warmup=1, repeats=3, batches_per_repeat=2)
+    tbn, rbn = results
+    assert tbn.images_per_s == pytest.approx(8 / 4.0) and rbn.images_per_s == pytest.approx(8 / 5.0)
+    assert tbn.unadapted_images_per_s == pytest.approx(8 / 2.0)
+    assert tbn.ratio_to_unadapted == pytest.approx(2 / 4) and rbn.ratio_to_unadapted == pytest.approx(2 / 5)
+    assert tbn.ratio_to_source == pytest.approx(2.5 / 4) and rbn.ratio_to_source == pytest.approx(2.5 / 5)
+    assert rbn.spread == pytest.approx((2 / 5, 2 / 5))  # the same in every round
+
+
+def test_compiled_models_report_the_first_call_and_do_not_recompile_for_another_batch_size():
+    torch._dynamo.reset()
+    model = tiny_model()
+    model(torch.rand(2, 1, 8, 8))
+    results = measure_speed(model, ["rbn"], input_shape=(1, 8, 8), batch_size=4, warmup=1, repeats=1,
+                            batches_per_repeat=1, compile=True)
+    (rbn,) = results
+    assert rbn.compile_s > 0 and rbn.images_per_s > 0 and math.isfinite(rbn.ratio_to_unadapted)
+    assert rbn.recompiles_on_batch_change is False
 
 
 def test_the_input_model_is_left_unadapted():
     model = tiny_model()
-    model(__import__("torch").rand(2, 1, 8, 8))
+    model(torch.rand(2, 1, 8, 8))
     measure_speed(model, ["tbn"], input_shape=(1, 8, 8), batch_size=2, warmup=0, repeats=1, batches_per_repeat=1)
     assert tta.policy_layers(model) == []
     assert isinstance(model[1], nn.BatchNorm2d)
@@ -44,6 +86,8 @@ def test_speed_command_prints_a_row_per_policy(capsys):
                      "--repeats", "1", "--batches-per-repeat", "1", "--device", "cpu"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert [line.split("|")[1].strip() for line in lines] == ["policy", "tbn", "rbn"]
+    assert [c.strip() for c in lines[0].split("|")[1:-1]] == [
+        "policy", "images/s", "x unadapted", "spread (IQR)", "x source"]
 
 
 def test_speed_refuses_an_unknown_policy(capsys):
@@ -53,7 +97,7 @@ def test_speed_refuses_an_unknown_policy(capsys):
 
 def test_methods_are_timed_over_every_policy_against_source_under_none():
     model = tiny_model()
-    model(__import__("torch").rand(2, 1, 8, 8))
+    model(torch.rand(2, 1, 8, 8))
     results = measure_speed(model, ["tbn", "rbn"], methods=["none", "tent"], input_shape=(1, 8, 8), batch_size=4,
                             warmup=1, repeats=2, batches_per_repeat=1)
     assert [(r.method, r.policy) for r in results] == [
@@ -69,7 +113,7 @@ def test_speed_command_with_methods_prints_a_row_per_method_and_policy(capsys):
     assert [[c.strip() for c in line.split("|")[1:3]] for line in lines] == [
         ["method", "policy"], ["none", "source"], ["none", "tbn"], ["tent", "source"], ["tent", "tbn"]]
     source = lines[1].split("|")
-    assert source[4].strip() == "1.00"
+    assert source[6].strip() == "1.00"
 
 
 def test_speed_refuses_an_unknown_method_and_an_option_of_a_method_not_timed(capsys):

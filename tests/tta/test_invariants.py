@@ -155,3 +155,19 @@ def test_affine_parameters_are_shared_and_keep_their_gradients(policy: str) -> N
     for _, layer in tta.policy_layers(model):
         for buffer in layer.buffers():
             assert not buffer.requires_grad
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_forward_off_the_cpu_never_reads_a_value_on_the_host(policy: str) -> None:
+    """On an accelerator a value read in Python (``.item()``, ``bool()``, ``int()``) is a host sync that
+    stalls the device. The ``meta`` device has no values: such a read raises there, so every adapting,
+    paused and n = 1 forward running through on it shows the accelerator path syncs nowhere."""
+    model = tta.adapt(build("small_cnn"), policy).to("meta")
+    with torch.no_grad():
+        for batch in (4, 4, 1):
+            out = model(inputs("small_cnn", batch).to("meta"))
+        with tta.paused(model):
+            model(inputs("small_cnn", 4).to("meta"))
+    assert out.device.type == "meta" and out.shape == (1, 10)
+    with pytest.raises(RuntimeError):
+        bool(out.sum() > 0)  # what the test relies on

@@ -11,7 +11,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tta.options import Range
 from tta.policies.base import NormPolicy
 from tta.registry import register_policy
-from tta.stats import all_finite
+from tta.stats import all_finite, select
 
 
 @register_policy("adab2n")
@@ -83,7 +83,7 @@ class AdaptiveBalanceBatchNorm(NormPolicy):
                 new_mean = torch.lerp(self.running_mean, mean_b, rate)
                 new_var = torch.lerp(self.running_var, var_b, rate)
                 if grad:
-                    mean, var = torch.where(ok, new_mean, mean), torch.where(ok, new_var, var)
+                    mean, var = select(ok, new_mean, mean), select(ok, new_var, var)
                 self.commit(ok, step=step, eta=eta, running_mean=new_mean, running_var=new_var)
         return self.normalize_with(x, mean, var)
 

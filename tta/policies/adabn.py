@@ -8,7 +8,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from tta.policies.base import NormPolicy
 from tta.registry import register_policy
-from tta.stats import all_finite, merge_moments
+from tta.stats import all_finite, merge_moments, on_host, select
 
 
 @register_policy("adabn")
@@ -41,20 +41,21 @@ class AdaBatchNorm(NormPolicy):
             mean_b, var_b, n = self.batch_moments(x, grad=grad)
             if n >= 2:
                 ok = all_finite(mean_b, var_b)
-                count, mean, m2 = merge_moments(self.count, self.target_mean, self.target_m2, n, mean_b, var_b)
+                count = int(self.count) if on_host(self.count) else self.count  # a Python int: fewer kernels
+                count, mean, m2 = merge_moments(count, self.target_mean, self.target_m2, n, mean_b, var_b)
                 self.commit(ok, count=count, target_mean=mean, target_m2=m2)
                 if grad:  # the pool, with this batch's share keeping its gradient
                     fresh = ok, mean.to(self.stats_dtype), (m2 / count).to(self.stats_dtype)
-        pooled = self.count >= 2
-        if x.device.type == "cpu" and not torch.compiler.is_compiling():  # reading the count is free here
-            mean, var = self.adapted_stats() if pooled else (self.source_mean, self.source_var)
+        if on_host(self.count):  # reading the count is free here
+            mean, var = self.adapted_stats() if int(self.count) >= 2 else (self.source_mean, self.source_var)
         else:  # torch.where: no host sync on an accelerator
+            pooled = self.count >= 2
             mean, var = self.adapted_stats()
             mean = torch.where(pooled, mean, self.source_mean)
             var = torch.where(pooled, var, self.source_var)
         if fresh is not None:
             ok, new_mean, new_var = fresh
-            mean, var = torch.where(ok, new_mean, mean), torch.where(ok, new_var, var)
+            mean, var = select(ok, new_mean, mean), select(ok, new_var, var)
         return self.normalize_with(x, mean, var)
 
     def reset(self) -> None:
@@ -63,5 +64,6 @@ class AdaBatchNorm(NormPolicy):
         self.target_m2.zero_()
 
     def adapted_stats(self) -> tuple[Tensor, Tensor]:
-        var = self.target_m2 / self.count.clamp(min=1)
+        count = max(int(self.count), 1) if on_host(self.count) else self.count.clamp(min=1)
+        var = self.target_m2 / count
         return self.target_mean.to(self.stats_dtype), var.to(self.stats_dtype)

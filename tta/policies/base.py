@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrize
 
-from tta.stats import batch_moments, normalize, reduce_moments
+from tta.stats import batch_moments, normalize, on_host, reduce_moments
 
 
 class ModelHook:
@@ -129,8 +129,12 @@ class NormPolicy(nn.Module):
                 "tta.detach(model, keep_adapted=True) and trace that."
             )
         self.check_input(x)
-        # Statistics in float32 even under autocast (spec M0); normalize() returns x's dtype.
-        with torch.autocast(x.device.type, enabled=False):
+        device = x.device.type
+        if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+            # Statistics in float32 even under autocast (spec M0); normalize() returns x's dtype.
+            with torch.autocast(device, enabled=False):
+                out = self.normalize(x)
+        else:  # entering a disabled autocast context costs as much as a small kernel
             out = self.normalize(x)
         return out if self.post_norm is None else self.post_norm(out)
 
@@ -206,17 +210,22 @@ class NormPolicy(nn.Module):
         if x.shape[0] == 0 or x.numel() == 0:
             raise ValueError(f"{self.describe()}: empty batch of shape {tuple(x.shape)}")
 
-    def commit(self, ok: Tensor, **values: Tensor) -> None:
-        """Write each new value into the buffer of that name where ``ok`` (a 0-dim bool) holds (detached).
+    def commit(self, ok: Tensor | bool, **values: Tensor | int) -> None:
+        """Write each new value, detached, into the buffer of that name where ``ok`` (a 0-dim bool, or a
+        bool read on the CPU by :func:`tta.stats.all_finite`) holds. A value may be a Python number where
+        ``ok`` is read on the host (a count read with :func:`tta.stats.on_host`).
 
         On an accelerator ``torch.where`` keeps the check on the device (no host sync); on the CPU,
         where reading ``ok`` costs nothing, a plain branch saves one kernel per buffer. Under
         ``torch.compile`` the branch-free path is used everywhere (a branch on data breaks the graph).
         """
-        if ok.device.type == "cpu" and not torch.compiler.is_compiling():
-            if bool(ok):
+        if isinstance(ok, bool) or on_host(ok):
+            if ok:
                 for name, value in values.items():
-                    getattr(self, name).copy_(value.detach())
+                    if isinstance(value, Tensor):
+                        getattr(self, name).copy_(value.detach())
+                    else:
+                        getattr(self, name).fill_(value)
             return
         for name, value in values.items():
             buffer = getattr(self, name)

@@ -11,7 +11,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tta.options import Range
 from tta.policies.base import NormPolicy
 from tta.registry import register_policy
-from tta.stats import all_finite, unbiased
+from tta.stats import all_finite, on_host, select, unbiased
 
 
 @register_policy("momentum_decay")
@@ -47,9 +47,11 @@ class MomentumDecayBatchNorm(NormPolicy):
         self.register_buffer("running_mean", self.source_mean.clone())
         self.register_buffer("running_var", self.source_var.clone())
 
-    def current_momentum(self, step: Tensor) -> Tensor:
-        """``m_t`` for the t-th update (t = 1, 2, ...)."""
-        return self.momentum * self.decay ** step.double() + self.min_momentum
+    def current_momentum(self, step: Tensor | int) -> Tensor | float:
+        """``m_t`` for the t-th update (t = 1, 2, ...) in float64; a Python float for a step read on the
+        host (:func:`tta.stats.on_host`: five fewer small kernels per layer)."""
+        t = step if isinstance(step, int) else step.double()
+        return self.momentum * self.decay ** t + self.min_momentum
 
     def normalize(self, x: Tensor) -> Tensor:
         mean, var = self.running_mean, self.running_var
@@ -59,11 +61,14 @@ class MomentumDecayBatchNorm(NormPolicy):
             if n >= 2:
                 ok = all_finite(mean_b, var_b)
                 step = self.step + 1
-                m = self.current_momentum(step).to(self.stats_dtype)
+                if on_host(step):
+                    m = self.current_momentum(int(step))  # lerp rounds it to the state's dtype
+                else:
+                    m = self.current_momentum(step).to(self.stats_dtype)
                 new_mean = torch.lerp(self.running_mean, mean_b, m)
                 new_var = torch.lerp(self.running_var, unbiased(var_b, n), m)
                 if grad:
-                    mean, var = torch.where(ok, new_mean, mean), torch.where(ok, new_var, var)
+                    mean, var = select(ok, new_mean, mean), select(ok, new_var, var)
                 self.commit(ok, step=step, running_mean=new_mean, running_var=new_var)
         return self.normalize_with(x, mean, var)
 

@@ -11,7 +11,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tta.options import Range
 from tta.policies.base import NormPolicy
 from tta.registry import register_policy
-from tta.stats import all_finite
+from tta.stats import all_finite, select
 
 
 @register_policy("rbn")
@@ -43,7 +43,7 @@ class RobustBatchNorm(NormPolicy):
                 new_mean = torch.lerp(self.global_mean, mean_b, self.alpha)
                 new_var = torch.lerp(self.global_var, var_b, self.alpha)
                 if grad:  # the batch term keeps its gradient, as in the official RobustBN
-                    mean, var = torch.where(ok, new_mean, mean), torch.where(ok, new_var, var)
+                    mean, var = select(ok, new_mean, mean), select(ok, new_var, var)
                 self.commit(ok, global_mean=new_mean, global_var=new_var)
         return self.normalize_with(x, mean, var)
 
