@@ -38,6 +38,7 @@ CASES = [
     ("rebalance", "momentum", ["0.1", True], [0.0, -0.1, 1.5, float("nan")], [1e-3, 0.1, 1]),
     ("rebalance", "class_memory", ["1000", None], [0.5, 0.0, float("inf")], [1, 1000.0]),
     ("rebalance", "prior", [None, 1], ["Uniform", "source"], ["previous", "uniform"]),
+    ("rebalance", "correct_outputs", [], [], [True, False]),  # a bool: its type errors in test_rebalance
 ]
 
 

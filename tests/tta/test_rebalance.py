@@ -17,19 +17,42 @@ def layer_1d(num_classes: int = 2, **options: object) -> RebalancedBatchNorm:
     return RebalancedBatchNorm(nn.BatchNorm1d(1, affine=False).eval(), num_classes=num_classes, **options)
 
 
+def learn(layer: RebalancedBatchNorm, labels: list[int]) -> None:
+    """What the model's hook does after the forward, for one layer: learn from the predicted labels."""
+    y = torch.tensor(labels)
+    classes, index = y.unique(return_inverse=True)
+    counts = torch.bincount(index)
+    layer.learn_classes(y, classes, index, layer.shared_estimates(classes, counts))
+
+
 def test_one_class_pooled_moments_give_back_the_balanced_statistics() -> None:
     """m = 1, s = 2; class 0 at z-mean +1, class 1 at -1, both z-second moment 2 (within variance 1): class 0
-    has raw mean 3 and variance 4. A pool of class 0 only (M1 = 3, M2 = 4 + 9) must give m = 1, s^2 = 4."""
+    is N(3, 4), class 1 N(-1, 4), their equal mixture has mean 1 and variance 4 + 4 = 8. A pool of class 0
+    only (M1 = 3, M2 = 4 + 9) and a half-and-half pool (M1 = 1, M2 = 8 + 1) must both give (1, 8)."""
     layer = layer_1d()
     layer.class_offset.copy_(torch.tensor([[1.0], [-1.0]]))
     layer.class_square.copy_(torch.tensor([[2.0], [2.0]]))
-    mean, var = layer.balanced_stats(torch.tensor([3.0]), torch.tensor([13.0]), torch.tensor([1.0, 0.0]))
-    torch.testing.assert_close(mean, torch.tensor([1.0]))
-    torch.testing.assert_close(var, torch.tensor([4.0]))
-    # half and half: the pool's own moments (mean 1, variance 4 + 4) are the balanced ones
-    mean, var = layer.balanced_stats(torch.tensor([1.0]), torch.tensor([9.0]), torch.tensor([0.5, 0.5]))
-    torch.testing.assert_close(mean, torch.tensor([1.0]))
-    torch.testing.assert_close(var, torch.tensor([4.0]))
+    for moment1, moment2, composition in [(3.0, 13.0, [1.0, 0.0]), (1.0, 9.0, [0.5, 0.5])]:
+        mean, var = layer.balanced_stats(torch.tensor([moment1]), torch.tensor([moment2]), torch.tensor(composition))
+        torch.testing.assert_close(mean, torch.tensor([1.0]))
+        torch.testing.assert_close(var, torch.tensor([8.0]))
+
+
+def test_the_balanced_statistics_do_not_depend_on_the_coordinates_the_classes_were_measured_in() -> None:
+    """z' = alpha z + delta maps a class's (a, q) to (alpha a + delta, alpha^2 q + 2 alpha delta a + delta^2)."""
+    layer = layer_1d(num_classes=3)
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 1, generator=generator)
+    q = a.square() + torch.rand(3, 1, generator=generator) + 0.1
+    pooled = (torch.tensor([0.7]), torch.tensor([2.5]), torch.tensor([0.6, 0.3, 0.1]))
+    layer.class_offset.copy_(a)
+    layer.class_square.copy_(q)
+    before = layer.balanced_stats(*pooled)
+    alpha, delta = 1.7, -0.4
+    layer.class_offset.copy_(alpha * a + delta)
+    layer.class_square.copy_(alpha**2 * q + 2 * alpha * delta * a + delta**2)
+    after = layer.balanced_stats(*pooled)
+    torch.testing.assert_close(after, before)
 
 
 def test_a_first_batch_is_normalized_with_its_own_statistics_and_teaches_the_classes_their_moments() -> None:
@@ -39,28 +62,46 @@ def test_a_first_batch_is_normalized_with_its_own_statistics_and_teaches_the_cla
         out = layer(x)
     # beta_1 = 1, nothing learnt: the batch's mean 2 and biased variance 1
     torch.testing.assert_close(out, (x - 2) / torch.sqrt(torch.tensor(1 + 1e-5)))
-    layer.learn_classes(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))  # as the hook does: sample 0 is class 0
-    # z = (x - 2) / 1 = -1, +1; z^2 = 1: a = (-1, 1) (already centred), q = (1, 1) (mean 1)
+    learn(layer, [0, 1])
+    # z = (x - 2) / 1 = -1, +1 and z^2 = 1, each class's first samples: a = (-1, 1), q = (1, 1)
     torch.testing.assert_close(layer.class_offset, torch.tensor([[-1.0], [1.0]]), atol=1e-5, rtol=0)
-    torch.testing.assert_close(layer.class_square, torch.tensor([[1.0], [1.0]]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(layer.class_square, torch.tensor([[1.0], [1.0]]), atol=1e-4, rtol=0)  # eps: 1e-5
     torch.testing.assert_close(layer.composition, torch.tensor([0.5, 0.5]))
 
 
-def test_class_moments_are_recentred_and_rescaled_to_a_balanced_unit_mixture() -> None:
-    layer = layer_1d(num_classes=3)
-    x = torch.tensor([[0.0], [2.0], [4.0], [4.0]])
+def test_a_class_keeps_a_running_mean_over_at_most_class_memory_samples() -> None:
+    layer = layer_1d(class_memory=2.0, momentum=1.0)  # momentum 1: each batch normalized by its own statistics
     with torch.no_grad():
-        layer(x)  # m = 2.5, var = 2.75
-    layer.learn_classes(torch.eye(3)[[0, 1, 2, 2]])
-    s = 2.75**0.5
-    z = (torch.tensor([0.0, 2.0, 4.0]) - 2.5) / s  # class means in the batch's coordinates
-    z_square = z.square()
-    centre = z.mean()
-    square = z_square - 2 * centre * z + centre**2
-    scale = square.mean()
-    torch.testing.assert_close(layer.class_offset[:, 0], (z - centre) / scale.sqrt(), rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(layer.class_square[:, 0], square / scale, rtol=1e-4, atol=1e-5)
-    assert abs(layer.class_offset.mean()) < 1e-6 and abs(layer.class_square.mean() - 1) < 1e-5
+        for x, labels in [([1.0, 3.0], [0, 1]), ([0.0, 4.0, 2.0, 2.0], [0, 1, 1, 1])]:
+            layer(torch.tensor(x)[:, None])
+            learn(layer, labels)
+    # batch 2: mean 2, variance 2; z = (-2, 2, 0, 0) / sqrt(2). Class 1: 1 old sample, 3 new, rate 3/4:
+    # a_1 = 1 + 3/4 (mean(sqrt 2, 0, 0) - 1); class 0: 1 old, 1 new, rate 1/2: a_0 = -1 + 1/2 (-sqrt 2 + 1)
+    r2 = 2**0.5
+    torch.testing.assert_close(
+        layer.class_offset[:, 0], torch.tensor([-1 + 0.5 * (-r2 + 1), 1 + 0.75 * (r2 / 3 - 1)]), atol=1e-4, rtol=0
+    )
+    torch.testing.assert_close(layer.class_count, torch.tensor([2.0, 4.0]))  # the memory caps the old count at 2
+
+
+def test_the_output_is_reweighted_by_the_batch_prior_over_the_balanced_one() -> None:
+    """With rho = 1 and the usual prediction uniform, the batch's prior estimate is nearly its own histogram h
+    of predicted classes: each logit moves by log(K p_k), p_k floored at 1% of uniform. By hand: the usual
+    prediction steps by 1/100 (steps 101 > 1/momentum) to u + (h - u)/100; the lag products, whose new
+    terms are 0 (the last composition is uniform), both shrink by 0.9, so rho stays 1; p = u + h - usual."""
+    plain = tta.adapt(build("small_cnn"), "rebalance", correct_outputs=False)
+    corrected = tta.adapt(build("small_cnn"), "rebalance")
+    for model in (plain, corrected):
+        for _, layer in tta.policy_layers(model):
+            layer.steps.fill_(100)
+            layer.lag_products.copy_(torch.tensor([1.0, 1.0]))
+    x = inputs("small_cnn", 8)
+    with torch.no_grad():
+        raw = plain(x)
+        shift = corrected(x) - raw
+    histogram = torch.bincount(raw.argmax(1), minlength=10) / 8
+    expected = torch.log((0.99 * histogram + 0.001).clamp_min(0.001) * 10)
+    torch.testing.assert_close(shift, expected.expand(8, -1), rtol=1e-5, atol=1e-5)
 
 
 def test_without_the_correction_the_pool_is_the_concatenation_while_it_is_a_cumulative_mean() -> None:
@@ -145,3 +186,9 @@ def test_detach_removes_the_hook() -> None:
     model = tta.adapt(build("small_cnn"), "rebalance")
     assert len(model._forward_hooks) == 1
     assert not tta.detach(model)._forward_hooks
+
+
+def test_correct_outputs_takes_a_bool_only() -> None:
+    for value in (1, "True", None):
+        with pytest.raises(TypeError, match="option 'correct_outputs' must be a bool"):
+            tta.adapt(build("small_cnn"), "rebalance", correct_outputs=value)

@@ -55,6 +55,7 @@ class RebalancedBatchNorm(NormPolicy):
         momentum: Annotated[float | None, Range(0, 1, low_open=True)] = None,
         class_memory: Annotated[float, Range(1)] = 1000.0,
         prior: Annotated[str, Choice("previous", "uniform")] = "previous",
+        correct_outputs: bool = True,
         **base: object,
     ) -> None:
         super().__init__(bn, **base)
@@ -64,6 +65,7 @@ class RebalancedBatchNorm(NormPolicy):
         self.momentum = self.bn_momentum if momentum is None else momentum
         self.class_memory = class_memory
         self.prior = prior
+        self.correct_outputs = correct_outputs
         k, c, dtype = num_classes, self.num_features, self.stats_dtype
         # Pooled raw moments of the batches and their pooled composition (the source counts as balanced).
         self.register_buffer("moment1", self.source_mean.clone())
@@ -76,6 +78,7 @@ class RebalancedBatchNorm(NormPolicy):
         self.register_buffer("composition", torch.full((k,), 1.0 / k, dtype=dtype))  # the last batch's prediction
         self.register_buffer("lag_products", torch.zeros(2, dtype=dtype))  # running E[d_t.d_(t-1)], E[|d_(t-1)|^2]
         self.register_buffer("usual_composition", torch.full((k,), 1.0 / k, dtype=dtype))  # long-run prediction
+        self.register_buffer("guess", torch.full((k,), 1.0 / k, dtype=dtype))  # pi for the next batch
         self.pending: tuple[Tensor, ...] | None = None  # this batch's moments, for the hook
 
     @classmethod
@@ -100,21 +103,19 @@ class RebalancedBatchNorm(NormPolicy):
         return model
 
     def balanced_stats(self, moment1: Tensor, moment2: Tensor, composition: Tensor) -> tuple[Tensor, Tensor]:
-        """The balanced ``(m, s^2)`` of pooled moments of composition ``pi`` (class doc)."""
-        a = composition @ self.class_offset
-        q = composition @ self.class_square
-        var = (moment2 - moment1.square()).clamp_min(0) / (q - a.square()).clamp_min(0.01)
-        return moment1 - var.sqrt() * a, var
+        """The balanced ``(m, s^2)`` of pooled moments of composition ``pi`` (class doc).
 
-    def guess_composition(self) -> Tensor:
-        """This batch's composition before its prediction: the last batch's, shrunk to uniform by the lag-1
-        autocorrelation ``rho`` of the batches' deviations from uniform (the AR(1) predictor; i.i.d.: 0)."""
-        uniform = torch.full_like(self.composition, 1.0 / self.num_classes)
-        if self.prior == "uniform":
-            return uniform
-        rho = (self.lag_products[0] / self.lag_products[1].clamp_min(1e-12)).clamp(0, 1)
-        rho = rho * (self.steps.to(rho.dtype) * self.momentum).clamp_max(1)  # trusted as evidence accrues
-        return uniform + rho * (self.composition - self.usual_composition)
+        The class moments are kept as measured, in whatever coordinates: the result is invariant to an
+        affine change of them, so the constraints are applied here in closed form (``c``, ``r``: mean and
+        variance of the equal-weight mixture; ``A``, ``V``: of the ``pi``-weighted one):
+        ``s^2 = var_pool r / V``, ``m = mu_pool - sqrt(s^2 / r) (A - c)``.
+        """
+        weights = torch.stack([composition, torch.full_like(composition, 1.0 / self.num_classes)])
+        a, c = weights @ self.class_offset  # (C,) each
+        q, r = weights @ self.class_square
+        spread = (r - c.square()).clamp_min(1e-12)
+        var = (moment2 - moment1.square()).clamp_min(0) * spread / (q - a.square()).clamp_min(0.01 * spread)
+        return moment1 - (var / spread).sqrt() * (a - c), var
 
     def normalize(self, x: Tensor) -> Tensor:
         self.pending = None
@@ -125,7 +126,7 @@ class RebalancedBatchNorm(NormPolicy):
             mean_b = sample_mean.mean(0)
             square_b = (sample_var + sample_mean.square()).mean(0)  # raw second moment over (B, *S)
             beta = (1.0 / (self.steps + 1).to(self.stats_dtype)).clamp_min(self.momentum)
-            guess = self.guess_composition()
+            guess = self.guess
             new1, new2 = torch.lerp(moment1, mean_b, beta), torch.lerp(moment2, square_b, beta)
             new_pooled = torch.lerp(pooled, guess, beta)
             ok = all_finite(new1, new2)
@@ -137,44 +138,60 @@ class RebalancedBatchNorm(NormPolicy):
             return self.normalize_with(x, mean, var)
         return self.normalize_with(x, *self.balanced_stats(moment1, moment2, pooled))
 
-    def learn_classes(self, probabilities: Tensor) -> None:
-        """Update ``a_k, q_k`` from the pending batch, each sample weighted by its class probabilities (class doc)."""
+    def learn_classes(self, labels: Tensor, classes: Tensor, index: Tensor, shared: dict[str, Tensor]) -> None:
+        """Update ``a_k, q_k`` of the predicted ``classes`` (``labels = classes[index]``) from the pending batch,
+        and store the composition estimates the hook computed once for every layer (class doc)."""
         pending, self.pending = self.pending, None
         if pending is None:
             return
         sample_mean, sample_var, mean, var, beta, guess, ok = pending
-        if probabilities.shape[0] != sample_mean.shape[0]:
+        if labels.shape[0] != sample_mean.shape[0]:
             raise ValueError(
-                f"{self.describe()}: the model predicted {probabilities.shape[0]} samples for a batch of "
+                f"{self.describe()}: the model predicted {labels.shape[0]} samples for a batch of "
                 f"{sample_mean.shape[0]} at this layer; rebalance needs every BatchNorm layer to see the model's batch"
             )
-        w = probabilities.to(self.stats_dtype)
         z = (sample_mean - mean) * torch.rsqrt(var + self.eps)
         z_square = (sample_var / (var + self.eps)) + z.square()
-        counts = w.sum(0)  # (K,)
-        total = self.class_count.clamp_max(self.class_memory) + counts
-        rate = (counts / total.clamp_min(1e-12))[:, None]
-        offset = self.class_offset + rate * (w.T @ z / counts.clamp_min(1e-12)[:, None] - self.class_offset)
-        square = self.class_square + rate * (w.T @ z_square / counts.clamp_min(1e-12)[:, None] - self.class_square)
-        centre = offset.mean(0)  # recentre and rescale: mean_k a_k = 0, mean_k q_k = 1
-        square = square - 2 * centre * offset + centre.square()
-        scale = square.mean(0)
-        offset, square = (offset - centre) * scale.rsqrt(), square / scale
-        composition = counts / counts.sum()
-        usual = self.usual_composition
-        lag = torch.stack([((composition - usual) * (self.composition - usual)).sum(), (self.composition - usual).square().sum()])
-        lag = torch.lerp(self.lag_products, lag, beta * (self.steps > 1))  # the first batch has no predecessor
-        usual = torch.lerp(usual, composition, (1.0 / self.steps.to(beta.dtype)).clamp_min(0.1 * self.momentum))
-        # the pool counts the batch as uniform plus its deviation from the model's usual prediction
-        deviation = (1.0 / self.num_classes + composition - usual).clamp_min(0)
-        deviation = deviation / deviation.sum()
-        updates = dict(
-            class_offset=offset, class_square=square, class_count=total, composition=composition, lag_products=lag,
-            usual_composition=usual,
-        )
+        counts = shared["counts"].to(z.dtype)
+        z_sum = torch.zeros(len(classes), z.shape[1], dtype=z.dtype, device=z.device).index_add_(0, index, z)
+        square_sum = torch.zeros_like(z_sum).index_add_(0, index, z_square)
+        total = self.class_count[classes].clamp_max(self.class_memory) + counts
+        rate = (counts / total)[:, None]
+        old_offset, old_square = self.class_offset[classes], self.class_square[classes]
+        offset = old_offset + rate * (z_sum / counts[:, None] - old_offset)
+        square = old_square + rate * (square_sum / counts[:, None] - old_square)
+        ok = ok & all_finite(offset, square)
+        # rows of the present classes only, in place (K can be 1,000): branch-free, as commit
+        self.class_offset.index_copy_(0, classes, torch.where(ok, offset, old_offset))
+        self.class_square.index_copy_(0, classes, torch.where(ok, square, old_square))
+        self.class_count.index_copy_(0, classes, torch.where(ok, total, self.class_count[classes]))
+        updates = {name: shared[name] for name in ("composition", "lag_products", "usual_composition", "guess")}
         if self.prior == "previous":  # the pool holds this batch with its predicted composition, not the guess
-            updates["pooled_composition"] = self.pooled_composition + beta * (deviation - guess)
-        self.commit(ok & all_finite(offset, square, composition), **updates)
+            updates["pooled_composition"] = self.pooled_composition + beta * (shared["deviation"] - guess)
+        self.commit(ok, **updates)
+
+    def shared_estimates(self, classes: Tensor, counts: Tensor) -> dict[str, Tensor]:
+        """The composition estimates after a batch of ``counts`` predictions of ``classes``, the same in every
+        layer (computed once, from this layer's state): this batch's composition, the usual one, the lag-1
+        products, the next batch's guess and the batch's deviation from the usual prediction."""
+        uniform = 1.0 / self.num_classes
+        composition = torch.zeros_like(self.composition).index_put_((classes,), counts.to(self.stats_dtype))
+        composition = composition / composition.sum()
+        steps = self.steps.to(self.stats_dtype)
+        beta = (1.0 / steps).clamp_min(self.momentum)
+        usual, last = self.usual_composition, self.composition
+        lag = torch.stack([((composition - usual) * (last - usual)).sum(), (last - usual).square().sum()])
+        lag = torch.lerp(self.lag_products, lag, beta * (steps > 1))  # the first batch has no predecessor
+        usual = torch.lerp(usual, composition, (1.0 / steps).clamp_min(0.1 * self.momentum))
+        deviation = (uniform + composition - usual).clamp_min(0)
+        rho = (lag[0] / lag[1].clamp_min(1e-12)).clamp(0, 1) * (steps * self.momentum).clamp_max(1)
+        guess = uniform + rho * (composition - usual)
+        if self.prior == "uniform":
+            guess = torch.full_like(guess, uniform)
+        return {
+            "counts": counts, "composition": composition, "usual_composition": usual, "lag_products": lag,
+            "guess": guess, "deviation": deviation / deviation.sum(),
+        }
 
     def reset(self) -> None:
         self.moment1.copy_(self.source_mean)
@@ -187,6 +204,7 @@ class RebalancedBatchNorm(NormPolicy):
         self.composition.fill_(1.0 / self.num_classes)
         self.lag_products.zero_()
         self.usual_composition.fill_(1.0 / self.num_classes)
+        self.guess.fill_(1.0 / self.num_classes)
         self.pending = None
 
     def adapted_stats(self) -> tuple[Tensor, Tensor]:
@@ -203,7 +221,7 @@ class UpdateFromPredictions(ModelHook):
     """Forward hook on the model's root: the softmax of the model's output updates the class statistics of
     every ``rebalance`` layer from the batch it just normalized (one forward; ``rebalance``)."""
 
-    def __call__(self, model: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+    def __call__(self, model: nn.Module, args: tuple[Any, ...], output: Any) -> Tensor | None:
         layers = [m for m in model.modules() if isinstance(m, RebalancedBatchNorm) and m.pending is not None]
         if not layers:
             return
@@ -216,7 +234,17 @@ class UpdateFromPredictions(ModelHook):
                 f"rebalance learns from the model's predictions and needs (batch, {classes}) logits from the "
                 f"model; it returned {shape}"
             )
+        first = layers[0]
         with torch.no_grad():
-            labels = torch.nn.functional.one_hot(output.detach().argmax(1), classes).float()
+            labels = output.detach().argmax(1)
+            classes, index = labels.unique(return_inverse=True)  # only the classes present change
+            counts = torch.bincount(index, minlength=len(classes))
+            shared = layers[0].shared_estimates(classes, counts)
             for layer in layers:
-                layer.learn_classes(labels)
+                layer.learn_classes(labels, classes, index, shared)
+        if first.correct_outputs and first.prior == "previous":
+            # label shift (Saerens et al. 2002): posteriors reweighted by the batch's estimated prior over the
+            # balanced one; the estimate is that of the next batch, which includes this batch's prediction
+            floor = 0.01 / first.num_classes
+            return output + torch.log(shared["guess"].clamp_min(floor) * first.num_classes).to(output.dtype)
+        return None
