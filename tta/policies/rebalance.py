@@ -155,16 +155,18 @@ class RebalancedBatchNorm(NormPolicy):
         counts = shared["counts"].to(z.dtype)
         z_sum = torch.zeros(len(classes), z.shape[1], dtype=z.dtype, device=z.device).index_add_(0, index, z)
         square_sum = torch.zeros_like(z_sum).index_add_(0, index, z_square)
-        total = self.class_count[classes].clamp_max(self.class_memory) + counts
-        rate = (counts / total)[:, None]
+        old_count = self.class_count[classes]
+        total = old_count.clamp_max(self.class_memory) + counts
+        rate = (counts / total.clamp_min(1e-12))[:, None]
         old_offset, old_square = self.class_offset[classes], self.class_square[classes]
-        offset = old_offset + rate * (z_sum / counts[:, None] - old_offset)
-        square = old_square + rate * (square_sum / counts[:, None] - old_square)
+        offset = old_offset + rate * (z_sum / counts.clamp_min(1)[:, None] - old_offset)
+        square = old_square + rate * (square_sum / counts.clamp_min(1)[:, None] - old_square)
+        total = torch.where(counts > 0, total, old_count)
         ok = ok & all_finite(offset, square)
         # rows of the present classes only, in place (K can be 1,000): branch-free, as commit
         self.class_offset.index_copy_(0, classes, torch.where(ok, offset, old_offset))
         self.class_square.index_copy_(0, classes, torch.where(ok, square, old_square))
-        self.class_count.index_copy_(0, classes, torch.where(ok, total, self.class_count[classes]))
+        self.class_count.index_copy_(0, classes, torch.where(ok, total, old_count))
         updates = {name: shared[name] for name in ("composition", "lag_products", "usual_composition", "guess")}
         if self.prior == "previous":  # the pool holds this batch with its predicted composition, not the guess
             updates["pooled_composition"] = self.pooled_composition + beta * (shared["deviation"] - guess)
@@ -237,8 +239,12 @@ class UpdateFromPredictions(ModelHook):
         first = layers[0]
         with torch.no_grad():
             labels = output.detach().argmax(1)
-            classes, index = labels.unique(return_inverse=True)  # only the classes present change
-            counts = torch.bincount(index, minlength=len(classes))
+            if torch.compiler.is_compiling():  # every class (static shapes): absent ones get rate 0
+                classes, index = torch.arange(first.num_classes, device=labels.device), labels
+                counts = nn.functional.one_hot(labels, first.num_classes).sum(0)
+            else:  # only the classes present change
+                classes, index = labels.unique(return_inverse=True)
+                counts = torch.bincount(index, minlength=len(classes))
             shared = layers[0].shared_estimates(classes, counts)
             for layer in layers:
                 layer.learn_classes(labels, classes, index, shared)
