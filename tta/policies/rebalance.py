@@ -27,22 +27,29 @@ class RebalancedBatchNorm(NormPolicy):
     ``s_t^2 = var_B / (Q - A^2)`` and ``m_t = mu_B - s_t A`` recover the balanced statistics from one batch.
     With ``pi`` uniform (or classes not yet learnt, ``a = 0, q = 1``) this is the batch's own statistics.
 
-    One forward per batch. The batch is normalized with ``(m, s^2) <- lerp((m, s^2), (m_t, s_t^2), beta_t)``,
-    ``beta_t = max(1/t, momentum)`` (the cumulative mean of the estimates over the first ``1/momentum``
-    batches, as AdaBN, then an EMA), where ``pi`` is the predicted composition of the *previous* batch
-    (consecutive batches of a correlated stream share theirs; an i.i.d. stream's is near uniform). Then a
-    forward hook on the model (:class:`UpdateFromPredictions`) reads the model's softmax and updates, in
-    every layer, ``a_k, q_k`` from this batch's instance moments in the coordinates it was normalized with,
-    each sample weighted by its class probabilities (running mean per class over at most ``class_memory``
-    samples), recentres and rescales them to the constraints above, and stores the batch's mean probability
-    as the next ``pi``. A layer called outside the model's forward (no prediction) updates ``(m, s^2)`` only.
+    One forward per batch. The layer pools the raw batch moments ``(M1, M2)`` and their composition ``Pi``
+    with ``beta_t = max(1/t, momentum)`` (a cumulative mean over the first ``1/momentum`` batches, as AdaBN,
+    then an EMA), and normalizes with the balanced ``(m, s^2)`` the pool gives through the formulas above
+    (:meth:`balanced_stats`; the class moments are kept as measured and the constraints applied there in
+    closed form, so no class row outside the batch's predicted classes changes). Before the forward, the
+    batch's composition is a guess: ``u + rho (h_(t-1) - h_usual)``, the last batch's predicted histogram
+    as a deviation from the model's usual prediction (a running mean over ``10/momentum`` batches: a
+    model's bias under a shift is not a label shift), scaled by ``rho``, the lag-1 autocorrelation of those
+    deviations (the AR(1) predictor: about 0 on an i.i.d. stream). After the forward a hook on the model
+    (:class:`UpdateFromPredictions`) takes the argmax, updates ``a_k, q_k`` of the predicted classes from
+    this batch's instance moments in the coordinates it was normalized with (running mean per class over
+    at most ``class_memory`` samples), replaces the guess in the pool by the predicted deviation, and, with
+    ``correct_outputs``, adds ``log(K p_k)`` to the logits, ``p`` the same estimate including this batch
+    (a label-shift prior correction, Saerens et al. 2002; floored at 1% of uniform). A layer called
+    outside the model's forward (no prediction) updates the pool only.
 
-    ``prior="uniform"`` switches the correction off (a running mean of batch statistics). Defaults:
-    ``momentum`` the layer's BN momentum (the rate its training tracked batch statistics);
-    ``class_memory=1000`` samples per class (a standardized class mean then has a standard error below
-    0.03 at any spatial size, and a new domain replaces it within 1,000 samples of that class). A batch of
-    one value per channel updates nothing. ``Q - A^2`` is floored at 0.01 (a class whose standardized
-    variance is below that would otherwise scale the variance by more than 100).
+    ``prior="uniform"`` switches every composition estimate off (pooled batch moments, no output
+    correction). Defaults: ``momentum`` the layer's BN momentum (the rate its training tracked batch
+    statistics); ``class_memory=1000`` samples per class (a standardized class mean then has a standard
+    error below 0.03 at any spatial size, and a new domain replaces it within 1,000 samples of that class).
+    A batch of one value per channel updates nothing. ``Q - A^2`` is floored at 1% of the balanced
+    mixture's variance (a class far narrower would otherwise scale the variance by more than 100).
+    ``stats_grad`` lets the gradient through the batch's ``beta_t`` share of the pooled moments.
     """
 
     uses_predictions = True
@@ -220,8 +227,9 @@ class RebalancedBatchNorm(NormPolicy):
 
 
 class UpdateFromPredictions(ModelHook):
-    """Forward hook on the model's root: the softmax of the model's output updates the class statistics of
-    every ``rebalance`` layer from the batch it just normalized (one forward; ``rebalance``)."""
+    """Forward hook on the model's root: the argmax of the model's output updates the class statistics of
+    every ``rebalance`` layer from the batch it just normalized, and the output is returned reweighted by
+    the batch's estimated class prior (one forward; :class:`RebalancedBatchNorm`)."""
 
     def __call__(self, model: nn.Module, args: tuple[Any, ...], output: Any) -> Tensor | None:
         layers = [m for m in model.modules() if isinstance(m, RebalancedBatchNorm) and m.pending is not None]
