@@ -16,6 +16,7 @@ from tests.tta.conftest import build, give_source_statistics, inputs
 def test_policies_are_those_of_the_spec_in_order() -> None:
     assert tta.policies() == [
         "source", "tbn", "adabn", "alpha_bn", "momentum_decay", "rbn", "unmix_tns", "adab2n", "balanced", "iabn",
+        "rebalance",
     ]
 
 

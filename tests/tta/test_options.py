@@ -34,6 +34,11 @@ CASES = [
     ("iabn", "k", [None, "4"], [-1.0, float("nan"), float("inf")], [0, 4, 1e6]),
     ("iabn", "stats", [None, 1, True, ["source"]], ["Source", "batch", ""], ["source", "running"]),
     ("iabn", "momentum", [None, "0.01"], [-0.01, 1.5], [0.0, 0.01, 1]),
+    ("rebalance", "num_classes", [10.0, "10", True], [1, 0, -2], [2, 10, np.int64(5)]),
+    ("rebalance", "momentum", ["0.1", True], [0.0, -0.1, 1.5, float("nan")], [1e-3, 0.1, 1]),
+    ("rebalance", "class_memory", ["1000", None], [0.5, 0.0, float("inf")], [1, 1000.0]),
+    ("rebalance", "prior", [None, 1], ["Uniform", "source"], ["previous", "uniform"]),
+    ("rebalance", "correct_outputs", [], [], [True, False]),  # a bool: its type errors in test_rebalance
 ]
 
 

@@ -1,0 +1,194 @@
+"""``rebalance`` (ours, issue 12): the composition correction worked by hand, the class step, the AdaBN
+invariant of its pool, and a stream of one-class batches whose balanced mean is known by construction."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import tta
+from tests.tta.conftest import build, give_source_statistics, inputs
+from tta.policies.rebalance import RebalancedBatchNorm
+
+
+def layer_1d(num_classes: int = 2, **options: object) -> RebalancedBatchNorm:
+    """One channel, source mean 0 and variance 1, no affine transform: outputs are the normalized values."""
+    return RebalancedBatchNorm(nn.BatchNorm1d(1, affine=False).eval(), num_classes=num_classes, **options)
+
+
+def learn(layer: RebalancedBatchNorm, labels: list[int]) -> None:
+    """What the model's hook does after the forward, for one layer: learn from the predicted labels."""
+    y = torch.tensor(labels)
+    classes, index = y.unique(return_inverse=True)
+    counts = torch.bincount(index)
+    layer.learn_classes(y, classes, index, layer.shared_estimates(classes, counts))
+
+
+def test_one_class_pooled_moments_give_back_the_balanced_statistics() -> None:
+    """m = 1, s = 2; class 0 at z-mean +1, class 1 at -1, both z-second moment 2 (within variance 1): class 0
+    is N(3, 4), class 1 N(-1, 4), their equal mixture has mean 1 and variance 4 + 4 = 8. A pool of class 0
+    only (M1 = 3, M2 = 4 + 9) and a half-and-half pool (M1 = 1, M2 = 8 + 1) must both give (1, 8)."""
+    layer = layer_1d()
+    layer.class_offset.copy_(torch.tensor([[1.0], [-1.0]]))
+    layer.class_square.copy_(torch.tensor([[2.0], [2.0]]))
+    for moment1, moment2, composition in [(3.0, 13.0, [1.0, 0.0]), (1.0, 9.0, [0.5, 0.5])]:
+        mean, var = layer.balanced_stats(torch.tensor([moment1]), torch.tensor([moment2]), torch.tensor(composition))
+        torch.testing.assert_close(mean, torch.tensor([1.0]))
+        torch.testing.assert_close(var, torch.tensor([8.0]))
+
+
+def test_the_balanced_statistics_do_not_depend_on_the_coordinates_the_classes_were_measured_in() -> None:
+    """z' = alpha z + delta maps a class's (a, q) to (alpha a + delta, alpha^2 q + 2 alpha delta a + delta^2)."""
+    layer = layer_1d(num_classes=3)
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 1, generator=generator)
+    q = a.square() + torch.rand(3, 1, generator=generator) + 0.1
+    pooled = (torch.tensor([0.7]), torch.tensor([2.5]), torch.tensor([0.6, 0.3, 0.1]))
+    layer.class_offset.copy_(a)
+    layer.class_square.copy_(q)
+    before = layer.balanced_stats(*pooled)
+    alpha, delta = 1.7, -0.4
+    layer.class_offset.copy_(alpha * a + delta)
+    layer.class_square.copy_(alpha**2 * q + 2 * alpha * delta * a + delta**2)
+    after = layer.balanced_stats(*pooled)
+    torch.testing.assert_close(after, before)
+
+
+def test_a_first_batch_is_normalized_with_its_own_statistics_and_teaches_the_classes_their_moments() -> None:
+    layer = layer_1d()
+    x = torch.tensor([[1.0], [3.0]])
+    with torch.no_grad():
+        out = layer(x)
+    # beta_1 = 1, nothing learnt: the batch's mean 2 and biased variance 1
+    torch.testing.assert_close(out, (x - 2) / torch.sqrt(torch.tensor(1 + 1e-5)))
+    learn(layer, [0, 1])
+    # z = (x - 2) / 1 = -1, +1 and z^2 = 1, each class's first samples: a = (-1, 1), q = (1, 1)
+    torch.testing.assert_close(layer.class_offset, torch.tensor([[-1.0], [1.0]]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(layer.class_square, torch.tensor([[1.0], [1.0]]), atol=1e-4, rtol=0)  # eps: 1e-5
+    torch.testing.assert_close(layer.composition, torch.tensor([0.5, 0.5]))
+
+
+def test_a_class_keeps_a_running_mean_over_at_most_class_memory_samples() -> None:
+    layer = layer_1d(class_memory=2.0, momentum=1.0)  # momentum 1: each batch normalized by its own statistics
+    with torch.no_grad():
+        for x, labels in [([1.0, 3.0], [0, 1]), ([0.0, 4.0, 2.0, 2.0], [0, 1, 1, 1])]:
+            layer(torch.tensor(x)[:, None])
+            learn(layer, labels)
+    # batch 2: mean 2, variance 2; z = (-2, 2, 0, 0) / sqrt(2). Class 1: 1 old sample, 3 new, rate 3/4:
+    # a_1 = 1 + 3/4 (mean(sqrt 2, 0, 0) - 1); class 0: 1 old, 1 new, rate 1/2: a_0 = -1 + 1/2 (-sqrt 2 + 1)
+    r2 = 2**0.5
+    torch.testing.assert_close(
+        layer.class_offset[:, 0], torch.tensor([-1 + 0.5 * (-r2 + 1), 1 + 0.75 * (r2 / 3 - 1)]), atol=1e-4, rtol=0
+    )
+    torch.testing.assert_close(layer.class_count, torch.tensor([2.0, 4.0]))  # the memory caps the old count at 2
+
+
+def test_the_output_is_reweighted_by_the_batch_prior_over_the_balanced_one() -> None:
+    """With rho = 1 and the usual prediction uniform, the batch's prior estimate is nearly its own histogram h
+    of predicted classes: each logit moves by log(K p_k), p_k floored at 1% of uniform. By hand: the usual
+    prediction steps by 1/100 (steps 101 > 1/momentum) to u + (h - u)/100; the lag products, whose new
+    terms are 0 (the last composition is uniform), both shrink by 0.9, so rho stays 1; p = u + h - usual."""
+    plain = tta.adapt(build("small_cnn"), "rebalance", correct_outputs=False)
+    corrected = tta.adapt(build("small_cnn"), "rebalance")
+    for model in (plain, corrected):
+        for _, layer in tta.policy_layers(model):
+            layer.steps.fill_(100)
+            layer.lag_products.copy_(torch.tensor([1.0, 1.0]))
+    x = inputs("small_cnn", 8)
+    with torch.no_grad():
+        raw = plain(x)
+        shift = corrected(x) - raw
+    histogram = torch.bincount(raw.argmax(1), minlength=10) / 8
+    expected = torch.log((0.99 * histogram + 0.001).clamp_min(0.001) * 10)
+    torch.testing.assert_close(shift, expected.expand(8, -1), rtol=1e-5, atol=1e-5)
+
+
+def test_without_the_correction_the_pool_is_the_concatenation_while_it_is_a_cumulative_mean() -> None:
+    """prior='uniform': over the first 1/momentum equal batches, the statistics are those of their concatenation."""
+    layer = RebalancedBatchNorm(give_source_statistics(nn.BatchNorm2d(3)), num_classes=4, prior="uniform", momentum=0.2)
+    batches = [inputs("small_cnn", 6, seed)[:, :3] * (1 + seed) for seed in range(5)]
+    with torch.no_grad():
+        for x in batches:
+            layer(x)
+    pooled = torch.cat(batches)
+    var, mean = torch.var_mean(pooled, dim=(0, 2, 3), correction=0)
+    got_mean, got_var = layer.adapted_stats()
+    torch.testing.assert_close(got_mean, mean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_var, var, rtol=1e-4, atol=1e-5)
+
+
+def two_class_stream(runs: int, run_length: int, batch: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One channel; class 0 ~ N(4, 1), class 1 ~ N(6, 1): balanced mean 5, balanced variance 2. Mixed
+    batches first, then runs of one-class batches alternating between the classes."""
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    labels = [torch.arange(batch) % 2] * 10 + [torch.full((batch,), r % 2) for r in range(runs) for _ in range(run_length)]
+    for y in labels:
+        out.append((4 + 2 * y.float()[:, None] + torch.randn(batch, 1, generator=generator), y))
+    return out
+
+
+def oracle_model() -> nn.Module:
+    """BatchNorm1d, then logits (-v, v) of the normalized value v: class 1 iff x is above the normalizing mean."""
+    head = nn.Linear(1, 2)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[-1.0], [1.0]]))
+        head.bias.zero_()
+    return nn.Sequential(nn.BatchNorm1d(1, affine=False), head).eval()
+
+
+@pytest.mark.parametrize("prior, momentum, max_error", [("previous", None, 0.25), ("uniform", 1.0, 2.0)])
+def test_runs_of_one_class_keep_the_balanced_mean_only_with_the_correction(
+    prior: str, momentum: float | None, max_error: float
+) -> None:
+    model = tta.adapt(oracle_model(), "rebalance", prior=prior, momentum=momentum)
+    errors, means = [], []
+    with torch.no_grad():
+        for x, y in two_class_stream(runs=6, run_length=5, batch=32):
+            errors.append((model(x).argmax(1) != y).float().mean())
+            means.append(model[0].adapted_stats()[0])
+    late = torch.stack(means[-15:]).flatten()
+    if prior == "previous":  # the balanced mean 5 is kept through the runs: the Bayes error Phi(-1) = 0.159
+        assert (late - 5).abs().max() < max_error and torch.stack(errors[-15:]).mean() < 0.21
+    else:  # without the correction each batch's mean is its class's (4 or 6): about half the samples wrong
+        assert (late - 5).abs().min() > 0.5 and torch.stack(errors[-15:]).mean() > 0.3
+
+
+def test_one_forward_per_batch_and_a_paused_model_learns_nothing() -> None:
+    model = tta.adapt(build("small_cnn"), "rebalance")
+    calls = []
+    model[-1].register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        model(inputs("small_cnn", 4))
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        with tta.paused(model):
+            model(inputs("small_cnn", 4, seed=3))
+    assert len(calls) == 2
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+def test_an_output_that_is_not_batch_by_classes_logits_is_named() -> None:
+    model = tta.adapt(build("small_cnn"), "rebalance", num_classes=5)
+    with pytest.raises(ValueError, match=r"needs \(batch, 5\) logits from the model; it returned \(4, 10\)"):
+        with torch.no_grad():
+            model(inputs("small_cnn", 4))
+
+
+def test_a_model_without_a_linear_classifier_needs_num_classes() -> None:
+    model = give_source_statistics(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)))
+    with pytest.raises(ValueError, match="has none; pass num_classes=K"):
+        tta.adapt(model, "rebalance")
+    assert not tta.policy_layers(model)
+
+
+def test_detach_removes_the_hook() -> None:
+    model = tta.adapt(build("small_cnn"), "rebalance")
+    assert len(model._forward_hooks) == 1
+    assert not tta.detach(model)._forward_hooks
+
+
+def test_correct_outputs_takes_a_bool_only() -> None:
+    for value in (1, "True", None):
+        with pytest.raises(TypeError, match="option 'correct_outputs' must be a bool"):
+            tta.adapt(build("small_cnn"), "rebalance", correct_outputs=value)

@@ -1,0 +1,264 @@
+"""``rebalance``: batch statistics with the class composition taken out, from the model's own predictions (ours)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from tta.options import Choice, Range
+from tta.policies.base import ModelHook, NormPolicy
+from tta.registry import register_policy
+from tta.stats import all_finite, instance_moments
+from tta.surgery import last_linear
+
+
+@register_policy("rebalance")
+class RebalancedBatchNorm(NormPolicy):
+    """Each batch's statistics corrected for its class composition, pooled over time (ours; issue 12).
+
+    A batch's mean and variance mix the domain (shared by all classes) with the classes it holds. In the
+    coordinates ``z = (x - m) / s`` of the domain's class-balanced statistics ``(m, s^2)``, class k has
+    mean ``a_k`` and second moment ``q_k`` (per channel), with ``mean_k a_k = 0`` and ``mean_k q_k = 1``
+    (the equal-weight mixture of the classes has mean 0, variance 1). A batch of composition ``pi`` then
+    has ``mu_B = m + s A`` and ``var_B = s^2 (Q - A^2)``, ``A = pi.a``, ``Q = pi.q``, so
+    ``s_t^2 = var_B / (Q - A^2)`` and ``m_t = mu_B - s_t A`` recover the balanced statistics from one batch.
+    With ``pi`` uniform (or classes not yet learnt, ``a = 0, q = 1``) this is the batch's own statistics.
+
+    One forward per batch. The layer pools the raw batch moments ``(M1, M2)`` and their composition ``Pi``
+    with ``beta_t = max(1/t, momentum)`` (a cumulative mean over the first ``1/momentum`` batches, as AdaBN,
+    then an EMA), and normalizes with the balanced ``(m, s^2)`` the pool gives through the formulas above
+    (:meth:`balanced_stats`; the class moments are kept as measured and the constraints applied there in
+    closed form, so no class row outside the batch's predicted classes changes). Before the forward, the
+    batch's composition is a guess: ``u + rho (h_(t-1) - h_usual)``, the last batch's predicted histogram
+    as a deviation from the model's usual prediction (a running mean over ``10/momentum`` batches: a
+    model's bias under a shift is not a label shift), scaled by ``rho``, the lag-1 autocorrelation of those
+    deviations (the AR(1) predictor: about 0 on an i.i.d. stream). After the forward a hook on the model
+    (:class:`UpdateFromPredictions`) takes the argmax, updates ``a_k, q_k`` of the predicted classes from
+    this batch's instance moments in the coordinates it was normalized with (running mean per class over
+    at most ``class_memory`` samples), replaces the guess in the pool by the predicted deviation, and, with
+    ``correct_outputs``, adds ``log(K p_k)`` to the logits, ``p`` the same estimate including this batch
+    (a label-shift prior correction, Saerens et al. 2002; floored at 1% of uniform). A layer called
+    outside the model's forward (no prediction) updates the pool only.
+
+    ``prior="uniform"`` switches every composition estimate off (pooled batch moments, no output
+    correction). Defaults: ``momentum`` the layer's BN momentum (the rate its training tracked batch
+    statistics); ``class_memory=1000`` samples per class (a standardized class mean then has a standard
+    error below 0.03 at any spatial size, and a new domain replaces it within 1,000 samples of that class).
+    A batch of one value per channel updates nothing. ``Q - A^2`` is floored at 1% of the balanced
+    mixture's variance (a class far narrower would otherwise scale the variance by more than 100).
+    ``stats_grad`` lets the gradient through the batch's ``beta_t`` share of the pooled moments.
+    """
+
+    uses_predictions = True
+
+    def __init__(
+        self,
+        bn: _BatchNorm,
+        *,
+        num_classes: Annotated[int | None, Range(2)] = None,
+        momentum: Annotated[float | None, Range(0, 1, low_open=True)] = None,
+        class_memory: Annotated[float, Range(1)] = 1000.0,
+        prior: Annotated[str, Choice("previous", "uniform")] = "previous",
+        correct_outputs: bool = True,
+        **base: object,
+    ) -> None:
+        super().__init__(bn, **base)
+        if num_classes is None:
+            raise ValueError("rebalance: num_classes is needed to build a layer on its own (tta.adapt reads it)")
+        self.num_classes = num_classes
+        self.momentum = self.bn_momentum if momentum is None else momentum
+        self.class_memory = class_memory
+        self.prior = prior
+        self.correct_outputs = correct_outputs
+        k, c, dtype = num_classes, self.num_features, self.stats_dtype
+        # Pooled raw moments of the batches and their pooled composition (the source counts as balanced).
+        self.register_buffer("moment1", self.source_mean.clone())
+        self.register_buffer("moment2", self.source_var + self.source_mean.square())
+        self.register_buffer("pooled_composition", torch.full((k,), 1.0 / k, dtype=dtype))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("class_offset", torch.zeros(k, c, dtype=dtype))  # a_k
+        self.register_buffer("class_square", torch.ones(k, c, dtype=dtype))  # q_k
+        self.register_buffer("class_count", torch.zeros(k, dtype=dtype))
+        self.register_buffer("composition", torch.full((k,), 1.0 / k, dtype=dtype))  # the last batch's prediction
+        self.register_buffer("lag_products", torch.zeros(2, dtype=dtype))  # running E[d_t.d_(t-1)], E[|d_(t-1)|^2]
+        self.register_buffer("usual_composition", torch.full((k,), 1.0 / k, dtype=dtype))  # long-run prediction
+        self.register_buffer("guess", torch.full((k,), 1.0 / k, dtype=dtype))  # pi for the next batch
+        self.pending: tuple[Tensor, ...] | None = None  # this batch's moments, for the hook
+
+    @classmethod
+    def model_options(cls, model: nn.Module, options: dict[str, object]) -> dict[str, object]:
+        """``num_classes`` from the model's last ``nn.Linear`` when not given."""
+        if options.get("num_classes") is not None:
+            return options
+        classifier = last_linear(model)
+        if classifier is None:
+            raise ValueError(
+                f"rebalance reads the number of classes from the model's last nn.Linear, and {type(model).__name__} "
+                "has none; pass num_classes=K"
+            )
+        if classifier.out_features < 2:
+            raise ValueError(f"rebalance: the last nn.Linear has {classifier.out_features} output; it needs K >= 2")
+        return {**options, "num_classes": classifier.out_features}
+
+    @classmethod
+    def wrap_model(cls, model: nn.Module, **options: object) -> nn.Module:
+        """Register the hook that learns the class statistics from the prediction; the model is returned."""
+        model.register_forward_hook(UpdateFromPredictions())
+        return model
+
+    def balanced_stats(self, moment1: Tensor, moment2: Tensor, composition: Tensor) -> tuple[Tensor, Tensor]:
+        """The balanced ``(m, s^2)`` of pooled moments of composition ``pi`` (class doc).
+
+        The class moments are kept as measured, in whatever coordinates: the result is invariant to an
+        affine change of them, so the constraints are applied here in closed form (``c``, ``r``: mean and
+        variance of the equal-weight mixture; ``A``, ``V``: of the ``pi``-weighted one):
+        ``s^2 = var_pool r / V``, ``m = mu_pool - sqrt(s^2 / r) (A - c)``.
+        """
+        weights = torch.stack([composition, torch.full_like(composition, 1.0 / self.num_classes)])
+        a, c = weights @ self.class_offset  # (C,) each
+        q, r = weights @ self.class_square
+        spread = (r - c.square()).clamp_min(1e-12)
+        var = (moment2 - moment1.square()).clamp_min(0) * spread / (q - a.square()).clamp_min(0.01 * spread)
+        return moment1 - (var / spread).sqrt() * (a - c), var
+
+    def normalize(self, x: Tensor) -> Tensor:
+        self.pending = None
+        moment1, moment2, pooled = self.moment1, self.moment2, self.pooled_composition
+        if self.adapting and x.numel() // x.shape[1] >= 2:
+            grad = self.grad_through_stats(x)
+            sample_mean, sample_var = instance_moments(x, self.stats_dtype, grad=grad)  # (B, C), biased
+            mean_b = sample_mean.mean(0)
+            square_b = (sample_var + sample_mean.square()).mean(0)  # raw second moment over (B, *S)
+            beta = (1.0 / (self.steps + 1).to(self.stats_dtype)).clamp_min(self.momentum)
+            guess = self.guess
+            new1, new2 = torch.lerp(moment1, mean_b, beta), torch.lerp(moment2, square_b, beta)
+            new_pooled = torch.lerp(pooled, guess, beta)
+            ok = all_finite(new1, new2)
+            moment1, moment2 = torch.where(ok, new1, moment1), torch.where(ok, new2, moment2)  # grad: the batch's share
+            pooled = torch.where(ok, new_pooled, pooled)
+            self.commit(ok, moment1=new1, moment2=new2, pooled_composition=new_pooled, steps=self.steps + 1)
+            mean, var = self.balanced_stats(moment1, moment2, pooled)
+            self.pending = (sample_mean.detach(), sample_var.detach(), mean.detach(), var.detach(), beta, guess, ok)
+            return self.normalize_with(x, mean, var)
+        return self.normalize_with(x, *self.balanced_stats(moment1, moment2, pooled))
+
+    def learn_classes(self, labels: Tensor, classes: Tensor, index: Tensor, shared: dict[str, Tensor]) -> None:
+        """Update ``a_k, q_k`` of the predicted ``classes`` (``labels = classes[index]``) from the pending batch,
+        and store the composition estimates the hook computed once for every layer (class doc)."""
+        pending, self.pending = self.pending, None
+        if pending is None:
+            return
+        sample_mean, sample_var, mean, var, beta, guess, ok = pending
+        if labels.shape[0] != sample_mean.shape[0]:
+            raise ValueError(
+                f"{self.describe()}: the model predicted {labels.shape[0]} samples for a batch of "
+                f"{sample_mean.shape[0]} at this layer; rebalance needs every BatchNorm layer to see the model's batch"
+            )
+        z = (sample_mean - mean) * torch.rsqrt(var + self.eps)
+        z_square = (sample_var / (var + self.eps)) + z.square()
+        counts = shared["counts"].to(z.dtype)
+        z_sum = torch.zeros(len(classes), z.shape[1], dtype=z.dtype, device=z.device).index_add_(0, index, z)
+        square_sum = torch.zeros_like(z_sum).index_add_(0, index, z_square)
+        old_count = self.class_count[classes]
+        total = old_count.clamp_max(self.class_memory) + counts
+        rate = (counts / total.clamp_min(1e-12))[:, None]
+        old_offset, old_square = self.class_offset[classes], self.class_square[classes]
+        offset = old_offset + rate * (z_sum / counts.clamp_min(1)[:, None] - old_offset)
+        square = old_square + rate * (square_sum / counts.clamp_min(1)[:, None] - old_square)
+        total = torch.where(counts > 0, total, old_count)
+        ok = ok & all_finite(offset, square)
+        # rows of the present classes only, in place (K can be 1,000): branch-free, as commit
+        self.class_offset.index_copy_(0, classes, torch.where(ok, offset, old_offset))
+        self.class_square.index_copy_(0, classes, torch.where(ok, square, old_square))
+        self.class_count.index_copy_(0, classes, torch.where(ok, total, old_count))
+        updates = {name: shared[name] for name in ("composition", "lag_products", "usual_composition", "guess")}
+        if self.prior == "previous":  # the pool holds this batch with its predicted composition, not the guess
+            updates["pooled_composition"] = self.pooled_composition + beta * (shared["deviation"] - guess)
+        self.commit(ok, **updates)
+
+    def shared_estimates(self, classes: Tensor, counts: Tensor) -> dict[str, Tensor]:
+        """The composition estimates after a batch of ``counts`` predictions of ``classes``, the same in every
+        layer (computed once, from this layer's state): this batch's composition, the usual one, the lag-1
+        products, the next batch's guess and the batch's deviation from the usual prediction."""
+        uniform = 1.0 / self.num_classes
+        composition = torch.zeros_like(self.composition).index_put_((classes,), counts.to(self.stats_dtype))
+        composition = composition / composition.sum()
+        steps = self.steps.to(self.stats_dtype)
+        beta = (1.0 / steps).clamp_min(self.momentum)
+        usual, last = self.usual_composition, self.composition
+        lag = torch.stack([((composition - usual) * (last - usual)).sum(), (last - usual).square().sum()])
+        lag = torch.lerp(self.lag_products, lag, beta * (steps > 1))  # the first batch has no predecessor
+        usual = torch.lerp(usual, composition, (1.0 / steps).clamp_min(0.1 * self.momentum))
+        deviation = (uniform + composition - usual).clamp_min(0)
+        rho = (lag[0] / lag[1].clamp_min(1e-12)).clamp(0, 1) * (steps * self.momentum).clamp_max(1)
+        guess = uniform + rho * (composition - usual)
+        if self.prior == "uniform":
+            guess = torch.full_like(guess, uniform)
+        return {
+            "counts": counts, "composition": composition, "usual_composition": usual, "lag_products": lag,
+            "guess": guess, "deviation": deviation / deviation.sum(),
+        }
+
+    def reset(self) -> None:
+        self.moment1.copy_(self.source_mean)
+        self.moment2.copy_(self.source_var + self.source_mean.square())
+        self.pooled_composition.fill_(1.0 / self.num_classes)
+        self.steps.zero_()
+        self.class_offset.zero_()
+        self.class_square.fill_(1.0)
+        self.class_count.zero_()
+        self.composition.fill_(1.0 / self.num_classes)
+        self.lag_products.zero_()
+        self.usual_composition.fill_(1.0 / self.num_classes)
+        self.guess.fill_(1.0 / self.num_classes)
+        self.pending = None
+
+    def adapted_stats(self) -> tuple[Tensor, Tensor]:
+        return self.balanced_stats(self.moment1, self.moment2, self.pooled_composition)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, num_classes={self.num_classes}, momentum={self.momentum}, "
+            f"class_memory={self.class_memory}, prior={self.prior!r}"
+        )
+
+
+class UpdateFromPredictions(ModelHook):
+    """Forward hook on the model's root: the argmax of the model's output updates the class statistics of
+    every ``rebalance`` layer from the batch it just normalized, and the output is returned reweighted by
+    the batch's estimated class prior (one forward; :class:`RebalancedBatchNorm`)."""
+
+    def __call__(self, model: nn.Module, args: tuple[Any, ...], output: Any) -> Tensor | None:
+        layers = [m for m in model.modules() if isinstance(m, RebalancedBatchNorm) and m.pending is not None]
+        if not layers:
+            return
+        classes = layers[0].num_classes
+        if not isinstance(output, Tensor) or output.dim() != 2 or output.shape[1] != classes:
+            for layer in layers:
+                layer.pending = None
+            shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+            raise ValueError(
+                f"rebalance learns from the model's predictions and needs (batch, {classes}) logits from the "
+                f"model; it returned {shape}"
+            )
+        first = layers[0]
+        with torch.no_grad():
+            labels = output.detach().argmax(1)
+            if torch.compiler.is_compiling():  # every class (static shapes): absent ones get rate 0
+                classes, index = torch.arange(first.num_classes, device=labels.device), labels
+                counts = nn.functional.one_hot(labels, first.num_classes).sum(0)
+            else:  # only the classes present change
+                classes, index = labels.unique(return_inverse=True)
+                counts = torch.bincount(index, minlength=len(classes))
+            shared = layers[0].shared_estimates(classes, counts)
+            for layer in layers:
+                layer.learn_classes(labels, classes, index, shared)
+        if first.correct_outputs and first.prior == "previous":
+            # label shift (Saerens et al. 2002): posteriors reweighted by the batch's estimated prior over the
+            # balanced one; the estimate is that of the next batch, which includes this batch's prediction
+            floor = 0.01 / first.num_classes
+            return output + torch.log(shared["guess"].clamp_min(floor) * first.num_classes).to(output.dtype)
+        return None
