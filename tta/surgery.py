@@ -88,6 +88,22 @@ def last_linear(model: nn.Module) -> nn.Linear | None:
     return linears[-1] if linears else None
 
 
+def with_num_classes(policy: str, model: nn.Module, options: dict[str, object]) -> dict[str, object]:
+    """``options`` with ``num_classes`` read from the model's last ``nn.Linear`` when not given (the policies
+    that learn from the model's predicted classes); a clear error when there is no such layer."""
+    if options.get("num_classes") is not None:
+        return options
+    classifier = last_linear(model)
+    if classifier is None:
+        raise ValueError(
+            f"{policy} reads the number of classes from the model's last nn.Linear, and {type(model).__name__} "
+            "has none; pass num_classes=K"
+        )
+    if classifier.out_features < 2:
+        raise ValueError(f"{policy}: the last nn.Linear has {classifier.out_features} output; it needs K >= 2 classes")
+    return {**options, "num_classes": classifier.out_features}
+
+
 def remove_hooks(model: nn.Module, hook_type: type) -> None:
     """Remove every forward hook and forward pre-hook that is an instance of ``hook_type``, on every module
     of the tree (found by type, not by handle: a deep-copied model holds copies of the hooks, and a copied

@@ -13,7 +13,7 @@ from tta.options import Range
 from tta.policies.base import ModelHook, NormPolicy
 from tta.registry import register_policy
 from tta.stats import all_finite, instance_moments
-from tta.surgery import last_linear
+from tta.surgery import with_num_classes
 
 # The official configs' class coupling per number of classes (CIFAR-10, CIFAR-100, ImageNet).
 _OFFICIAL_GAMMA = {10: 0.0, 100: 0.1, 1000: 0.5}
@@ -102,17 +102,7 @@ class BalancedBatchNorm(NormPolicy):
     @classmethod
     def model_options(cls, model: nn.Module, options: dict[str, object]) -> dict[str, object]:
         """``num_classes`` from the model's last ``nn.Linear`` when not given."""
-        if options.get("num_classes") is not None:
-            return options
-        classifier = last_linear(model)
-        if classifier is None:
-            raise ValueError(
-                f"balanced reads the number of classes from the model's last nn.Linear, and {type(model).__name__} "
-                "has none; pass num_classes=K"
-            )
-        if classifier.out_features < 2:
-            raise ValueError(f"balanced: the last nn.Linear has {classifier.out_features} output; it needs K >= 2 classes")
-        return {**options, "num_classes": classifier.out_features}
+        return with_num_classes("balanced", model, options)
 
     @classmethod
     def register_model_hooks(cls, model: nn.Module, **options: object) -> None:

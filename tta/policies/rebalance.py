@@ -11,8 +11,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tta.options import Choice, Range
 from tta.policies.base import ModelHook, NormPolicy
 from tta.registry import register_policy
-from tta.stats import all_finite, instance_moments
-from tta.surgery import last_linear
+from tta.stats import all_finite, instance_moments, select
+from tta.surgery import with_num_classes
 
 
 @register_policy("rebalance")
@@ -91,23 +91,12 @@ class RebalancedBatchNorm(NormPolicy):
     @classmethod
     def model_options(cls, model: nn.Module, options: dict[str, object]) -> dict[str, object]:
         """``num_classes`` from the model's last ``nn.Linear`` when not given."""
-        if options.get("num_classes") is not None:
-            return options
-        classifier = last_linear(model)
-        if classifier is None:
-            raise ValueError(
-                f"rebalance reads the number of classes from the model's last nn.Linear, and {type(model).__name__} "
-                "has none; pass num_classes=K"
-            )
-        if classifier.out_features < 2:
-            raise ValueError(f"rebalance: the last nn.Linear has {classifier.out_features} output; it needs K >= 2")
-        return {**options, "num_classes": classifier.out_features}
+        return with_num_classes("rebalance", model, options)
 
     @classmethod
-    def wrap_model(cls, model: nn.Module, **options: object) -> nn.Module:
-        """Register the hook that learns the class statistics from the prediction; the model is returned."""
+    def register_model_hooks(cls, model: nn.Module, **options: object) -> None:
+        """Register the hook that learns the class statistics from the prediction."""
         model.register_forward_hook(UpdateFromPredictions())
-        return model
 
     def balanced_stats(self, moment1: Tensor, moment2: Tensor, composition: Tensor) -> tuple[Tensor, Tensor]:
         """The balanced ``(m, s^2)`` of pooled moments of composition ``pi`` (class doc).
@@ -137,8 +126,8 @@ class RebalancedBatchNorm(NormPolicy):
             new1, new2 = torch.lerp(moment1, mean_b, beta), torch.lerp(moment2, square_b, beta)
             new_pooled = torch.lerp(pooled, guess, beta)
             ok = all_finite(new1, new2)
-            moment1, moment2 = torch.where(ok, new1, moment1), torch.where(ok, new2, moment2)  # grad: the batch's share
-            pooled = torch.where(ok, new_pooled, pooled)
+            moment1, moment2 = select(ok, new1, moment1), select(ok, new2, moment2)  # grad: the batch's share
+            pooled = select(ok, new_pooled, pooled)
             self.commit(ok, moment1=new1, moment2=new2, pooled_composition=new_pooled, steps=self.steps + 1)
             mean, var = self.balanced_stats(moment1, moment2, pooled)
             self.pending = (sample_mean.detach(), sample_var.detach(), mean.detach(), var.detach(), beta, guess, ok)
@@ -171,9 +160,9 @@ class RebalancedBatchNorm(NormPolicy):
         total = torch.where(counts > 0, total, old_count)
         ok = ok & all_finite(offset, square)
         # rows of the present classes only, in place (K can be 1,000): branch-free, as commit
-        self.class_offset.index_copy_(0, classes, torch.where(ok, offset, old_offset))
-        self.class_square.index_copy_(0, classes, torch.where(ok, square, old_square))
-        self.class_count.index_copy_(0, classes, torch.where(ok, total, old_count))
+        self.class_offset.index_copy_(0, classes, select(ok, offset, old_offset))
+        self.class_square.index_copy_(0, classes, select(ok, square, old_square))
+        self.class_count.index_copy_(0, classes, select(ok, total, old_count))
         updates = {name: shared[name] for name in ("composition", "lag_products", "usual_composition", "guess")}
         if self.prior == "previous":  # the pool holds this batch with its predicted composition, not the guess
             updates["pooled_composition"] = self.pooled_composition + beta * (shared["deviation"] - guess)
