@@ -25,8 +25,8 @@ def adapt(model: nn.Module, policy: str, **options: object) -> nn.Module:
     Options are the policy's keyword arguments (spec M8b), checked for name, type and range before
     anything changes. If ``model`` is itself a BatchNorm layer, the returned module is its replacement;
     otherwise it is ``model`` itself. The state is created as ordinary tensors even inside
-    ``torch.inference_mode()``, so the model adapts outside it too. ``balanced`` registers a forward hook on the model
-    (its second, updating forward), which :func:`detach` removes.
+    ``torch.inference_mode()``, so the model adapts outside it too. A policy that learns from the model's
+    predictions (``balanced``, ``rebalance``) registers a forward hook on it, which :func:`detach` removes.
     """
     layer_class = get_policy(policy)
     options = check_options(policy, options)
