@@ -11,7 +11,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tta.options import Choice, Range
 from tta.policies.base import ModelHook, NormPolicy
 from tta.registry import register_policy
-from tta.stats import all_finite, instance_moments, select
+from tta.stats import all_finite, instance_moments, on_host, select
 from tta.surgery import with_num_classes
 
 
@@ -236,7 +236,7 @@ class UpdateFromPredictions(ModelHook):
         first = layers[0]
         with torch.no_grad():
             labels = output.detach().argmax(1)
-            if torch.compiler.is_compiling():  # every class (static shapes): absent ones get rate 0
+            if not on_host(labels):  # every class (static shapes, no host sync): absent ones get rate 0
                 classes, index = torch.arange(first.num_classes, device=labels.device), labels
                 counts = nn.functional.one_hot(labels, first.num_classes).sum(0)
             else:  # only the classes present change
