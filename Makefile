@@ -23,7 +23,8 @@ test: venv
 
 bench: venv
 	$(BIN)/tta-bench run --dataset fmnist-c --model bundled --policies all \
-		--order iid,dirichlet:0.1 --setting single --severity 5 --n-examples 2000 --seeds 0 --out runs/quick
+		--order iid,dirichlet:0.1 --setting single --severity 5 --n-examples 2000 --seeds 0 \
+		--workers 2 --out runs/quick
 
 clean:
 	rm -rf $(VENV) runs

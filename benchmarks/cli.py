@@ -106,8 +106,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     started, started_at = time.monotonic(), metadata.utc_now()
     config = _config_from_args(args)
     out = _out_folder(args.out)
-    _set_threads(args.threads)
     _executor_args(args)
+    _set_threads(_unit_threads(args))  # serial units run in this process
     device = _device(args.device)
     with contextlib.ExitStack() as held:
         if out.is_dir():  # an existing folder: refuse at once if another run writes into it
@@ -127,7 +127,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         meta = metadata.read_meta(out)
         run_entry: dict[str, Any] = {"started": started_at, **metadata.environment(device),
                                      "executor": args.executor, "workers": args.workers,
-                                     "worker_threads": _worker_threads(args)}
+                                     "worker_threads": _unit_threads(args)}
         before = len(store.rows())
         try:
             status = _run_grid(args, config, model, source, store, meta, device)
@@ -170,16 +170,21 @@ def _executor_args(args: argparse.Namespace) -> None:
             raise _Fail(f"{', '.join(given)}: only with --executor ray")
 
 
-def _worker_threads(args: argparse.Namespace) -> int | None:
-    """torch threads per worker: ``--threads``, else the cores shared out (so the machine is not
-    oversubscribed), else with one local worker PyTorch's default."""
-    from benchmarks import executors
+def _unit_threads(args: argparse.Namespace) -> int:
+    """torch threads per unit: ``--threads``, else on Ray the task's ``--cpus-per-task``, else 1.
 
+    The default does not depend on ``--workers``, so every executor and worker count gives the same
+    rows: BatchNorm's fused statistics kernel (``stats.batch_moments``) sums a channels-last input in
+    one partial per thread, so another thread count changes the last bits of the statistics, and
+    now and then a prediction (measured: 1 row in 990 of a grid run at 2 threads and at 1). One
+    thread per unit is also the efficient split of this benchmark's small units: cores are used by
+    running units side by side (``--workers N``), not by splitting each small convolution.
+    """
     if args.threads is not None:
         return args.threads
     if args.executor == "ray":
         return max(1, int(args.cpus_per_task))
-    return None if args.workers == 1 else max(1, executors.cores() // args.workers)
+    return 1
 
 
 def _run_grid(args: argparse.Namespace, config: grid.GridConfig, model: Any, source: Any,
@@ -231,7 +236,7 @@ def _run_grid(args: argparse.Namespace, config: grid.GridConfig, model: Any, sou
     job = executors.Job(config, model if serial else copy.deepcopy(model).cpu(), data_dir=args.data_dir,
                         cache_dir=args.cache_dir,
                         device="auto" if args.executor == "ray" and args.device == "auto" else str(device),
-                        threads=_worker_threads(args))
+                        threads=_unit_threads(args))
     if args.executor == "ray":
         outcomes = executors.run_on_ray(job, units, address=args.ray_address, cpus_per_task=args.cpus_per_task,
                                         gpus_per_task=args.gpus_per_task)
@@ -473,10 +478,13 @@ def build_parser() -> argparse.ArgumentParser:
                           "value is a Python literal)")
     run.add_argument("--out", required=True, metavar="DIR", help="results folder (created; reused to resume)")
     run.add_argument("--device", default=DEFAULT_DEVICE, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    run.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+    run.add_argument("--threads", type=int, default=None,
+                     help="torch threads per unit (default 1, or --cpus-per-task on Ray: the same for every "
+                          "executor and number of workers, so that the rows are too; use cores through "
+                          "--workers)")
     run.add_argument("--workers", type=int, default=1,
                      help="local worker processes running the grid's units at once (default 1: in this "
-                          "process); each gets --threads, default the cores divided by the workers")
+                          "process), e.g. the number of cores; each runs its units with --threads")
     run.add_argument("--executor", default="local", choices=("local", "ray"),
                      help="local (this machine, --workers) or ray: the units as Ray tasks on a cluster "
                           "(needs the extra: pip install 'tta[ray]')")

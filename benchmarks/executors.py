@@ -61,11 +61,6 @@ class Outcome:
     running: int
 
 
-def cores() -> int:
-    """The CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def import_ray() -> Any:
     """The ``ray`` module, or an ImportError naming the extra that installs it."""
     try:

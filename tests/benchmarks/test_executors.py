@@ -3,6 +3,7 @@ same; a killed driver resumes to every row exactly once; a failing unit is retri
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -23,8 +24,8 @@ GRID = [
 ]  # fmt: skip
 """16 rows (2 methods x 2 policies x 2 settings x 2 domains) in 6 units: 2 episodes of `single`, 4 learners
 of `continual`."""
-EXECUTORS = {"serial": [], "workers": ["--workers", "2", "--threads", "1"],
-             "ray": ["--executor", "ray", "--threads", "1"]}
+EXECUTORS = {"serial": [], "workers": ["--workers", "2"], "ray": ["--executor", "ray"]}
+"""Each executor with its default threads per unit."""
 
 
 def _env() -> dict[str, str]:
@@ -79,7 +80,12 @@ def serial_rows(tmp_path_factory, cache_dir) -> dict[tuple, dict]:
     assert cli.main(["run", *GRID, "--cache-dir", str(cache_dir), "--out", str(out)]) == 0
     rows = read_rows(out / "results.jsonl")
     assert len(rows) == 16 and {grid.row_key(r) for r in rows} == hand_keys(GRID)
+    assert _unit_threads(out) == 1
     return {grid.row_key(r): r for r in rows}
+
+
+def _unit_threads(out: Path) -> int:
+    return json.loads((out / "meta.json").read_text())["runs"][-1]["worker_threads"]
 
 
 @pytest.mark.parametrize("executor", ["workers", "ray"])
@@ -89,6 +95,8 @@ def test_every_executor_gives_the_rows_of_a_serial_run(tmp_path, cache_dir, seri
     rows = read_rows(tmp_path / "results.jsonl")
     assert len(rows) == 16
     assert {grid.row_key(r): r for r in rows} == serial_rows
+    # the same torch threads per unit as serial by default: the statistics' last bits depend on them
+    assert _unit_threads(tmp_path) == 1
 
 
 KILLED = [*GRID, "--methods", "none", "--setting", "single", "--order", "iid,sorted,dirichlet:1.0"]
