@@ -1,6 +1,7 @@
-"""A learner (every registered method on every policy) on every model family, B = 1 and B > 1: reset, paused,
-state_dict round trip, detach, episodic, finite outputs (spec M13, M9 for the layers beneath). An image-only
-method (DUA) must refuse the models whose inputs are not images, with its error."""
+"""A learner (every registered method on every policy) on the small model families, B = 1 and B > 1: reset,
+paused, state_dict round trip, detach, episodic, finite outputs (spec M13, M9 for the layers beneath); on
+``resnet18``, whose 1x1 maps give n = B = 1, every pair once at B = 1. An image-only method (DUA) must
+refuse the models whose inputs are not images, with its error."""
 
 from __future__ import annotations
 
@@ -10,13 +11,33 @@ import pytest
 import torch
 
 import tta
-from tests.tta.conftest import build, inputs
+from tests.tta.conftest import MODELS, build, inputs
 from tests.tta.methods.conftest import TEST_OPTIONS, assert_same, learner, refuses, run, snapshot
 
 POLICIES = tta.policies()
 METHODS = tta.methods()
 BATCHES = [1, 4]
 REFUSAL = r"augments image batches \(N, C, H, W\), but this model has only BatchNorm[13]d layers"
+
+
+@pytest.fixture(params=[name for name in MODELS if name != "resnet18"])
+def model_name(request: pytest.FixtureRequest) -> str:
+    """The model families small enough for the whole product; ``resnet18`` has its own test below (the
+    layers beneath are checked on it for every policy in ``tests/tta/test_invariants.py``)."""
+    return request.param
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("method", METHODS)
+def test_on_resnet18_at_batch_1_outputs_are_finite_and_reset_restores_everything(method: str, policy: str) -> None:
+    model = learner("resnet18", policy, method)
+    attached = snapshot(model)
+    first = run(model, "resnet18", range(2), 1)
+    assert all(torch.isfinite(out).all() for out in first)
+    tta.reset(model)
+    assert_same(snapshot(model), attached)
+    for a, b in zip(first, run(model, "resnet18", range(2), 1)):
+        assert torch.equal(a, b)
 
 
 def learner_or_refusal(model_name: str, policy: str, method: str, **options: object) -> tta.Method | None:
