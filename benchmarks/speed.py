@@ -13,7 +13,9 @@ method (Tent) takes its backward pass and optimizer step inside its forward: tha
 as it is in deployment.
 
 ``compile=True`` times ``torch.compile(model, fullgraph=True)`` (inductor) of every model, the unadapted
-one included, with the batch dimension marked dynamic; the first call's time (compiling included) is
+one included, with the batch dimension marked dynamic; a method is attached to the compiled adapted
+model (its forwards, and their backward, are compiled; its optimizer step and memory stay eager, as
+``loss.backward()`` cannot be in a full graph); the first call's time (compiling included) is
 reported, and whether a batch of another size recompiles (``torch.compiler.set_stance
 ("fail_on_recompile")`` refuses it if so).
 """
@@ -116,9 +118,11 @@ def measure_speed(
             timed: nn.Module = copy.deepcopy(base)
         else:
             timed = tta.adapt(copy.deepcopy(base), policy, **options.get(policy, {})).eval()
-            if method != "none":
-                timed = tta.attach_method(timed, method, **options.get(method, {}))
-        models[(method, policy)] = torch.compile(timed, fullgraph=True) if compile else timed
+        if compile:
+            timed = torch.compile(timed, fullgraph=True)
+        if method != "none":  # a method's update (backward, optimizer step, memory) stays eager around it
+            timed = tta.attach_method(timed, method, **options.get(method, {}))
+        models[(method, policy)] = timed
     if compile:
         torch._dynamo.mark_dynamic(x, 0)
         torch._dynamo.mark_dynamic(other, 0)
