@@ -25,7 +25,7 @@ from torch import nn
 
 import streams
 import tta
-from benchmarks.grid import CLEAN, NO_METHOD, GridConfig, RowKey, Run, domains, row_key
+from benchmarks.grid import CLEAN, NO_METHOD, GridConfig, RowKey, Run, domains
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def evaluate_stream(
     device: torch.device | str = "cpu",
 ) -> dict[str, dict[Domain, Tally]]:
     """Evaluate adapted models over a whole :class:`streams.Stream`, resetting them before each episode
-    (spec S4); errors per policy and domain. The notebook's one-call version of :func:`run_grid`."""
+    (spec S4); errors per policy and domain. The notebook's one-call version of a grid run."""
     totals: dict[str, dict[Domain, Tally]] = {name: {} for name in models}
     for _, batches in stream.episodes():
         for adapted in models.values():
@@ -213,14 +213,6 @@ def make_row(config: GridConfig, run: Run, pair: Pair, domain: Domain, tally: Ta
     }
 
 
-@dataclasses.dataclass
-class Progress:
-    """Callbacks a front end (the CLI's progress bar) may set; all optional."""
-
-    on_batch: Callable[[Run, Domain | None, dict[Pair, dict[Domain, Tally]]], None] | None = None
-    on_rows: Callable[[list[dict[str, Any]]], None] | None = None
-
-
 @dataclasses.dataclass(frozen=True)
 class Unit:
     """One independent piece of a grid, the work one worker does (issue 13): in ``single`` one domain
@@ -287,38 +279,6 @@ def run_unit(
         return [make_row(config, run, p, d, tallies[p][d]) for d in episode_domains for p in unit.pairs
                 if d in tallies[p]]
     raise RuntimeError(f"the stream of {run} has no episode of domain {unit.domain}")
-
-
-def run_grid(
-    config: GridConfig,
-    model: nn.Module,
-    *,
-    done: Callable[[RowKey], bool],
-    save: Callable[[list[dict[str, Any]]], Any],
-    source: Any = None,
-    data_dir: str | os.PathLike[str] | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
-    device: torch.device | str = "cpu",
-    progress: Progress | None = None,
-) -> None:
-    """Evaluate every unit of the grid in this process, skipping rows ``done`` says exist; ``save`` each
-    unit's new rows (the results store appends and flushes them), so an interrupt loses only the unit
-    in progress. ``benchmarks.executors`` runs the same units in parallel."""
-    progress = progress or Progress()
-    if source is None:
-        source = load_source(config, data_dir=data_dir)
-    for unit in units(config, done):
-        label = unit.domain
-
-        def on_batch(tallies: dict[Pair, dict[Domain, Tally]], _run: Run = unit.run, _label: Domain | None = label) -> None:
-            if progress.on_batch is not None:
-                progress.on_batch(_run, _label, tallies)
-
-        rows = run_unit(config, model, unit, source, cache_dir=cache_dir, device=device, on_batch=on_batch)
-        rows = [row for row in rows if not done(row_key(row))]
-        save(rows)
-        if progress.on_rows is not None:
-            progress.on_rows(rows)
 
 
 def first_batch(

@@ -158,7 +158,6 @@ class NormPolicy(nn.Module):
         """Register the policy's :class:`ModelHook` on the adapted model (``balanced``: the forward that
         learns its predictions), after the layers are swapped; none here."""
 
-
     def normalize(self, x: Tensor) -> Tensor:
         """Normalize ``x`` with the policy's statistics, updating its state if adapting."""
         raise NotImplementedError
