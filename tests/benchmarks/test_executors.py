@@ -139,16 +139,24 @@ def test_a_driver_killed_mid_grid_resumes_to_every_row_exactly_once(tmp_path, ca
     assert results.read_bytes().startswith(first[: first.rfind(b"\n") + 1])
 
 
+def flaky_args(tmp_path: Path, cache_dir: Path, flags: list[str], *model_args: str) -> tuple[list[str], Path]:
+    """The arguments of a run of :data:`GRID` with ``flags`` on the flaky test model (each of
+    ``model_args`` one ``--model-arg``, after its folder of attempts), and that folder."""
+    attempts = tmp_path / "attempts"
+    attempts.mkdir()
+    args = [*GRID, *flags, "--methods", "none", "--corruptions", "contrast,brightness",
+            "--model", "tests.benchmarks.flaky_model:build", "--model-arg", f"attempts_dir={str(attempts)!r}"]
+    for model_arg in model_args:
+        args += ["--model-arg", model_arg]
+    return [*args, "--cache-dir", str(cache_dir), "--out", str(tmp_path / "out")], attempts
+
+
 @pytest.mark.parametrize("executor", ["serial", "workers", "ray"])
 def test_a_unit_that_keeps_failing_is_tried_twice_then_reported_and_the_rest_is_kept(
         tmp_path, cache_dir, request, executor, capsys):
     # The flaky model raises on every bright (brightness-5) batch: the single-setting unit of brightness
     # fails, the one of contrast (first, so the probe batch passes) does not.
-    attempts = tmp_path / "attempts"
-    attempts.mkdir()
-    args = [*GRID, *_needs(executor, request), "--methods", "none", "--setting", "single",
-            "--corruptions", "contrast,brightness", "--model", "tests.benchmarks.flaky_model:build",
-            "--model-arg", f"attempts_dir={str(attempts)!r}", "--cache-dir", str(cache_dir), "--out", str(tmp_path / "out")]
+    args, attempts = flaky_args(tmp_path, cache_dir, [*_needs(executor, request), "--setting", "single"])
     assert cli.main(["run", *args]) == 1
     assert len(list(attempts.iterdir())) == 2
     rows = read_rows(tmp_path / "out" / "results.jsonl")
@@ -161,12 +169,7 @@ def test_a_unit_that_keeps_failing_is_tried_twice_then_reported_and_the_rest_is_
 @pytest.mark.parametrize("executor", ["serial", "workers", "ray"])
 def test_a_unit_that_fails_once_is_retried_and_gives_the_rows_of_a_run_without_failure(
         tmp_path, cache_dir, serial_rows, request, executor):
-    attempts = tmp_path / "attempts"
-    attempts.mkdir()
-    args = [*GRID, *_needs(executor, request), "--methods", "none", "--corruptions", "contrast,brightness",
-            "--model", "tests.benchmarks.flaky_model:build",
-            "--model-arg", f"attempts_dir={str(attempts)!r}", "--model-arg", "always=False",
-            "--cache-dir", str(cache_dir), "--out", str(tmp_path / "out")]
+    args, attempts = flaky_args(tmp_path, cache_dir, _needs(executor, request), "always=False")
     assert cli.main(["run", *args]) == 0
     assert [p.name for p in attempts.iterdir()] == ["failed-once"]
     rows = read_rows(tmp_path / "out" / "results.jsonl")
@@ -177,12 +180,7 @@ def test_a_unit_that_fails_once_is_retried_and_gives_the_rows_of_a_run_without_f
 
 @pytest.mark.parametrize("executor", ["workers", "ray"])
 def test_a_unit_whose_worker_dies_is_retried_in_a_new_worker(tmp_path, cache_dir, serial_rows, request, executor):
-    attempts = tmp_path / "attempts"
-    attempts.mkdir()
-    args = [*GRID, *_needs(executor, request), "--methods", "none", "--corruptions", "contrast,brightness",
-            "--model", "tests.benchmarks.flaky_model:build", "--model-arg", f"attempts_dir={str(attempts)!r}",
-            "--model-arg", "always=False", "--model-arg", "crash=True",
-            "--cache-dir", str(cache_dir), "--out", str(tmp_path / "out")]
+    args, attempts = flaky_args(tmp_path, cache_dir, _needs(executor, request), "always=False", "crash=True")
     assert cli.main(["run", *args]) == 0
     assert [p.name for p in attempts.iterdir()] == ["failed-once"]  # one worker died
     rows = read_rows(tmp_path / "out" / "results.jsonl")
