@@ -378,7 +378,10 @@ def cmd_speed(args: argparse.Namespace) -> int:
              for r in measured]
     headers = [*(["method"] if with_method else []), "policy", "images/s", "x unadapted", "spread (IQR)",
                "x source", *(["first call (s)", "recompiles on batch change"] if args.compile else [])]
-    print(f"unadapted model: {rate(measured[0].unadapted_images_per_s)} images/s; spread: quartiles of the "
+    first = measured[0]
+    compiled = (f" (compiled: first call {first.unadapted_compile_s:.1f} s; a batch of {first.other_batch_size} "
+                f"{'recompiles' if first.unadapted_recompiles else 'reuses the graph'})") if args.compile else ""
+    print(f"unadapted model: {rate(first.unadapted_images_per_s)} images/s{compiled}; spread: quartiles of the "
           "per-round ratios to it")
     print(tabulate(table, headers=headers, tablefmt="github", disable_numparse=True))
     return 0

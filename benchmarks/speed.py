@@ -16,8 +16,9 @@ as it is in deployment.
 one included, with the batch dimension marked dynamic; a method is attached to the compiled adapted
 model (its forwards, and their backward, are compiled; its optimizer step and memory stay eager, as
 ``loss.backward()`` cannot be in a full graph); the first call's time (compiling included) is
-reported, and whether a batch of another size recompiles (``torch.compiler.set_stance
-("fail_on_recompile")`` refuses it if so).
+reported, and whether a batch of another size (half the batch) recompiles (``torch.compiler.set_stance
+("fail_on_recompile")`` refuses it if so), for the unadapted model too: a model's own operations may
+guard on the batch size (the convolutions of PyTorch 2.14 recompile below a batch of 16, say).
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ class SpeedResult:
     unadapted_images_per_s: float = float("nan")
     compile_s: float | None = None  # the first call, compiling included (compile=True)
     recompiles_on_batch_change: bool | None = None  # compile=True
+    unadapted_compile_s: float | None = None  # the unadapted model's, for comparison (compile=True)
+    unadapted_recompiles: bool | None = None  # whether the unadapted model itself recompiles (compile=True)
+    other_batch_size: int | None = None  # the batch size of the recompile check (compile=True)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -166,5 +170,8 @@ def measure_speed(
             unadapted_images_per_s=statistics.median(unadapted),
             compile_s=first_call[name] if compile else None,
             recompiles_on_batch_change=recompiles.get(name),
+            unadapted_compile_s=first_call[UNADAPTED] if compile else None,
+            unadapted_recompiles=recompiles.get(UNADAPTED),
+            other_batch_size=len(other) if compile else None,
         ))
     return results

@@ -82,14 +82,17 @@ def _row_moments(rows: Tensor) -> tuple[Tensor, Tensor]:
     Two passes of contiguous row reductions: sums, then dot products of the deviations. The
     deviations are formed in slices of about ``_ROW_CHUNK`` values that stay in cache (a loop over
     memory slices, not over samples: one slice holds many rows, a small batch is one slice). Off the
-    host (:func:`on_host`) the whole tensor is one slice: no loop whose length depends on the batch
-    size, which ``torch.compile`` would specialize on.
+    host (:func:`on_host`) the whole tensor is one slice and there is no loop: a loop over a range that
+    depends on the batch size makes ``torch.compile`` specialize the batch size, refusing a dynamic one.
     """
     b, c, length = rows.shape
     mean = rows.sum(dim=2).div_(length)
+    if not on_host(rows):  # no loop: its range would pin a dynamic batch size to a constant under compile
+        deviation = rows - mean[..., None]
+        return mean, torch.linalg.vecdot(deviation, deviation).div_(length)
     flat_rows, flat_mean = rows.view(b * c, length), mean.view(b * c, 1)
     squares = torch.empty(b * c, dtype=rows.dtype, device=rows.device)
-    step = max(1, _ROW_CHUNK // length) if on_host(rows) else b * c
+    step = max(1, _ROW_CHUNK // length)
     for start in range(0, b * c, step):
         deviation = flat_rows[start: start + step] - flat_mean[start: start + step]
         torch.linalg.vecdot(deviation, deviation, out=squares[start: start + step])

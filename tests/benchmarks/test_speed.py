@@ -71,6 +71,24 @@ def test_compiled_models_report_the_first_call_and_do_not_recompile_for_another_
     for result in results:  # a method is attached to the compiled adapted model
         assert result.compile_s > 0 and result.images_per_s > 0 and math.isfinite(result.ratio_to_unadapted)
         assert result.recompiles_on_batch_change is False
+        assert result.unadapted_recompiles is False and result.unadapted_compile_s > 0
+        assert result.other_batch_size == 2
+
+
+class BranchOnBatchSize(nn.Module):
+    """A model whose own forward depends on the batch size: compiled, a smaller batch needs a new graph."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2 if x.shape[0] > 3 else x
+
+
+def test_a_recompile_caused_by_the_model_itself_is_reported_for_the_unadapted_model_too():
+    torch._dynamo.reset()
+    model = nn.Sequential(tiny_model(), BranchOnBatchSize())
+    model(torch.rand(2, 1, 8, 8))
+    (result,) = measure_speed(model, ["tbn"], input_shape=(1, 8, 8), batch_size=4, warmup=1, repeats=1,
+                              batches_per_repeat=1, compile=True)
+    assert result.unadapted_recompiles is True and result.recompiles_on_batch_change is True
 
 
 def test_the_input_model_is_left_unadapted():

@@ -113,6 +113,23 @@ def test_compile_has_no_graph_break_and_matches_eager(policy: str) -> None:
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("policy", POLICIES)
+def test_compile_with_a_dynamic_batch_size_reuses_the_graph_for_another_size(policy: str, channels_last: bool) -> None:
+    """A batch dimension marked dynamic stays dynamic (no loop or branch of a policy pins it to the first size),
+    in both memory layouts a convolution may hand BatchNorm."""
+    torch._dynamo.reset()
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model = tta.adapt(build("small_cnn"), policy).to(memory_format=layout)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    first, second = (inputs("small_cnn", n, seed=n).contiguous(memory_format=layout) for n in (6, 3))
+    torch._dynamo.mark_dynamic(first, 0)
+    with torch.no_grad():
+        compiled(first)
+        with torch.compiler.set_stance("fail_on_recompile"):
+            assert torch.isfinite(compiled(second)).all()
+
+
 class Doubled(nn.Module):
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         return 2 * weight
