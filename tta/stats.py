@@ -180,6 +180,30 @@ def normalize(
     return torch.batch_norm(x, weight, bias, mean, var, False, 0.0, eps, torch.backends.cudnn.enabled)
 
 
+def computed_once(mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
+    """``(mean, var)`` as they are, except under ``torch.compile``: there, per-channel statistics that a
+    policy computes in the graph (its state update) pass through an operation the compiler cannot see into,
+    so they are computed once per channel instead of being recomputed at every element the normalization
+    reads them (inductor inlines cheap-looking per-channel work into the per-element loop: ``momentum_decay``'s
+    float64 power and ``adabn``'s pooled update ran once per element and halved the compiled throughput).
+    Not under ``torch.export`` (an exported program should not need ``tta`` to load) nor when the
+    statistics carry a gradient."""
+    if not torch.compiler.is_compiling() or torch.compiler.is_exporting() or mean.requires_grad or var.requires_grad:
+        return mean, var
+    return _computed_once(mean, var)
+
+
+@torch.library.custom_op("tta::computed_once", mutates_args=())
+def _computed_once(mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
+    """Copies of ``mean`` and ``var`` (:func:`computed_once`)."""
+    return mean.clone(), var.clone()
+
+
+@_computed_once.register_fake
+def _(mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
+    return torch.empty_like(mean), torch.empty_like(var)
+
+
 def normalize_per_instance(
     x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
 ) -> Tensor:

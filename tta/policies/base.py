@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrize
 
-from tta.stats import batch_moments, normalize, on_host, reduce_moments
+from tta.stats import batch_moments, computed_once, normalize, on_host, reduce_moments
 
 
 class ModelHook:
@@ -187,12 +187,13 @@ class NormPolicy(nn.Module):
         return self.weight, self.bias
 
     def normalize_with(self, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
-        """``x`` normalized with per-channel ``mean`` and ``var`` and this layer's affine parameters."""
-        return normalize(x, mean, var, *self.affine(), self.eps)
+        """``x`` normalized with per-channel ``mean`` and ``var`` and this layer's affine parameters (computed
+        once per channel under ``torch.compile``: :func:`tta.stats.computed_once`)."""
+        return normalize(x, *computed_once(mean, var), *self.affine(), self.eps)
 
     def normalize_with_source(self, x: Tensor) -> Tensor:
         """The original layer's eval-mode output (before ``post_norm``), bit for bit (spec M1)."""
-        return self.normalize_with(x, self.source_mean, self.source_var)
+        return normalize(x, self.source_mean, self.source_var, *self.affine(), self.eps)
 
     def check_input(self, x: Tensor) -> None:
         """Reject what the original layer could not normalize, with a message naming the problem."""
