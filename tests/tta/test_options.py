@@ -39,6 +39,7 @@ CASES = [
     ("rebalance", "class_memory", ["1000", None], [0.5, 0.0, float("inf")], [1, 1000.0]),
     ("rebalance", "prior", [None, 1], ["Uniform", "source"], ["previous", "uniform"]),
     ("rebalance", "correct_outputs", [], [], [True, False]),  # a bool: its type errors in test_rebalance
+    ("rebalance", "refine", [], [], [True, False]),  # a bool: its type errors in test_rebalance
 ]
 
 

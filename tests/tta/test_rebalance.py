@@ -90,7 +90,7 @@ def test_the_output_is_reweighted_by_the_batch_prior_over_the_balanced_one() -> 
     prediction steps by 1/100 (steps 101 > 1/momentum) to u + (h - u)/100; the lag products, whose new
     terms are 0 (the last composition is uniform), both shrink by 0.9, so rho stays 1; p = u + h - usual."""
     plain = tta.adapt(build("small_cnn"), "rebalance", correct_outputs=False)
-    corrected = tta.adapt(build("small_cnn"), "rebalance")
+    corrected = tta.adapt(build("small_cnn"), "rebalance", refine=False)
     for model in (plain, corrected):
         for _, layer in tta.policy_layers(model):
             layer.steps.fill_(100)
@@ -102,6 +102,41 @@ def test_the_output_is_reweighted_by_the_batch_prior_over_the_balanced_one() -> 
     histogram = torch.bincount(raw.argmax(1), minlength=10) / 8
     expected = torch.log((0.99 * histogram + 0.001).clamp_min(0.001) * 10)
     torch.testing.assert_close(shift, expected.expand(8, -1), rtol=1e-5, atol=1e-5)
+
+
+def corrected_and_refined(lag_products: list[float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The corrected logits (``refine=False``), the refined output and the classifier's input on one batch,
+    after 100 steps with the given lag products (rho = their ratio, as in the test above)."""
+    corrected = tta.adapt(build("small_cnn"), "rebalance", refine=False)
+    refined = tta.adapt(build("small_cnn"), "rebalance")
+    for model in (corrected, refined):
+        for _, layer in tta.policy_layers(model):
+            layer.steps.fill_(100)
+            layer.lag_products.copy_(torch.tensor(lag_products))
+    features = []
+    refined[-1].register_forward_pre_hook(lambda module, args: features.append(args[0]))
+    x = inputs("small_cnn", 12)
+    with torch.no_grad():
+        return corrected(x), refined(x), features[0]
+
+
+@pytest.mark.parametrize("rho", [1.0, 0.25])
+def test_the_refinement_is_lame_on_the_corrected_outputs_with_the_affinity_scaled_by_sqrt_rho(rho: float) -> None:
+    """LAME's bound iterations (checked by hand in test_lame) on -log softmax of the corrected logits, with the
+    kNN affinity (k = 5) of the normalized classifier inputs times sqrt(rho)."""
+    from tta.laplacian import knn_affinity, laplacian_optimization
+
+    corrected, refined, features = corrected_and_refined([rho, 1.0])
+    kernel = knn_affinity(features / features.norm(dim=1, keepdim=True), 5)
+    expected = laplacian_optimization(-torch.log(corrected.softmax(1) + 1e-10), rho ** 0.5 * kernel)
+    torch.testing.assert_close(refined, expected, rtol=1e-5, atol=1e-5)
+    if rho == 1.0:  # the smoothing moves some predictions toward their neighbours'
+        assert not torch.allclose(refined.softmax(1), corrected.softmax(1), atol=1e-3)
+
+
+def test_with_rho_zero_the_refinement_changes_no_probability() -> None:
+    corrected, refined, _ = corrected_and_refined([0.0, 1.0])
+    torch.testing.assert_close(refined, corrected.log_softmax(1), rtol=1e-5, atol=1e-6)
 
 
 def test_without_the_correction_the_pool_is_the_concatenation_while_it_is_a_cumulative_mean() -> None:
@@ -179,16 +214,21 @@ def test_a_model_without_a_linear_classifier_needs_num_classes() -> None:
     model = give_source_statistics(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)))
     with pytest.raises(ValueError, match="has none; pass num_classes=K"):
         tta.adapt(model, "rebalance")
+    with pytest.raises(ValueError, match="refine=True reads the features entering the classifier.*pass refine=False"):
+        tta.adapt(model, "rebalance", num_classes=4)
     assert not tta.policy_layers(model)
+    assert tta.policy_layers(tta.adapt(model, "rebalance", num_classes=4, refine=False))
 
 
 def test_detach_removes_the_hook() -> None:
     model = tta.adapt(build("small_cnn"), "rebalance")
-    assert len(model._forward_hooks) == 1
-    assert not tta.detach(model)._forward_hooks
+    assert len(model._forward_hooks) == 1 and len(model[-1]._forward_pre_hooks) == 1
+    detached = tta.detach(model)
+    assert not detached._forward_hooks and not detached[-1]._forward_pre_hooks
 
 
-def test_correct_outputs_takes_a_bool_only() -> None:
+@pytest.mark.parametrize("option", ["correct_outputs", "refine"])
+def test_the_switches_take_a_bool_only(option: str) -> None:
     for value in (1, "True", None):
-        with pytest.raises(TypeError, match="option 'correct_outputs' must be a bool"):
-            tta.adapt(build("small_cnn"), "rebalance", correct_outputs=value)
+        with pytest.raises(TypeError, match=f"option '{option}' must be a bool"):
+            tta.adapt(build("small_cnn"), "rebalance", **{option: value})

@@ -8,11 +8,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from tta.laplacian import knn_affinity, laplacian_optimization
 from tta.options import Choice, Range
 from tta.policies.base import ModelHook, NormPolicy
 from tta.registry import register_policy
 from tta.stats import all_finite, instance_moments, on_host, select
-from tta.surgery import with_num_classes
+from tta.surgery import last_linear, with_num_classes
 
 
 @register_policy("rebalance")
@@ -40,11 +41,20 @@ class RebalancedBatchNorm(NormPolicy):
     this batch's instance moments in the coordinates it was normalized with (running mean per class over
     at most ``class_memory`` samples), replaces the guess in the pool by the predicted deviation, and, with
     ``correct_outputs``, adds ``log(K p_k)`` to the logits, ``p`` the same estimate including this batch
-    (a label-shift prior correction, Saerens et al. 2002; floored at 1% of uniform). A layer called
-    outside the model's forward (no prediction) updates the pool only.
+    (a label-shift prior correction, Saerens et al. 2002; floored at 1% of uniform). With ``refine`` the
+    corrected outputs are then refined as LAME does (Boudiaf et al. 2022, :mod:`tta.laplacian`: the
+    Laplacian-regularized likelihood over the batch, kNN affinity with k = 5 between the features entering
+    the classifier, the model's last ``nn.Linear``, read by a forward pre-hook), with the affinity scaled
+    by ``sqrt(rho)``: LAME's neighbours-share-a-class prior holds on a label-correlated stream, where it
+    gains most, and not on an i.i.d. one, where it costs (issue 12's measurements), and ``rho`` is this
+    policy's own estimate of how much of the class composition carries over from batch to batch. The
+    square root because ``rho`` is a shrunk estimate (its warm-up factor and the noise of a batch's
+    histogram pull it toward 0; ``rho``, ``sqrt(rho)`` and a step at 0.3 were compared on one reduced
+    grid, README). A layer called outside the model's forward (no prediction) updates the pool only.
 
     ``prior="uniform"`` switches every composition estimate off (pooled batch moments, no output
-    correction). Defaults: ``momentum`` the layer's BN momentum (the rate its training tracked batch
+    correction, no refinement); ``refine=False`` keeps the correction without the refinement (a model with
+    no ``nn.Linear`` needs it). Defaults: ``momentum`` the layer's BN momentum (the rate its training tracked batch
     statistics); ``class_memory=1000`` samples per class (a standardized class mean then has a standard
     error below 0.03 at any spatial size, and a new domain replaces it within 1,000 samples of that class).
     A batch of one value per channel updates nothing. ``Q - A^2`` is floored at 1% of the balanced
@@ -63,6 +73,7 @@ class RebalancedBatchNorm(NormPolicy):
         class_memory: Annotated[float, Range(1)] = 1000.0,
         prior: Annotated[str, Choice("previous", "uniform")] = "previous",
         correct_outputs: bool = True,
+        refine: bool = True,
         **base: object,
     ) -> None:
         super().__init__(bn, **base)
@@ -73,6 +84,7 @@ class RebalancedBatchNorm(NormPolicy):
         self.class_memory = class_memory
         self.prior = prior
         self.correct_outputs = correct_outputs
+        self.refine = refine
         k, c, dtype = num_classes, self.num_features, self.stats_dtype
         # Pooled raw moments of the batches and their pooled composition (the source counts as balanced).
         self.register_buffer("moment1", self.source_mean.clone())
@@ -90,13 +102,24 @@ class RebalancedBatchNorm(NormPolicy):
 
     @classmethod
     def model_options(cls, model: nn.Module, options: dict[str, object]) -> dict[str, object]:
-        """``num_classes`` from the model's last ``nn.Linear`` when not given."""
-        return with_num_classes("rebalance", model, options)
+        """``num_classes`` from the model's last ``nn.Linear`` when not given; with ``refine`` (default), a
+        model without one is refused here, before any layer is swapped."""
+        options = with_num_classes("rebalance", model, options)
+        if options.get("refine", True) and last_linear(model) is None:
+            raise ValueError(
+                f"rebalance refine=True reads the features entering the classifier, the model's last nn.Linear, "
+                f"and {type(model).__name__} has none; pass refine=False"
+            )
+        return options
 
     @classmethod
     def register_model_hooks(cls, model: nn.Module, **options: object) -> None:
         """Register the hook that learns the class statistics from the prediction."""
-        model.register_forward_hook(UpdateFromPredictions())
+        capture = None
+        if options.get("refine", True):  # model_options checked that there is a classifier
+            capture = ClassifierInput()
+            last_linear(model).register_forward_pre_hook(capture)
+        model.register_forward_hook(UpdateFromPredictions(capture))
 
     def balanced_stats(self, moment1: Tensor, moment2: Tensor, composition: Tensor) -> tuple[Tensor, Tensor]:
         """The balanced ``(m, s^2)`` of pooled moments of composition ``pi`` (class doc).
@@ -188,7 +211,7 @@ class RebalancedBatchNorm(NormPolicy):
             guess = torch.full_like(guess, uniform)
         return {
             "counts": counts, "composition": composition, "usual_composition": usual, "lag_products": lag,
-            "guess": guess, "deviation": deviation / deviation.sum(),
+            "guess": guess, "deviation": deviation / deviation.sum(), "rho": rho,
         }
 
     def reset(self) -> None:
@@ -220,7 +243,13 @@ class UpdateFromPredictions(ModelHook):
     every ``rebalance`` layer from the batch it just normalized, and the output is returned reweighted by
     the batch's estimated class prior (one forward; :class:`RebalancedBatchNorm`)."""
 
+    def __init__(self, capture: ClassifierInput | None = None) -> None:
+        self.capture = capture
+
     def __call__(self, model: nn.Module, args: tuple[Any, ...], output: Any) -> Tensor | None:
+        features = None
+        if self.capture is not None:
+            features, self.capture.features = self.capture.features, None
         layers = [m for m in model.modules() if isinstance(m, RebalancedBatchNorm) and m.pending is not None]
         if not layers:
             return
@@ -249,5 +278,28 @@ class UpdateFromPredictions(ModelHook):
             # label shift (Saerens et al. 2002): posteriors reweighted by the batch's estimated prior over the
             # balanced one; the estimate is that of the next batch, which includes this batch's prediction
             floor = 0.01 / first.num_classes
-            return output + torch.log(shared["guess"].clamp_min(floor) * first.num_classes).to(output.dtype)
+            output = output + torch.log(shared["guess"].clamp_min(floor) * first.num_classes).to(output.dtype)
+            if first.refine and features is not None and len(features) == len(output) and len(output) > 1:
+                output = refined(output, features, shared["rho"].sqrt())
+            return output
         return None
+
+
+def refined(logits: Tensor, features: Tensor, weight: Tensor) -> Tensor:
+    """LAME's ``log Y`` for ``logits`` with the kNN affinity (k = 5) of the L2-normalized ``features`` scaled
+    by ``weight`` (:mod:`tta.laplacian`; weight 1 is the method ``lame``'s default refinement). Differentiable
+    in ``logits`` (a gradient method on top trains through the refined prediction); the affinity is a constant."""
+    unary = -torch.log(logits.float().softmax(1) + 1e-10)
+    kernel = knn_affinity(nn.functional.normalize(features.detach().float().flatten(1), dim=-1), 5)
+    return laplacian_optimization(unary, weight.detach().to(kernel.dtype) * kernel).to(logits.dtype)
+
+
+class ClassifierInput(ModelHook):
+    """Forward pre-hook on the classifier (the model's last ``nn.Linear``): keeps the input of its last call,
+    the features ``rebalance``'s refinement reads."""
+
+    def __init__(self) -> None:
+        self.features: Tensor | None = None
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self.features = args[0].detach()

@@ -12,7 +12,7 @@ from torch import nn
 
 import tta
 from tests.tta.conftest import build, give_source_statistics, inputs
-from tta.methods.lame import knn_affinity, laplacian_optimization, linear_affinity, rbf_affinity
+from tta.laplacian import knn_affinity, laplacian_optimization, linear_affinity, rbf_affinity
 
 # Three points: |p0 p1| = 1, |p0 p2| = 2, |p1 p2| = sqrt(5).
 POINTS = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
