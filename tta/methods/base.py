@@ -150,9 +150,15 @@ class GradientMethod(Method):
 
     def step(self, loss: Tensor) -> bool:
         """One optimizer step on ``loss`` w.r.t. ``self.params``; whether it was taken. A non-finite loss or
-        gradient skips it (logged) rather than turning the parameters into NaN for the rest of the stream."""
+        gradient skips it (logged) rather than turning the parameters into NaN for the rest of the stream.
+        A loss with no gradient at all is an error: the model computed its output outside autograd, and
+        every step would silently do nothing."""
         if not loss.requires_grad:
-            return False
+            raise RuntimeError(
+                f"{self.method_name}: the loss carries no gradient to the affine parameters, so no step can be "
+                "taken: the model computes its output without autograd (a torch.no_grad block or a .detach() "
+                "in its forward, or a forward hook that replaces the output with a detached tensor)"
+            )
         grads = torch.autograd.grad(loss, self.params, allow_unused=True)
         if not bool(all_finite(loss, *(g for g in grads if g is not None))):
             logger.warning("%s: non-finite loss or gradient; the step is skipped", self.method_name)

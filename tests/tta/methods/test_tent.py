@@ -176,3 +176,22 @@ def test_a_non_finite_batch_skips_the_step_and_logs(caplog: pytest.LogCaptureFix
     assert int(tent.updates) == 0 and all(torch.isfinite(p).all() for p in tent.params)
     x = inputs("small_cnn", 4, 1)
     assert torch.equal(tent(x), fresh(x))
+
+
+class DetachedOutput(nn.Module):
+    """A model whose forward hands back its output cut from autograd."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x).detach()
+
+
+@pytest.mark.parametrize("method", ["tent", "rotta"])
+def test_a_model_whose_output_has_no_gradient_is_an_error_not_a_silent_no_op(method: str) -> None:
+    model = tta.attach_method(tta.adapt(DetachedOutput(build("small_cnn")), "rbn"), method)
+    with pytest.raises(RuntimeError, match=f"{method}: the loss carries no gradient to the affine parameters"):
+        for seed in range(3):  # RoTTA steps once its memory has seen 64 samples
+            model(inputs("small_cnn", 32, seed))
