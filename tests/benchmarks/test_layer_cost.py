@@ -20,6 +20,7 @@ def test_each_layer_is_recorded_with_the_input_the_model_gives_it():
         stem_input = model.stem[0](model.normalize(x))
     torch.testing.assert_close(recorded[0][1], stem_input)
 
+
 def test_main_prints_a_line_per_layer_and_the_sums(capsys):
     layer_cost.main(["--batch-size", "2", "--threads", "1", "--policies", "tbn,rbn", "--calls", "1"])
     lines = capsys.readouterr().out.strip().splitlines()

@@ -9,6 +9,7 @@ from torch import nn
 
 import tta
 from tests.tta.conftest import build, give_source_statistics, inputs
+from tta.laplacian import knn_affinity, laplacian_optimization
 from tta.policies.rebalance import RebalancedBatchNorm
 
 
@@ -124,8 +125,6 @@ def corrected_and_refined(lag_products: list[float]) -> tuple[torch.Tensor, torc
 def test_the_refinement_is_lame_on_the_corrected_outputs_with_the_affinity_scaled_by_sqrt_rho(rho: float) -> None:
     """LAME's bound iterations (checked by hand in test_lame) on -log softmax of the corrected logits, with the
     kNN affinity (k = 5) of the normalized classifier inputs times sqrt(rho)."""
-    from tta.laplacian import knn_affinity, laplacian_optimization
-
     corrected, refined, features = corrected_and_refined([rho, 1.0])
     kernel = knn_affinity(features / features.norm(dim=1, keepdim=True), 5)
     expected = laplacian_optimization(-torch.log(corrected.softmax(1) + 1e-10), rho ** 0.5 * kernel)
