@@ -60,21 +60,26 @@ print(f"{len(policies)} policies, {len(corruptions)} corruptions, {N_EXAMPLES} i
         """## Error against label correlation
 
 For each order, one stream per corruption; every policy starts from the source model and is reset
-before each corruption. The figure is the mean error over corruptions."""
+before each corruption. Beside the policies alone (the anchors `adab2n`, `balanced`, `iabn` and ours,
+`rebalance`, among them), LAME, the forward-only anchor that refines the outputs (a method), over
+`adabn` and `rbn`. The figure is the mean error over corruptions."""
     ),
     new_code_cell(
-        """mean_error = {}  # (policy, order) -> mean error over corruptions, in percent
+        """LAME_POLICIES = ["adabn", "rbn"]
+rows = [*policies, *(f"lame/{p}" for p in LAME_POLICIES)]  # the policies alone, then LAME over two of them
+mean_error = {}  # (row, order) -> mean error over corruptions, in percent
 non_iid = {}  # order -> streams.LabelStats: how non-i.i.d. its batches are
 for order in ORDERS:
     stream = streams.Stream(source, corruptions=corruptions, severities=SEVERITY, order=order,
                             setting="single", batch_size=BATCH_SIZE, n_examples=N_EXAMPLES, seed=SEED)
     non_iid[order] = stream.label_stats()
     models = {policy: evaluate.adapted_copy(model, policy, seed=SEED) for policy in policies}
+    models |= {f"lame/{p}": evaluate.learner_copy(model, "lame", p, seed=SEED) for p in LAME_POLICIES}
     tallies = evaluate.evaluate_stream(models, stream)
-    for policy in policies:
-        mean_error[policy, order] = statistics.fmean(t.error for t in tallies[policy].values())
+    for row in rows:
+        mean_error[row, order] = statistics.fmean(t.error for t in tallies[row].values())
 
-print(tabulate([[p, *(f"{mean_error[p, o]:.1f}" for o in ORDERS)] for p in policies],
+print(tabulate([[r, *(f"{mean_error[r, o]:.1f}" for o in ORDERS)] for r in rows],
                headers=["policy", *ORDERS], tablefmt="github"))
 print()
 print(tabulate([[o, f"{s.mean_distinct_labels:.1f}", f"{s.mean_tv_distance:.2f}"] for o, s in non_iid.items()],
@@ -83,8 +88,9 @@ print(tabulate([[o, f"{s.mean_distinct_labels:.1f}", f"{s.mean_tv_distance:.2f}"
     new_code_cell(
         """labels = ["iid\\n(δ→∞)", *(f"δ={o.split(':')[1]}" for o in ORDERS[1:-1]), "sorted\\n(δ→0)"]
 figure, axis = plt.subplots(figsize=(7, 4))
-for policy in policies:
-    axis.plot(range(len(ORDERS)), [mean_error[policy, o] for o in ORDERS], marker="o", label=policy)
+for row in rows:
+    axis.plot(range(len(ORDERS)), [mean_error[row, o] for o in ORDERS], marker="o", label=row,
+              linestyle="--" if row.startswith("lame/") else "-")
 axis.set_xticks(range(len(ORDERS)))
 axis.set_xticklabels(labels)
 axis.set_xlabel("label order within a domain (stronger correlation to the right)")
