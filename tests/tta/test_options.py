@@ -40,6 +40,10 @@ CASES = [
     ("rebalance", "prior", [None, 1], ["Uniform", "source"], ["previous", "uniform"]),
     ("rebalance", "correct_outputs", [], [], [True, False]),  # a bool: its type errors in test_rebalance
     ("rebalance", "refine", [], [], [True, False]),  # a bool: its type errors in test_rebalance
+    ("rebalance", "pool_momentum", ["0.01", True], [0.0, -0.1, 1.5, float("nan")], [1e-3, 0.01, 1]),
+    ("rebalance", "detect_changes", [], [], [True, False]),  # a bool: its type errors in test_rebalance
+    ("rebalance", "change_threshold", ["0.25", None], [0.0, -1.0, float("inf")], [1e-3, 0.25, 4]),
+    ("rebalance", "change_window", ["128", None], [0.5, 0.0, float("inf")], [1, 128.0]),
 ]
 
 

@@ -3,6 +3,8 @@ invariant of its pool, and a stream of one-class batches whose balanced mean is 
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -71,7 +73,7 @@ def test_a_first_batch_is_normalized_with_its_own_statistics_and_teaches_the_cla
 
 
 def test_a_class_keeps_a_running_mean_over_at_most_class_memory_samples() -> None:
-    layer = layer_1d(class_memory=2.0, momentum=1.0)  # momentum 1: each batch normalized by its own statistics
+    layer = layer_1d(class_memory=2.0, pool_momentum=1.0)  # each batch normalized by its own statistics
     with torch.no_grad():
         for x, labels in [([1.0, 3.0], [0, 1]), ([0.0, 4.0, 2.0, 2.0], [0, 1, 1, 1])]:
             layer(torch.tensor(x)[:, None])
@@ -95,6 +97,7 @@ def test_the_output_is_reweighted_by_the_batch_prior_over_the_balanced_one() -> 
     for model in (plain, corrected):
         for _, layer in tta.policy_layers(model):
             layer.steps.fill_(100)
+            layer.pool_age.fill_(100)
             layer.lag_products.copy_(torch.tensor([1.0, 1.0]))
     x = inputs("small_cnn", 8)
     with torch.no_grad():
@@ -113,6 +116,7 @@ def corrected_and_refined(lag_products: list[float]) -> tuple[torch.Tensor, torc
     for model in (corrected, refined):
         for _, layer in tta.policy_layers(model):
             layer.steps.fill_(100)
+            layer.pool_age.fill_(100)
             layer.lag_products.copy_(torch.tensor(lag_products))
     features = []
     refined[-1].register_forward_pre_hook(lambda module, args: features.append(args[0]))
@@ -172,11 +176,11 @@ def oracle_model() -> nn.Module:
     return nn.Sequential(nn.BatchNorm1d(1, affine=False), head).eval()
 
 
-@pytest.mark.parametrize("prior, momentum, max_error", [("previous", None, 0.25), ("uniform", 1.0, 2.0)])
+@pytest.mark.parametrize("prior, pool_momentum, max_error", [("previous", None, 0.25), ("uniform", 1.0, 2.0)])
 def test_runs_of_one_class_keep_the_balanced_mean_only_with_the_correction(
-    prior: str, momentum: float | None, max_error: float
+    prior: str, pool_momentum: float | None, max_error: float
 ) -> None:
-    model = tta.adapt(oracle_model(), "rebalance", prior=prior, momentum=momentum)
+    model = tta.adapt(oracle_model(), "rebalance", prior=prior, pool_momentum=pool_momentum)
     errors, means = [], []
     with torch.no_grad():
         for x, y in two_class_stream(runs=6, run_length=5, batch=32):
@@ -187,6 +191,71 @@ def test_runs_of_one_class_keep_the_balanced_mean_only_with_the_correction(
         assert (late - 5).abs().max() < max_error and torch.stack(errors[-15:]).mean() < 0.21
     else:  # without the correction each batch's mean is its class's (4 or 6): about half the samples wrong
         assert (late - 5).abs().min() > 0.5 and torch.stack(errors[-15:]).mean() > 0.3
+
+
+def pending_batch(layer: RebalancedBatchNorm, z: list[float], z_square: list[float]) -> None:
+    """A batch normalized with mean 0 and variance 1 whose samples have instance moments ``z`` and raw
+    second moments ``z_square``, as the layer leaves it for the model's hook."""
+    mean, second = torch.tensor(z)[:, None], torch.tensor(z_square)[:, None]
+    layer.pending = (mean, second - mean.square(), torch.zeros(1), torch.ones(1) - layer.eps)
+
+
+def test_the_change_detector_measures_what_the_predicted_classes_do_not_explain() -> None:
+    """Class 0 at (a, q) = (3, 10), class 1 at (1, 2): c = 2, r = 6 - 4 = 2, so in the balanced frame class 0
+    has mean 1/sqrt 2 and second moment (10 - 12 + 4) / 2 = 1, class 1 -1/sqrt 2 and 1. A batch of class 0
+    only, at exactly its moments, is a label run: no drift. Shifted by 0.6 with second moments x 2.25, the
+    residuals are 0.6 and log 2.25; with 64 samples and a window of 128 the running ones are half of them:
+    0.3^2 + (log 1.5)^2 = 0.2544 > 0.25, a change, after which the running residuals restart at 0."""
+    layer = layer_1d(change_window=128.0)
+    layer.class_offset.copy_(torch.tensor([[3.0], [1.0]]))
+    layer.class_square.copy_(torch.tensor([[10.0], [2.0]]))
+    layer.steps.fill_(5)
+    run = torch.zeros(64, dtype=torch.long)
+    pending_batch(layer, [2**-0.5] * 64, [1.0] * 64)
+    assert not layer.domain_changed(run)
+    torch.testing.assert_close(layer.drift, torch.zeros_like(layer.drift), atol=1e-6, rtol=0)
+    pending_batch(layer, [2**-0.5 + 0.6] * 64, [2.25] * 64)
+    assert layer.domain_changed(run)
+    assert torch.equal(layer.drift, torch.zeros_like(layer.drift))
+    layer.change_threshold = 0.26  # the same batch again, now below the threshold: its drift is kept
+    pending_batch(layer, [2**-0.5 + 0.6] * 64, [2.25] * 64)
+    assert not layer.domain_changed(run)
+    expected = torch.tensor([[0.3], [math.log(1.5)]], dtype=layer.drift.dtype)
+    torch.testing.assert_close(layer.drift, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_after_a_restart_the_old_pool_counts_as_one_batch() -> None:
+    layer = layer_1d(prior="uniform", pool_momentum=0.01)
+    with torch.no_grad():
+        for value in (1.0, 3.0, 5.0):  # a cumulative mean: 3
+            layer(torch.tensor([[value - 1], [value + 1]]))
+        layer.restart_pool(torch.tensor(False))
+        assert layer.pool_age == 3 and layer.restarts == 0
+        layer.restart_pool(torch.tensor(True))
+        layer(torch.tensor([[10.0], [12.0]]))
+    assert layer.restarts == 1
+    torch.testing.assert_close(layer.moment1, torch.tensor([(3.0 + 11.0) / 2], dtype=layer.moment1.dtype))
+
+
+def test_a_run_of_one_class_is_no_change_and_a_shifted_domain_is() -> None:
+    """The two-class stream's one-class runs restart nothing; the same stream moved by 3 (a new domain,
+    1.5 balanced standard deviations) restarts the pool at its first batch."""
+    model = tta.adapt(oracle_model(), "rebalance")
+    stream = two_class_stream(runs=6, run_length=5, batch=32)
+    with torch.no_grad():
+        for x, _ in stream:
+            model(x)
+        assert model[0].restarts == 0
+        model(stream[-1][0] + 3.0)
+    assert model[0].restarts == 1 and model[0].pool_age == 1
+
+
+def test_without_change_detection_and_with_a_pool_at_momentum_the_pool_is_the_ema_of_the_batches() -> None:
+    layer = layer_1d(prior="uniform", detect_changes=False, pool_momentum=0.5)
+    with torch.no_grad():
+        for value in (2.0, 4.0, 8.0):  # beta 1, 1/2, then 1/2: 2, 3, 5.5
+            layer(torch.tensor([[value - 1], [value + 1]]))
+    torch.testing.assert_close(layer.moment1, torch.tensor([5.5], dtype=layer.moment1.dtype))
 
 
 def test_one_forward_per_batch_and_a_paused_model_learns_nothing() -> None:
@@ -226,7 +295,7 @@ def test_detach_removes_the_hook() -> None:
     assert not detached._forward_hooks and not detached[-1]._forward_pre_hooks
 
 
-@pytest.mark.parametrize("option", ["correct_outputs", "refine"])
+@pytest.mark.parametrize("option", ["correct_outputs", "refine", "detect_changes"])
 def test_the_switches_take_a_bool_only(option: str) -> None:
     for value in (1, "True", None):
         with pytest.raises(TypeError, match=f"option '{option}' must be a bool"):
