@@ -212,7 +212,8 @@ class RebalancedBatchNorm(NormPolicy):
     def restart_pool(self, changed: Tensor) -> None:
         """After a change, the pool keeps its old content as one batch: the next batch weighs 1/2, then
         1/3, ... (a cumulative mean over the new domain), down to ``pool_momentum``; the composition
-        estimates, which count their batches by ``pool_age`` too, restart likewise."""
+        estimates, which count their batches by ``pool_age`` too, restart likewise. ``restarts`` counts
+        the changes detected (a diagnostic, in the state)."""
         self.pool_age.copy_(torch.where(changed, self.pool_age.clamp_max(1), self.pool_age))
         self.restarts.add_(changed.long())
 
