@@ -214,8 +214,7 @@ class RebalancedBatchNorm(NormPolicy):
         1/3, ... (a cumulative mean over the new domain), down to ``pool_momentum``; the composition
         estimates, which count their batches by ``pool_age`` too, restart likewise. ``restarts`` counts
         the changes detected (a diagnostic, in the state)."""
-        self.pool_age.copy_(torch.where(changed, self.pool_age.clamp_max(1), self.pool_age))
-        self.restarts.add_(changed.long())
+        self.commit(changed, pool_age=self.pool_age.clamp_max(1), restarts=self.restarts + 1)
 
     def learn_classes(self, labels: Tensor, classes: Tensor, index: Tensor, shared: dict[str, Tensor]) -> None:
         """Update ``a_k, q_k`` of the predicted ``classes`` (``labels = classes[index]``) from the pending batch,
