@@ -44,6 +44,7 @@ CASES = [
     ("rebalance", "detect_changes", [], [], [True, False]),  # a bool: its type errors in test_rebalance
     ("rebalance", "change_threshold", ["0.25", None], [0.0, -1.0, float("inf")], [1e-3, 0.25, 4]),
     ("rebalance", "change_window", ["128", None], [0.5, 0.0, float("inf")], [1, 128.0]),
+    ("rebalance", "reference_batch", ["64", 64.0, True], [0, -1], [1, 64]),
 ]
 
 

@@ -25,7 +25,7 @@ def learn(layer: RebalancedBatchNorm, labels: list[int]) -> None:
     y = torch.tensor(labels)
     classes, index = y.unique(return_inverse=True)
     counts = torch.bincount(index)
-    layer.learn_classes(y, classes, index, layer.shared_estimates(classes, counts))
+    layer.learn_classes(y, classes, index, layer.shared_estimates(classes, counts, len(labels)))
 
 
 def test_one_class_pooled_moments_give_back_the_balanced_statistics() -> None:
@@ -90,8 +90,9 @@ def test_a_class_keeps_a_running_mean_over_at_most_class_memory_samples() -> Non
 def test_the_output_is_reweighted_by_the_batch_prior_over_the_balanced_one() -> None:
     """With rho = 1 and the usual prediction uniform, the batch's prior estimate is nearly its own histogram h
     of predicted classes: each logit moves by log(K p_k), p_k floored at 1% of uniform. By hand: the usual
-    prediction steps by 1/100 (steps 101 > 1/momentum) to u + (h - u)/100; the lag products, whose new
-    terms are 0 (the last composition is uniform), both shrink by 0.9, so rho stays 1; p = u + h - usual."""
+    prediction steps by 1/101 (1/steps, above its floor of 1% per 64 images, 0.13% per batch of 8) to
+    u + (h - u)/101; the lag products, whose new terms are 0 (the last composition is uniform), both shrink
+    by the same factor, so rho stays 1; p = u + h - usual."""
     plain = tta.adapt(build("small_cnn"), "rebalance", correct_outputs=False)
     corrected = tta.adapt(build("small_cnn"), "rebalance", refine=False)
     for model in (plain, corrected):
@@ -104,7 +105,7 @@ def test_the_output_is_reweighted_by_the_batch_prior_over_the_balanced_one() -> 
         raw = plain(x)
         shift = corrected(x) - raw
     histogram = torch.bincount(raw.argmax(1), minlength=10) / 8
-    expected = torch.log((0.99 * histogram + 0.001).clamp_min(0.001) * 10)
+    expected = torch.log((histogram * 100 / 101 + 0.1 / 101).clamp_min(0.001) * 10)
     torch.testing.assert_close(shift, expected.expand(8, -1), rtol=1e-5, atol=1e-5)
 
 
@@ -251,11 +252,25 @@ def test_a_run_of_one_class_is_no_change_and_a_shifted_domain_is() -> None:
 
 
 def test_without_change_detection_and_with_a_pool_at_momentum_the_pool_is_the_ema_of_the_batches() -> None:
-    layer = layer_1d(prior="uniform", detect_changes=False, pool_momentum=0.5)
+    layer = layer_1d(prior="uniform", detect_changes=False, pool_momentum=0.5, reference_batch=2)  # rates per batch
     with torch.no_grad():
         for value in (2.0, 4.0, 8.0):  # beta 1, 1/2, then 1/2: 2, 3, 5.5
             layer(torch.tensor([[value - 1], [value + 1]]))
     torch.testing.assert_close(layer.moment1, torch.tensor([5.5], dtype=layer.moment1.dtype))
+
+
+@pytest.mark.parametrize("batch", [16, 64])
+def test_the_rates_are_per_image_so_four_batches_of_16_weigh_as_one_of_64(batch: int) -> None:
+    """``pool_momentum=0.5`` per 64 images: past the cumulative mean, 64 images of mean 8 leave the old pool
+    (mean 0) with weight 1/2 whatever the batch: one batch at 1/2, or four at 1 - 2^(-1/4)."""
+    layer = layer_1d(prior="uniform", detect_changes=False, pool_momentum=0.5)
+    pair = torch.tensor([[-1.0], [1.0]]).repeat(batch // 2, 1)
+    with torch.no_grad():
+        layer(pair)
+        layer.pool_age.fill_(100)  # 1/n below the floor from here
+        for _ in range(64 // batch):
+            layer(pair + 8.0)
+    torch.testing.assert_close(layer.moment1, torch.tensor([4.0], dtype=layer.moment1.dtype))
 
 
 def test_one_forward_per_batch_and_a_paused_model_learns_nothing() -> None:

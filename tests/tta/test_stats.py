@@ -34,8 +34,8 @@ def test_merging_batches_gives_the_moments_of_their_concatenation(sizes: list[in
 @pytest.mark.parametrize(
     ("shape", "channels_last"),
     [((64, 5), False), ((9, 4, 11), False), ((3, 6, 7, 5), False), ((3, 6, 7, 5), True),
-     ((10, 64, 32, 32), False), ((2, 3, 4, 5, 6), False)],  # (10, 64, 32, 32): deviations in slices
-)
+     ((10, 64, 32, 32), False), ((2, 3, 4, 5, 6), False), ((5, 8, 1, 1), False), ((4, 3, 31, 33), False)],
+)  # rows of 1,024 values and more: deviations in slices; shorter: matrix-vector products; 1x1: variance 0
 def test_batch_and_instance_moments_equal_float64_moments_on_every_path(shape, channels_last) -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(*shape, generator=g) * torch.linspace(0.1, 3, shape[1]).view(1, -1, *[1] * (len(shape) - 2)) + 5

@@ -31,7 +31,7 @@ class RebalancedBatchNorm(NormPolicy):
     One forward per batch. The layer pools the raw batch moments ``(M1, M2)`` and their composition ``Pi``
     with ``beta = max(1/n, pool_momentum)``, ``n`` the batches since the pool's (re)start: a cumulative
     mean over a domain, as AdaBN, with a floor so that a change the detector misses is still forgotten
-    within ``1/pool_momentum`` batches. A change of domain is detected on the first layer by what the
+    within ``1/pool_momentum`` batches of 64 (every rate is per ``reference_batch`` images, below). A change of domain is detected on the first layer by what the
     class model does not explain (:meth:`domain_changed`): a run of one class moves a batch's moments
     as that class's learnt moments say, a new corruption does not. At a detected change every layer's
     pool restarts, its old content counting as one batch (:meth:`restart_pool`), and so do the composition
@@ -63,7 +63,13 @@ class RebalancedBatchNorm(NormPolicy):
     no ``nn.Linear`` needs it); ``detect_changes=False`` with ``pool_momentum=momentum`` is the EMA pool of
     the first version. Defaults: ``momentum`` the layer's BN momentum (the rate its training tracked batch
     statistics, and the rate of the composition estimates); ``pool_momentum = momentum / 10``, the window
-    of the usual prediction; ``change_window=128`` images (the detector's noise then does not depend on the
+    of the usual prediction. Every rate is one per ``reference_batch=64`` images: a batch of ``B`` uses
+    ``1 - (1 - rate)^(B/64)`` (:meth:`per_batch`), so the pool and the estimates cover the same number of
+    images at any batch size. Label runs and domains last a number of images, not of batches: with rates
+    per batch, batches of 16 pooled a quarter of the images and followed each class run (on the full split,
+    seed 0, `single` under Dirichlet 0.01: 21.2% error at batch 16 against 15.9% at 64; README). 64 is the
+    batch of the TTA benchmarks (RoTTA's, NOTE's, this one's), where the BN momentum is read as a rate per
+    batch; ``reference_batch`` equal to the batch size gives the rates per batch. ``change_window=128`` images (the detector's noise then does not depend on the
     batch size: 2 batches of 64, 8 of 16); ``change_threshold=0.25``, a root mean square over channels of
     0.5 in the standardized mean or the log variance (a factor 1.65 in a channel's variance) that the
     classes do not explain. Measured on the bundled model (README): label runs within one corruption stay
@@ -91,6 +97,7 @@ class RebalancedBatchNorm(NormPolicy):
         detect_changes: bool = True,
         change_threshold: Annotated[float, Range(0, low_open=True)] = 0.25,
         change_window: Annotated[float, Range(1)] = 128.0,
+        reference_batch: Annotated[int, Range(1)] = 64,
         **base: object,
     ) -> None:
         super().__init__(bn, **base)
@@ -105,6 +112,7 @@ class RebalancedBatchNorm(NormPolicy):
         self.pool_momentum = self.momentum / 10 if pool_momentum is None else pool_momentum
         self.detect_changes = detect_changes
         self.change_threshold, self.change_window = change_threshold, change_window
+        self.reference_batch = reference_batch
         k, c, dtype = num_classes, self.num_features, self.stats_dtype
         # Pooled raw moments of the batches and their pooled composition (the source counts as balanced).
         self.register_buffer("moment1", self.source_mean.clone())
@@ -167,7 +175,8 @@ class RebalancedBatchNorm(NormPolicy):
             sample_mean, sample_var = instance_moments(x, self.stats_dtype, grad=grad)  # (B, C), biased
             mean_b = sample_mean.mean(0)
             square_b = (sample_var + sample_mean.square()).mean(0)  # raw second moment over (B, *S)
-            beta = (1.0 / (self.pool_age + 1).to(self.stats_dtype)).clamp_min(self.pool_momentum)
+            floor = self.per_batch(self.pool_momentum, x.shape[0])
+            beta = (1.0 / (self.pool_age + 1).to(self.stats_dtype)).clamp_min(floor)
             guess = self.guess
             new1, new2 = torch.lerp(moment1, mean_b, beta), torch.lerp(moment2, square_b, beta)
             new_pooled = torch.lerp(pooled, guess, beta)
@@ -182,6 +191,14 @@ class RebalancedBatchNorm(NormPolicy):
             self.pending = (sample_mean.detach(), sample_var.detach(), mean.detach(), var.detach(), beta, guess, ok)
             return self.normalize_with(x, mean, var)
         return self.normalize_with(x, *self.balanced_stats(moment1, moment2, pooled))
+
+    def per_batch(self, rate: float, batch: int) -> float:
+        """The rate of a batch of ``batch`` images for a ``rate`` per ``reference_batch`` images:
+        ``1 - (1 - rate)^(batch / reference_batch)``, so that the old content keeps the same weight after
+        the same number of images whatever the batch size (class doc)."""
+        if batch == self.reference_batch:  # exactly the rate (1 - (1 - 0.1) is not 0.1 in floating point)
+            return rate
+        return 1.0 - (1.0 - rate) ** (batch / self.reference_batch)
 
     def domain_changed(self, labels: Tensor) -> Tensor:
         """Whether the pending batch comes from another domain than the pool (a 0-dim bool; class doc).
@@ -250,21 +267,22 @@ class RebalancedBatchNorm(NormPolicy):
             updates["pooled_composition"] = self.pooled_composition + beta * (shared["deviation"] - guess)
         self.commit(ok, **updates)
 
-    def shared_estimates(self, classes: Tensor, counts: Tensor) -> dict[str, Tensor]:
-        """The composition estimates after a batch of ``counts`` predictions of ``classes``, the same in every
-        layer (computed once, from this layer's state): this batch's composition, the usual one, the lag-1
-        products, the next batch's guess and the batch's deviation from the usual prediction."""
+    def shared_estimates(self, classes: Tensor, counts: Tensor, batch: int) -> dict[str, Tensor]:
+        """The composition estimates after a batch of ``batch`` images, ``counts`` predictions of ``classes``,
+        the same in every layer (computed once, from this layer's state): this batch's composition, the usual
+        one, the lag-1 products, the next batch's guess and the batch's deviation from the usual prediction."""
         uniform = 1.0 / self.num_classes
+        momentum, usual_momentum = self.per_batch(self.momentum, batch), self.per_batch(0.1 * self.momentum, batch)
         composition = torch.zeros_like(self.composition).index_put_((classes,), counts.to(self.stats_dtype))
         composition = composition / composition.sum()
         steps = self.pool_age.to(self.stats_dtype)  # since the last restart: a new domain, a new usual prediction
-        beta = (1.0 / steps).clamp_min(self.momentum)
+        beta = (1.0 / steps).clamp_min(momentum)
         usual, last = self.usual_composition, self.composition
         lag = torch.stack([((composition - usual) * (last - usual)).sum(), (last - usual).square().sum()])
         lag = torch.lerp(self.lag_products, lag, beta * (steps > 1))  # the first batch has no predecessor
-        usual = torch.lerp(usual, composition, (1.0 / steps).clamp_min(0.1 * self.momentum))
+        usual = torch.lerp(usual, composition, (1.0 / steps).clamp_min(usual_momentum))
         deviation = (uniform + composition - usual).clamp_min(0)
-        rho = (lag[0] / lag[1].clamp_min(1e-12)).clamp(0, 1) * (steps * self.momentum).clamp_max(1)
+        rho = (lag[0] / lag[1].clamp_min(1e-12)).clamp(0, 1) * (steps * momentum).clamp_max(1)
         guess = uniform + rho * (composition - usual)
         if self.prior == "uniform":
             guess = torch.full_like(guess, uniform)
@@ -298,7 +316,7 @@ class RebalancedBatchNorm(NormPolicy):
             f"{super().extra_repr()}, num_classes={self.num_classes}, momentum={self.momentum}, "
             f"class_memory={self.class_memory}, prior={self.prior!r}, pool_momentum={self.pool_momentum}, "
             f"detect_changes={self.detect_changes}, change_threshold={self.change_threshold}, "
-            f"change_window={self.change_window}"
+            f"change_window={self.change_window}, reference_batch={self.reference_batch}"
         )
 
 
@@ -335,7 +353,7 @@ class UpdateFromPredictions(ModelHook):
             else:  # only the classes present change
                 classes, index = labels.unique(return_inverse=True)
                 counts = torch.bincount(index, minlength=len(classes))
-            shared = layers[0].shared_estimates(classes, counts)
+            shared = layers[0].shared_estimates(classes, counts, labels.shape[0])
             if first.detect_changes:
                 changed = first.domain_changed(labels)
                 for layer in layers:
