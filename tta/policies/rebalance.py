@@ -28,57 +28,56 @@ class RebalancedBatchNorm(NormPolicy):
     ``s_t^2 = var_B / (Q - A^2)`` and ``m_t = mu_B - s_t A`` recover the balanced statistics from one batch.
     With ``pi`` uniform (or classes not yet learnt, ``a = 0, q = 1``) this is the batch's own statistics.
 
-    One forward per batch. The layer pools the raw batch moments ``(M1, M2)`` and their composition ``Pi``
-    with ``beta = max(1/n, pool_momentum)``, ``n`` the batches since the pool's (re)start: a cumulative
-    mean over a domain, as AdaBN, with a floor so that a change the detector misses is still forgotten
-    within ``1/pool_momentum`` batches of 64 (every rate is per ``reference_batch`` images, below). A change of domain is detected on the first layer by what the
-    class model does not explain (:meth:`domain_changed`): a run of one class moves a batch's moments
-    as that class's learnt moments say, a new corruption does not. At a detected change every layer's
-    pool restarts, its old content counting as one batch (:meth:`restart_pool`), and so do the composition
-    estimates below (the model's bias in a new domain is new). It normalizes with the balanced
-    ``(m, s^2)`` the pool gives through the formulas above (:meth:`balanced_stats`; the class moments are
-    kept as measured and the constraints applied there in closed form, so no class row outside the
-    batch's predicted classes changes). Before the forward, the
-    batch's composition is a guess: ``u + rho (h_(t-1) - h_usual)``, the last batch's predicted histogram
-    as a deviation from the model's usual prediction (a running mean over ``10/momentum`` batches: a
-    model's bias under a shift is not a label shift), scaled by ``rho``, the lag-1 autocorrelation of those
-    deviations (the AR(1) predictor: about 0 on an i.i.d. stream). After the forward a hook on the model
-    (:class:`UpdateFromPredictions`) takes the argmax, updates ``a_k, q_k`` of the predicted classes from
-    this batch's instance moments in the coordinates it was normalized with (running mean per class over
-    at most ``class_memory`` samples), replaces the guess in the pool by the predicted deviation, and, with
-    ``correct_outputs``, adds ``log(K p_k)`` to the logits, ``p`` the same estimate including this batch
-    (a label-shift prior correction, Saerens et al. 2002; floored at 1% of uniform). With ``refine`` the
+    One forward per batch. The layer pools the raw batch moments ``(M1, M2)`` and their composition ``Pi`` with
+    ``beta = max(1/n, pool_momentum)``, ``n`` the batches since the pool's (re)start: a cumulative mean over a
+    domain, as AdaBN, with a floor so that a change the detector misses is still forgotten within
+    ``1/pool_momentum`` batches of 64 (every rate is per ``reference_batch`` images, below). A change of domain
+    is detected on the first layer by what the class model does not explain (:meth:`domain_changed`): a run of
+    one class moves a batch's moments as that class's learnt moments say, a new corruption does not. At a
+    detected change every layer's pool restarts, its old content counting as one batch (:meth:`restart_pool`),
+    and so do the composition estimates below (the model's bias in a new domain is new). It normalizes with the
+    balanced ``(m, s^2)`` the pool gives through the formulas above (:meth:`balanced_stats`; the class moments
+    are kept as measured and the constraints applied there in closed form, so no class row outside the batch's
+    predicted classes changes). Before the forward, the batch's composition is a guess: ``u + rho (h_(t-1) -
+    h_usual)``, the last batch's predicted histogram as a deviation from the model's usual prediction (a running
+    mean over ``10/momentum`` batches of 64: a model's bias under a shift is not a label shift), scaled by ``rho``,
+    the lag-1 autocorrelation of those deviations (the AR(1) predictor: about 0 on an i.i.d. stream). After the
+    forward a hook on the model (:class:`UpdateFromPredictions`) takes the argmax, updates ``a_k, q_k`` of the
+    predicted classes from this batch's instance moments in the coordinates it was normalized with (running mean
+    per class over at most ``class_memory`` samples), replaces the guess in the pool by the predicted deviation,
+    and, with ``correct_outputs``, adds ``log(K p_k)`` to the logits, ``p`` the same estimate including this
+    batch (a label-shift prior correction, Saerens et al. 2002; floored at 1% of uniform). With ``refine`` the
     corrected outputs are then refined as LAME does (Boudiaf et al. 2022, :mod:`tta.laplacian`: the
-    Laplacian-regularized likelihood over the batch, kNN affinity with k = 5 between the features entering
-    the classifier, the model's last ``nn.Linear``, read by a forward pre-hook), with the affinity scaled
-    by ``sqrt(rho)``: LAME's neighbours-share-a-class prior holds on a label-correlated stream, where it
-    gains most, and not on an i.i.d. one, where it costs (issue 12's measurements), and ``rho`` is this
-    policy's own estimate of how much of the class composition carries over from batch to batch. The
-    square root because ``rho`` is a shrunk estimate (its warm-up factor and the noise of a batch's
-    histogram pull it toward 0; ``rho``, ``sqrt(rho)`` and a step at 0.3 were compared on one reduced
-    grid, README). A layer called outside the model's forward (no prediction) updates the pool only.
+    Laplacian-regularized likelihood over the batch, kNN affinity with k = 5 between the features entering the
+    classifier, the model's last ``nn.Linear``, read by a forward pre-hook), with the affinity scaled by
+    ``sqrt(rho)``: LAME's neighbours-share-a-class prior holds on a label-correlated stream, where it gains
+    most, and not on an i.i.d. one, where it costs (issue 12's measurements), and ``rho`` is this policy's own
+    estimate of how much of the class composition carries over from batch to batch. The square root because
+    ``rho`` is a shrunk estimate (its warm-up factor and the noise of a batch's histogram pull it toward 0;
+    ``rho``, ``sqrt(rho)`` and a step at 0.3 were compared on one reduced grid, README). A layer called outside
+    the model's forward (no prediction) updates the pool only.
 
-    ``prior="uniform"`` switches every composition estimate off (pooled batch moments, no output
-    correction, no refinement); ``refine=False`` keeps the correction without the refinement (a model with
-    no ``nn.Linear`` needs it); ``detect_changes=False`` with ``pool_momentum=momentum`` is the EMA pool of
-    the first version. Defaults: ``momentum`` the layer's BN momentum (the rate its training tracked batch
-    statistics, and the rate of the composition estimates); ``pool_momentum = momentum / 10``, the window
-    of the usual prediction. Every rate is one per ``reference_batch=64`` images: a batch of ``B`` uses
-    ``1 - (1 - rate)^(B/64)`` (:meth:`per_batch`), so the pool and the estimates cover the same number of
-    images at any batch size. Label runs and domains last a number of images, not of batches: with rates
-    per batch, batches of 16 pooled a quarter of the images and followed each class run (on the full split,
-    seed 0, `single` under Dirichlet 0.01: 21.2% error at batch 16 against 15.9% at 64; README). 64 is the
-    batch of the TTA benchmarks (RoTTA's, NOTE's, this one's), where the BN momentum is read as a rate per
-    batch; ``reference_batch`` equal to the batch size gives the rates per batch. ``change_window=128`` images (the detector's noise then does not depend on the
-    batch size: 2 batches of 64, 8 of 16); ``change_threshold=0.25``, a root mean square over channels of
-    0.5 in the standardized mean or the log variance (a factor 1.65 in a channel's variance) that the
-    classes do not explain. Measured on the bundled model (README): label runs within one corruption stay
+    ``prior="uniform"`` switches every composition estimate off (pooled batch moments, no output correction, no
+    refinement); ``refine=False`` keeps the correction without the refinement (a model with no ``nn.Linear``
+    needs it); ``detect_changes=False`` with ``pool_momentum=momentum`` is the EMA pool of the first version.
+    Defaults: ``momentum`` the layer's BN momentum (the rate its training tracked batch statistics, and the rate
+    of the composition estimates); ``pool_momentum = momentum / 10``, the window of the usual prediction. Every
+    rate is one per ``reference_batch=64`` images: a batch of ``B`` uses ``1 - (1 - rate)^(B/64)``
+    (:meth:`per_batch`), so the pool and the estimates cover the same number of images at any batch size. Label
+    runs and domains last a number of images, not of batches: with rates per batch, batches of 16 pooled a
+    quarter of the images and followed each class run (on the full split, seed 0, `single` under Dirichlet 0.01:
+    21.2% error at batch 16 against 15.9% at 64; README). 64 is the batch of the TTA benchmarks (RoTTA's,
+    NOTE's, this one's), where the BN momentum is read as a rate per batch; ``reference_batch`` equal to the
+    batch size gives the rates per batch. ``change_window=128`` images (the detector's noise then does not
+    depend on the batch size: 2 batches of 64, 8 of 16); ``change_threshold=0.25``, a root mean square over
+    channels of 0.5 in the standardized mean or the log variance (a factor 1.65 in a channel's variance) that
+    the classes do not explain. Measured on the bundled model (README): label runs within one corruption stay
     below it, changes between corruptions at severity 5 go above it within 2 batches of 64.
-    ``class_memory=1000`` samples per class (a standardized class mean then has a standard error below
-    0.03 at any spatial size, and a new domain replaces it within 1,000 samples of that class).
-    A batch of one value per channel updates nothing. ``Q - A^2`` is floored at 1% of the balanced
-    mixture's variance (a class far narrower would otherwise scale the variance by more than 100).
-    ``stats_grad`` lets the gradient through the batch's ``beta_t`` share of the pooled moments.
+    ``class_memory=1000`` samples per class (a standardized class mean then has a standard error below 0.03 at
+    any spatial size, and a new domain replaces it within 1,000 samples of that class). A batch of one value per
+    channel updates nothing. ``Q - A^2`` is floored at 1% of the balanced mixture's variance (a class far
+    narrower would otherwise scale the variance by more than 100). ``stats_grad`` lets the gradient through the
+    batch's ``beta_t`` share of the pooled moments.
     """
 
     uses_predictions = True
@@ -196,8 +195,8 @@ class RebalancedBatchNorm(NormPolicy):
         """The rate of a batch of ``batch`` images for a ``rate`` per ``reference_batch`` images:
         ``1 - (1 - rate)^(batch / reference_batch)``, so that the old content keeps the same weight after
         the same number of images whatever the batch size (class doc)."""
-        if batch == self.reference_batch:  # exactly the rate (1 - (1 - 0.1) is not 0.1 in floating point)
-            return rate
+        if not torch.compiler.is_compiling() and batch == self.reference_batch:  # compiled: no guard on the batch
+            return rate  # exactly (1 - (1 - 0.1) is not 0.1 in floating point)
         return 1.0 - (1.0 - rate) ** (batch / self.reference_batch)
 
     def domain_changed(self, labels: Tensor) -> Tensor:
