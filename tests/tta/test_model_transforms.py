@@ -117,12 +117,15 @@ def test_compile_has_no_graph_break_and_matches_eager(policy: str) -> None:
 @pytest.mark.parametrize("policy", POLICIES)
 def test_compile_with_a_dynamic_batch_size_reuses_the_graph_for_another_size(policy: str, channels_last: bool) -> None:
     """A batch dimension marked dynamic stays dynamic (no loop or branch of a policy pins it to the first size),
-    in both memory layouts a convolution may hand BatchNorm."""
+    in both memory layouts a convolution may hand BatchNorm. Compiled with inductor's decompositions (the
+    guards they add, such as ``torch.lerp``'s on a Python weight ``>= 0.5``, without inductor's code
+    generation), at sizes 64 and 16, far apart so that a threshold on the batch size falls between them
+    (below 16 PyTorch's own convolutions guard on it)."""
     torch._dynamo.reset()
     layout = torch.channels_last if channels_last else torch.contiguous_format
     model = tta.adapt(build("small_cnn"), policy).to(memory_format=layout)
-    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
-    first, second = (inputs("small_cnn", n, seed=n).contiguous(memory_format=layout) for n in (6, 3))
+    compiled = torch.compile(model, backend="aot_eager_decomp_partition", fullgraph=True)
+    first, second = (inputs("small_cnn", n, seed=n).contiguous(memory_format=layout) for n in (64, 16))
     torch._dynamo.mark_dynamic(first, 0)
     with torch.no_grad():
         compiled(first)

@@ -219,7 +219,9 @@ class RebalancedBatchNorm(NormPolicy):
             (z - offset[labels]).mean(0),
             torch.log(z_square.mean(0).clamp_min(1e-12) / square[labels].mean(0).clamp_min(1e-12)),
         ])
-        drift = torch.lerp(self.drift, residual, min(1.0, len(labels) / self.change_window))
+        # the rate as a tensor: a Python weight of the batch size makes inductor's lerp guard on it (>= 0.5)
+        images = torch.ones_like(labels, dtype=residual.dtype).sum()
+        drift = torch.lerp(self.drift, residual, (images / self.change_window).clamp_max(1.0))
         changed = (drift.square().sum(0).mean() > self.change_threshold) & (self.steps > 1)
         drift = torch.where(changed, torch.zeros_like(drift), drift)
         self.commit(all_finite(drift), drift=drift)
