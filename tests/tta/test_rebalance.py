@@ -3,6 +3,7 @@ invariant of its pool, and a stream of one-class batches whose balanced mean is 
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -25,7 +26,7 @@ def learn(layer: RebalancedBatchNorm, labels: list[int]) -> None:
     y = torch.tensor(labels)
     classes, index = y.unique(return_inverse=True)
     counts = torch.bincount(index)
-    layer.learn_classes(y, classes, index, layer.shared_estimates(classes, counts, len(labels)))
+    RebalancedBatchNorm.learn_classes([layer], y, classes, index, layer.shared_estimates(classes, counts, len(labels)))
 
 
 def test_one_class_pooled_moments_give_back_the_balanced_statistics() -> None:
@@ -85,6 +86,51 @@ def test_a_class_keeps_a_running_mean_over_at_most_class_memory_samples() -> Non
         layer.class_offset[:, 0], torch.tensor([-1 + 0.5 * (-r2 + 1), 1 + 0.75 * (r2 / 3 - 1)]), atol=1e-4, rtol=0
     )
     torch.testing.assert_close(layer.class_count, torch.tensor([2.0, 4.0]))  # the memory caps the old count at 2
+
+
+def two_layers_after_one_batch(seed: int = 0) -> tuple[RebalancedBatchNorm, RebalancedBatchNorm, list[int]]:
+    """A 2-channel and a 3-channel layer (3 classes) that each normalized a batch of 6 and wait for the labels."""
+    generator = torch.Generator().manual_seed(seed)
+    layers = (RebalancedBatchNorm(give_source_statistics(nn.BatchNorm2d(c)), num_classes=3) for c in (2, 3))
+    pair = []
+    with torch.no_grad():
+        for layer in layers:
+            layer(torch.randn(6, layer.num_features, 4, 4, generator=generator) * 2 + 1)
+            pair.append(layer)
+    return pair[0], pair[1], [2, 0, 2, 2, 1, 2]
+
+
+def learn_layers(layers: list[RebalancedBatchNorm], labels: list[int]) -> None:
+    y = torch.tensor(labels)
+    classes, index = y.unique(return_inverse=True)
+    shared = layers[0].shared_estimates(classes, torch.bincount(index), len(labels))
+    RebalancedBatchNorm.learn_classes(layers, y, classes, index, shared)
+
+
+def test_layers_learnt_together_hold_what_each_learns_alone() -> None:
+    """The hook learns every layer in one pass over their moments side by side: no channel of one layer
+    may reach another's rows, and each must end as if it had learnt alone."""
+    small, large, labels = two_layers_after_one_batch()
+    alone = [copy.deepcopy(small), copy.deepcopy(large)]
+    learn_layers([small, large], labels)
+    for layer in alone:
+        learn_layers([layer], labels)
+    for together, single in zip((small, large), alone):
+        for name, buffer in together.state_dict().items():
+            torch.testing.assert_close(buffer, single.state_dict()[name], rtol=0, atol=0, msg=name)
+    assert small.class_count[1] == 1 and small.class_count[2] == 4  # something was learnt
+
+
+def test_one_layer_with_a_non_finite_batch_leaves_every_layer_unchanged() -> None:
+    small, large, labels = two_layers_after_one_batch()
+    before = [copy.deepcopy(small.state_dict()), copy.deepcopy(large.state_dict())]
+    pending = list(large.pending)
+    pending[0] = pending[0].clone().index_fill_(0, torch.tensor([3]), float("nan"))  # one sample's instance mean
+    large.pending = tuple(pending)
+    learn_layers([small, large], labels)
+    for layer, state in zip((small, large), before):
+        for name, buffer in layer.state_dict().items():
+            torch.testing.assert_close(buffer, state[name], rtol=0, atol=0, equal_nan=True, msg=name)
 
 
 def test_the_output_is_reweighted_by_the_batch_prior_over_the_balanced_one() -> None:

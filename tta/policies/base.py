@@ -221,10 +221,12 @@ class NormPolicy(nn.Module):
         """
         if isinstance(ok, bool) or on_host(ok):
             if ok:
+                tensors = [name for name, value in values.items() if isinstance(value, Tensor)]
+                if tensors:
+                    with torch.no_grad():  # one call for all tensors (a loop in C++): microseconds saved on each
+                        torch._foreach_copy_([getattr(self, n) for n in tensors], [values[n] for n in tensors])
                 for name, value in values.items():
-                    if isinstance(value, Tensor):
-                        getattr(self, name).copy_(value.detach())
-                    else:
+                    if not isinstance(value, Tensor):
                         getattr(self, name).fill_(value)
             return
         for name, value in values.items():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import operator
 from typing import Annotated, Any
 
 import torch
@@ -159,12 +161,13 @@ class RebalancedBatchNorm(NormPolicy):
         variance of the equal-weight mixture; ``A``, ``V``: of the ``pi``-weighted one):
         ``s^2 = var_pool r / V``, ``m = mu_pool - sqrt(s^2 / r) (A - c)``.
         """
-        weights = torch.stack([composition, torch.full_like(composition, 1.0 / self.num_classes)])
-        a, c = weights @ self.class_offset  # (C,) each
-        q, r = weights @ self.class_square
-        spread = (r - c.square()).clamp_min(1e-12)
-        var = (moment2 - moment1.square()).clamp_min(0) * spread / (q - a.square()).clamp_min(0.01 * spread)
-        return moment1 - (var / spread).sqrt() * (a - c), var
+        a, q = composition @ self.class_offset, composition @ self.class_square  # (C,) each
+        c = self.class_offset.mean(0)
+        spread = torch.addcmul(self.class_square.mean(0), c, c, value=-1).clamp_min(1e-12)
+        narrowest = 0.01 * spread
+        var = torch.addcmul(moment2, moment1, moment1, value=-1).clamp_min(0) * spread
+        var = var / torch.maximum(torch.addcmul(q, a, a, value=-1), narrowest)
+        return torch.addcmul(moment1, (var / spread).sqrt(), a - c, value=-1), var
 
     def normalize(self, x: Tensor) -> Tensor:
         self.pending = None
@@ -173,9 +176,8 @@ class RebalancedBatchNorm(NormPolicy):
             grad = self.grad_through_stats(x)
             sample_mean, sample_var = instance_moments(x, self.stats_dtype, grad=grad)  # (B, C), biased
             mean_b = sample_mean.mean(0)
-            square_b = (sample_var + sample_mean.square()).mean(0)  # raw second moment over (B, *S)
-            floor = self.per_batch(self.pool_momentum, x.shape[0])
-            beta = (1.0 / (self.pool_age + 1).to(self.stats_dtype)).clamp_min(floor)
+            square_b = torch.addcmul(sample_var, sample_mean, sample_mean).mean(0)  # raw second moment over (B, *S)
+            beta = self.pool_rate(x.shape[0])
             guess = self.guess
             new1, new2 = torch.lerp(moment1, mean_b, beta), torch.lerp(moment2, square_b, beta)
             new_pooled = torch.lerp(pooled, guess, beta)
@@ -187,9 +189,20 @@ class RebalancedBatchNorm(NormPolicy):
                 pool_age=self.pool_age + 1,
             )
             mean, var = self.balanced_stats(moment1, moment2, pooled)
-            self.pending = (sample_mean.detach(), sample_var.detach(), mean.detach(), var.detach(), beta, guess, ok)
+            moments = (sample_mean, sample_var, mean, var)
+            if grad:  # only then do they carry a gradient (the class statistics learn without one)
+                moments = tuple(t.detach() for t in moments)
+            self.pending = (*moments, beta, guess, ok)
             return self.normalize_with(x, mean, var)
         return self.normalize_with(x, *self.balanced_stats(moment1, moment2, pooled))
+
+    def pool_rate(self, batch: int) -> Tensor | float:
+        """``beta = max(1/n, pool_momentum)`` for a batch of ``batch`` images (class doc): a Python number where the
+        batch count is read on the host (:func:`tta.stats.on_host`), saving three small kernels per layer."""
+        floor = self.per_batch(self.pool_momentum, batch)
+        if on_host(self.pool_age):
+            return max(1.0 / (int(self.pool_age) + 1), floor)
+        return (1.0 / (self.pool_age + 1).to(self.stats_dtype)).clamp_min(floor)
 
     def per_batch(self, rate: float, batch: int) -> float:
         """The rate of a batch of ``batch`` images for a ``rate`` per ``reference_batch`` images:
@@ -234,39 +247,83 @@ class RebalancedBatchNorm(NormPolicy):
         the changes detected (a diagnostic, in the state)."""
         self.commit(changed, pool_age=self.pool_age.clamp_max(1), restarts=self.restarts + 1)
 
-    def learn_classes(self, labels: Tensor, classes: Tensor, index: Tensor, shared: dict[str, Tensor]) -> None:
-        """Update ``a_k, q_k`` of the predicted ``classes`` (``labels = classes[index]``) from the pending batch,
-        and store the composition estimates the hook computed once for every layer (class doc)."""
-        pending, self.pending = self.pending, None
-        if pending is None:
-            return
-        sample_mean, sample_var, mean, var, beta, guess, ok = pending
-        if labels.shape[0] != sample_mean.shape[0]:
-            raise ValueError(
-                f"{self.describe()}: the model predicted {labels.shape[0]} samples for a batch of "
-                f"{sample_mean.shape[0]} at this layer; rebalance needs every BatchNorm layer to see the model's batch"
-            )
-        z = (sample_mean - mean) * torch.rsqrt(var + self.eps)
-        z_square = (sample_var / (var + self.eps)) + z.square()
-        counts = shared["counts"].to(z.dtype)
-        z_sum = torch.zeros(len(classes), z.shape[1], dtype=z.dtype, device=z.device).index_add_(0, index, z)
-        square_sum = torch.zeros_like(z_sum).index_add_(0, index, z_square)
-        old_count = self.class_count[classes]
-        total = old_count.clamp_max(self.class_memory) + counts
+    @classmethod
+    def learn_classes(
+        cls,
+        layers: list[RebalancedBatchNorm],
+        labels: Tensor,
+        classes: Tensor,
+        index: Tensor,
+        shared: dict[str, Tensor],
+    ) -> None:
+        """Update ``a_k, q_k`` of the predicted ``classes`` (``labels = classes[index]``) in every layer from its
+        pending batch, and store the composition estimates the hook computed once for every layer (class doc).
+
+        All layers in one pass: their instance moments side by side, one sum per class (``index_add_``), one
+        step for every class row (the count and rate of each class are the first layer's, the same
+        in every layer), so the cost per layer is a gather and a write of its rows. Nothing is written unless
+        every layer's pool update and every new row are finite: one bad layer leaves every layer as it was."""
+        pending = []
+        for layer in layers:
+            batch, layer.pending = layer.pending, None
+            if batch is None:
+                continue
+            if labels.shape[0] != batch[0].shape[0]:
+                raise ValueError(
+                    f"{layer.describe()}: the model predicted {labels.shape[0]} samples for a batch of "
+                    f"{batch[0].shape[0]} at this layer; rebalance needs every BatchNorm layer to see the model's batch"
+                )
+            pending.append((layer, batch))
+        groups: dict[tuple[torch.device, torch.dtype], list] = {}
+        for layer, batch in pending:  # one concatenation per device and dtype (a model may span several)
+            groups.setdefault((batch[0].device, batch[0].dtype), []).append((layer, batch))
+        for group in groups.values():
+            cls._learn_group(group, classes, index, shared)
+
+    @staticmethod
+    def _learn_group(group: list, classes: Tensor, index: Tensor, shared: dict[str, Tensor]) -> None:
+        """:meth:`learn_classes` for layers whose pending moments share a device and dtype (the state's)."""
+        layers = [layer for layer, _ in group]
+        sample_mean, sample_var, mean, var = (torch.cat([batch[i] for _, batch in group], -1) for i in range(4))
+        first, device = layers[0], sample_mean.device
+        classes, index = classes.to(device), index.to(device)
+        eps: Tensor | float = layers[0].eps
+        if any(layer.eps != eps for layer in layers):
+            eps = torch.cat([torch.full_like(batch[3], layer.eps) for layer, batch in group])
+        inv_std = torch.rsqrt(var + eps)
+        z = (sample_mean - mean) * inv_std
+        moments = torch.cat([z, torch.addcmul(z.square(), sample_var, inv_std.square())], 1)
+        counts = shared["counts"].to(device=device, dtype=z.dtype)
+        sums = torch.zeros(len(classes), moments.shape[1], dtype=z.dtype, device=device).index_add_(0, index, moments)
+        old_count = first.class_count[classes]
+        total = old_count.clamp_max(first.class_memory) + counts
         rate = (counts / total.clamp_min(1e-12))[:, None]
-        old_offset, old_square = self.class_offset[classes], self.class_square[classes]
-        offset = old_offset + rate * (z_sum / counts.clamp_min(1)[:, None] - old_offset)
-        square = old_square + rate * (square_sum / counts.clamp_min(1)[:, None] - old_square)
-        total = torch.where(counts > 0, total, old_count)
-        ok = ok & all_finite(offset, square)
-        # rows of the present classes only, in place (K can be 1,000): branch-free, as commit
-        self.class_offset.index_copy_(0, classes, select(ok, offset, old_offset))
-        self.class_square.index_copy_(0, classes, select(ok, square, old_square))
-        self.class_count.index_copy_(0, classes, select(ok, total, old_count))
-        updates = {name: shared[name] for name in ("composition", "lag_products", "usual_composition", "guess")}
-        if self.prior == "previous":  # the pool holds this batch with its predicted composition, not the guess
-            updates["pooled_composition"] = self.pooled_composition + beta * (shared["deviation"] - guess)
-        self.commit(ok, **updates)
+        old = torch.cat([layer.class_offset[classes] for layer in layers]
+                        + [layer.class_square[classes] for layer in layers], 1)
+        new = torch.lerp(old, sums / counts.clamp_min(1)[:, None], rate)
+        ok = functools.reduce(operator.and_, [batch[6] for _, batch in group], all_finite(new))
+        if ok is False:
+            return
+        new = select(ok, new, old).split([layer.num_features for layer in layers] * 2, dim=1)
+        total = select(ok, torch.where(counts > 0, total, old_count), old_count)
+        for i, layer in enumerate(layers):  # rows of the present classes only, in place (K can be 1,000)
+            layer.class_offset.index_copy_(0, classes, new[i])
+            layer.class_square.index_copy_(0, classes, new[len(layers) + i])
+            layer.class_count.index_copy_(0, classes, total)
+        names = ("composition", "lag_products", "usual_composition", "guess")
+        if ok is True:  # on the host: a few calls for all layers (the guesses are read before they are replaced)
+            if first.prior == "previous":  # the pool holds this batch with its predicted composition, not the guess
+                steps = torch._foreach_sub([shared["deviation"]] * len(group), [batch[5] for _, batch in group])
+                torch._foreach_mul_(steps, [batch[4] for _, batch in group])
+                torch._foreach_add_([layer.pooled_composition for layer in layers], steps)
+            for name in names:
+                torch._foreach_copy_([getattr(layer, name) for layer in layers], [shared[name]] * len(layers))
+            return
+        for layer, batch in group:  # branch-free, as commit
+            updates = {name: shared[name] for name in names}
+            if first.prior == "previous":
+                updates["pooled_composition"] = layer.pooled_composition + batch[4] * (shared["deviation"] - batch[5])
+            layer.commit(ok, **updates)
 
     def shared_estimates(self, classes: Tensor, counts: Tensor, batch: int) -> dict[str, Tensor]:
         """The composition estimates after a batch of ``batch`` images, ``counts`` predictions of ``classes``,
@@ -357,10 +414,10 @@ class UpdateFromPredictions(ModelHook):
             shared = layers[0].shared_estimates(classes, counts, labels.shape[0])
             if first.detect_changes:
                 changed = first.domain_changed(labels)
-                for layer in layers:
-                    layer.restart_pool(changed)
-            for layer in layers:
-                layer.learn_classes(labels, classes, index, shared)
+                if not on_host(changed) or changed:  # read once on the host: usually nothing to restart
+                    for layer in layers:
+                        layer.restart_pool(changed)
+            RebalancedBatchNorm.learn_classes(layers, labels, classes, index, shared)
         if first.correct_outputs and first.prior == "previous":
             # label shift (Saerens et al. 2002): posteriors reweighted by the batch's estimated prior over the
             # balanced one; the estimate is that of the next batch, which includes this batch's prediction
