@@ -295,7 +295,7 @@ def _write_report(folder: Path, rows: list[dict[str, Any]], config: dict[str, An
     print()
     if config:
         print(f"Mean error (%) over domains, {config['dataset']}, model {config['model']}:")
-    print(report.summary_table(rows, policies=policies, methods=methods))
+    print(report.summary_table(rows, policies=policies, methods=methods, config=config))
     print()
     for name, path in paths.items():
         print(f"{name}: {path}")
@@ -322,7 +322,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     methods = config.get("methods", [grid.NO_METHOD]) if config else None
     rows = report.in_grid_order(rows, config)
     paths = report.write_report(folder, rows, config=config, metadata=metadata.read_meta(folder))
-    print(report.summary_table(rows, policies=policies, methods=methods))
+    print(report.summary_table(rows, policies=policies, methods=methods, config=config))
     print()
     for name, path in paths.items():
         print(f"{name}: {path}")

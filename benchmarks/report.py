@@ -18,6 +18,7 @@ import math
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,36 +83,100 @@ def _fmt(value: float) -> str:
     return "" if math.isnan(value) else f"{value:.1f}"
 
 
-def mean_errors(rows: Rows) -> dict[tuple[str, str, str, str], dict[int, float]]:
-    """Mean error over domains per (method, policy, setting, order) and seed."""
-    per_seed: dict[tuple[str, str, str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+Cell = tuple[str, str, str, str]  # (method, policy, setting, order)
+
+
+@dataclass(frozen=True)
+class CellMeans:
+    """One (method, policy, setting, order): the mean error over domains of each seed that has every domain
+    it should, and how much of what it should have is there (an interrupted or running grid)."""
+
+    seeds: dict[int, float]
+    expected_seeds: int
+    results: int
+    expected_results: int
+
+    @property
+    def complete(self) -> bool:
+        return len(self.seeds) == self.expected_seeds and self.results == self.expected_results
+
+
+def expected_domains(rows: Rows, config: dict[str, Any] | None = None) -> dict[Cell, dict[int, set[tuple[str, int]]]]:
+    """The domains each cell should have per seed: the grid's, from a folder's ``config.json``; for a cell
+    outside it (or without one), every domain that any row of its setting has, for each seed it has."""
+    from benchmarks.grid import GridConfig, row_keys
+
+    expected: dict[Cell, dict[int, set[tuple[str, int]]]] = defaultdict(lambda: defaultdict(set))
+    try:
+        grid = GridConfig.from_json(config) if config else None
+    except (KeyError, TypeError, ValueError):
+        grid = None
+    for method, policy, setting, order, seed, corruption, severity in row_keys(grid) if grid else []:
+        expected[(method, policy, setting, order)][seed].add((corruption, severity))
+    in_grid = set(expected)
+    seen: dict[str, set[tuple[str, int]]] = defaultdict(set)
     for row in rows:
-        key = (method_of(row), row["policy"], row["setting"], row["order"])
-        per_seed[key][int(row["seed"])].append(float(row["error"]))
-    return {key: {seed: _mean(errors) for seed, errors in seeds.items()} for key, seeds in per_seed.items()}
+        seen[row["setting"]].add((row["corruption"], int(row["severity"])))
+    for row in rows:
+        cell = (method_of(row), row["policy"], row["setting"], row["order"])
+        if cell not in in_grid:
+            expected[cell][int(row["seed"])] = seen[row["setting"]]
+    return expected
 
 
-def _cell(seeds: dict[int, float] | None) -> str:
-    """Mean over seeds, ``mean ± std`` when there are several; empty when there is no result."""
-    if not seeds:
+def mean_errors(rows: Rows, config: dict[str, Any] | None = None) -> dict[Cell, CellMeans]:
+    """Mean error over domains per cell and seed, for the seeds that have all their domains
+    (:func:`expected_domains`): a mean over some of the corruptions is not comparable with one over all."""
+    errors: dict[Cell, dict[int, dict[tuple[str, int], float]]] = defaultdict(lambda: defaultdict(dict))
+    for row in rows:
+        cell = (method_of(row), row["policy"], row["setting"], row["order"])
+        errors[cell][int(row["seed"])][(row["corruption"], int(row["severity"]))] = float(row["error"])
+    expected = expected_domains(rows, config)
+    means = {}
+    for cell, seeds in errors.items():
+        wanted = expected[cell]
+        complete = {seed: _mean(list(found.values())) for seed, found in seeds.items()
+                    if wanted.get(seed) is not None and wanted[seed] <= found.keys()}
+        means[cell] = CellMeans(
+            seeds=complete,
+            expected_seeds=len(wanted),
+            results=sum(len(found.keys() & wanted.get(seed, set())) for seed, found in seeds.items()),
+            expected_results=sum(len(domains) for domains in wanted.values()),
+        )
+    return means
+
+
+def _cell(means: CellMeans | None, spread: bool = True) -> str:
+    """Mean over seeds, ``mean ± std`` when there are several (and ``spread``); with what is missing when
+    the cell is incomplete (``(2 of 3 seeds)``, or ``(40 of 45 results)`` while no seed is complete); empty
+    when there is no result."""
+    if means is None:
         return ""
-    values = list(seeds.values())
+    if not means.seeds:
+        return f"({means.results} of {means.expected_results} results)"
+    values = list(means.seeds.values())
     cell = _fmt(_mean(values))
-    if len(values) > 1:
+    if len(values) > 1 and spread:
         cell += f" ± {statistics.stdev(values):.1f}"
+    if not means.complete:
+        cell += f" ({len(values)} of {means.expected_seeds} seeds)"
     return cell
 
 
 def summary_table(
-    rows: Rows, *, policies: Sequence[str] | None = None, methods: Sequence[str] | None = None
+    rows: Rows,
+    *,
+    policies: Sequence[str] | None = None,
+    methods: Sequence[str] | None = None,
+    config: dict[str, Any] | None = None,
 ) -> str:
     """The mean error in percent over domains, averaged over seeds (``mean ± std`` over seeds when there
-    are several), as Markdown.
+    are several), as Markdown; a cell short of results (``config``: the grid's, :func:`mean_errors`) says so.
 
     ``none`` alone: one table, a line per policy, a column per (setting, order). With methods: one table
     per (setting, order), headed ``**setting, order**``, a line per method and a column per policy (the
     shape of the UnMix-TNS tables)."""
-    means = mean_errors(rows)
+    means = mean_errors(rows, config)
     policy_names = _ordered([key[1] for key in means], policies)
     columns = list(dict.fromkeys((key[2], key[3]) for key in means))
     if not has_methods(rows):
@@ -136,9 +201,11 @@ def domain_table(
     policies: Sequence[str] | None = None,
     corruptions: Sequence[str] | None = None,
     methods: Sequence[str] | None = None,
+    config: dict[str, Any] | None = None,
 ) -> str:
     """Markdown table: one line per (policy, setting, order), one column per domain (error in percent,
-    averaged over seeds) and their mean; with methods, one line per (method, policy, setting, order)."""
+    averaged over seeds) and their mean (as in :func:`summary_table`); with methods, one line per
+    (method, policy, setting, order)."""
     severities = {int(row["severity"]) for row in rows if row["corruption"] != "none"}
     with_severity = len(severities) > 1
     cells: dict[tuple[str, str, str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -156,13 +223,13 @@ def domain_table(
     policy_rank = {p: i for i, p in enumerate(_ordered([k[1] for k in cells], policies))}
     first_seen = {key: i for i, key in enumerate(cells)}
     keys = sorted(cells, key=lambda k: (method_rank[k[0]], policy_rank[k[1]], first_seen[k]))
-    means = mean_errors(rows)
+    means = mean_errors(rows, config)
     with_method = has_methods(rows)
     table = []
     for key in keys:
         line = list(key) if with_method else list(key[1:])
         line += [_fmt(_mean(cells[key].get(label, []))) for label in labels]
-        line.append(_fmt(_mean(list(means[key].values()))))
+        line.append(_cell(means[key], spread=False))
         table.append(line)
     headers = [*(["method"] if with_method else []), "policy", "setting", "order", *labels, "mean"]
     return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
@@ -298,11 +365,11 @@ def write_report(
     lines += [
         "## Mean error (%) over domains",
         "",
-        summary_table(rows, policies=policies, methods=methods),
+        summary_table(rows, policies=policies, methods=methods, config=config),
         "",
         "## Error (%) per domain",
         "",
-        domain_table(rows, policies=policies, corruptions=corruptions, methods=methods),
+        domain_table(rows, policies=policies, corruptions=corruptions, methods=methods, config=config),
         "",
         f"![error per corruption]({PLOT_NAME})",
         "",

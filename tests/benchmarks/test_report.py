@@ -111,3 +111,29 @@ def test_rows_of_none_alone_keep_the_policy_tables_with_or_without_a_method_key(
     assert report.summary_table(marked, policies=policies) == report.summary_table(ROWS, policies=policies)
     assert report.domain_table(marked) == report.domain_table(ROWS)
     assert cells(report.summary_table(marked))[0] == ["policy", "iid", "sorted"]
+
+
+GRID = {"dataset": "fmnist-c", "model": "bundled", "policies": ["source", "tbn"], "settings": ["single"],
+        "orders": ["iid"], "corruptions": ["fog", "snow"], "severities": [5], "seeds": [0, 1], "batch_size": 64,
+        "n_examples": None}
+
+
+def test_a_seed_short_of_a_domain_of_the_grid_is_left_out_of_the_mean_and_the_cell_says_so():
+    """A running or interrupted grid: source has both domains at seed 0 (mean 15) but only fog at seed 1,
+    so its mean is seed 0's alone, not (15 + 30) / 2 nor the mean of the three rows; tbn has no seed with
+    both domains: the cell counts its results instead of averaging some of the corruptions."""
+    rows = [row("source", "fog", 10), row("source", "snow", 20), row("source", "fog", 30, seed=1),
+            row("tbn", "fog", 5, seed=1)]
+    table = cells(report.summary_table(rows, policies=["source", "tbn"], config=GRID))
+    assert table[1:] == [["source", "15.0 (1 of 2 seeds)"], ["tbn", "(1 of 4 results)"]]
+    lines = cells(report.domain_table(rows, policies=["source", "tbn"], config=GRID))
+    assert [line[-1] for line in lines[1:]] == ["15.0 (1 of 2 seeds)", "(1 of 4 results)"]
+    complete = rows + [row("source", "snow", 40, seed=1)]
+    assert cells(report.summary_table(complete, policies=["source"], config=GRID))[1] == ["source", "25.0 ± 14.1"]
+
+
+def test_without_a_grid_a_seed_lacking_a_domain_its_setting_has_elsewhere_is_left_out():
+    rows = [row("source", "fog", 10), row("source", "snow", 20), row("tbn", "fog", 5), row("tbn", "snow", 7),
+            row("tbn", "fog", 50, seed=1)]
+    assert cells(report.summary_table(rows, policies=["source", "tbn"]))[1:] == [
+        ["source", "15.0"], ["tbn", "6.0 (1 of 2 seeds)"]]
