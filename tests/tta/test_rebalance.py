@@ -23,10 +23,7 @@ def layer_1d(num_classes: int = 2, **options: object) -> RebalancedBatchNorm:
 
 def learn(layer: RebalancedBatchNorm, labels: list[int]) -> None:
     """What the model's hook does after the forward, for one layer: learn from the predicted labels."""
-    y = torch.tensor(labels)
-    classes, index = y.unique(return_inverse=True)
-    counts = torch.bincount(index)
-    RebalancedBatchNorm.learn_classes([layer], y, classes, index, layer.shared_estimates(classes, counts, len(labels)))
+    learn_layers([layer], labels)
 
 
 def test_one_class_pooled_moments_give_back_the_balanced_statistics() -> None:
