@@ -311,9 +311,10 @@ class RebalancedBatchNorm(NormPolicy):
             layer.class_square.index_copy_(0, classes, new[len(layers) + i])
             layer.class_count.index_copy_(0, classes, total)
         names = ("composition", "lag_products", "usual_composition", "guess")
+        deviation = shared["deviation"].to(device)
         if ok is True:  # on the host: a few calls for all layers (the guesses are read before they are replaced)
             if first.prior == "previous":  # the pool holds this batch with its predicted composition, not the guess
-                steps = torch._foreach_sub([shared["deviation"]] * len(group), [batch[5] for _, batch in group])
+                steps = torch._foreach_sub([deviation] * len(group), [batch[5] for _, batch in group])
                 torch._foreach_mul_(steps, [batch[4] for _, batch in group])
                 torch._foreach_add_([layer.pooled_composition for layer in layers], steps)
             for name in names:
@@ -322,7 +323,7 @@ class RebalancedBatchNorm(NormPolicy):
         for layer, batch in group:  # branch-free, as commit
             updates = {name: shared[name] for name in names}
             if first.prior == "previous":
-                updates["pooled_composition"] = layer.pooled_composition + batch[4] * (shared["deviation"] - batch[5])
+                updates["pooled_composition"] = layer.pooled_composition + batch[4] * (deviation - batch[5])
             layer.commit(ok, **updates)
 
     def shared_estimates(self, classes: Tensor, counts: Tensor, batch: int) -> dict[str, Tensor]:
