@@ -281,7 +281,9 @@ class RebalancedBatchNorm(NormPolicy):
             cls._learn_group(group, classes, index, shared)
 
     @staticmethod
-    def _learn_group(group: list, classes: Tensor, index: Tensor, shared: dict[str, Tensor]) -> None:
+    def _learn_group(
+        group: list[tuple[RebalancedBatchNorm, tuple]], classes: Tensor, index: Tensor, shared: dict[str, Tensor]
+    ) -> None:
         """:meth:`learn_classes` for layers whose pending moments share a device and dtype (the state's)."""
         layers = [layer for layer, _ in group]
         sample_mean, sample_var, mean, var = (torch.cat([batch[i] for _, batch in group], -1) for i in range(4))
@@ -306,23 +308,13 @@ class RebalancedBatchNorm(NormPolicy):
             return
         new = select(ok, new, old).split([layer.num_features for layer in layers] * 2, dim=1)
         total = select(ok, torch.where(counts > 0, total, old_count), old_count)
-        for i, layer in enumerate(layers):  # rows of the present classes only, in place (K can be 1,000)
-            layer.class_offset.index_copy_(0, classes, new[i])
-            layer.class_square.index_copy_(0, classes, new[len(layers) + i])
-            layer.class_count.index_copy_(0, classes, total)
-        names = ("composition", "lag_products", "usual_composition", "guess")
         deviation = shared["deviation"].to(device)
-        if ok is True:  # on the host: a few calls for all layers (the guesses are read before they are replaced)
+        for i, (layer, batch) in enumerate(group):  # rows of the present classes only, in place (K can be 1,000)
+            layer.class_offset.index_copy_(0, classes, new[i])
+            layer.class_square.index_copy_(0, classes, new[len(group) + i])
+            layer.class_count.index_copy_(0, classes, total)
+            updates = {name: shared[name] for name in ("composition", "lag_products", "usual_composition", "guess")}
             if first.prior == "previous":  # the pool holds this batch with its predicted composition, not the guess
-                steps = torch._foreach_sub([deviation] * len(group), [batch[5] for _, batch in group])
-                torch._foreach_mul_(steps, [batch[4] for _, batch in group])
-                torch._foreach_add_([layer.pooled_composition for layer in layers], steps)
-            for name in names:
-                torch._foreach_copy_([getattr(layer, name) for layer in layers], [shared[name]] * len(layers))
-            return
-        for layer, batch in group:  # branch-free, as commit
-            updates = {name: shared[name] for name in names}
-            if first.prior == "previous":
                 updates["pooled_composition"] = layer.pooled_composition + batch[4] * (deviation - batch[5])
             layer.commit(ok, **updates)
 
