@@ -2,13 +2,14 @@
 
 A grid run (:class:`benchmarks.grid.Run`) is one stream (setting, order, seed); it is evaluated in
 independent units (:class:`Unit`): in ``single`` one domain episode for every (method, policy) in
-lockstep, otherwise the whole stream for one (method, policy). Each learner is its own
-(:func:`learner_copy`: a copy of the model adapted with the policy, the method attached), reset
-(``tta.reset``) before its episode (spec S4), and errors are counted per domain from ``batch.domain``,
-so a unit's rows are known when it ends. A killed run loses at most the units in progress, which are run
-again; units run in any order or process give the same rows (``benchmarks.executors``). The loop runs under
-``torch.no_grad``; a gradient method (Tent) takes its gradients inside its own forward, whatever the
-caller's mode.
+lockstep, otherwise the whole stream for one (method, policy), or a policy alone with LAME over it.
+Each learner is its own (:func:`learner_copy`: a copy of the model adapted with the policy, the method
+attached), reset (``tta.reset``) before its episode (spec S4), except that a policy alone is scored from
+the forward of an output-level method over it (LAME) in the same unit (:func:`shared_forwards`). Errors
+are counted per domain from ``batch.domain``, so a unit's rows are known when it ends. A killed run
+loses at most the units in progress, which are run again; units run in any order or process give the
+same rows (``benchmarks.executors``). The loop runs under ``torch.no_grad``; a gradient method (Tent)
+takes its gradients inside its own forward, whatever the caller's mode.
 """
 
 from __future__ import annotations
@@ -81,6 +82,29 @@ def learner_copy(
     return tta.attach_method(adapted, method, **method_options)
 
 
+def shared_forwards(pairs: Iterable[Pair]) -> dict[Pair, Pair]:
+    """``{(method, policy): (none, policy)}`` for each policy alone whose prediction an output-level method
+    over the same policy (LAME, :attr:`tta.methods.base.Method.output_level`) gives from its own forward:
+    that method changes nothing in the adapted model, so one forward scores both, exactly as two learners
+    would, at the cost of one."""
+    pairs = list(pairs)
+    shared: dict[Pair, Pair] = {}
+    for method, policy in pairs:
+        alone = (NO_METHOD, policy)
+        if method == NO_METHOD or alone not in pairs or alone in shared.values():
+            continue
+        if tta.get_method(method).output_level:
+            shared[(method, policy)] = alone
+    return shared
+
+
+def forward_groups(pairs: Sequence[Pair]) -> list[tuple[Pair, ...]]:
+    """``pairs`` as their forwards run: a policy alone beside the output-level method whose forward gives
+    its prediction (:func:`shared_forwards`), every other pair on its own; in the order of ``pairs``."""
+    method_over = {alone: pair for pair, alone in shared_forwards(pairs).items()}
+    return [(p, method_over[p]) if p in method_over else (p,) for p in pairs if p not in method_over.values()]
+
+
 def domain_of(item: Any) -> Domain:
     """Normalize one ``batch.domain`` entry to ``(corruption, severity)``; clean images are ``("none", 0)``."""
     corruption, severity = item
@@ -94,15 +118,19 @@ def evaluate_batches(
     *,
     device: torch.device | str = "cpu",
     on_batch: Callable[[dict[Any, dict[Domain, Tally]]], None] | None = None,
+    policy_alone: Mapping[Any, Any] | None = None,
 ) -> dict[Any, dict[Domain, Tally]]:
     """Feed every batch to every model (each adapting as it goes); count errors per model and domain.
 
     ``batches`` yields objects with ``x`` (float images in [0, 1]), ``y`` (labels) and ``domain`` (one
     (corruption, severity) per image), i.e. :class:`streams.Batch`. ``on_batch`` is called with the tallies
-    so far after each batch (progress display).
+    so far after each batch (progress display). ``policy_alone`` maps the name of an output-level method's
+    learner (LAME) to the name under which its adapted model's own prediction, from the same forward, is
+    counted too (:func:`shared_forwards`).
     """
     device = torch.device(device)
-    tallies: dict[Any, dict[Domain, Tally]] = {name: {} for name in models}
+    policy_alone = dict(policy_alone or {})
+    tallies: dict[Any, dict[Domain, Tally]] = {name: {} for name in [*models, *policy_alone.values()]}
     with torch.no_grad():  # a method's own forward enables the gradients it needs
         for batch in batches:
             x = batch.x.to(device, non_blocking=True)
@@ -110,11 +138,17 @@ def evaluate_batches(
             batch_domains = [domain_of(item) for item in batch.domain]
             groups = _group_indices(batch_domains)
             for name, model in models.items():
-                wrong = (model(x).argmax(dim=1) != y).cpu()
-                for domain, index in groups.items():
-                    tally = tallies[name].setdefault(domain, Tally())
-                    tally.n += len(index)
-                    tally.errors += int(wrong[index].sum())
+                if name in policy_alone:
+                    alone, output = model.forward_with_model_output(x)
+                    scored = [(policy_alone[name], alone), (name, output)]
+                else:
+                    scored = [(name, model(x))]
+                for scored_name, output in scored:
+                    wrong = (output.argmax(dim=1) != y).cpu()
+                    for domain, index in groups.items():
+                        tally = tallies[scored_name].setdefault(domain, Tally())
+                        tally.n += len(index)
+                        tally.errors += int(wrong[index].sum())
             if on_batch is not None:
                 on_batch(tallies)
     return tallies
@@ -217,7 +251,8 @@ def make_row(config: GridConfig, run: Run, pair: Pair, domain: Domain, tally: Ta
 class Unit:
     """One independent piece of a grid, the work one worker does (issue 13): in ``single`` one domain
     episode of a run for all its pending (method, policy) pairs in lockstep (they share the stream's
-    batches), otherwise a whole stream for one pair (its learner carries over the domains)."""
+    batches), otherwise a whole stream for one pair (its learner carries over the domains), or for a
+    policy alone and an output-level method over it, which share their forwards (:func:`forward_groups`)."""
 
     run: Run
     pairs: tuple[Pair, ...]
@@ -246,7 +281,8 @@ def units(config: GridConfig, done: Callable[[RowKey], bool]) -> list[Unit]:
                 if pairs:
                     found.append(Unit(run, pairs, domain))
         else:
-            found += [Unit(run, (p,)) for p in run.pairs() if not all(done(_key(p, run, d)) for d in run_domains)]
+            pending = [p for p in run.pairs() if not all(done(_key(p, run, d)) for d in run_domains)]
+            found += [Unit(run, group) for group in forward_groups(pending)]
     return found
 
 
@@ -265,14 +301,16 @@ def run_unit(
     run = unit.run
     stream = build_stream(config, run, source, cache_dir=cache_dir)
     model = model.to(device).eval()
-    learners = {p: learner_copy(model, *p, config.options, seed=run.seed) for p in unit.pairs}
+    policy_alone = shared_forwards(unit.pairs)
+    learners = {p: learner_copy(model, *p, config.options, seed=run.seed) for p in unit.pairs
+                if p not in policy_alone.values()}
     for episode_domain, batches in stream.episodes():
         if unit.domain is not None and domain_of(episode_domain) != unit.domain:
             continue  # another unit's episode: its batches are never produced
         episode_domains = [unit.domain] if unit.domain is not None else domains(config, run.setting)
         for learner in learners.values():
             tta.reset(learner)
-        tallies = evaluate_batches(learners, batches, device=device, on_batch=on_batch)
+        tallies = evaluate_batches(learners, batches, device=device, on_batch=on_batch, policy_alone=policy_alone)
         missing = [d for d in episode_domains if not any(d in tallies[p] for p in unit.pairs)]
         if missing:
             raise RuntimeError(f"the stream of {run} yielded no image of domains {missing}")

@@ -35,6 +35,10 @@ class Method(nn.Module):
     """
 
     method_name: str = ""  # set by tta.registry.register_method
+    output_level: bool = False
+    """True for a method that only post-processes the adapted model's output (LAME): it calls the model once
+    per batch and changes nothing in it, so :meth:`forward_with_model_output` gives the policy alone's
+    prediction from the same forward."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -55,14 +59,24 @@ class Method(nn.Module):
         self.training = model.training  # the model's mode, untouched (a method never calls train())
 
     def forward(self, x: Tensor) -> Tensor:
+        self.check_attached()
+        if self.paused:
+            return self.predict(x)
+        return self.forward_and_adapt(x)
+
+    def forward_with_model_output(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(the adapted model's output, this method's output)`` from one forward, as :meth:`forward`
+        adapts; only for an :attr:`output_level` method (the benchmark scores the policy alone and the
+        method over it from one call)."""
+        raise TypeError(f"{self.method_name} is not an output-level method: its output is not one model call's")
+
+    def check_attached(self) -> None:
+        """Refuse a call after :meth:`release`."""
         if self.released:
             raise RuntimeError(
                 f"this {self.method_name} learner was detached (tta.detach) and its model given back; "
                 "attach the method again with tta.attach_method"
             )
-        if self.paused:
-            return self.predict(x)
-        return self.forward_and_adapt(x)
 
     def predict(self, x: Tensor) -> Tensor:
         """The prediction while paused, with no update: the adapted model's forward (RoTTA: its teacher's)."""

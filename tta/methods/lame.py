@@ -41,6 +41,8 @@ class Lame(Method):
     and LAME still refines the prediction: it holds no state, the refinement is the prediction.
     """
 
+    output_level = True
+
     def __init__(
         self,
         model: nn.Module,
@@ -63,8 +65,13 @@ class Lame(Method):
     def forward_and_adapt(self, x: Tensor) -> Tensor:
         return self.predict(x)
 
-    @torch.no_grad()
     def predict(self, x: Tensor) -> Tensor:
+        return self.forward_with_model_output(x)[1]
+
+    @torch.no_grad()
+    def forward_with_model_output(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(the adapted model's logits, LAME's log Y for them)`` from one forward."""
+        self.check_attached()
         self.capture.arm()
         logits = self.model(x)
         features, self.capture.features = self.capture.features, None
@@ -77,7 +84,7 @@ class Lame(Method):
                 f"lame needs the (batch, features) input of the model's last nn.Linear for a batch of "
                 f"{len(logits)}; it got {got}"
             )
-        return self.refine(logits, features)
+        return logits, self.refine(logits, features)
 
     def refine(self, logits: Tensor, features: Tensor) -> Tensor:
         """``log Y`` of LAME for this batch's logits and classifier inputs."""

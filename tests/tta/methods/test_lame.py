@@ -113,3 +113,19 @@ def test_options_are_checked() -> None:
     with pytest.raises(TypeError, match="option 'force_symmetry' must be a bool"):
         tta.attach_method(model, "lame", force_symmetry=1)
     assert not model[-1]._forward_pre_hooks  # nothing attached by a refused option
+
+
+@pytest.mark.parametrize("policy", ["rbn", "balanced"])
+def test_one_forward_gives_the_adapted_models_own_output_and_lames(policy: str) -> None:
+    """What the benchmark scores for the policy alone and for LAME over it, from one call: over three
+    adapting batches, the first output is a separate adapted copy's, the second a separate learner's."""
+    alone = tta.adapt(build("small_cnn"), policy)
+    separate = tta.attach_method(copy.deepcopy(alone), "lame")
+    shared = tta.attach_method(copy.deepcopy(alone), "lame")
+    assert shared.output_level and not tta.get_method("tent").output_level
+    with torch.no_grad():
+        for seed in range(3):
+            x = inputs("small_cnn", 8, seed)
+            model_output, refined = shared.forward_with_model_output(x)
+            assert torch.equal(model_output, alone(x)) and torch.equal(refined, separate(x))
+    assert not torch.equal(model_output, refined)  # two outputs, not one twice
