@@ -250,7 +250,7 @@ def test_the_change_detector_measures_what_the_predicted_classes_do_not_explain(
     only, at exactly its moments, is a label run: no drift. Shifted by 0.6 with second moments x 2.25, the
     residuals are 0.6 and log 2.25; with 64 samples and a window of 128 the running ones are half of them:
     0.3^2 + (log 1.5)^2 = 0.2544 > 0.25, a change, after which the running residuals restart at 0."""
-    layer = layer_1d(change_window=128.0)
+    layer = layer_1d(change_window=128.0, change_threshold=0.25)
     layer.class_offset.copy_(torch.tensor([[3.0], [1.0]]))
     layer.class_square.copy_(torch.tensor([[10.0], [2.0]]))
     layer.steps.fill_(5)
