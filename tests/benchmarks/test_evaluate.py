@@ -35,8 +35,7 @@ def test_a_policy_alone_scored_from_lames_forward_has_the_rows_of_its_own_learne
     assert built == ["lame"]  # one learner, one forward per batch
     apart = [row for pair in (("none", policy), ("lame", policy))
              for row in evaluate.run_unit(config, model, evaluate.Unit(run, (pair,)), source, cache_dir=tmp_path)]
-    key = lambda row: grid.row_key(row)  # noqa: E731
-    assert sorted(shared, key=key) == sorted(apart, key=key) and len(shared) == 4
+    assert sorted(shared, key=grid.row_key) == sorted(apart, key=grid.row_key) and len(shared) == 4
     none = {r["corruption"]: r["errors"] for r in shared if r["method"] == "none"}
     lame = {r["corruption"]: r["errors"] for r in shared if r["method"] == "lame"}
     assert none != lame  # two predictions were scored, not one twice
