@@ -37,7 +37,7 @@ Pair = tuple[str, str]
 
 @dataclasses.dataclass
 class Tally:
-    """Images seen and misclassified in one domain."""
+    """Images seen and misclassified in one domain (an output row with a NaN or an infinity is wrong)."""
 
     n: int = 0
     errors: int = 0
@@ -144,7 +144,7 @@ def evaluate_batches(
                 else:
                     scored = [(name, model(x))]
                 for scored_name, output in scored:
-                    wrong = (output.argmax(dim=1) != y).cpu()
+                    wrong = ((output.argmax(dim=1) != y) | ~output.isfinite().all(dim=1)).cpu()
                     for domain, index in groups.items():
                         tally = tallies[scored_name].setdefault(domain, Tally())
                         tally.n += len(index)

@@ -25,6 +25,7 @@ import os
 import re
 import secrets
 import socket
+import stat
 import time
 import zlib
 from collections.abc import Callable
@@ -41,6 +42,8 @@ STALE_TMP_AGE = 24 * 3600
 (another host, or a name without a process id)."""
 _FORMAT = 1
 _READ_CHUNK = 1 << 22
+RECORD_LIMIT = 1 << 16
+"""Bytes a checksum record may hold (a record is under 200); a larger or special file is refused."""
 _TMP_NAME = re.compile(r"^\.(?P<key>[^.]+)\.(?P<pid>\d+)@(?P<host>.+)\.[0-9a-f]{16}\.(npy|json)\.tmp$")
 
 
@@ -66,6 +69,23 @@ def file_checksum(path: Path) -> tuple[int, int]:
             crc = zlib.crc32(view[:n], crc)
             size += n
     return size, crc
+
+
+def read_record(path: Path, limit: int = RECORD_LIMIT) -> str:
+    """The text of the small regular file at ``path``, opened once and checked on the open file: a
+    directory, device, pipe or socket (also behind a symbolic link) or a file over ``limit`` bytes is an
+    ``OSError``, so a record replaced by a link to ``/dev/zero`` or a FIFO is never read without bound."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(f"{path} is not a regular file")
+        if info.st_size > limit:
+            raise OSError(f"{path} holds {info.st_size} bytes, more than a record's {limit}")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(f"{path} holds more than a record's {limit} bytes")
+    return data.decode()
 
 
 def _host() -> str:
@@ -117,14 +137,14 @@ class DomainCache:
         """Why ``path(key)`` does not match its record (a phrase: "is damaged (...)"), or None if it does."""
         record_path = self.record_path(key)
         try:
-            record = json.loads(record_path.read_text())
+            record = json.loads(read_record(record_path))
             expected_size, expected_crc = int(record["bytes"]), int(record["crc32"])
             if record.get("format") != _FORMAT:
                 return f"cannot be verified (its record {record_path} has format {record.get('format')!r})"
         except FileNotFoundError:
             return (f"cannot be verified (no checksum record {record_path}: written before records were "
                     "kept, or the record was deleted)")
-        except (OSError, ValueError, KeyError, TypeError) as error:
+        except (OSError, ValueError, KeyError, TypeError) as error:  # UnicodeDecodeError is a ValueError
             return f"cannot be verified (unreadable checksum record {record_path}: {error})"
         path = self.path(key)
         size = path.stat().st_size

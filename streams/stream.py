@@ -16,14 +16,17 @@ Design:
 
 from __future__ import annotations
 
+import dis
 import hashlib
 import logging
+import sys
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from types import CodeType, FrameType
 
 import numpy as np
 import torch
@@ -64,7 +67,29 @@ class Batch:
     domain: list[Domain]
 
     def __iter__(self) -> Iterator[torch.Tensor | list[Domain]]:
+        targets = _unpack_targets(sys._getframe(1))
+        if targets not in (None, 3):
+            raise ValueError(
+                f"a stream's batch unpacks into three values, x, y and domain, not {targets}: "
+                "write `for x, y, _ in stream` (or use batch.x, batch.y)"
+            )
         return iter((self.x, self.y, self.domain))
+
+
+def _unpack_targets(frame: FrameType) -> int | None:
+    """How many names the instruction running in ``frame`` unpacks into (``a, b = ...``), or None when it
+    is no plain unpacking or cannot be read: only to turn Python's bare "too many values to unpack" into a
+    message that names the batch's three parts."""
+    return _unpack_targets_at(frame.f_code, frame.f_lasti)
+
+
+@lru_cache(maxsize=256)
+def _unpack_targets_at(code: CodeType, offset: int) -> int | None:
+    try:
+        instruction = next(i for i in dis.get_instructions(code) if i.offset == offset)
+    except (StopIteration, TypeError, ValueError):
+        return None
+    return instruction.argval if instruction.opname == "UNPACK_SEQUENCE" else None
 
 
 @dataclass(frozen=True)

@@ -62,14 +62,23 @@ class CorrelationMeter:
         self.samples = 0  # in those batches
 
     def update(self, logits: Tensor) -> float | None:
-        """Add one batch's ``(batch, classes)`` outputs (logits or probabilities); return its distance to the
-        reference, or None for the first batch, which has none."""
-        if logits.dim() != 2 or logits.shape[0] == 0:
+        """Add one batch's ``(batch, classes)`` floating-point outputs (logits or probabilities); return its
+        distance to the reference, or None when there is none (the first batch). A row with a NaN or an
+        infinity has no predicted class: it is left out, and a batch with no finite row changes nothing."""
+        if not isinstance(logits, Tensor):
+            raise TypeError(f"CorrelationMeter needs a tensor of (batch, classes) outputs, got {type(logits).__name__}")
+        if logits.dim() != 2 or logits.shape[0] == 0 or logits.shape[1] == 0:
             raise ValueError(f"CorrelationMeter needs (batch, classes) outputs, got shape {tuple(logits.shape)}")
+        if not logits.dtype.is_floating_point:
+            raise TypeError(f"CorrelationMeter needs floating-point outputs (logits or probabilities), got {logits.dtype}")
         classes = logits.shape[1]
         if self.counts is not None and len(self.counts) != classes:
             raise ValueError(f"CorrelationMeter saw {len(self.counts)} classes so far, now {classes}; reset() first")
-        batch = torch.bincount(logits.detach().argmax(1).cpu(), minlength=classes).double()
+        logits = logits.detach()
+        predicted = logits.argmax(1)[logits.isfinite().all(1)].cpu()
+        if not len(predicted):
+            return None
+        batch = torch.bincount(predicted, minlength=classes).double()
         distance = None
         if self.counts is None:
             self.counts = batch
@@ -77,7 +86,7 @@ class CorrelationMeter:
             distance = total_variation(batch / batch.sum(), self.counts / self.counts.sum())
             self.total_distance += distance
             self.batches += 1
-            self.samples += len(logits)
+            self.samples += len(predicted)
             self.counts += batch
         return distance
 

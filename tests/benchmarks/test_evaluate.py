@@ -1,9 +1,12 @@
 """``benchmarks.evaluate``: a policy alone scored from the forward of LAME over it gives the rows of its own
-learner, and the grid's units group the two."""
+learner, the grid's units group the two, and a non-finite output row is scored wrong."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
+import torch
 
 from benchmarks import evaluate, grid
 from benchmarks.models import load_bundled_model
@@ -60,3 +63,14 @@ def test_continual_units_put_each_policy_alone_with_lame_over_it_and_other_metho
 def test_a_grid_without_an_output_level_method_runs_each_pair_alone():
     config = small_config("continual", "none,tent", "tbn")
     assert [u.pairs for u in evaluate.units(config, lambda key: False)] == [(("none", "tbn"),), (("tent", "tbn"),)]
+
+
+def test_an_output_row_with_a_nan_or_an_infinity_is_scored_wrong_whatever_its_argmax():
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            # argmax of row 0 (NaN) and row 1 (+inf at class 0) is class 0, the label: both are still wrong
+            return torch.tensor([[float("nan"), 0.0], [float("inf"), 0.0], [2.0, 1.0], [0.0, 1.0]])
+
+    batch = SimpleNamespace(x=torch.zeros(4, 1, 2, 2), y=torch.tensor([0, 0, 0, 0]), domain=[("fog", 5)] * 4)
+    tallies = evaluate.evaluate_batches({"m": Fixed()}, [batch])
+    assert (tallies["m"][("fog", 5)].n, tallies["m"][("fog", 5)].errors) == (4, 3)

@@ -209,3 +209,36 @@ def test_two_processes_building_the_same_domain_at_once_both_end_with_the_valid_
         cached = DomainCache(tmp_path).load("k")
     assert cached is not None and np.array_equal(cached, expected) and not caplog.records
     assert not list((tmp_path / "domains").glob(".*"))  # no temporary file left behind
+
+
+READER = """
+import resource, sys
+from streams.cache import DomainCache
+size = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (size + (1 << 30),) * 2)  # an unbounded read fails fast, not the machine
+print("miss" if DomainCache(sys.argv[1]).load(sys.argv[2]) is None else "hit")
+"""
+
+
+@pytest.mark.parametrize("kind", ["link to /dev/zero", "fifo", "oversized", "directory"])
+def test_a_checksum_record_that_is_not_a_small_regular_file_is_refused_unread(tmp_path, kind):
+    """A shared cache folder can hold anything under a record's name: the reader refuses what is not a
+    small regular file (a miss, rebuilt), in bounded memory and without blocking."""
+    cache = DomainCache(tmp_path)
+    cache.store("k", (2, 1, 2, 2), lambda out: out.fill(7))
+    record = cache.record_path("k")
+    record.unlink()
+    if kind == "link to /dev/zero":
+        record.symlink_to("/dev/zero")
+    elif kind == "fifo":
+        os.mkfifo(record)
+    elif kind == "oversized":
+        record.write_text(" " * (1 << 20) + "{}")
+    else:
+        record.mkdir()
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    reader = subprocess.run([sys.executable, "-c", READER, str(tmp_path), "k"], capture_output=True, text=True,
+                            timeout=120, env=env)
+    assert reader.returncode == 0, reader.stderr
+    assert reader.stdout.strip() == "miss"
+    assert "unreadable checksum record" in reader.stderr and str(record) in reader.stderr

@@ -182,8 +182,15 @@ def test_batch_unpacks_as_x_y_domain_and_keeps_its_fields(tmp_path):
         assert torch.equal(x, b.x) and torch.equal(y, b.y) and domain == b.domain
     x, y, _ = batches[0]
     assert x is batches[0].x and y is batches[0].y
-    with pytest.raises(ValueError, match="too many values to unpack"):
+    with pytest.raises(ValueError, match=r"unpacks into three values, x, y and domain, not 2.*for x, y, _ in stream"):
         x, y = batches[0]  # the 2-tuple form is not offered: write `x, y, _ = batch`
+    with pytest.raises(ValueError, match="unpacks into three values, x, y and domain, not 2"):
+        for x, y in stream:
+            pass
+    with pytest.raises(ValueError, match="unpacks into three values, x, y and domain, not 4"):
+        x, y, domain, extra = batches[0]
+    x, *rest = batches[0]  # every other way of iterating is untouched
+    assert rest[1] == batches[0].domain and len(list(batches[0])) == 3
 
 
 @pytest.mark.parametrize("num_workers", [0, 1])

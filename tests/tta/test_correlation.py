@@ -66,6 +66,34 @@ def test_bad_outputs_are_named() -> None:
         meter.update(torch.zeros(4, 5))
 
 
+@pytest.mark.parametrize("outputs, error, message", [
+    (torch.zeros(4, 0), ValueError, r"got shape \(4, 0\)"),
+    (torch.zeros(0, 3), ValueError, r"got shape \(0, 3\)"),
+    (torch.zeros(4, 3, dtype=torch.bool), TypeError, "floating-point outputs.*torch.bool"),
+    (torch.zeros(4, 3, dtype=torch.complex64), TypeError, "floating-point outputs.*torch.complex64"),
+    (torch.zeros(4, 3, dtype=torch.int64), TypeError, "floating-point outputs.*torch.int64"),
+    ([[0.0, 1.0]], TypeError, "needs a tensor"),
+])
+def test_outputs_that_are_not_a_batch_of_real_scores_are_refused_before_counting(outputs, error, message) -> None:
+    meter = CorrelationMeter()
+    meter.update(one_hot([0, 1, 2], 3))
+    with pytest.raises(error, match=message):
+        meter.update(outputs)
+    assert meter.counts.tolist() == [1.0, 1.0, 1.0] and meter.batches == 0
+
+
+def test_rows_with_a_nan_or_an_infinity_are_not_counted_as_predictions() -> None:
+    meter = CorrelationMeter()
+    meter.update(one_hot([0, 1, 1, 0]))
+    # one NaN row and one +inf row beside the finite class-1 rows: only those count; TV((0, 1), (1/2, 1/2)) = 1/2
+    batch = torch.cat([one_hot([1, 1]), torch.tensor([[float("nan"), 0.0], [0.0, float("inf")]])])
+    assert meter.update(batch) == pytest.approx(0.5)
+    assert meter.counts.tolist() == [2.0, 4.0] and meter.samples == 2
+    # a batch with no finite row has no predicted class at all: nothing moves
+    assert meter.update(torch.full((4, 2), float("nan"))) is None
+    assert meter.counts.tolist() == [2.0, 4.0] and meter.batches == 1 and meter.value == pytest.approx(0.5)
+
+
 def test_expected_iid_distance_by_enumeration() -> None:
     # B = 4, q = (1/2, 1/2): |X/4 - 1/2| is 1/2, 1/4, 0, 1/4, 1/2 with probabilities 1, 4, 6, 4, 1 over 16:
     # mean 3/16 per class, TV = 0.5 * 2 * 3/16
