@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import weakref
 from typing import Any, Callable
 
 import numpy as np
@@ -14,6 +15,16 @@ from tta.policies.base import NormPolicy
 from tta.stats import all_finite
 
 logger = logging.getLogger(__name__)
+
+# Each policy layer a learner holds, to the learner (both weak: a learner dropped unreleased holds nothing).
+_HOLDERS: weakref.WeakKeyDictionary[NormPolicy, weakref.ref[Method]] = weakref.WeakKeyDictionary()
+
+
+def holder_of(layer: NormPolicy) -> Method | None:
+    """The attached learner that holds ``layer``, or None."""
+    ref = _HOLDERS.get(layer)
+    holder = None if ref is None else ref()
+    return None if holder is None or holder.released else holder
 
 
 def seeded_generator(seed: int, step: int) -> torch.Generator:
@@ -42,11 +53,12 @@ class Method(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        if any(isinstance(m, Method) for m in model.modules()):
-            raise ValueError(
-                "the model already has a method attached; tta.detach(model) first, or attach to a fresh model"
-            )
         layers = [m for m in model.modules() if isinstance(m, NormPolicy)]
+        if any(isinstance(m, Method) for m in model.modules()) or any(holder_of(m) is not None for m in layers):
+            raise ValueError(
+                "the model already has a method attached (it is a learner, holds one, or its policy layers are "
+                "held by one); tta.detach(learner) first, or attach to a fresh model"
+            )
         if not layers:
             raise ValueError(
                 f"{type(self).__name__} needs a model whose BatchNorm layers were swapped by "
@@ -57,6 +69,12 @@ class Method(nn.Module):
         self.paused = False
         self.released = False
         self.training = model.training  # the model's mode, untouched (a method never calls train())
+        self.hold(layers)
+
+    def hold(self, layers: list[NormPolicy]) -> None:
+        """Mark ``layers`` as this learner's until :meth:`release`: no other method attaches to them."""
+        for layer in layers:
+            _HOLDERS[layer] = weakref.ref(self)
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_attached()

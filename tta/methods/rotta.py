@@ -89,6 +89,7 @@ class RoTTA(GradientMethod):
         self.train_affine(lr=lr, betas=(beta1, beta2), weight_decay=weight_decay)
         self.teacher = copy.deepcopy(model).requires_grad_(False)
         self.teacher_layers = [m for m in self.teacher.modules() if isinstance(m, NormPolicy)]
+        self.hold(self.teacher_layers)
         self.teacher_params = list(
             {id(p): p for layer in self.teacher_layers for p in layer.affine_parameters()}.values()
         )

@@ -271,3 +271,36 @@ def test_a_layer_shared_by_two_places_trains_its_parameters_once() -> None:
     assert len(tent.layers) == 1 and len(tent.params) == 2
     tent(torch.randn(5, 4, generator=torch.Generator().manual_seed(0)))
     assert int(tent.updates) == 1
+
+
+@pytest.mark.parametrize("method", tta.methods())
+def test_a_model_whose_layers_a_learner_holds_takes_no_second_method(method: str) -> None:
+    model = tta.adapt(build("small_cnn"), "rbn")
+    first = tta.attach_method(model, "tent")
+    for target in (model, first, first.model, nn.Sequential(model, nn.Identity())):
+        with pytest.raises(ValueError, match="already has a method attached"):
+            tta.attach_method(target, method)
+    tta.detach(first)
+    assert all(p.requires_grad for p in model.parameters()), "the refusals changed the model"
+
+
+def test_a_model_can_take_a_method_again_once_its_learner_is_detached() -> None:
+    model = tta.adapt(build("small_cnn"), "rbn")
+    tta.detach(tta.attach_method(model, "tent"), keep_adapted=True)
+    weight = model[1].weight.detach().clone()
+    again = tta.attach_method(tta.adapt(model, "rbn"), "lame")
+    again(inputs("small_cnn", 4, 0))
+    assert torch.equal(model[1].weight, weight)  # lame trains nothing
+
+
+def test_the_teacher_of_a_rotta_learner_takes_no_method() -> None:
+    rotta = tta.attach_method(tta.adapt(build("small_cnn"), "rbn"), "rotta")
+    with pytest.raises(ValueError, match="already has a method attached"):
+        tta.attach_method(rotta.teacher, "tent")
+
+
+def test_a_refused_attach_leaves_the_layers_free_for_another_method() -> None:
+    model = tta.adapt(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval(), "rbn")
+    with pytest.raises(ValueError, match="has none"):
+        tta.attach_method(model, "lame")
+    assert tta.attach_method(model, "tent").layers == [model[1]]
