@@ -60,8 +60,10 @@ class RoTTA(GradientMethod):
     policy layers adapt by their ``paused`` flag; dropout stays off); the EMA averages the affine
     parameters only (every other parameter is frozen and equal in teacher and student; the official
     average over all parameters changes them only by rounding); a non-finite loss or gradient skips the step, and a sample with a
-    non-finite value or prediction is kept out of the memory (it still counts towards the next update;
-    both logged), where the official code would carry the NaN into every later update.
+    non-finite value or prediction is kept out of the memory (it still counts towards the next update,
+    as every sample does in the official code; both logged), where the official code would carry the NaN
+    into every later update; an update due while the memory is empty is skipped whole (no forward, step
+    or teacher average, not counted in ``updates``; logged).
     """
 
     def __init__(
@@ -123,7 +125,11 @@ class RoTTA(GradientMethod):
         return logits
 
     def update_model(self) -> None:
-        """Teacher and student see the memory, one Adam step on the student, the teacher's EMA."""
+        """Teacher and student see the memory, one Adam step on the student, the teacher's EMA; with an
+        empty memory (every sample since the start non-finite) nothing, logged."""
+        if not len(self.memory):
+            logger.warning("rotta: an update is due but the memory is empty; it is skipped")
+            return
         data, ages = self.memory.contents()
         with torch.no_grad():
             teacher_logits = self.teacher(data)
