@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tta.policies.base import NormPolicy
+from tta.policies.base import NormPolicy, pausing
 from tta.stats import all_finite
 
 logger = logging.getLogger(__name__)
@@ -43,6 +43,12 @@ class Method(nn.Module):
     values) :meth:`reset` restores, while
     :func:`tta.reset` on the learner restores that and the policy layers together. State that must be
     saved is in buffers or in the module's extra state, so ``state_dict()`` holds all of it.
+
+    The model must return ``(batch, classes)`` logits; every model output a method uses passes
+    :meth:`check_logits`, before a step uses it. A model's forward also updates the policy layers, so
+    before a learner's first adapting call :meth:`probe_output` checks the output of one paused forward
+    (which changes nothing): a model that never returns logits is refused with no state changed, at the
+    cost of one forward per learner.
     """
 
     method_name: str = ""  # set by tta.registry.register_method
@@ -68,6 +74,7 @@ class Method(nn.Module):
         self.layers = layers  # a plain list: the layers are registered once, inside the model
         self.paused = False
         self.released = False
+        self.output_checked = False
         self.training = model.training  # the model's mode, untouched (a method never calls train())
         self.hold(layers)
 
@@ -79,7 +86,9 @@ class Method(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         self.check_attached()
         if self.paused:
-            return self.predict(x)
+            return self.check_logits(self.predict(x), len(x))
+        self.check_input(x)
+        self.probe_output(x)
         return self.forward_and_adapt(x)
 
     def forward_with_model_output(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -95,6 +104,27 @@ class Method(nn.Module):
                 f"this {self.method_name} learner was detached (tta.detach) and its model given back; "
                 "attach the method again with tta.attach_method"
             )
+
+    def check_input(self, x: Tensor) -> None:
+        """Refuse, before anything runs, an input the method cannot adapt on; any here."""
+
+    def check_logits(self, output: object, batch: int) -> Tensor:
+        """``output`` if it is ``(batch, classes)`` logits, else a ValueError naming what the model returned."""
+        if not isinstance(output, Tensor) or output.dim() != 2 or len(output) != batch:
+            got = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+            raise ValueError(
+                f"{self.method_name} needs (batch, classes) logits from the model for a batch of {batch}; "
+                f"it returned {got}"
+            )
+        return output
+
+    def probe_output(self, x: Tensor) -> None:
+        """Once per learner, before its first adapting call: :meth:`check_logits` on a paused forward of ``x``."""
+        if self.output_checked or self.paused:
+            return
+        with torch.no_grad(), pausing(self.layers):
+            self.check_logits(self.model(x), len(x))
+        self.output_checked = True
 
     def predict(self, x: Tensor) -> Tensor:
         """The prediction while paused, with no update: the adapted model's forward (RoTTA: its teacher's)."""

@@ -107,7 +107,7 @@ class RoTTA(GradientMethod):
         with torch.inference_mode(False):
             x = x.clone() if x.is_inference() else x.detach()
             with torch.no_grad(), pausing(self.teacher_layers):
-                logits = self.teacher(x)
+                logits = self.check_logits(self.teacher(x), len(x))
             probs = logits.detach().softmax(1)
             labels = probs.argmax(1).tolist()
             entropies = -(probs * torch.log(probs + 1e-6)).sum(1)
@@ -132,10 +132,10 @@ class RoTTA(GradientMethod):
             return
         data, ages = self.memory.contents()
         with torch.no_grad():
-            teacher_logits = self.teacher(data)
+            teacher_logits = self.check_logits(self.teacher(data), len(data))
         augmented = self.augmented(data)
         with torch.enable_grad():
-            student_logits = self.model(augmented)
+            student_logits = self.check_logits(self.model(augmented), len(augmented))
             weights = timeliness_weights(ages, self.capacity).to(student_logits.device)
             self.step((soft_cross_entropy(student_logits, teacher_logits) * weights).mean())
         with torch.no_grad():

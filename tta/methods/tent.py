@@ -64,7 +64,7 @@ class Tent(GradientMethod):
             if x.is_inference():
                 x = x.clone()  # an inference tensor cannot be saved for the backward
             for _ in range(self.steps):
-                outputs = self.model(x)
+                outputs = self.check_logits(self.model(x), len(x))
                 if self.step(softmax_entropy(outputs).mean(0)):
                     self.updates += 1
         return outputs.detach()

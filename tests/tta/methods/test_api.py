@@ -4,6 +4,8 @@ and dropout, the global RNG, inference mode, nesting in a bigger model, casts.""
 from __future__ import annotations
 
 import copy
+from typing import Callable
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,8 @@ from torch import nn
 
 import tta
 from tests.tta.conftest import build, give_source_statistics, inputs
-from tests.tta.methods.conftest import learner, run
+from tests.tta.methods.conftest import TEST_OPTIONS, assert_same, learner, run, snapshot
+from tta.methods.base import GradientMethod
 
 
 def test_methods_and_their_options_are_listed() -> None:
@@ -304,3 +307,53 @@ def test_a_refused_attach_leaves_the_layers_free_for_another_method() -> None:
     with pytest.raises(ValueError, match="has none"):
         tta.attach_method(model, "lame")
     assert tta.attach_method(model, "tent").layers == [model[1]]
+
+
+class Reshaped(nn.Module):
+    """A classifier whose (batch, classes) logits ``reshape`` turns into another output, from ``after`` calls on."""
+
+    def __init__(self, model: nn.Module, reshape: Callable[[torch.Tensor], object], after: int = 0) -> None:
+        super().__init__()
+        self.model, self.reshape, self.after, self.calls = model, reshape, after, 0
+
+    def forward(self, x: torch.Tensor) -> object:
+        self.calls += 1
+        logits = self.model(x)
+        return logits if self.calls <= self.after else self.reshape(logits)
+
+
+BAD_OUTPUTS = {
+    "(B, K, H, W)": lambda y: y[:, :, None, None].expand(-1, -1, 2, 2),
+    "(B,)": lambda y: y[:, 0],
+    "(B - 1, K)": lambda y: y[1:],
+    "tuple": lambda y: (y, y),
+    "dict": lambda y: {"logits": y},
+}
+BAD_OUTPUT_MESSAGE = r"needs \(batch, classes\) logits from the model for a batch of 4; it returned"
+
+
+@pytest.mark.parametrize("output", BAD_OUTPUTS)
+@pytest.mark.parametrize("method", tta.methods())
+def test_every_method_refuses_an_output_that_is_not_logits_before_any_state_changes(method: str, output: str) -> None:
+    model = tta.adapt(Reshaped(build("small_cnn"), BAD_OUTPUTS[output]), "rbn")
+    attached = tta.attach_method(model, method, **TEST_OPTIONS.get(method, {}))
+    before = snapshot(attached)
+    for _ in range(2):
+        with pytest.raises(ValueError, match=f"{method} {BAD_OUTPUT_MESSAGE}"):
+            attached(inputs("small_cnn", 4, 0))
+        assert_same(snapshot(attached), before)
+
+
+@pytest.mark.parametrize("method", [m for m in tta.methods() if issubclass(tta.get_method(m), GradientMethod)])
+def test_an_output_that_turns_bad_later_is_refused_before_any_step(method: str) -> None:
+    """Two good forwards of the model (and of RoTTA's teacher, a copy), then (B,) outputs: the second
+    batch's forward fails, and the trained parameters and optimizer state are those after the first."""
+    model = tta.adapt(Reshaped(build("small_cnn"), BAD_OUTPUTS["(B,)"], after=2), "rbn")
+    options = {"update_frequency": 4} if method == "rotta" else {}
+    attached = tta.attach_method(model, method, **options)
+    attached(inputs("small_cnn", 4, 0))
+    trained = copy.deepcopy((attached.params, attached.optimizer.state_dict()))
+    assert int(attached.updates) == 1
+    with pytest.raises(ValueError, match=f"{method} {BAD_OUTPUT_MESSAGE}"):
+        attached(inputs("small_cnn", 4, 1))
+    assert_same(copy.deepcopy((attached.params, attached.optimizer.state_dict())), trained)
