@@ -9,7 +9,7 @@ from typing import Annotated
 import torch
 from torch import Tensor, nn
 
-from tta.methods.base import GradientMethod, seeded_generator
+from tta.methods.base import LEARNING_RATE, GradientMethod, seeded_generator
 from tta.methods.memory import CSTUMemory
 from tta.methods.strong_augment import strong_augment
 from tta.options import Choice, Range
@@ -59,7 +59,8 @@ class RoTTA(GradientMethod):
     Departures from the official code, on purpose: the model is never switched to ``train()`` (the
     policy layers adapt by their ``paused`` flag; dropout stays off); the EMA averages the affine
     parameters only (every other parameter is frozen and equal in teacher and student; the official
-    average over all parameters changes them only by rounding); a non-finite loss or gradient skips the step, and a sample with a
+    average over all parameters changes them only by rounding); a non-finite loss or gradient skips the step
+    (a step that makes a parameter non-finite is undone), and a sample with a
     non-finite value or prediction is kept out of the memory (it still counts towards the next update,
     as every sample does in the official code; both logged), where the official code would carry the NaN
     into every later update; an update due while the memory is empty is skipped whole (no forward, step
@@ -72,7 +73,7 @@ class RoTTA(GradientMethod):
         *,
         capacity: Annotated[int, Range(1)] = 64,
         update_frequency: Annotated[int, Range(1)] = 64,
-        lr: Annotated[float, Range(0, low_open=True)] = 1e-3,
+        lr: Annotated[float, LEARNING_RATE] = 1e-3,
         beta1: Annotated[float, Range(0, 1, high_open=True)] = 0.9,
         beta2: Annotated[float, Range(0, 1, high_open=True)] = 0.999,
         weight_decay: Annotated[float, Range(0)] = 0.0,

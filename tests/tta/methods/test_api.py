@@ -44,7 +44,7 @@ def test_unknown_option_names_the_accepted_ones() -> None:
 
 # (option, values refused for their type, values refused for their range, values accepted), by hand
 TENT_CASES = [
-    ("lr", ["0.001", None, True], [0.0, -1e-3, float("nan"), float("inf")], [1e-4, 1, np.float32(0.01)]),
+    ("lr", ["0.001", None, True], [0.0, -1e-3, 1.5, 1e308, float("nan"), float("inf")], [1e-4, 1, np.float32(0.01)]),
     ("beta1", [None], [1.0, -0.1], [0.0, 0.5]),
     ("beta2", ["0.999"], [1.0, 1.5], [0.0, 0.99]),
     ("weight_decay", [False], [-1e-4, float("nan")], [0.0, 1e-2]),
@@ -67,6 +67,15 @@ def test_each_tent_option_is_checked_for_type_and_range(
     for value in accepted:
         stored = getattr(tta.attach_method(tta.adapt(build("small_cnn"), "tbn"), "tent", **{option: value}), option)
         assert stored == value and type(stored) is type(tta.method_options("tent")[option])
+
+
+@pytest.mark.parametrize("method", tta.methods())
+def test_every_learning_rate_lies_in_0_to_1(method: str) -> None:
+    """Adam moves each parameter by about ``lr`` per step, and the affine parameters are of order 1."""
+    for option in {"lr"} & set(tta.method_options(method)):
+        assert tta.registry.check_method_options(method, {option: 1.0}) == {option: 1.0}
+        with pytest.raises(ValueError, match=rf"method '{method}' option '{option}' must lie in \(0, 1\], got 1.01"):
+            tta.attach_method(tta.adapt(build("small_cnn"), "rbn"), method, **{option: 1.01})
 
 
 def test_every_declared_tent_option_has_a_case_here() -> None:
