@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tta.options import Range
+from tta.options import Range, declared_options
 from tta.policies.base import NormPolicy, pausing
 from tta.stats import all_finite
 
@@ -49,7 +49,10 @@ class Method(nn.Module):
     :func:`tta.detach` through :meth:`release`); the state it holds itself (optimizer, counters, initial
     values) :meth:`reset` restores, while
     :func:`tta.reset` on the learner restores that and the policy layers together. State that must be
-    saved is in buffers or in the module's extra state, so ``state_dict()`` holds all of it.
+    saved is in buffers or in the module's extra state, so ``state_dict()`` holds all of it. The extra
+    state holds the learner's options too (:meth:`options`: a subclass keeps each constructor option as
+    the attribute of its name), and ``load_state_dict`` refuses a state saved with other options before
+    loading anything into the learner.
 
     The model must return ``(batch, classes)`` logits; every model output a method uses passes
     :meth:`check_logits`, before a step uses it. A model's forward also updates the policy layers, so
@@ -162,6 +165,38 @@ class Method(nn.Module):
         method learned. Nothing to undo here."""
         return self.model
 
+    def options(self) -> dict[str, object]:
+        """The learner's options, its constructor's keyword arguments (:func:`tta.method_options`)."""
+        return {name: getattr(self, name) for name in declared_options(type(self).__init__)}
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"options": self.options()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        """Nothing to load: the options were compared before (:meth:`check_saved_options`)."""
+
+    def check_saved_options(self, state: dict[str, Any]) -> None:
+        """Refuse the extra state of a learner made with other options, naming each that differs."""
+        saved, mine = state.get("options"), self.options()
+        if saved is None:
+            raise ValueError(f"cannot load a {self.method_name} state that holds no options (saved by an older tta)")
+        differ = [
+            f"{name}={saved.get(name)!r} in the state, {mine.get(name)!r} here"
+            for name in {**mine, **saved}
+            if saved.get(name) != mine.get(name)
+        ]
+        if differ:
+            raise ValueError(
+                f"cannot load a {self.method_name} state saved with other options: {'; '.join(differ)}; attach "
+                "the method with the state's options to load it"
+            )
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        extra = state_dict.get(f"{prefix}_extra_state")
+        if extra is not None:  # before this learner, or the model it holds, loads anything
+            self.check_saved_options(extra)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
     def extra_repr(self) -> str:
         return f"method={self.method_name!r}"
 
@@ -249,7 +284,7 @@ class GradientMethod(Method):
         return True
 
     def get_extra_state(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict()}
+        return {**super().get_extra_state(), "optimizer": self.optimizer.state_dict()}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
