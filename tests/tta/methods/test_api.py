@@ -366,3 +366,32 @@ def test_an_output_that_turns_bad_later_is_refused_before_any_step(method: str) 
     with pytest.raises(ValueError, match=f"{method} {BAD_OUTPUT_MESSAGE}"):
         attached(inputs("small_cnn", 4, 1))
     assert_same(copy.deepcopy((attached.params, attached.optimizer.state_dict())), trained)
+
+
+def test_a_method_name_given_to_adapt_and_a_policy_name_given_to_attach_method_say_where_they_belong() -> None:
+    model = build("small_cnn")
+    expected = r"unknown policy 'rotta'; .*; 'rotta' is a method: tta\.attach_method\(model, 'rotta'\)"
+    with pytest.raises(ValueError, match=expected):
+        tta.adapt(model, "rotta")
+    with pytest.raises(ValueError, match=r"unknown method 'rbn'; .*; 'rbn' is a policy: tta\.adapt\(model, 'rbn'\)"):
+        tta.attach_method(tta.adapt(model, "tbn"), "rbn")
+
+
+# (kind, name given, the suggestion's end of the message): wrong case and misspellings, by hand
+CLOSE_NAMES = [
+    ("policy", "RBN", "; did you mean 'rbn'?"),
+    ("policy", "momentum_decy", "; did you mean 'momentum_decay'?"),
+    ("policy", "Tent", "; 'tent' is a method: tta.attach_method(model, 'tent')"),
+    ("method", "rota", "; did you mean 'rotta'?"),
+    ("method", "LAME", "; did you mean 'lame'?"),
+    ("method", "AdaBN", "; 'adabn' is a policy: tta.adapt(model, 'adabn')"),
+    ("method", "xyzzy", "known methods: none, tent, rotta, dua, lame"),
+]
+
+
+@pytest.mark.parametrize("kind, name, suggestion", CLOSE_NAMES)
+def test_a_wrong_name_is_refused_with_the_closest_known_one(kind: str, name: str, suggestion: str) -> None:
+    model = tta.adapt(build("small_cnn"), "tbn") if kind == "method" else build("small_cnn")
+    with pytest.raises(ValueError, match=f"unknown {kind} '{name}'") as refused:
+        tta.attach_method(model, name) if kind == "method" else tta.adapt(model, name)
+    assert str(refused.value).endswith(suggestion)
