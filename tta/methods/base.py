@@ -86,12 +86,20 @@ class Method(nn.Module):
         self.released = False
         self.output_checked = False
         self.training = model.training  # the model's mode, untouched (a method never calls train())
+        self.held: list[NormPolicy] = []
         self.hold(layers)
 
     def hold(self, layers: list[NormPolicy]) -> None:
-        """Mark ``layers`` as this learner's until :meth:`release`: no other method attaches to them."""
-        for layer in layers:
+        """Mark ``layers`` (and those held before) as this learner's until :meth:`release`: no other method
+        attaches to them."""
+        self.held += layers
+        for layer in self.held:
             _HOLDERS[layer] = weakref.ref(self)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A copy (``copy.deepcopy``, unpickling) holds its own copies of the layers."""
+        super().__setstate__(state)
+        self.hold([])
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_attached()

@@ -395,3 +395,16 @@ def test_a_wrong_name_is_refused_with_the_closest_known_one(kind: str, name: str
     with pytest.raises(ValueError, match=f"unknown {kind} '{name}'") as refused:
         tta.attach_method(model, name) if kind == "method" else tta.adapt(model, name)
     assert str(refused.value).endswith(suggestion)
+
+
+@pytest.mark.parametrize("method", ["tent", "rotta"])
+def test_a_copy_of_a_learner_holds_its_own_layers(method: str) -> None:
+    original = tta.attach_method(tta.adapt(build("small_cnn"), "rbn"), method)
+    twin = copy.deepcopy(original)
+    assert twin.layers[0] is not original.layers[0] and twin.layers[0] is twin.model[1]
+    for target in (twin.model, original.model):
+        with pytest.raises(ValueError, match="already has a method attached"):
+            tta.attach_method(target, "tent")
+    if method == "rotta":
+        with pytest.raises(ValueError, match="already has a method attached"):
+            tta.attach_method(twin.teacher, "tent")
