@@ -59,12 +59,12 @@ class RoTTA(GradientMethod):
     Departures from the official code, on purpose: the model is never switched to ``train()`` (the
     policy layers adapt by their ``paused`` flag; dropout stays off); the EMA averages the affine
     parameters only (every other parameter is frozen and equal in teacher and student; the official
-    average over all parameters changes them only by rounding); a non-finite loss or gradient skips the step
-    (a step that makes a parameter non-finite is undone), and a sample with a
-    non-finite value or prediction is kept out of the memory (it still counts towards the next update,
-    as every sample does in the official code; both logged), where the official code would carry the NaN
-    into every later update; an update due while the memory is empty is skipped whole (no forward, step
-    or teacher average, not counted in ``updates``; logged).
+    average over all parameters changes them only by rounding); a non-finite loss or gradient skips the
+    step (a step that makes a parameter non-finite is undone), and a sample with a non-finite value or
+    prediction is kept out of the memory (it still counts towards the next update, as every sample does
+    in the official code; both logged), where the official code would carry the NaN into every later
+    update; an update due while the memory is empty is skipped whole (no forward, step or teacher
+    average, not counted in ``updates``; logged).
     """
 
     def __init__(
