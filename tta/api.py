@@ -59,6 +59,8 @@ def attach_method(model: nn.Module, method: str, **options: object) -> Method:
     Options are the method's keyword arguments (:func:`tta.method_options`), checked for name, type and
     range before anything changes. Call the learner instead of the model: ``learner(x)`` adapts and
     predicts. :func:`reset`, :func:`paused` and :func:`detach` take the learner (or any model holding it).
+    A model takes one method at a time: a learner, a model holding one, or a model whose policy layers a
+    learner holds is refused until :func:`detach` releases them.
     """
     method_class = get_method(method)
     options = check_method_options(method, options)

@@ -12,17 +12,18 @@ that tie several options together.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import math
 import numbers
 import types
 import typing
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
-__all__ = ["Choice", "Range", "declared_options", "validate_options"]
+__all__ = ["Choice", "Range", "closest", "declared_options", "validate_options"]
 
 # Constructor arguments that adapt() supplies itself, not user options.
 _INTERNAL_ARGS = {"self", "bn", "layer_index", "post_norm"}
@@ -68,6 +69,13 @@ class _Option:
     range: Range | None
     choice: Choice | None = None
     optional: bool = False  # declared ``kind | None``: None is accepted as is
+
+
+def closest(name: str, known: Iterable[str]) -> str | None:
+    """The known name closest to ``name`` ignoring case (``difflib``), or None: for a did-you-mean only."""
+    by_lower = {k.lower(): k for k in known}
+    match = difflib.get_close_matches(name.lower(), list(by_lower), n=1)
+    return by_lower[match[0]] if match else None
 
 
 def declared_options(constructor: Callable[..., object]) -> dict[str, _Option]:
@@ -131,14 +139,17 @@ def validate_options(
     """Check names, types and ranges of ``options``; return them as plain ints, floats, bools and strings.
 
     ``kind`` ("policy" or "method") names what ``name`` is in the messages. Raises ValueError for an
-    unknown name or a value out of range (listing what the policy or method takes), and TypeError for a
-    value of the wrong type.
+    unknown name (listing what the policy or method takes, and the closest, :func:`closest`) or a value
+    out of range, and TypeError for a value of the wrong type.
     """
     declared = declared_options(constructor)
     unknown = sorted(set(options) - set(declared))
     if unknown:
         accepted = ", ".join(f"{k}={v.default!r}" for k, v in declared.items()) or "none"
-        raise ValueError(f"{kind} {name!r} has no option {', '.join(map(repr, unknown))}; it takes: {accepted}")
+        close = {option: match for option in unknown if (match := closest(option, declared))}
+        hints = [f"{match!r}" + (f" for {option!r}" if len(unknown) > 1 else "") for option, match in close.items()]
+        hint = f"; did you mean {', '.join(hints)}?" if hints else ""
+        raise ValueError(f"{kind} {name!r} has no option {', '.join(map(repr, unknown))}; it takes: {accepted}{hint}")
     return {
         option: _checked(f"{kind} {name!r} option {option!r}", declared[option], value)
         for option, value in options.items()

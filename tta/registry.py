@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, Generic, TypeVar
 
-from tta.options import declared_options, validate_options
+from tta.options import closest, declared_options, validate_options
 from tta.policies.base import NormPolicy
 
 if TYPE_CHECKING:
@@ -15,14 +15,18 @@ T = TypeVar("T", bound=type)
 
 
 class Registry(Generic[T]):
-    """Names to classes, in registration order; ``kind`` ("policy", "method") names them in messages.
+    """Names to classes, in registration order; ``kind`` ("policy", "method") names them in messages, and
+    ``usage`` (a format string of the name) shows how a name is used.
 
-    Registering sets ``<kind>_name`` on the class (``policy_name``, ``method_name``).
+    Registering sets ``<kind>_name`` on the class (``policy_name``, ``method_name``). An unknown name's
+    error lists the known ones and points to the closest, or to ``other``, the registry that knows it.
+    Names match exactly: a wrong case is refused, with the right one suggested.
     """
 
-    def __init__(self, kind: str, plural: str) -> None:
-        self.kind, self.plural = kind, plural
+    def __init__(self, kind: str, plural: str, usage: str) -> None:
+        self.kind, self.plural, self.usage = kind, plural, usage
         self.classes: dict[str, T] = {}
+        self.other: Registry | None = None
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorate(cls: T) -> T:
@@ -39,8 +43,20 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         if name not in self.classes:
-            raise ValueError(f"unknown {self.kind} {name!r}; known {self.plural}: {', '.join(self.classes)}")
+            known = f"unknown {self.kind} {name!r}; known {self.plural}: {', '.join(self.classes)}"
+            raise ValueError(known + self.hint(name))
         return self.classes[name]
+
+    def hint(self, name: str) -> str:
+        """Where an unknown ``name`` belongs: the other registry's name it matches ignoring case, else the
+        closest of this one's; empty if none is close."""
+        other = self.other
+        if other is not None:
+            match = next((known for known in other.classes if known.lower() == name.lower()), None)
+            if match is not None:
+                return f"; {match!r} is a {other.kind}: {other.usage.format(repr(match))}"
+        match = closest(name, self.classes)
+        return f"; did you mean {match!r}?" if match else ""
 
     def options(self, name: str) -> dict[str, object]:
         return {key: option.default for key, option in declared_options(self.get(name).__init__).items()}
@@ -49,8 +65,9 @@ class Registry(Generic[T]):
         return validate_options(name, self.get(name).__init__, options, kind=self.kind)
 
 
-_POLICIES: Registry[type[NormPolicy]] = Registry("policy", "policies")
-_METHODS: Registry[type[Method]] = Registry("method", "methods")
+_POLICIES: Registry[type[NormPolicy]] = Registry("policy", "policies", "tta.adapt(model, {})")
+_METHODS: Registry[type[Method]] = Registry("method", "methods", "tta.attach_method(model, {})")
+_POLICIES.other, _METHODS.other = _METHODS, _POLICIES
 
 P = TypeVar("P", bound=type[NormPolicy])
 M = TypeVar("M", bound="type[Method]")

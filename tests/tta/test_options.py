@@ -144,3 +144,15 @@ def test_optional_int_and_optional_choice_are_checked_like_their_type() -> None:
         validate_options("p", constructor, {"mode": 2})
     with pytest.raises(ValueError, match="option 'mode' must be one of 'a', 'b', got 'c'"):
         validate_options("p", constructor, {"mode": "c"})
+
+
+def test_a_misspelt_option_is_refused_with_the_closest_declared_one() -> None:
+    model = build("small_cnn")
+    expected = r"policy 'rbn' has no option 'alhpa'; it takes: alpha=0.05; did you mean 'alpha'\?$"
+    with pytest.raises(ValueError, match=expected):
+        tta.adapt(model, "rbn", alhpa=0.1)
+    expected = r"has no option 'LR', 'stepz'; it takes: .*; did you mean 'lr' for 'LR', 'steps' for 'stepz'\?$"
+    with pytest.raises(ValueError, match=expected):
+        tta.attach_method(tta.adapt(model, "tbn"), "tent", LR=0.1, stepz=2)
+    with pytest.raises(ValueError, match=r"has no option 'xyzzy'; it takes: lr=0.001, .*episodic=False$"):
+        tta.attach_method(model, "tent", xyzzy=1)

@@ -4,16 +4,34 @@ from __future__ import annotations
 
 import copy
 import logging
+import weakref
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tta.policies.base import NormPolicy
+from tta.options import Range, declared_options
+from tta.policies.base import NormPolicy, pausing
 from tta.stats import all_finite
 
 logger = logging.getLogger(__name__)
+
+LEARNING_RATE = Range(0, 1, low_open=True)
+"""The range of a method's Adam learning rate: Adam moves each parameter by about ``lr`` per step whatever
+the gradient's scale, and the affine parameters it trains are of order 1 (a BatchNorm's scale and shift),
+so a larger step overshoots them whole; the official values are 1e-3 (Tent on CIFAR, RoTTA) and 2.5e-4
+(Tent on ImageNet)."""
+
+# Each policy layer a learner holds, to the learner (both weak: a learner dropped unreleased holds nothing).
+_HOLDERS: weakref.WeakKeyDictionary[NormPolicy, weakref.ref[Method]] = weakref.WeakKeyDictionary()
+
+
+def holder_of(layer: NormPolicy) -> Method | None:
+    """The attached learner that holds ``layer``, or None."""
+    ref = _HOLDERS.get(layer)
+    holder = None if ref is None else ref()
+    return None if holder is None or holder.released else holder
 
 
 def seeded_generator(seed: int, step: int) -> torch.Generator:
@@ -31,7 +49,16 @@ class Method(nn.Module):
     :func:`tta.detach` through :meth:`release`); the state it holds itself (optimizer, counters, initial
     values) :meth:`reset` restores, while
     :func:`tta.reset` on the learner restores that and the policy layers together. State that must be
-    saved is in buffers or in the module's extra state, so ``state_dict()`` holds all of it.
+    saved is in buffers or in the module's extra state, so ``state_dict()`` holds all of it. The extra
+    state holds the learner's options too (:meth:`options`: a subclass keeps each constructor option as
+    the attribute of its name), and ``load_state_dict`` refuses a state saved with other options before
+    loading anything into the learner.
+
+    The model must return ``(batch, classes)`` logits; every model output a method uses passes
+    :meth:`check_logits`, before a step uses it. A model's forward also updates the policy layers, so
+    before a learner's first adapting call :meth:`probe_output` checks the output of one paused forward
+    (which changes nothing): a model that never returns logits is refused with no state changed, at the
+    cost of one forward per learner.
     """
 
     method_name: str = ""  # set by tta.registry.register_method
@@ -42,11 +69,12 @@ class Method(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        if any(isinstance(m, Method) for m in model.modules()):
-            raise ValueError(
-                "the model already has a method attached; tta.detach(model) first, or attach to a fresh model"
-            )
         layers = [m for m in model.modules() if isinstance(m, NormPolicy)]
+        if any(isinstance(m, Method) for m in model.modules()) or any(holder_of(m) is not None for m in layers):
+            raise ValueError(
+                "the model already has a method attached (it is a learner, holds one, or its policy layers are "
+                "held by one); tta.detach(learner) first, or attach to a fresh model"
+            )
         if not layers:
             raise ValueError(
                 f"{type(self).__name__} needs a model whose BatchNorm layers were swapped by "
@@ -56,12 +84,29 @@ class Method(nn.Module):
         self.layers = layers  # a plain list: the layers are registered once, inside the model
         self.paused = False
         self.released = False
+        self.output_checked = False
         self.training = model.training  # the model's mode, untouched (a method never calls train())
+        self.held: list[NormPolicy] = []
+        self.hold(layers)
+
+    def hold(self, layers: list[NormPolicy]) -> None:
+        """Mark ``layers`` (and those held before) as this learner's until :meth:`release`: no other method
+        attaches to them."""
+        self.held += layers
+        for layer in self.held:
+            _HOLDERS[layer] = weakref.ref(self)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A copy (``copy.deepcopy``, unpickling) holds its own copies of the layers."""
+        super().__setstate__(state)
+        self.hold([])
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_attached()
         if self.paused:
-            return self.predict(x)
+            return self.check_logits(self.predict(x), len(x))
+        self.check_input(x)
+        self.probe_output(x)
         return self.forward_and_adapt(x)
 
     def forward_with_model_output(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -77,6 +122,27 @@ class Method(nn.Module):
                 f"this {self.method_name} learner was detached (tta.detach) and its model given back; "
                 "attach the method again with tta.attach_method"
             )
+
+    def check_input(self, x: Tensor) -> None:
+        """Refuse, before anything runs, an input the method cannot adapt on; any here."""
+
+    def check_logits(self, output: object, batch: int) -> Tensor:
+        """``output`` if it is ``(batch, classes)`` logits, else a ValueError naming what the model returned."""
+        if not isinstance(output, Tensor) or output.dim() != 2 or len(output) != batch:
+            got = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+            raise ValueError(
+                f"{self.method_name} needs (batch, classes) logits from the model for a batch of {batch}; "
+                f"it returned {got}"
+            )
+        return output
+
+    def probe_output(self, x: Tensor) -> None:
+        """Once per learner, before its first adapting call: :meth:`check_logits` on a paused forward of ``x``."""
+        if self.output_checked or self.paused:
+            return
+        with torch.no_grad(), pausing(self.layers):
+            self.check_logits(self.model(x), len(x))
+        self.output_checked = True
 
     def predict(self, x: Tensor) -> Tensor:
         """The prediction while paused, with no update: the adapted model's forward (RoTTA: its teacher's)."""
@@ -106,6 +172,38 @@ class Method(nn.Module):
         """Undo what attaching changed in the model and return it; ``keep_adapted`` keeps what the
         method learned. Nothing to undo here."""
         return self.model
+
+    def options(self) -> dict[str, object]:
+        """The learner's options, its constructor's keyword arguments (:func:`tta.method_options`)."""
+        return {name: getattr(self, name) for name in declared_options(type(self).__init__)}
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"options": self.options()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        """Nothing to load: the options were compared before (:meth:`check_saved_options`)."""
+
+    def check_saved_options(self, state: dict[str, Any]) -> None:
+        """Refuse the extra state of a learner made with other options, naming each that differs."""
+        saved, mine = state.get("options"), self.options()
+        if saved is None:
+            raise ValueError(f"cannot load a {self.method_name} state that holds no options (saved by an older tta)")
+        differ = [
+            f"{name}={saved.get(name)!r} in the state, {mine.get(name)!r} here"
+            for name in {**mine, **saved}
+            if saved.get(name) != mine.get(name)
+        ]
+        if differ:
+            raise ValueError(
+                f"cannot load a {self.method_name} state saved with other options: {'; '.join(differ)}; attach "
+                "the method with the state's options to load it"
+            )
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        extra = state_dict.get(f"{prefix}_extra_state")
+        if extra is not None:  # before this learner, or the model it holds, loads anything
+            self.check_saved_options(extra)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def extra_repr(self) -> str:
         return f"method={self.method_name!r}"
@@ -164,9 +262,10 @@ class GradientMethod(Method):
 
     def step(self, loss: Tensor) -> bool:
         """One optimizer step on ``loss`` w.r.t. ``self.params``; whether it was taken. A non-finite loss or
-        gradient skips it (logged) rather than turning the parameters into NaN for the rest of the stream.
-        A loss with no gradient at all is an error: the model computed its output outside autograd, and
-        every step would silently do nothing."""
+        gradient skips it, and a step that leaves a parameter non-finite is undone (parameters and
+        optimizer state back to their values before it), both logged, rather than turning the parameters
+        into NaN for the rest of the stream. A loss with no gradient at all is an error: the model computed
+        its output outside autograd, and every step would silently do nothing."""
         if not loss.requires_grad:
             raise RuntimeError(
                 f"{self.method_name}: the loss carries no gradient to the affine parameters, so no step can be "
@@ -177,14 +276,23 @@ class GradientMethod(Method):
         if not bool(all_finite(loss, *(g for g in grads if g is not None))):
             logger.warning("%s: non-finite loss or gradient; the step is skipped", self.method_name)
             return False
+        params_before = [p.detach().clone() for p in self.params]
+        optimizer_before = copy.deepcopy(self.optimizer.state_dict())
         for p, g in zip(self.params, grads):
             p.grad = g
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if not bool(all_finite(*self.params)):
+            with torch.no_grad():
+                for p, value in zip(self.params, params_before):
+                    p.copy_(value)
+            self.optimizer.load_state_dict(optimizer_before)
+            logger.warning("%s: the step made an affine parameter non-finite; it is undone", self.method_name)
+            return False
         return True
 
     def get_extra_state(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict()}
+        return {**super().get_extra_state(), "optimizer": self.optimizer.state_dict()}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])

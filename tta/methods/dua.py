@@ -88,15 +88,17 @@ class DUA(Method):
         device = self.layers[0].source_mean.device
         self.register_buffer("updates", torch.zeros((), dtype=torch.int64, device=device))
 
-    def forward_and_adapt(self, x: Tensor) -> Tensor:
+    def check_input(self, x: Tensor) -> None:
         if x.dim() != 4:
             raise ValueError(f"dua augments image batches (N, C, H, W); got input of shape {tuple(x.shape)}")
+
+    def forward_and_adapt(self, x: Tensor) -> Tensor:
         generator = seeded_generator(self.seed, int(self.updates))
         with torch.no_grad():  # the update pass's output is not used
             self.model(augment_copies(x, self.copies, generator))
         self.updates += 1
         with pausing(self.layers):
-            return self.model(x)
+            return self.check_logits(self.model(x), len(x))
 
     def reset(self) -> None:
         self.updates.zero_()

@@ -72,12 +72,11 @@ class Lame(Method):
     def forward_with_model_output(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(the adapted model's logits, LAME's log Y for them)`` from one forward."""
         self.check_attached()
+        self.probe_output(x)
         self.capture.arm()
         logits = self.model(x)
         features, self.capture.features = self.capture.features, None
-        if not isinstance(logits, Tensor) or logits.dim() != 2:
-            shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-            raise ValueError(f"lame needs (batch, classes) logits from the model; it returned {shape}")
+        self.check_logits(logits, len(x))
         if features is None or features.dim() != 2 or len(features) != len(logits):
             got = "no call" if features is None else f"an input of shape {tuple(features.shape)}"
             raise ValueError(

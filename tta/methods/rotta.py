@@ -9,7 +9,7 @@ from typing import Annotated
 import torch
 from torch import Tensor, nn
 
-from tta.methods.base import GradientMethod, seeded_generator
+from tta.methods.base import LEARNING_RATE, GradientMethod, seeded_generator
 from tta.methods.memory import CSTUMemory
 from tta.methods.strong_augment import strong_augment
 from tta.options import Choice, Range
@@ -59,9 +59,12 @@ class RoTTA(GradientMethod):
     Departures from the official code, on purpose: the model is never switched to ``train()`` (the
     policy layers adapt by their ``paused`` flag; dropout stays off); the EMA averages the affine
     parameters only (every other parameter is frozen and equal in teacher and student; the official
-    average over all parameters changes them only by rounding); a non-finite loss or gradient skips the step, and a sample with a
-    non-finite value or prediction is kept out of the memory (it still counts towards the next update;
-    both logged), where the official code would carry the NaN into every later update.
+    average over all parameters changes them only by rounding); a non-finite loss or gradient skips the
+    step (a step that makes a parameter non-finite is undone), and a sample with a non-finite value or
+    prediction is kept out of the memory (it still counts towards the next update, as every sample does
+    in the official code; both logged), where the official code would carry the NaN into every later
+    update; an update due while the memory is empty is skipped whole (no forward, step or teacher
+    average, not counted in ``updates``; logged).
     """
 
     def __init__(
@@ -70,7 +73,7 @@ class RoTTA(GradientMethod):
         *,
         capacity: Annotated[int, Range(1)] = 64,
         update_frequency: Annotated[int, Range(1)] = 64,
-        lr: Annotated[float, Range(0, low_open=True)] = 1e-3,
+        lr: Annotated[float, LEARNING_RATE] = 1e-3,
         beta1: Annotated[float, Range(0, 1, high_open=True)] = 0.9,
         beta2: Annotated[float, Range(0, 1, high_open=True)] = 0.999,
         weight_decay: Annotated[float, Range(0)] = 0.0,
@@ -89,6 +92,7 @@ class RoTTA(GradientMethod):
         self.train_affine(lr=lr, betas=(beta1, beta2), weight_decay=weight_decay)
         self.teacher = copy.deepcopy(model).requires_grad_(False)
         self.teacher_layers = [m for m in self.teacher.modules() if isinstance(m, NormPolicy)]
+        self.hold(self.teacher_layers)
         self.teacher_params = list(
             {id(p): p for layer in self.teacher_layers for p in layer.affine_parameters()}.values()
         )
@@ -104,7 +108,7 @@ class RoTTA(GradientMethod):
         with torch.inference_mode(False):
             x = x.clone() if x.is_inference() else x.detach()
             with torch.no_grad(), pausing(self.teacher_layers):
-                logits = self.teacher(x)
+                logits = self.check_logits(self.teacher(x), len(x))
             probs = logits.detach().softmax(1)
             labels = probs.argmax(1).tolist()
             entropies = -(probs * torch.log(probs + 1e-6)).sum(1)
@@ -122,13 +126,17 @@ class RoTTA(GradientMethod):
         return logits
 
     def update_model(self) -> None:
-        """Teacher and student see the memory, one Adam step on the student, the teacher's EMA."""
+        """Teacher and student see the memory, one Adam step on the student, the teacher's EMA; with an
+        empty memory (every sample since the start non-finite) nothing, logged."""
+        if not len(self.memory):
+            logger.warning("rotta: an update is due but the memory is empty; it is skipped")
+            return
         data, ages = self.memory.contents()
         with torch.no_grad():
-            teacher_logits = self.teacher(data)
+            teacher_logits = self.check_logits(self.teacher(data), len(data))
         augmented = self.augmented(data)
         with torch.enable_grad():
-            student_logits = self.model(augmented)
+            student_logits = self.check_logits(self.model(augmented), len(augmented))
             weights = timeliness_weights(ages, self.capacity).to(student_logits.device)
             self.step((soft_cross_entropy(student_logits, teacher_logits) * weights).mean())
         with torch.no_grad():

@@ -7,7 +7,7 @@ from typing import Annotated
 import torch
 from torch import Tensor, nn
 
-from tta.methods.base import GradientMethod
+from tta.methods.base import LEARNING_RATE, GradientMethod
 from tta.options import Range
 from tta.registry import register_method
 
@@ -36,15 +36,16 @@ class Tent(GradientMethod):
     Departures, on purpose: the model is not switched to ``train()`` (dropout stays off; the layers
     adapt in any mode); every policy layer trains (BatchNorm1d/2d/3d, SyncBatchNorm), where the official
     code collects BatchNorm2d only; a batch with one value per channel normalizes with the source statistics, where
-    train-mode BatchNorm raises; a non-finite loss or gradient skips the step (logged as a warning)
-    instead of turning the parameters into NaN for the rest of the stream.
+    train-mode BatchNorm raises; a non-finite loss or gradient skips the step, and a step that makes a
+    parameter non-finite is undone (both logged as a warning), instead of turning the parameters into
+    NaN for the rest of the stream.
     """
 
     def __init__(
         self,
         model: nn.Module,
         *,
-        lr: Annotated[float, Range(0, low_open=True)] = 1e-3,
+        lr: Annotated[float, LEARNING_RATE] = 1e-3,
         beta1: Annotated[float, Range(0, 1, high_open=True)] = 0.9,
         beta2: Annotated[float, Range(0, 1, high_open=True)] = 0.999,
         weight_decay: Annotated[float, Range(0)] = 0.0,
@@ -64,7 +65,7 @@ class Tent(GradientMethod):
             if x.is_inference():
                 x = x.clone()  # an inference tensor cannot be saved for the backward
             for _ in range(self.steps):
-                outputs = self.model(x)
+                outputs = self.check_logits(self.model(x), len(x))
                 if self.step(softmax_entropy(outputs).mean(0)):
                     self.updates += 1
         return outputs.detach()

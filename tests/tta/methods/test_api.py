@@ -4,6 +4,8 @@ and dropout, the global RNG, inference mode, nesting in a bigger model, casts.""
 from __future__ import annotations
 
 import copy
+from typing import Callable
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,8 @@ from torch import nn
 
 import tta
 from tests.tta.conftest import build, give_source_statistics, inputs
-from tests.tta.methods.conftest import learner, run
+from tests.tta.methods.conftest import TEST_OPTIONS, assert_same, learner, run, snapshot
+from tta.methods.base import GradientMethod
 
 
 def test_methods_and_their_options_are_listed() -> None:
@@ -41,7 +44,7 @@ def test_unknown_option_names_the_accepted_ones() -> None:
 
 # (option, values refused for their type, values refused for their range, values accepted), by hand
 TENT_CASES = [
-    ("lr", ["0.001", None, True], [0.0, -1e-3, float("nan"), float("inf")], [1e-4, 1, np.float32(0.01)]),
+    ("lr", ["0.001", None, True], [0.0, -1e-3, 1.5, 1e308, float("nan"), float("inf")], [1e-4, 1, np.float32(0.01)]),
     ("beta1", [None], [1.0, -0.1], [0.0, 0.5]),
     ("beta2", ["0.999"], [1.0, 1.5], [0.0, 0.99]),
     ("weight_decay", [False], [-1e-4, float("nan")], [0.0, 1e-2]),
@@ -64,6 +67,15 @@ def test_each_tent_option_is_checked_for_type_and_range(
     for value in accepted:
         stored = getattr(tta.attach_method(tta.adapt(build("small_cnn"), "tbn"), "tent", **{option: value}), option)
         assert stored == value and type(stored) is type(tta.method_options("tent")[option])
+
+
+@pytest.mark.parametrize("method", tta.methods())
+def test_every_learning_rate_lies_in_0_to_1(method: str) -> None:
+    """Adam moves each parameter by about ``lr`` per step, and the affine parameters are of order 1."""
+    for option in {"lr"} & set(tta.method_options(method)):
+        assert tta.registry.check_method_options(method, {option: 1.0}) == {option: 1.0}
+        with pytest.raises(ValueError, match=rf"method '{method}' option '{option}' must lie in \(0, 1\], got 1.01"):
+            tta.attach_method(tta.adapt(build("small_cnn"), "rbn"), method, **{option: 1.01})
 
 
 def test_every_declared_tent_option_has_a_case_here() -> None:
@@ -271,3 +283,128 @@ def test_a_layer_shared_by_two_places_trains_its_parameters_once() -> None:
     assert len(tent.layers) == 1 and len(tent.params) == 2
     tent(torch.randn(5, 4, generator=torch.Generator().manual_seed(0)))
     assert int(tent.updates) == 1
+
+
+@pytest.mark.parametrize("method", tta.methods())
+def test_a_model_whose_layers_a_learner_holds_takes_no_second_method(method: str) -> None:
+    model = tta.adapt(build("small_cnn"), "rbn")
+    first = tta.attach_method(model, "tent")
+    for target in (model, first, first.model, nn.Sequential(model, nn.Identity())):
+        with pytest.raises(ValueError, match="already has a method attached"):
+            tta.attach_method(target, method)
+    tta.detach(first)
+    assert all(p.requires_grad for p in model.parameters()), "the refusals changed the model"
+
+
+def test_a_model_can_take_a_method_again_once_its_learner_is_detached() -> None:
+    model = tta.adapt(build("small_cnn"), "rbn")
+    tta.detach(tta.attach_method(model, "tent"), keep_adapted=True)
+    weight = model[1].weight.detach().clone()
+    again = tta.attach_method(tta.adapt(model, "rbn"), "lame")
+    again(inputs("small_cnn", 4, 0))
+    assert torch.equal(model[1].weight, weight)  # lame trains nothing
+
+
+def test_the_teacher_of_a_rotta_learner_takes_no_method() -> None:
+    rotta = tta.attach_method(tta.adapt(build("small_cnn"), "rbn"), "rotta")
+    with pytest.raises(ValueError, match="already has a method attached"):
+        tta.attach_method(rotta.teacher, "tent")
+
+
+def test_a_refused_attach_leaves_the_layers_free_for_another_method() -> None:
+    model = tta.adapt(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval(), "rbn")
+    with pytest.raises(ValueError, match="has none"):
+        tta.attach_method(model, "lame")
+    assert tta.attach_method(model, "tent").layers == [model[1]]
+
+
+class Reshaped(nn.Module):
+    """A classifier whose (batch, classes) logits ``reshape`` turns into another output, from ``after`` calls on."""
+
+    def __init__(self, model: nn.Module, reshape: Callable[[torch.Tensor], object], after: int = 0) -> None:
+        super().__init__()
+        self.model, self.reshape, self.after, self.calls = model, reshape, after, 0
+
+    def forward(self, x: torch.Tensor) -> object:
+        self.calls += 1
+        logits = self.model(x)
+        return logits if self.calls <= self.after else self.reshape(logits)
+
+
+BAD_OUTPUTS = {
+    "(B, K, H, W)": lambda y: y[:, :, None, None].expand(-1, -1, 2, 2),
+    "(B,)": lambda y: y[:, 0],
+    "(B - 1, K)": lambda y: y[1:],
+    "tuple": lambda y: (y, y),
+    "dict": lambda y: {"logits": y},
+}
+BAD_OUTPUT_MESSAGE = r"needs \(batch, classes\) logits from the model for a batch of 4; it returned"
+
+
+@pytest.mark.parametrize("output", BAD_OUTPUTS)
+@pytest.mark.parametrize("method", tta.methods())
+def test_every_method_refuses_an_output_that_is_not_logits_before_any_state_changes(method: str, output: str) -> None:
+    model = tta.adapt(Reshaped(build("small_cnn"), BAD_OUTPUTS[output]), "rbn")
+    attached = tta.attach_method(model, method, **TEST_OPTIONS.get(method, {}))
+    before = snapshot(attached)
+    for _ in range(2):
+        with pytest.raises(ValueError, match=f"{method} {BAD_OUTPUT_MESSAGE}"):
+            attached(inputs("small_cnn", 4, 0))
+        assert_same(snapshot(attached), before)
+
+
+@pytest.mark.parametrize("method", [m for m in tta.methods() if issubclass(tta.get_method(m), GradientMethod)])
+def test_an_output_that_turns_bad_later_is_refused_before_any_step(method: str) -> None:
+    """Two good forwards of the model (and of RoTTA's teacher, a copy), then (B,) outputs: the second
+    batch's forward fails, and the trained parameters and optimizer state are those after the first."""
+    model = tta.adapt(Reshaped(build("small_cnn"), BAD_OUTPUTS["(B,)"], after=2), "rbn")
+    options = {"update_frequency": 4} if method == "rotta" else {}
+    attached = tta.attach_method(model, method, **options)
+    attached(inputs("small_cnn", 4, 0))
+    trained = copy.deepcopy((attached.params, attached.optimizer.state_dict()))
+    assert int(attached.updates) == 1
+    with pytest.raises(ValueError, match=f"{method} {BAD_OUTPUT_MESSAGE}"):
+        attached(inputs("small_cnn", 4, 1))
+    assert_same(copy.deepcopy((attached.params, attached.optimizer.state_dict())), trained)
+
+
+def test_a_method_name_given_to_adapt_and_a_policy_name_given_to_attach_method_say_where_they_belong() -> None:
+    model = build("small_cnn")
+    expected = r"unknown policy 'rotta'; .*; 'rotta' is a method: tta\.attach_method\(model, 'rotta'\)"
+    with pytest.raises(ValueError, match=expected):
+        tta.adapt(model, "rotta")
+    with pytest.raises(ValueError, match=r"unknown method 'rbn'; .*; 'rbn' is a policy: tta\.adapt\(model, 'rbn'\)"):
+        tta.attach_method(tta.adapt(model, "tbn"), "rbn")
+
+
+# (kind, name given, the suggestion's end of the message): wrong case and misspellings, by hand
+CLOSE_NAMES = [
+    ("policy", "RBN", "; did you mean 'rbn'?"),
+    ("policy", "momentum_decy", "; did you mean 'momentum_decay'?"),
+    ("policy", "Tent", "; 'tent' is a method: tta.attach_method(model, 'tent')"),
+    ("method", "rota", "; did you mean 'rotta'?"),
+    ("method", "LAME", "; did you mean 'lame'?"),
+    ("method", "AdaBN", "; 'adabn' is a policy: tta.adapt(model, 'adabn')"),
+    ("method", "xyzzy", "known methods: none, tent, rotta, dua, lame"),
+]
+
+
+@pytest.mark.parametrize("kind, name, suggestion", CLOSE_NAMES)
+def test_a_wrong_name_is_refused_with_the_closest_known_one(kind: str, name: str, suggestion: str) -> None:
+    model = tta.adapt(build("small_cnn"), "tbn") if kind == "method" else build("small_cnn")
+    with pytest.raises(ValueError, match=f"unknown {kind} '{name}'") as refused:
+        tta.attach_method(model, name) if kind == "method" else tta.adapt(model, name)
+    assert str(refused.value).endswith(suggestion)
+
+
+@pytest.mark.parametrize("method", ["tent", "rotta"])
+def test_a_copy_of_a_learner_holds_its_own_layers(method: str) -> None:
+    original = tta.attach_method(tta.adapt(build("small_cnn"), "rbn"), method)
+    twin = copy.deepcopy(original)
+    assert twin.layers[0] is not original.layers[0] and twin.layers[0] is twin.model[1]
+    for target in (twin.model, original.model):
+        with pytest.raises(ValueError, match="already has a method attached"):
+            tta.attach_method(target, "tent")
+    if method == "rotta":
+        with pytest.raises(ValueError, match="already has a method attached"):
+            tta.attach_method(twin.teacher, "tent")

@@ -13,6 +13,7 @@ import torch
 import tta
 from tests.tta.conftest import MODELS, build, inputs
 from tests.tta.methods.conftest import TEST_OPTIONS, assert_same, learner, refuses, run, snapshot
+from tta.options import declared_options
 
 POLICIES = tta.policies()
 METHODS = tta.methods()
@@ -174,3 +175,34 @@ def test_tent_gives_finite_outputs_and_parameters_in_eval_mode(policy: str, mode
         assert out.shape == (batch, 10) and torch.isfinite(out).all()
     assert all(torch.isfinite(p).all() for p in tent.params)
     assert int(tent.updates) == 3 and not tent.training
+
+
+def another_value(method: str, option: str) -> object:
+    """A value of ``option`` in its range other than the learners' of these tests."""
+    declared = declared_options(tta.get_method(method).__init__)[option]
+    value = {**tta.method_options(method), **TEST_OPTIONS.get(method, {})}[option]
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, str):
+        return next(choice for choice in declared.choice.values if choice != value)
+    if isinstance(value, int):
+        return value + 1
+    return value / 2 if value else 0.5
+
+
+@pytest.mark.parametrize(
+    "method, option", [(method, option) for method in METHODS for option in tta.method_options(method)]
+)
+def test_a_learner_refuses_a_state_saved_with_other_options_before_loading_any(method: str, option: str) -> None:
+    saved = learner("small_cnn", "rbn", method)
+    run(saved, "small_cnn", range(1))
+    value = another_value(method, option)
+    options = {**TEST_OPTIONS.get(method, {}), option: value}
+    other = tta.attach_method(tta.adapt(build("small_cnn", 7), "rbn"), method, **options)
+    before = snapshot(other)
+    state = saved.state_dict()
+    expected = rf"{method} state saved with other options: {option}={getattr(saved, option)!r} in the state"
+    with pytest.raises(ValueError, match=expected):
+        other.load_state_dict(state)
+    assert_same(snapshot(other), before)
+    assert getattr(other, option) == value

@@ -392,3 +392,21 @@ def test_a_non_finite_sample_stays_out_of_the_memory_but_counts(caplog: pytest.L
     assert len(model.memory) == 3 and int(model.updates) == 1 and int(model.instances) == 4
     assert all(torch.isfinite(p).all() for p in model.params + model.teacher_params)
     assert torch.isfinite(model(inputs("small_cnn", 4, 1))).all()
+
+
+def test_an_update_that_finds_the_memory_empty_is_skipped_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """Every offered sample counts, as in the official code; the update its count triggers with nothing in
+    the memory changes nothing: no forward, no step, no teacher average, no update counted."""
+    model = rotta("small_cnn", update_frequency=16, capacity=16)
+    before = snapshot(model)
+    with caplog.at_level(logging.WARNING, logger="tta.methods.rotta"), torch.no_grad():
+        out = model(torch.full((16, 3, 16, 16), float("nan")))
+    assert out.shape == (16, 10)
+    assert "the memory is empty" in caplog.text
+    assert len(model.memory) == 0 and int(model.updates) == 0 and int(model.instances) == 16
+    after = snapshot(model)
+    after["instances"] = before["instances"]
+    assert_same(after, before)
+    with torch.no_grad():  # the next 16 finite samples fill the memory and update as usual
+        model(inputs("small_cnn", 16, 1))
+    assert int(model.updates) == 1 and len(model.memory) > 0

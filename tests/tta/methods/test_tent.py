@@ -13,7 +13,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 import tta
 from tests.tta.conftest import build, inputs
-from tests.tta.methods.conftest import entropy, learner
+from tests.tta.methods.conftest import assert_same, entropy, learner
 
 POLICIES = tta.policies()
 
@@ -195,3 +195,19 @@ def test_a_model_whose_output_has_no_gradient_is_an_error_not_a_silent_no_op(met
     with pytest.raises(RuntimeError, match=f"{method}: the loss carries no gradient to the affine parameters"):
         for seed in range(3):  # RoTTA steps once its memory has seen 64 samples
             model(inputs("small_cnn", 32, seed))
+
+
+def test_a_step_that_makes_the_parameters_non_finite_is_undone_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """Adam moves each parameter by about ``lr`` per step: with an optimizer set to 1e308 the step gives
+    inf, so the parameters and the optimizer state go back to their values before it."""
+    tent = learner("small_cnn", "rbn")
+    tent(inputs("small_cnn", 4, 0))
+    params, state = copy.deepcopy((tent.params, tent.optimizer.state_dict()["state"]))
+    tent.optimizer.param_groups[0]["lr"] = 1e308
+    with caplog.at_level(logging.WARNING, logger="tta.methods.base"):
+        tent(inputs("small_cnn", 4, 1))
+    assert "non-finite" in caplog.text and int(tent.updates) == 1
+    for p, before in zip(tent.params, params):
+        assert torch.equal(p, before)
+    assert_same(tent.optimizer.state_dict()["state"], state)
+    assert torch.isfinite(tent(inputs("small_cnn", 4, 2))).all()
