@@ -221,3 +221,14 @@ def test_adabn_skips_batches_with_one_value_per_channel() -> None:
     with torch.no_grad():
         model(inputs("mlp_bn1d", 2))
     assert int(tta.policy_layers(model)[0][1].count) == 2
+
+
+@pytest.mark.parametrize("policy", [p for p in tta.policies() if tta.get_policy(p).uses_predictions])
+def test_a_number_of_classes_the_model_does_not_output_is_named_before_any_state_changes(policy: str) -> None:
+    model = tta.adapt(build("small_cnn"), policy, num_classes=5)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=rf"{policy} learns from the model's predicted classes and needs \(batch, 5\) "
+                                         r"logits from the model; it returned \(4, 10\)"):
+        with torch.no_grad():
+            model(inputs("small_cnn", 4))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from tta.options import Range
-from tta.policies.base import ModelHook, NormPolicy
+from tta.policies.base import ModelHook, NormPolicy, check_logits
 from tta.registry import register_policy
 from tta.stats import all_finite, instance_moments
 from tta.surgery import with_num_classes
@@ -171,13 +171,7 @@ class PredictThenUpdate(ModelHook):
         layers = [m for m in model.modules() if isinstance(m, BalancedBatchNorm)]
         if not any(layer.adapting for layer in layers):
             return
-        classes = layers[0].num_classes
-        if not isinstance(output, Tensor) or output.dim() != 2 or output.shape[1] != classes:
-            shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
-            raise ValueError(
-                f"balanced labels each sample with the model's prediction and needs (batch, {classes}) logits "
-                f"from the model; it returned {shape}"
-            )
+        check_logits("balanced", output, layers[0].num_classes)
         labels = output.detach().argmax(1)
         self.updating = True
         try:

@@ -19,6 +19,17 @@ class ModelHook:
     learns the model's predictions): :func:`tta.detach` removes every one, wherever it sits."""
 
 
+def check_logits(policy: str, output: object, num_classes: int) -> None:
+    """Refuse a model output that is not ``(batch, num_classes)`` logits, naming what it was (a policy that
+    learns from the model's predicted classes calls it before its state changes)."""
+    if not isinstance(output, Tensor) or output.dim() != 2 or output.shape[1] != num_classes:
+        shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+        raise ValueError(
+            f"{policy} learns from the model's predicted classes and needs (batch, {num_classes}) logits from "
+            f"the model; it returned {shape}"
+        )
+
+
 class NormPolicy(nn.Module):
     """Replaces one BatchNorm layer and decides which statistics normalize each input (spec M0).
 
