@@ -232,3 +232,29 @@ def test_a_number_of_classes_the_model_does_not_output_is_named_before_any_state
         with torch.no_grad():
             model(inputs("small_cnn", 4))
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+@pytest.mark.parametrize("policy", tta.policies())
+def test_a_layer_that_fails_to_build_leaves_the_model_untouched_and_adaptable(
+    policy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An allocation failure at the third of resnet18's BatchNorm layers: no layer swapped, no hook left."""
+    model = build("resnet18")
+    modules = list(model.named_modules())
+    layer_class = tta.get_policy(policy)
+    built = []
+    original_init = layer_class.__init__
+
+    def failing_init(self: nn.Module, *args: object, **kwargs: object) -> None:
+        built.append(1)
+        if len(built) == 3:
+            raise MemoryError("out of memory")
+        original_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(layer_class, "__init__", failing_init)
+    with pytest.raises(MemoryError):
+        tta.adapt(model, policy)
+    monkeypatch.undo()
+    assert list(model.named_modules()) == modules
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    assert len(tta.policy_layers(tta.adapt(model, policy))) == len([m for m in modules if isinstance(m[1], nn.BatchNorm2d)])
