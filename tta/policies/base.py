@@ -64,6 +64,11 @@ class NormPolicy(nn.Module):
     running statistics); a policy uses batch statistics in either mode, so it combines them in either.
     As with SyncBatchNorm, every process of the group must call the model in step (the same number of
     calls, none of them paused on one process only), each with at least one sample.
+
+    ``torch.export.export(model, ...)`` records the adapting forward with the state as the program's
+    buffers, and those are the live model's tensors, not copies: each call of the exported module updates
+    the model's state too. For a program with a state of its own, export a copy:
+    ``torch.export.export(copy.deepcopy(model), ...)``.
     """
 
     stats_grad: bool = False
