@@ -4,6 +4,7 @@ parametrize its BatchNorm weights."""
 from __future__ import annotations
 
 import copy
+import pathlib
 
 import pytest
 import torch
@@ -248,3 +249,18 @@ def test_a_program_exported_from_a_copy_has_its_own_state(policy: str) -> None:
         model(inputs("small_cnn", 4, seed=3))
     assert_same_state(snapshot(exported), after)
     assert any(not torch.equal(v, after[k]) for k, v in program_state.items())
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_an_exported_program_saved_and_loaded_adapts_as_the_model(policy: str, tmp_path: pathlib.Path) -> None:
+    model = tta.adapt(build("small_cnn"), policy)
+    program = torch.export.export(copy.deepcopy(model), (inputs("small_cnn", 4),))
+    torch.export.save(program, tmp_path / "program.pt2")
+    loaded = torch.export.load(tmp_path / "program.pt2").module()
+    state = snapshot(loaded)
+    with torch.no_grad():
+        for seed in range(3):
+            x = inputs("small_cnn", 4, seed)
+            torch.testing.assert_close(loaded(x), model(x), rtol=1e-5, atol=1e-6)
+    if policy in STATE_CHANGING:  # the loaded program adapts
+        assert any(not torch.equal(v, loaded.state_dict()[k]) for k, v in state.items())

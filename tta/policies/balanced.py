@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Annotated, Any
 
@@ -57,9 +58,8 @@ class BalancedBatchNorm(NormPolicy):
     wrapper, so ``tta.adapt`` returns the model it was given; the labels live on the layers only during
     that forward, so all state is in the layers' buffers (``state_dict``, ``reset``). A layer called
     outside the model's forward (no labels) normalizes and updates nothing. The model's output must be
-    ``(B, K)`` logits. ``torch.export`` records the prediction forward only: the hook is Python around the
-    graph (the module export gives back calls it on the live model), so a saved exported program does not
-    adapt. The returned forward normalizes with state only, so a gradient method's ``stats_grad`` has no
+    ``(B, K)`` logits. ``torch.export`` records both forwards (the updating one outside ``no_grad``, a region a
+    saved program cannot hold), so a program saved and loaded adapts as the model does. The returned forward normalizes with state only, so a gradient method's ``stats_grad`` has no
     batch share to let through (as for ``source``; the official teacher's prediction has none either).
 
     ``K`` is ``num_classes``, or (None) the output size of the model's last ``nn.Linear``, read at
@@ -177,7 +177,9 @@ class PredictThenUpdate(ModelHook):
         try:
             for layer in layers:
                 layer.labels = labels
-            with torch.no_grad():
+            # torch.export cannot save a program holding a grad-mode region: there the updating forward is
+            # recorded as is (its output is discarded and the state is written detached either way)
+            with contextlib.nullcontext() if torch.compiler.is_exporting() else torch.no_grad():
                 model(*args, **kwargs)
         finally:
             self.updating = False
