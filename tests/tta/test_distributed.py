@@ -96,6 +96,19 @@ def _worker(rank: int, store: str, out: str) -> None:
                 "output": output.detach(), "input_grad": x.grad, "param_grads": [p.grad for p in model.parameters()]
             }
 
+        # Policies that learn from the predictions keep per-process class statistics: refused, state unchanged.
+        for policy in ("balanced", "rebalance"):
+            model = tta.adapt(sync_model(), policy)
+            state = copy.deepcopy(model.state_dict())
+            try:
+                with torch.no_grad():
+                    model(xs[0])
+                message = None
+            except NotImplementedError as error:
+                message = str(error)
+            unchanged = all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+            results[f"refused {policy}"] = {"message": message, "unchanged": unchanged}
+
         # SyncBatchNorm layers whose own process group holds one process: per-process statistics.
         groups = [dist.new_group([0]), dist.new_group([1])]
         model = tta.adapt(sync_model(groups[rank]), "adabn")
@@ -160,6 +173,19 @@ def test_stats_grad_gives_the_gradient_of_one_process_with_the_whole_batch(ranks
     # before BatchNorm1d has gradient 0, rounding noise of 1e-5 on both sides.)
     for param, *grads in zip(reference.parameters(), *(p["param_grads"] for p in parts)):
         torch.testing.assert_close(sum(grads), param.grad, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("policy", ["balanced", "rebalance"])
+def test_a_policy_that_does_not_combine_processes_is_refused_at_the_first_forward_before_any_state_changes(
+    ranks: list[dict], policy: str
+) -> None:
+    for rank in ranks:
+        assert rank[f"refused {policy}"]["message"] == (
+            f"{policy} does not combine its statistics across processes: layer 0 replaced a SyncBatchNorm and its "
+            "process group holds 2 processes. Serve the stream from one process, or give the SyncBatchNorm layers "
+            "a process group of one process each (per-process statistics)"
+        )
+        assert rank[f"refused {policy}"]["unchanged"]
 
 
 def test_a_process_group_of_one_process_keeps_per_process_statistics(ranks: list[dict]) -> None:

@@ -67,8 +67,8 @@ class BalancedBatchNorm(NormPolicy):
     ``gamma`` that of the official config nearest in class count (0 for 10 classes, 0.1 for 100, 0.5
     for 1000).
 
-    Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc): not combined; each process updates the
-    class statistics from its own share of the batch.
+    Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc): not combined, so refused at the first forward
+    where a process group of several processes would combine the layer's statistics.
 
     Departures, on purpose: the official student and its strongly augmented forward, the source anchor
     and the gradient step are TRIBE's training, not its normalization, and are left out (forward-only);
@@ -79,6 +79,7 @@ class BalancedBatchNorm(NormPolicy):
     """
 
     uses_predictions = True
+    combines_processes = False
 
     def __init__(
         self,

@@ -82,10 +82,12 @@ class RebalancedBatchNorm(NormPolicy):
     any spatial size, and a new domain replaces it within 1,000 samples of that class). A batch of one value per
     channel updates nothing. ``Q - A^2`` is floored at 1% of the balanced mixture's variance (a class far
     narrower would otherwise scale the variance by more than 100). ``stats_grad`` lets the gradient through the
-    batch's ``beta_t`` share of the pooled moments.
+    batch's ``beta_t`` share of the pooled moments. Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc):
+    not combined, so refused at the first forward where a process group would combine the layer's statistics.
     """
 
     uses_predictions = True
+    combines_processes = False
 
     def __init__(
         self,
