@@ -238,7 +238,8 @@ class RebalancedBatchNorm(NormPolicy):
         ``r`` as in :meth:`balanced_stats`): per channel ``d1 = mean_i (z_i - a~_(k_i))`` and
         ``d2 = log(mean_i z2_i / mean_i q~_(k_i))``, averaged over ``change_window`` images (an EMA at
         rate ``B / change_window``). A change when ``mean_c (d1^2 + d2^2)`` exceeds ``change_threshold``;
-        the running residuals then start again from 0. Only the ``valid`` samples count (default all)."""
+        the running residuals then start again from 0. Only the ``valid`` samples count (default all); a batch
+        whose pool update was refused (non-finite) changes nothing."""
         sample_mean, sample_var, mean, var = self.pending[:4]
         c = self.class_offset.mean(0)
         r = (self.class_square.mean(0) - c.square()).clamp_min(1e-12)
@@ -259,9 +260,10 @@ class RebalancedBatchNorm(NormPolicy):
             torch.log(mean(z_square).clamp_min(1e-12) / mean(square[labels]).clamp_min(1e-12)),
         ])
         drift = torch.lerp(self.drift, residual, (images / self.change_window).clamp_max(1.0))
-        changed = (drift.square().sum(0).mean() > self.change_threshold) & (self.steps > 1)
+        ok = functools.reduce(operator.and_, self.pending[6:7], all_finite(drift))  # and the batch's pool update
+        changed = (drift.square().sum(0).mean() > self.change_threshold) & (self.steps > 1) & ok
         drift = torch.where(changed, torch.zeros_like(drift), drift)
-        self.commit(all_finite(drift), drift=drift)
+        self.commit(ok, drift=drift)
         return changed
 
     def restart_pool(self, changed: Tensor) -> None:
