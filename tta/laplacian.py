@@ -95,8 +95,8 @@ def laplacian_optimization(
     energy ``sum(unary Y - (kernel Y) Y + Y log Y)`` changes by at most 1e-8 of itself (checked from the
     third step on) or ``max_steps``; returns ``log Y`` (the official code returns ``Y``). Where reading the
     energy would be a host sync or a graph break (off the CPU, under ``torch.compile``), all ``max_steps``
-    run: the same fixed point, no early stop. Rows that are not ``valid`` count in no energy (their kernel rows
-    and columns must be 0)."""
+    run: the same fixed point, no early stop.
+    Rows that are not ``valid`` count in no energy (their kernel rows and columns must be 0)."""
     y = (-unary).softmax(-1)
     old_energy = float("inf")
     check = on_host(unary)

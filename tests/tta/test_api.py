@@ -257,4 +257,5 @@ def test_a_layer_that_fails_to_build_leaves_the_model_untouched_and_adaptable(
     monkeypatch.undo()
     assert list(model.named_modules()) == modules
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
-    assert len(tta.policy_layers(tta.adapt(model, policy))) == len([m for m in modules if isinstance(m[1], nn.BatchNorm2d)])
+    batchnorms = [m for _, m in modules if isinstance(m, nn.BatchNorm2d)]
+    assert [layer.original for _, layer in tta.policy_layers(tta.adapt(model, policy))] == batchnorms

@@ -58,9 +58,10 @@ class BalancedBatchNorm(NormPolicy):
     wrapper, so ``tta.adapt`` returns the model it was given; the labels live on the layers only during
     that forward, so all state is in the layers' buffers (``state_dict``, ``reset``). A layer called
     outside the model's forward (no labels) normalizes and updates nothing. The model's output must be
-    ``(B, K)`` logits. ``torch.export`` records both forwards (the updating one outside ``no_grad``, a region a
-    saved program cannot hold), so a program saved and loaded adapts as the model does. The returned forward normalizes with state only, so a gradient method's ``stats_grad`` has no
-    batch share to let through (as for ``source``; the official teacher's prediction has none either).
+    ``(B, K)`` logits. ``torch.export`` records both forwards (the updating one outside ``no_grad``, a
+    region a saved program cannot hold), so a program saved and loaded adapts as the model does. The
+    returned forward normalizes with state only, so a gradient method's ``stats_grad`` has no batch share
+    to let through (as for ``source``; the official teacher's prediction has none either).
 
     ``K`` is ``num_classes``, or (None) the output size of the model's last ``nn.Linear``, read at
     attach. Defaults as the official configs: ``eta = max(0.0005 K, 0.01)`` (0.01 for CIFAR-10),

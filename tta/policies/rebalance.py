@@ -358,7 +358,8 @@ class RebalancedBatchNorm(NormPolicy):
         momentum, usual_momentum = self.per_batch(self.momentum, batch), self.per_batch(0.1 * self.momentum, batch)
         composition = torch.zeros_like(self.composition).index_put_((classes,), counts.to(self.stats_dtype))
         composition = composition / composition.sum()
-        steps = (self.pool_age + (not pooled)).to(self.stats_dtype)  # since the last restart: a new domain, a new usual prediction
+        # batches since the last restart (a new domain, a new usual prediction), this one included
+        steps = (self.pool_age + (not pooled)).to(self.stats_dtype)
         beta = (1.0 / steps).clamp_min(momentum)
         usual, last = self.usual_composition, self.composition
         lag = torch.stack([((composition - usual) * (last - usual)).sum(), (last - usual).square().sum()])
