@@ -429,3 +429,24 @@ def test_a_batchnorm_that_sees_more_samples_than_the_model_predicts_is_named_bef
         with torch.no_grad():
             model(torch.randn(2, 3, 3, 8, 8))
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+class NanFirstRow(nn.Module):
+    """Logits of the first sample made NaN after the classifier (an overflow), every BatchNorm input finite."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.full_like(x[:1], float("nan")), x[1:]])
+
+
+def test_a_sample_with_a_non_finite_output_teaches_no_class() -> None:
+    """The classes learn from the other samples' predictions only: the counts are those of their argmax."""
+    model = give_source_statistics(nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 3), NanFirstRow()))
+    model = tta.adapt(model, "rebalance")
+    raw = copy.deepcopy(model)
+    raw[0].correct_outputs = False
+    x = torch.randn(12, 4, generator=torch.Generator().manual_seed(0)) * 2 + 1
+    with torch.no_grad():
+        out, labels = model(x), raw(x).argmax(1)
+    assert torch.isnan(out[0]).all() and torch.isfinite(out[1:]).all()
+    expected = torch.bincount(labels[1:], minlength=3).to(model[0].class_count.dtype)
+    assert torch.equal(model[0].class_count, expected)
