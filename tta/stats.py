@@ -70,6 +70,8 @@ def instance_moments(x: Tensor, dtype: torch.dtype = torch.float32, grad: bool =
     autograd graph of ``x`` (``torch.var_mean``).
     """
     if grad:
+        if x.dim() == 2:  # no spatial dims (an empty dim list would reduce every dim)
+            return x.to(dtype), torch.zeros_like(x, dtype=dtype)
         var, mean = torch.var_mean(x.to(dtype), dim=list(range(2, x.dim())), correction=0)
         return mean, var
     x = _detached(x, dtype)
