@@ -13,7 +13,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tta.options import Range
 from tta.policies.base import ModelHook, NormPolicy, check_logits
 from tta.registry import register_policy
-from tta.stats import all_finite, instance_moments
+from tta.stats import all_finite, instance_moments, sum_across_processes
 from tta.surgery import with_num_classes
 
 # The official configs' class coupling per number of classes (CIFAR-10, CIFAR-100, ImageNet).
@@ -68,8 +68,8 @@ class BalancedBatchNorm(NormPolicy):
     ``gamma`` that of the official config nearest in class count (0 for 10 classes, 0.1 for 100, 0.5
     for 1000).
 
-    Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc): not combined, so refused at the first forward
-    where a process group of several processes would combine the layer's statistics.
+    Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc): the per-class counts and sums of the step
+    are every process's together, so N processes with B/N samples each adapt and predict as one with B.
 
     Departures, on purpose: the official student and its strongly augmented forward, the source anchor
     and the gradient step are TRIBE's training, not its normalization, and are left out (forward-only);
@@ -80,7 +80,6 @@ class BalancedBatchNorm(NormPolicy):
     """
 
     uses_predictions = True
-    combines_processes = False
 
     def __init__(
         self,
@@ -134,13 +133,15 @@ class BalancedBatchNorm(NormPolicy):
         mean, var = self.class_mean, self.class_var
         d = sample_mean - mean[labels]  # mean over S of x - mu_y
         d_square = sample_var + d.square()  # mean over S of (x - mu_y)^2
-        counts = torch.zeros(self.num_classes, dtype=dtype, device=x.device).index_add_(
-            0, labels, torch.ones_like(labels, dtype=dtype)
-        )
+        rows = torch.cat([torch.ones_like(d[:, :1]), d, d_square], 1)  # per class: count, sum d, sum d^2
+        sums = torch.zeros(self.num_classes, rows.shape[1], dtype=dtype, device=x.device).index_add_(0, labels, rows)
+        if self.sync_batchnorm and self.syncing():  # every process's samples together
+            sums = sum_across_processes(sums, self.original.process_group)
+        counts, d_sum, square = sums.split([1, self.num_features, self.num_features], 1)
+        counts = counts[:, 0]
         present = (counts > 0).to(dtype)
         rate = torch.where(counts > 1.0 / self.eta, 1.0 / counts.clamp_min(1), self.eta) * present  # m_k
-        delta = rate[:, None] * torch.zeros_like(mean).index_add_(0, labels, d)
-        square = torch.zeros_like(mean).index_add_(0, labels, d_square)
+        delta = rate[:, None] * d_sum
         k_present = present.sum()
         gamma = self.gamma
         new_mean = mean + (1 - gamma) * delta + gamma * delta.sum(0) / k_present

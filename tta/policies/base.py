@@ -64,8 +64,7 @@ class NormPolicy(nn.Module):
     running statistics); a policy uses batch statistics in either mode, so it combines them in either.
     As with SyncBatchNorm, every process of the group must call the model in step (the same number of
     calls, none of them paused on one process only), each with at least one sample. The policies that learn
-    from the model's predictions (``balanced``, ``rebalance``) do not combine their class statistics, so they
-    refuse such a layer at its first forward (NotImplementedError, before any state changes).
+    from the model's predictions (``balanced``, ``rebalance``) combine their class counts and sums too.
 
     ``torch.export.export(model, ...)`` records the adapting forward with the state as the program's
     buffers, and those are the live model's tensors, not copies: each call of the exported module updates
@@ -76,7 +75,6 @@ class NormPolicy(nn.Module):
     stats_grad: bool = False
     uses_predictions: bool = False  # True for a policy that learns from the model's predicted classes
     sync_batchnorm: bool = False  # the original layer was a SyncBatchNorm (set at attach)
-    combines_processes: bool = True  # False: refused where a SyncBatchNorm would combine processes (class doc)
 
     def __init__(self, bn: _BatchNorm, *, layer_index: int = 0, post_norm: nn.Module | None = None) -> None:
         """``layer_index`` is the layer's position in the model (for per-layer random draws);
@@ -148,14 +146,6 @@ class NormPolicy(nn.Module):
                 "tta.detach(model, keep_adapted=True) and trace that."
             )
         self.check_input(x)
-        if self.sync_batchnorm and not self.combines_processes and self.syncing():
-            size = dist.get_world_size(self.original.process_group)
-            raise NotImplementedError(
-                f"{self.policy_name} does not combine its statistics across processes: layer {self.layer_index} "
-                f"replaced a SyncBatchNorm and its process group holds {size} processes. Serve the stream from one "
-                "process, or give the SyncBatchNorm layers a process group of one process each (per-process "
-                "statistics)"
-            )
         device = x.device.type
         if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
             # Statistics in float32 even under autocast (spec M0); normalize() returns x's dtype.

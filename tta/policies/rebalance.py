@@ -14,7 +14,7 @@ from tta.laplacian import lame_refinement
 from tta.options import Choice, Range
 from tta.policies.base import ModelHook, NormPolicy, check_logits
 from tta.registry import register_policy
-from tta.stats import all_finite, instance_moments, on_host, select
+from tta.stats import all_finite, gather_rows, instance_moments, on_host, select, sum_across_processes
 from tta.surgery import last_linear, with_num_classes
 
 
@@ -82,12 +82,12 @@ class RebalancedBatchNorm(NormPolicy):
     any spatial size, and a new domain replaces it within 1,000 samples of that class). A batch of one value per
     channel updates nothing. ``Q - A^2`` is floored at 1% of the balanced mixture's variance (a class far
     narrower would otherwise scale the variance by more than 100). ``stats_grad`` lets the gradient through the
-    batch's ``beta_t`` share of the pooled moments. Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc):
-    not combined, so refused at the first forward where a process group would combine the layer's statistics.
+    batch's ``beta_t`` share of the pooled moments. Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc)
+    the batch moments, the class counts and sums, the change detector's residuals and the refinement's batch are
+    every process's together: N processes with B/N samples each adapt and predict as one with B.
     """
 
     uses_predictions = True
-    combines_processes = False
 
     def __init__(
         self,
@@ -177,12 +177,14 @@ class RebalancedBatchNorm(NormPolicy):
     def normalize(self, x: Tensor) -> Tensor:
         self.pending = None
         moment1, moment2, pooled = self.moment1, self.moment2, self.pooled_composition
-        if self.adapting and x.numel() // x.shape[1] >= 2:
+        syncing = self.sync_batchnorm and self.syncing()
+        if self.adapting and (x.numel() // x.shape[1] >= 2 or syncing):
             grad = self.grad_through_stats(x)
             sample_mean, sample_var = instance_moments(x, self.stats_dtype, grad=grad)  # (B, C), biased
-            mean_b = sample_mean.mean(0)
-            square_b = torch.addcmul(sample_var, sample_mean, sample_mean).mean(0)  # raw second moment over (B, *S)
-            beta = self.pool_rate(x.shape[0])
+            mean_b, square_b, batch = self.batch_raw_moments(sample_mean, sample_var, syncing)
+            if batch * (x.numel() // (x.shape[0] * x.shape[1])) < 2:  # one value per channel in every process
+                return self.normalize_with(x, *self.balanced_stats(moment1, moment2, pooled))
+            beta = self.pool_rate(batch)
             guess = self.guess
             previous = (moment1.clone(), moment2.clone(), pooled.clone())
             new1, new2 = torch.lerp(moment1, mean_b, beta), torch.lerp(moment2, square_b, beta)
@@ -201,6 +203,23 @@ class RebalancedBatchNorm(NormPolicy):
             self.pending = (*moments, beta, guess, ok, previous)
             return self.normalize_with(x, mean, var)
         return self.normalize_with(x, *self.balanced_stats(moment1, moment2, pooled))
+
+    def batch_raw_moments(self, sample_mean: Tensor, sample_var: Tensor, syncing: bool) -> tuple[Tensor, Tensor, int]:
+        """The batch's per-channel mean and raw second moment over ``(B, *S)`` from its instance moments, and ``B``;
+        with ``syncing``, of every process's batch together (one all-reduce of the sums over the samples)."""
+        square = torch.addcmul(sample_var, sample_mean, sample_mean)
+        if not syncing:
+            return sample_mean.mean(0), square.mean(0), sample_mean.shape[0]
+        count = torch.full((1,), float(len(sample_mean)), dtype=square.dtype, device=square.device)
+        total = self.summed(torch.cat([count, sample_mean.sum(0), square.sum(0)]))
+        batch = int(total[0])
+        return total[1: 1 + self.num_features] / batch, total[1 + self.num_features:] / batch, batch
+
+    def summed(self, values: Tensor) -> Tensor:
+        """``values`` summed over the processes where the layer combines them (:meth:`syncing`), else as given."""
+        if self.sync_batchnorm and self.syncing():
+            return sum_across_processes(values, self.original.process_group)
+        return values
 
     def undo_pool_update(self) -> None:
         """Put the pool back as it was before the pending batch, whose prediction was refused."""
@@ -249,16 +268,13 @@ class RebalancedBatchNorm(NormPolicy):
         z_square = sample_var / (var + self.eps) + z.square()
         if valid is None:
             valid = torch.ones_like(labels, dtype=torch.bool)
-        # the count as a tensor: a Python weight of the batch size makes inductor's lerp guard on it (>= 0.5)
-        images = valid.sum().to(z.dtype)
-
-        def mean(rows: Tensor) -> Tensor:
-            return torch.where(valid[:, None], rows, 0).sum(0) / images
-
-        residual = torch.stack([
-            mean(z - offset[labels]),
-            torch.log(mean(z_square).clamp_min(1e-12) / mean(square[labels]).clamp_min(1e-12)),
-        ])
+        # sums over the samples, then over the processes; the count stays a tensor: a Python weight of the
+        # batch size makes inductor's lerp guard on it (>= 0.5)
+        sums = [torch.where(valid[:, None], rows, 0).sum(0) for rows in (z - offset[labels], z_square, square[labels])]
+        *sums, images = self.summed(torch.cat([*sums, valid.sum().to(z.dtype)[None]])).split(self.num_features)
+        images = images[0]
+        shift, second, expected = (t / images for t in sums)
+        residual = torch.stack([shift, torch.log(second.clamp_min(1e-12) / expected.clamp_min(1e-12))])
         drift = torch.lerp(self.drift, residual, (images / self.change_window).clamp_max(1.0))
         ok = functools.reduce(operator.and_, self.pending[6:7], all_finite(drift))  # and the batch's pool update
         changed = (drift.square().sum(0).mean() > self.change_threshold) & (self.steps > 1) & ok
@@ -325,6 +341,7 @@ class RebalancedBatchNorm(NormPolicy):
             moments = torch.where(valid.to(device)[:, None], moments, 0)
         counts = shared["counts"].to(device=device, dtype=z.dtype)
         sums = torch.zeros(len(classes), moments.shape[1], dtype=z.dtype, device=device).index_add_(0, index, moments)
+        sums = first.summed(sums)
         old_count = first.class_count[classes]
         total = old_count.clamp_max(first.class_memory) + counts
         rate = (counts / total.clamp_min(1e-12))[:, None]
@@ -441,13 +458,16 @@ class UpdateFromPredictions(ModelHook):
             labels = output.detach().argmax(1)
             valid = output.detach().isfinite().all(1)
             weights = valid.to(first.stats_dtype)
-            if not on_host(labels):  # every class (static shapes, no host sync): absent ones get rate 0
-                classes, index, images = torch.arange(first.num_classes, device=labels.device), labels, weights.sum()
+            syncing = first.sync_batchnorm and first.syncing()
+            # every class (static shapes, no host sync; the same rows in every process): absent ones get rate 0
+            if syncing or not on_host(labels):
+                classes, index = torch.arange(first.num_classes, device=labels.device), labels
                 counts = nn.functional.one_hot(labels, first.num_classes).to(weights.dtype).T @ weights
             else:  # only the classes predicted change
                 classes, index = labels.unique(return_inverse=True)
                 counts = torch.zeros(len(classes), dtype=weights.dtype).index_add_(0, index, weights)
-                images = int(valid.sum())
+            counts, images = first.summed(torch.cat([counts, weights.sum()[None]])).split([len(counts), 1])
+            images = int(images) if on_host(images) else images[0]
             shared = first.shared_estimates(classes, counts, images, pooled=bool(pending))
             if pending and first.detect_changes:
                 changed = first.domain_changed(labels, valid)
@@ -461,10 +481,23 @@ class UpdateFromPredictions(ModelHook):
             # balanced one; the estimate is that of the next batch, which includes this batch's prediction
             floor = 0.01 / first.num_classes
             output = output + torch.log(shared["guess"].clamp_min(floor) * first.num_classes).to(output.dtype)
-            if first.refine and features is not None and len(features) == len(output) and len(output) > 1:
-                output = lame_refinement(output, features, "knn", 5, weight=shared["rho"].sqrt())
+            if first.refine and features is not None and len(features) == len(output):
+                output = refined(first, output, features, shared["rho"].sqrt())
             return output
         return None
+
+
+def refined(layer: RebalancedBatchNorm, logits: Tensor, features: Tensor, weight: Tensor) -> Tensor:
+    """LAME's ``log Y`` of the kNN affinity (k = 5) times ``weight`` over the batch (a batch of one as given):
+    of every process's batch together where ``layer`` combines processes, this process's rows returned."""
+    start, rows = 0, len(logits)
+    if layer.sync_batchnorm and layer.syncing():
+        group = layer.original.process_group
+        logits, start = gather_rows(logits, group)
+        features, _ = gather_rows(features.detach().flatten(1).float(), group)
+    if len(logits) > 1:
+        logits = lame_refinement(logits, features, "knn", 5, weight=weight)
+    return logits[start: start + rows]
 
 
 class ClassifierInput(ModelHook):
