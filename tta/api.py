@@ -24,7 +24,8 @@ def adapt(model: nn.Module, policy: str, **options: object) -> nn.Module:
 
     Options are the policy's keyword arguments (spec M8b), checked for name, type and range before
     anything changes. If ``model`` is itself a BatchNorm layer, the returned module is its replacement;
-    otherwise it is ``model`` itself. The state is created as ordinary tensors even inside
+    otherwise it is ``model`` itself. Atomic: if building any layer fails (an allocation error), the model is
+    left as it was. The state is created as ordinary tensors even inside
     ``torch.inference_mode()``, so the model adapts outside it too. A policy that learns from the model's
     predictions (``balanced``, ``rebalance``) registers a forward hook on it, which :func:`detach` removes.
     """
@@ -48,8 +49,13 @@ def adapt(model: nn.Module, policy: str, **options: object) -> nn.Module:
         return layer_class(bn, layer_index=next(index), post_norm=post_norm_of(bn), **options)
 
     with torch.inference_mode(False):
-        adapted = replace_modules(model, is_batchnorm, build)
-    layer_class.register_model_hooks(adapted, **options)
+        adapted = replace_modules(model, is_batchnorm, build)  # every layer built before any is swapped
+    try:
+        layer_class.register_model_hooks(adapted, **options)
+    except BaseException:
+        remove_hooks(adapted, ModelHook)
+        replace_modules(adapted, lambda m: isinstance(m, NormPolicy), lambda _, layer: layer.restore_original())
+        raise
     return adapted
 
 

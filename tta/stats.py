@@ -70,6 +70,8 @@ def instance_moments(x: Tensor, dtype: torch.dtype = torch.float32, grad: bool =
     autograd graph of ``x`` (``torch.var_mean``).
     """
     if grad:
+        if x.dim() == 2:  # no spatial dims (an empty dim list would reduce every dim)
+            return x.to(dtype), torch.zeros_like(x, dtype=dtype)
         var, mean = torch.var_mean(x.to(dtype), dim=list(range(2, x.dim())), correction=0)
         return mean, var
     x = _detached(x, dtype)
@@ -250,6 +252,32 @@ def sum_across_processes(values: Tensor, group: dist.ProcessGroup | None = None)
     values = values.clone()
     dist.all_reduce(values, group=group)
     return values
+
+
+def gather_rows(rows: Tensor, group: dist.ProcessGroup | None = None) -> tuple[Tensor, int]:
+    """Every process's ``rows`` of ``group`` (None: the default group) in rank order, and the index where this
+    process's own start; processes may hold different counts (padded for the exchange).
+
+    Every process of the group must call it, in the same order. When ``rows`` carries a gradient the gather is
+    autograd's, whose backward returns each process the gradient of its rows summed over the processes.
+    """
+    world = dist.get_world_size(group)
+    count = torch.tensor([len(rows)], device=rows.device)
+    counts = [torch.zeros_like(count) for _ in range(world)]
+    dist.all_gather(counts, count, group=group)
+    sizes = [int(c) for c in counts]
+    padded = torch.cat([rows, rows.new_zeros((max(sizes) - len(rows), *rows.shape[1:]))])
+    if torch.is_grad_enabled() and rows.requires_grad:
+        from torch.distributed.nn.functional import all_gather
+
+        with warnings.catch_warnings():  # deprecated as all_reduce is (sum_across_processes)
+            warnings.simplefilter("ignore", FutureWarning)
+            parts = all_gather(padded, group=dist.group.WORLD if group is None else group)
+    else:
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded, group=group)
+    rank = dist.get_rank(group)
+    return torch.cat([part[:n] for part, n in zip(parts, sizes)]), sum(sizes[:rank])
 
 
 def reduce_moments(

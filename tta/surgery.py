@@ -51,16 +51,14 @@ def replace_modules(
 ) -> nn.Module:
     """Replace every module that ``match``es with ``build(name, module)``, in place; return the root.
 
-    A module reached through several parents (a shared layer) is built once and shared again. If the
+    Every replacement is built before any is swapped in, so a ``build`` that raises leaves the tree as it
+    was. A module reached through several parents (a shared layer) is built once and shared again. If the
     root itself matches, its replacement is returned.
     """
+    if match(root):
+        return build("", root)
     built: dict[int, nn.Module] = {}
-
-    def replacement(name: str, module: nn.Module) -> nn.Module:
-        if id(module) not in built:
-            built[id(module)] = build(name, module)
-        return built[id(module)]
-
+    slots: list[tuple[nn.Module, str, nn.Module]] = []  # (parent, attribute, module to replace)
     visited: set[int] = set()
 
     def visit(prefix: str, parent: nn.Module) -> None:
@@ -71,13 +69,15 @@ def replace_modules(
                 continue
             name = f"{prefix}.{child_name}" if prefix else child_name
             if match(child):
-                setattr(parent, child_name, replacement(name, child))
+                if id(child) not in built:
+                    built[id(child)] = build(name, child)
+                slots.append((parent, child_name, child))
             elif id(child) not in visited:
                 visit(name, child)
 
-    if match(root):
-        return replacement("", root)
     visit("", root)
+    for parent, child_name, child in slots:
+        setattr(parent, child_name, built[id(child)])
     return root
 
 

@@ -221,3 +221,41 @@ def test_adabn_skips_batches_with_one_value_per_channel() -> None:
     with torch.no_grad():
         model(inputs("mlp_bn1d", 2))
     assert int(tta.policy_layers(model)[0][1].count) == 2
+
+
+@pytest.mark.parametrize("policy", [p for p in tta.policies() if tta.get_policy(p).uses_predictions])
+def test_a_number_of_classes_the_model_does_not_output_is_named_before_any_state_changes(policy: str) -> None:
+    model = tta.adapt(build("small_cnn"), policy, num_classes=5)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=rf"{policy} learns from the model's predicted classes and needs \(batch, 5\) "
+                                         r"logits from the model; it returned \(4, 10\)"):
+        with torch.no_grad():
+            model(inputs("small_cnn", 4))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+@pytest.mark.parametrize("policy", tta.policies())
+def test_a_layer_that_fails_to_build_leaves_the_model_untouched_and_adaptable(
+    policy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An allocation failure at the third of resnet18's BatchNorm layers: no layer swapped, no hook left."""
+    model = build("resnet18")
+    modules = list(model.named_modules())
+    layer_class = tta.get_policy(policy)
+    built = []
+    original_init = layer_class.__init__
+
+    def failing_init(self: nn.Module, *args: object, **kwargs: object) -> None:
+        built.append(1)
+        if len(built) == 3:
+            raise MemoryError("out of memory")
+        original_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(layer_class, "__init__", failing_init)
+    with pytest.raises(MemoryError):
+        tta.adapt(model, policy)
+    monkeypatch.undo()
+    assert list(model.named_modules()) == modules
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    batchnorms = [m for _, m in modules if isinstance(m, nn.BatchNorm2d)]
+    assert [layer.original for _, layer in tta.policy_layers(tta.adapt(model, policy))] == batchnorms

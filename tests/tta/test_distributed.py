@@ -21,8 +21,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 import tta
 from tests.tta.conftest import give_source_statistics
 
-# Policies whose statistics are the batch's (every one that uses batch moments), and unmix_tns, whose
-# component update is a mean over the batch.
+# Policies whose statistics are the batch's (every one that uses batch moments), unmix_tns, whose
+# component update is a mean over the batch, and the two that learn class statistics from the predictions.
 CASES: dict[str, dict[str, object]] = {
     "tbn": {},
     "adabn": {},
@@ -32,13 +32,16 @@ CASES: dict[str, dict[str, object]] = {
     "adab2n": {},
     "iabn": {},
     "unmix_tns": {"num_components": 4},
+    "balanced": {},
+    "rebalance": {},
 }
 # Samples of each batch held by process 0 and process 1; in the second batch process 0 holds one
 # sample, so its BatchNorm1d layer has n = 1 on its own and n = 8 together.
 SHARDS = [(4, 4), (1, 7), (6, 2)]
 BATCH = 8
-# Under stats_grad (a gradient method's switch) every policy lets the gradient through its batch's share.
-GRAD_POLICIES = list(CASES)
+# Under stats_grad (a gradient method's switch) every policy lets the gradient through its batch's share
+# (balanced's returned forward normalizes with state only).
+GRAD_POLICIES = [policy for policy in CASES if policy != "balanced"]
 
 
 def base_model() -> nn.Module:

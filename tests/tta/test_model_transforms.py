@@ -4,6 +4,7 @@ parametrize its BatchNorm weights."""
 from __future__ import annotations
 
 import copy
+import pathlib
 
 import pytest
 import torch
@@ -207,3 +208,59 @@ def test_a_double_model_keeps_double_statistics(policy: str) -> None:
     detached = tta.detach(model)
     for (name, a), b in zip(detached.state_dict().items(), original.state_dict().values()):
         assert a.dtype == b.dtype and torch.equal(a, b), name
+
+
+def changes_state(policy: str) -> bool:
+    """Whether one forward of a ``small_cnn`` adapted with ``policy`` changes its state."""
+    model = tta.adapt(build("small_cnn"), policy)
+    state = snapshot(model)
+    with torch.no_grad():
+        model(inputs("small_cnn", 4))
+    return any(not torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+STATE_CHANGING = [policy for policy in POLICIES if changes_state(policy)]
+
+
+@pytest.mark.parametrize("policy", STATE_CHANGING)
+def test_a_program_exported_from_the_model_adapts_the_live_models_state(policy: str) -> None:
+    """torch.export keeps the module's tensors as the program's buffers, without a copy: the state is shared."""
+    model = tta.adapt(build("small_cnn"), policy)
+    exported = torch.export.export(model, (inputs("small_cnn", 4),)).module()
+    state = snapshot(model)
+    with torch.no_grad():
+        exported(inputs("small_cnn", 4, seed=2))
+    assert any(not torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+@pytest.mark.parametrize("policy", STATE_CHANGING)
+def test_a_program_exported_from_a_copy_has_its_own_state(policy: str) -> None:
+    """The documented way to an independent program: export ``copy.deepcopy(model)``. Calls of either leave
+    the other's state as it was, and the program adapts as the model would."""
+    model = tta.adapt(build("small_cnn"), policy)
+    reference = copy.deepcopy(model)
+    exported = torch.export.export(copy.deepcopy(model), (inputs("small_cnn", 4),)).module()
+    state, program_state = snapshot(model), snapshot(exported)
+    with torch.no_grad():
+        out = exported(inputs("small_cnn", 4, seed=2))
+        assert_same_state(snapshot(model), state)
+        torch.testing.assert_close(out, reference(inputs("small_cnn", 4, seed=2)), rtol=1e-5, atol=1e-6)
+        after = snapshot(exported)
+        model(inputs("small_cnn", 4, seed=3))
+    assert_same_state(snapshot(exported), after)
+    assert any(not torch.equal(v, after[k]) for k, v in program_state.items())
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_an_exported_program_saved_and_loaded_adapts_as_the_model(policy: str, tmp_path: pathlib.Path) -> None:
+    model = tta.adapt(build("small_cnn"), policy)
+    program = torch.export.export(copy.deepcopy(model), (inputs("small_cnn", 4),))
+    torch.export.save(program, tmp_path / "program.pt2")
+    loaded = torch.export.load(tmp_path / "program.pt2").module()
+    state = snapshot(loaded)
+    with torch.no_grad():
+        for seed in range(3):
+            x = inputs("small_cnn", 4, seed)
+            torch.testing.assert_close(loaded(x), model(x), rtol=1e-5, atol=1e-6)
+    if policy in STATE_CHANGING:  # the loaded program adapts
+        assert any(not torch.equal(v, loaded.state_dict()[k]) for k, v in state.items())

@@ -358,3 +358,95 @@ def test_the_switches_take_a_bool_only(option: str) -> None:
     for value in (1, "True", None):
         with pytest.raises(TypeError, match=f"option '{option}' must be a bool"):
             tta.adapt(build("small_cnn"), "rebalance", **{option: value})
+
+
+def settled_model(batches: int = 3) -> nn.Module:
+    """``rebalance`` after a few batches, with rho = 1 and a pool whose share of a new batch is negligible
+    (``pool_momentum`` 1e-9 past a long pool): an adapting forward then normalizes as a paused one does, and
+    the outputs of the two differ only by what the model hook does with the prediction."""
+    model = tta.adapt(build("small_cnn"), "rebalance", pool_momentum=1e-9, detect_changes=False)
+    with torch.no_grad():
+        for seed in range(batches):
+            model(inputs("small_cnn", 16, seed))
+    for _, layer in tta.policy_layers(model):
+        layer.pool_age.fill_(10**9)
+        layer.lag_products.copy_(torch.tensor([1.0, 1.0]))
+    return model
+
+
+def test_a_paused_forward_predicts_as_the_adapting_forward_on_the_same_state_and_changes_nothing() -> None:
+    """The prior correction and the refinement hold while paused (RoTTA's teacher, DUA's prediction): on each
+    state of a stream, the paused output equals the adapting forward's on a copy of that state."""
+    model = settled_model()
+    for seed in range(3, 6):
+        x = inputs("small_cnn", 16, seed)
+        paused, raw = copy.deepcopy(model), copy.deepcopy(model)
+        for _, layer in tta.policy_layers(raw):
+            layer.correct_outputs = False
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        with torch.no_grad(), tta.paused(paused), tta.paused(raw):
+            got, uncorrected = paused(x), raw(x)
+        assert all(torch.equal(v, paused.state_dict()[k]) for k, v in state.items())
+        with torch.no_grad():
+            expected = model(x)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(got.log_softmax(1), uncorrected.log_softmax(1), atol=1e-3)
+
+
+def test_a_non_finite_image_leaves_the_other_rows_and_the_estimates_as_without_it() -> None:
+    """One NaN image among 16: its row stays NaN and counts in no estimate; the 15 other rows are what the
+    15 finite images alone give (the pool ignores the batch either way: its share is negligible here)."""
+    model = settled_model()
+    x = inputs("small_cnn", 16, seed=7)
+    x[5, 0, 3, 3] = float("nan")
+    finite = torch.cat([x[:5], x[6:]])
+    alone = copy.deepcopy(model)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        out, expected = model(x), alone(finite)
+    assert torch.isnan(out[5]).all()
+    torch.testing.assert_close(torch.cat([out[:5], out[6:]]), expected, rtol=1e-5, atol=1e-5)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())  # a non-finite batch
+
+
+class Frames(nn.Module):
+    """A clip model: (B, T, C, H, W) frames through one BatchNorm as B * T images, averaged over T."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        frames = self.features(x.flatten(0, 1))
+        return self.head(frames.view(*x.shape[:2], -1).mean(1))
+
+
+def test_a_batchnorm_that_sees_more_samples_than_the_model_predicts_is_named_before_any_state_changes() -> None:
+    model = tta.adapt(give_source_statistics(Frames()), "rebalance")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="predicted 2 samples for a batch of 6 at this layer; rebalance needs every"):
+        with torch.no_grad():
+            model(torch.randn(2, 3, 3, 8, 8))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+class NanFirstRow(nn.Module):
+    """Logits of the first sample made NaN after the classifier (an overflow), every BatchNorm input finite."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.full_like(x[:1], float("nan")), x[1:]])
+
+
+def test_a_sample_with_a_non_finite_output_teaches_no_class() -> None:
+    """The classes learn from the other samples' predictions only: the counts are those of their argmax."""
+    model = give_source_statistics(nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 3), NanFirstRow()))
+    model = tta.adapt(model, "rebalance")
+    raw = copy.deepcopy(model)
+    raw[0].correct_outputs = False
+    x = torch.randn(12, 4, generator=torch.Generator().manual_seed(0)) * 2 + 1
+    with torch.no_grad():
+        out, labels = model(x), raw(x).argmax(1)
+    assert torch.isnan(out[0]).all() and torch.isfinite(out[1:]).all()
+    expected = torch.bincount(labels[1:], minlength=3).to(model[0].class_count.dtype)
+    assert torch.equal(model[0].class_count, expected)

@@ -82,3 +82,13 @@ def test_all_finite_is_false_exactly_when_a_value_is_nan_or_inf(values, specials
     first, second = torch.tensor(data[:split] or [0.0]), torch.tensor(data[split:] or [0.0])
     expected = all(v == v and abs(v) != float("inf") for v in data)  # |values| <= 1e30: no overflow
     assert bool(all_finite(first, second)) == expected
+
+
+def test_instance_moments_of_samples_without_spatial_dims_are_the_values_with_or_without_gradient() -> None:
+    """A (B, C) input (BatchNorm1d after a Linear): each sample's mean is its value, its variance 0."""
+    x = torch.randn(5, 3, requires_grad=True)
+    for grad in (False, True):
+        mean, var = instance_moments(x, grad=grad)
+        assert torch.equal(mean, x.detach()) and torch.equal(var, torch.zeros(5, 3))
+    mean.sum().backward()
+    assert torch.equal(x.grad, torch.ones(5, 3))

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tta.laplacian import AFFINITIES, FeatureCapture, laplacian_optimization
+from tta.laplacian import FeatureCapture, lame_refinement
 from tta.methods.base import Method
 from tta.options import Choice, Range
 from tta.registry import register_method
@@ -86,12 +85,9 @@ class Lame(Method):
         return logits, self.refine(logits, features)
 
     def refine(self, logits: Tensor, features: Tensor) -> Tensor:
-        """``log Y`` of LAME for this batch's logits and classifier inputs."""
-        unary = -torch.log(logits.float().softmax(1) + 1e-10)
-        kernel = AFFINITIES[self.affinity](F.normalize(features.float(), p=2, dim=-1), self.knn)
-        if self.force_symmetry:
-            kernel = (kernel + kernel.T) / 2
-        return laplacian_optimization(unary, kernel).to(logits.dtype)
+        """``log Y`` of LAME for this batch's logits and classifier inputs; a non-finite row is left out and
+        returned as the model gave it (:func:`tta.laplacian.lame_refinement`)."""
+        return lame_refinement(logits, features, self.affinity, self.knn, self.force_symmetry)
 
     def restore_model(self, keep_adapted: bool = False) -> nn.Module:
         remove_hooks(self.model, FeatureCapture)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Annotated, Any
 
@@ -10,9 +11,9 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from tta.options import Range
-from tta.policies.base import ModelHook, NormPolicy
+from tta.policies.base import ModelHook, NormPolicy, check_logits
 from tta.registry import register_policy
-from tta.stats import all_finite, instance_moments
+from tta.stats import all_finite, instance_moments, sum_across_processes
 from tta.surgery import with_num_classes
 
 # The official configs' class coupling per number of classes (CIFAR-10, CIFAR-100, ImageNet).
@@ -57,18 +58,18 @@ class BalancedBatchNorm(NormPolicy):
     wrapper, so ``tta.adapt`` returns the model it was given; the labels live on the layers only during
     that forward, so all state is in the layers' buffers (``state_dict``, ``reset``). A layer called
     outside the model's forward (no labels) normalizes and updates nothing. The model's output must be
-    ``(B, K)`` logits. ``torch.export`` records the prediction forward only: the hook is Python around the
-    graph (the module export gives back calls it on the live model), so a saved exported program does not
-    adapt. The returned forward normalizes with state only, so a gradient method's ``stats_grad`` has no
-    batch share to let through (as for ``source``; the official teacher's prediction has none either).
+    ``(B, K)`` logits. ``torch.export`` records both forwards (the updating one outside ``no_grad``, a
+    region a saved program cannot hold), so a program saved and loaded adapts as the model does. The
+    returned forward normalizes with state only, so a gradient method's ``stats_grad`` has no batch share
+    to let through (as for ``source``; the official teacher's prediction has none either).
 
     ``K`` is ``num_classes``, or (None) the output size of the model's last ``nn.Linear``, read at
     attach. Defaults as the official configs: ``eta = max(0.0005 K, 0.01)`` (0.01 for CIFAR-10),
     ``gamma`` that of the official config nearest in class count (0 for 10 classes, 0.1 for 100, 0.5
     for 1000).
 
-    Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc): not combined; each process updates the
-    class statistics from its own share of the batch.
+    Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc): the per-class counts and sums of the step
+    are every process's together, so N processes with B/N samples each adapt and predict as one with B.
 
     Departures, on purpose: the official student and its strongly augmented forward, the source anchor
     and the gradient step are TRIBE's training, not its normalization, and are left out (forward-only);
@@ -132,13 +133,15 @@ class BalancedBatchNorm(NormPolicy):
         mean, var = self.class_mean, self.class_var
         d = sample_mean - mean[labels]  # mean over S of x - mu_y
         d_square = sample_var + d.square()  # mean over S of (x - mu_y)^2
-        counts = torch.zeros(self.num_classes, dtype=dtype, device=x.device).index_add_(
-            0, labels, torch.ones_like(labels, dtype=dtype)
-        )
+        rows = torch.cat([torch.ones_like(d[:, :1]), d, d_square], 1)  # per class: count, sum d, sum d^2
+        sums = torch.zeros(self.num_classes, rows.shape[1], dtype=dtype, device=x.device).index_add_(0, labels, rows)
+        if self.sync_batchnorm and self.syncing():  # every process's samples together
+            sums = sum_across_processes(sums, self.original.process_group)
+        counts, d_sum, square = sums.split([1, self.num_features, self.num_features], 1)
+        counts = counts[:, 0]
         present = (counts > 0).to(dtype)
         rate = torch.where(counts > 1.0 / self.eta, 1.0 / counts.clamp_min(1), self.eta) * present  # m_k
-        delta = rate[:, None] * torch.zeros_like(mean).index_add_(0, labels, d)
-        square = torch.zeros_like(mean).index_add_(0, labels, d_square)
+        delta = rate[:, None] * d_sum
         k_present = present.sum()
         gamma = self.gamma
         new_mean = mean + (1 - gamma) * delta + gamma * delta.sum(0) / k_present
@@ -171,19 +174,15 @@ class PredictThenUpdate(ModelHook):
         layers = [m for m in model.modules() if isinstance(m, BalancedBatchNorm)]
         if not any(layer.adapting for layer in layers):
             return
-        classes = layers[0].num_classes
-        if not isinstance(output, Tensor) or output.dim() != 2 or output.shape[1] != classes:
-            shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
-            raise ValueError(
-                f"balanced labels each sample with the model's prediction and needs (batch, {classes}) logits "
-                f"from the model; it returned {shape}"
-            )
+        check_logits("balanced", output, layers[0].num_classes)
         labels = output.detach().argmax(1)
         self.updating = True
         try:
             for layer in layers:
                 layer.labels = labels
-            with torch.no_grad():
+            # torch.export cannot save a program holding a grad-mode region: there the updating forward is
+            # recorded as is (its output is discarded and the state is written detached either way)
+            with contextlib.nullcontext() if torch.compiler.is_exporting() else torch.no_grad():
                 model(*args, **kwargs)
         finally:
             self.updating = False

@@ -19,6 +19,17 @@ class ModelHook:
     learns the model's predictions): :func:`tta.detach` removes every one, wherever it sits."""
 
 
+def check_logits(policy: str, output: object, num_classes: int) -> None:
+    """Refuse a model output that is not ``(batch, num_classes)`` logits, naming what it was (a policy that
+    learns from the model's predicted classes calls it before its state changes)."""
+    if not isinstance(output, Tensor) or output.dim() != 2 or output.shape[1] != num_classes:
+        shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+        raise ValueError(
+            f"{policy} learns from the model's predicted classes and needs (batch, {num_classes}) logits from "
+            f"the model; it returned {shape}"
+        )
+
+
 class NormPolicy(nn.Module):
     """Replaces one BatchNorm layer and decides which statistics normalize each input (spec M0).
 
@@ -52,7 +63,13 @@ class NormPolicy(nn.Module):
     one process with B. SyncBatchNorm itself combines them only in train mode (in eval it uses its
     running statistics); a policy uses batch statistics in either mode, so it combines them in either.
     As with SyncBatchNorm, every process of the group must call the model in step (the same number of
-    calls, none of them paused on one process only), each with at least one sample.
+    calls, none of them paused on one process only), each with at least one sample. The policies that learn
+    from the model's predictions (``balanced``, ``rebalance``) combine their class counts and sums too.
+
+    ``torch.export.export(model, ...)`` records the adapting forward with the state as the program's
+    buffers, and those are the live model's tensors, not copies: each call of the exported module updates
+    the model's state too. For a program with a state of its own, export a copy:
+    ``torch.export.export(copy.deepcopy(model), ...)``.
     """
 
     stats_grad: bool = False

@@ -10,11 +10,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from tta.laplacian import knn_affinity, laplacian_optimization
+from tta.laplacian import lame_refinement
 from tta.options import Choice, Range
-from tta.policies.base import ModelHook, NormPolicy
+from tta.policies.base import ModelHook, NormPolicy, check_logits
 from tta.registry import register_policy
-from tta.stats import all_finite, instance_moments, on_host, select
+from tta.stats import all_finite, gather_rows, instance_moments, on_host, select, sum_across_processes
 from tta.surgery import last_linear, with_num_classes
 
 
@@ -82,7 +82,9 @@ class RebalancedBatchNorm(NormPolicy):
     any spatial size, and a new domain replaces it within 1,000 samples of that class). A batch of one value per
     channel updates nothing. ``Q - A^2`` is floored at 1% of the balanced mixture's variance (a class far
     narrower would otherwise scale the variance by more than 100). ``stats_grad`` lets the gradient through the
-    batch's ``beta_t`` share of the pooled moments.
+    batch's ``beta_t`` share of the pooled moments. Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc)
+    the batch moments, the class counts and sums, the change detector's residuals and the refinement's batch are
+    every process's together: N processes with B/N samples each adapt and predict as one with B.
     """
 
     uses_predictions = True
@@ -175,13 +177,16 @@ class RebalancedBatchNorm(NormPolicy):
     def normalize(self, x: Tensor) -> Tensor:
         self.pending = None
         moment1, moment2, pooled = self.moment1, self.moment2, self.pooled_composition
-        if self.adapting and x.numel() // x.shape[1] >= 2:
+        syncing = self.sync_batchnorm and self.syncing()
+        if self.adapting and (x.numel() // x.shape[1] >= 2 or syncing):
             grad = self.grad_through_stats(x)
             sample_mean, sample_var = instance_moments(x, self.stats_dtype, grad=grad)  # (B, C), biased
-            mean_b = sample_mean.mean(0)
-            square_b = torch.addcmul(sample_var, sample_mean, sample_mean).mean(0)  # raw second moment over (B, *S)
-            beta = self.pool_rate(x.shape[0])
+            mean_b, square_b, batch = self.batch_raw_moments(sample_mean, sample_var, syncing)
+            if batch * (x.numel() // (x.shape[0] * x.shape[1])) < 2:  # one value per channel in every process
+                return self.normalize_with(x, *self.balanced_stats(moment1, moment2, pooled))
+            beta = self.pool_rate(batch)
             guess = self.guess
+            previous = (moment1.clone(), moment2.clone(), pooled.clone())
             new1, new2 = torch.lerp(moment1, mean_b, beta), torch.lerp(moment2, square_b, beta)
             new_pooled = torch.lerp(pooled, guess, beta)
             ok = all_finite(new1, new2)
@@ -195,9 +200,36 @@ class RebalancedBatchNorm(NormPolicy):
             moments = (sample_mean, sample_var, mean, var)
             if grad:  # only then do they carry a gradient (the class statistics learn without one)
                 moments = tuple(t.detach() for t in moments)
-            self.pending = (*moments, beta, guess, ok)
+            self.pending = (*moments, beta, guess, ok, previous)
             return self.normalize_with(x, mean, var)
         return self.normalize_with(x, *self.balanced_stats(moment1, moment2, pooled))
+
+    def batch_raw_moments(self, sample_mean: Tensor, sample_var: Tensor, syncing: bool) -> tuple[Tensor, Tensor, int]:
+        """The batch's per-channel mean and raw second moment over ``(B, *S)`` from its instance moments, and ``B``;
+        with ``syncing``, of every process's batch together (one all-reduce of the sums over the samples)."""
+        square = torch.addcmul(sample_var, sample_mean, sample_mean)
+        if not syncing:
+            return sample_mean.mean(0), square.mean(0), sample_mean.shape[0]
+        count = torch.full((1,), float(len(sample_mean)), dtype=square.dtype, device=square.device)
+        total = self.summed(torch.cat([count, sample_mean.sum(0), square.sum(0)]))
+        batch = int(total[0])
+        return total[1: 1 + self.num_features] / batch, total[1 + self.num_features:] / batch, batch
+
+    def summed(self, values: Tensor) -> Tensor:
+        """``values`` summed over the processes where the layer combines them (:meth:`syncing`), else as given."""
+        if self.sync_batchnorm and self.syncing():
+            return sum_across_processes(values, self.original.process_group)
+        return values
+
+    def undo_pool_update(self) -> None:
+        """Put the pool back as it was before the pending batch, whose prediction was refused."""
+        batch, self.pending = self.pending, None
+        if batch is not None:
+            moment1, moment2, pooled = batch[7]
+            self.commit(
+                batch[6], moment1=moment1, moment2=moment2, pooled_composition=pooled, steps=self.steps - 1,
+                pool_age=self.pool_age - 1,
+            )
 
     def pool_rate(self, batch: int) -> Tensor | float:
         """``beta = max(1/n, pool_momentum)`` for a batch of ``batch`` images (class doc): a Python number where the
@@ -207,15 +239,17 @@ class RebalancedBatchNorm(NormPolicy):
             return max(1.0 / (int(self.pool_age) + 1), floor)
         return (1.0 / (self.pool_age + 1).to(self.stats_dtype)).clamp_min(floor)
 
-    def per_batch(self, rate: float, batch: int) -> float:
+    def per_batch(self, rate: float, batch: int | Tensor) -> float | Tensor:
         """The rate of a batch of ``batch`` images for a ``rate`` per ``reference_batch`` images:
         ``1 - (1 - rate)^(batch / reference_batch)``, so that the old content keeps the same weight after
         the same number of images whatever the batch size (class doc)."""
+        if isinstance(batch, Tensor):  # a count on the device (no host sync)
+            return 1.0 - (1.0 - rate) ** (batch / self.reference_batch)
         if not torch.compiler.is_compiling() and batch == self.reference_batch:  # compiled: no guard on the batch
             return rate  # exactly (1 - (1 - 0.1) is not 0.1 in floating point)
         return 1.0 - (1.0 - rate) ** (batch / self.reference_batch)
 
-    def domain_changed(self, labels: Tensor) -> Tensor:
+    def domain_changed(self, labels: Tensor, valid: Tensor | None = None) -> Tensor:
         """Whether the pending batch comes from another domain than the pool (a 0-dim bool; class doc).
 
         Its instance moments ``z_i, z2_i`` in the coordinates it was normalized with, against what the
@@ -223,7 +257,8 @@ class RebalancedBatchNorm(NormPolicy):
         ``r`` as in :meth:`balanced_stats`): per channel ``d1 = mean_i (z_i - a~_(k_i))`` and
         ``d2 = log(mean_i z2_i / mean_i q~_(k_i))``, averaged over ``change_window`` images (an EMA at
         rate ``B / change_window``). A change when ``mean_c (d1^2 + d2^2)`` exceeds ``change_threshold``;
-        the running residuals then start again from 0."""
+        the running residuals then start again from 0. Only the ``valid`` samples count (default all); a batch
+        whose pool update was refused (non-finite) changes nothing."""
         sample_mean, sample_var, mean, var = self.pending[:4]
         c = self.class_offset.mean(0)
         r = (self.class_square.mean(0) - c.square()).clamp_min(1e-12)
@@ -231,16 +266,20 @@ class RebalancedBatchNorm(NormPolicy):
         square = (self.class_square - 2 * c * self.class_offset + c.square()) / r
         z = (sample_mean - mean) * torch.rsqrt(var + self.eps)
         z_square = sample_var / (var + self.eps) + z.square()
-        residual = torch.stack([
-            (z - offset[labels]).mean(0),
-            torch.log(z_square.mean(0).clamp_min(1e-12) / square[labels].mean(0).clamp_min(1e-12)),
-        ])
-        # the rate as a tensor: a Python weight of the batch size makes inductor's lerp guard on it (>= 0.5)
-        images = torch.ones_like(labels, dtype=residual.dtype).sum()
+        if valid is None:
+            valid = torch.ones_like(labels, dtype=torch.bool)
+        # sums over the samples, then over the processes; the count stays a tensor: a Python weight of the
+        # batch size makes inductor's lerp guard on it (>= 0.5)
+        sums = [torch.where(valid[:, None], rows, 0).sum(0) for rows in (z - offset[labels], z_square, square[labels])]
+        *sums, images = self.summed(torch.cat([*sums, valid.sum().to(z.dtype)[None]])).split(self.num_features)
+        images = images[0]
+        shift, second, expected = (t / images for t in sums)
+        residual = torch.stack([shift, torch.log(second.clamp_min(1e-12) / expected.clamp_min(1e-12))])
         drift = torch.lerp(self.drift, residual, (images / self.change_window).clamp_max(1.0))
-        changed = (drift.square().sum(0).mean() > self.change_threshold) & (self.steps > 1)
+        ok = functools.reduce(operator.and_, self.pending[6:7], all_finite(drift))  # and the batch's pool update
+        changed = (drift.square().sum(0).mean() > self.change_threshold) & (self.steps > 1) & ok
         drift = torch.where(changed, torch.zeros_like(drift), drift)
-        self.commit(all_finite(drift), drift=drift)
+        self.commit(ok, drift=drift)
         return changed
 
     def restart_pool(self, changed: Tensor) -> None:
@@ -258,9 +297,11 @@ class RebalancedBatchNorm(NormPolicy):
         classes: Tensor,
         index: Tensor,
         shared: dict[str, Tensor],
+        valid: Tensor | None = None,
     ) -> None:
         """Update ``a_k, q_k`` of the predicted ``classes`` (``labels = classes[index]``) in every layer from its
         pending batch, and store the composition estimates the hook computed once for every layer (class doc).
+        Only the ``valid`` samples count (default all: the hook leaves out those with a non-finite output).
 
         All layers in one pass: their instance moments side by side, one sum per class (``index_add_``), one
         step for every class row (the count and rate of each class are the first layer's, the same
@@ -269,23 +310,21 @@ class RebalancedBatchNorm(NormPolicy):
         pending = []
         for layer in layers:
             batch, layer.pending = layer.pending, None
-            if batch is None:
-                continue
-            if labels.shape[0] != batch[0].shape[0]:
-                raise ValueError(
-                    f"{layer.describe()}: the model predicted {labels.shape[0]} samples for a batch of "
-                    f"{batch[0].shape[0]} at this layer; rebalance needs every BatchNorm layer to see the model's batch"
-                )
-            pending.append((layer, batch))
+            if batch is not None:
+                pending.append((layer, batch))
         groups: dict[tuple[torch.device, torch.dtype], list] = {}
         for layer, batch in pending:  # one concatenation per device and dtype (a model may span several)
             groups.setdefault((batch[0].device, batch[0].dtype), []).append((layer, batch))
         for group in groups.values():
-            cls._learn_group(group, classes, index, shared)
+            cls._learn_group(group, classes, index, shared, valid)
 
     @staticmethod
     def _learn_group(
-        group: list[tuple[RebalancedBatchNorm, tuple]], classes: Tensor, index: Tensor, shared: dict[str, Tensor]
+        group: list[tuple[RebalancedBatchNorm, tuple]],
+        classes: Tensor,
+        index: Tensor,
+        shared: dict[str, Tensor],
+        valid: Tensor | None,
     ) -> None:
         """:meth:`learn_classes` for layers whose pending moments share a device and dtype (the state's)."""
         layers = [layer for layer, _ in group]
@@ -298,15 +337,18 @@ class RebalancedBatchNorm(NormPolicy):
         inv_std = torch.rsqrt(var + eps)
         z = (sample_mean - mean) * inv_std
         moments = torch.cat([z, torch.addcmul(z.square(), sample_var, inv_std.square())], 1)
+        if valid is not None:
+            moments = torch.where(valid.to(device)[:, None], moments, 0)
         counts = shared["counts"].to(device=device, dtype=z.dtype)
         sums = torch.zeros(len(classes), moments.shape[1], dtype=z.dtype, device=device).index_add_(0, index, moments)
+        sums = first.summed(sums)
         old_count = first.class_count[classes]
         total = old_count.clamp_max(first.class_memory) + counts
         rate = (counts / total.clamp_min(1e-12))[:, None]
         old = torch.cat([layer.class_offset[classes] for layer in layers]
                         + [layer.class_square[classes] for layer in layers], 1)
         new = torch.lerp(old, sums / counts.clamp_min(1)[:, None], rate)
-        ok = functools.reduce(operator.and_, [batch[6] for _, batch in group], all_finite(new))
+        ok = functools.reduce(operator.and_, [batch[6] for _, batch in group], all_finite(new, shared["composition"]))
         if ok is False:
             return
         new = select(ok, new, old).split([layer.num_features for layer in layers] * 2, dim=1)
@@ -321,15 +363,20 @@ class RebalancedBatchNorm(NormPolicy):
                 updates["pooled_composition"] = layer.pooled_composition + batch[4] * (deviation - batch[5])
             layer.commit(ok, **updates)
 
-    def shared_estimates(self, classes: Tensor, counts: Tensor, batch: int) -> dict[str, Tensor]:
+    def shared_estimates(
+        self, classes: Tensor, counts: Tensor, batch: int | Tensor, pooled: bool = True
+    ) -> dict[str, Tensor]:
         """The composition estimates after a batch of ``batch`` images, ``counts`` predictions of ``classes``,
         the same in every layer (computed once, from this layer's state): this batch's composition, the usual
-        one, the lag-1 products, the next batch's guess and the batch's deviation from the usual prediction."""
+        one, the lag-1 products, the next batch's guess and the batch's deviation from the usual prediction.
+        ``pooled``: the layers pooled the batch already (``pool_age`` counts it); else it is counted here, so a
+        paused forward predicts as an adapting one would."""
         uniform = 1.0 / self.num_classes
         momentum, usual_momentum = self.per_batch(self.momentum, batch), self.per_batch(0.1 * self.momentum, batch)
         composition = torch.zeros_like(self.composition).index_put_((classes,), counts.to(self.stats_dtype))
         composition = composition / composition.sum()
-        steps = self.pool_age.to(self.stats_dtype)  # since the last restart: a new domain, a new usual prediction
+        # batches since the last restart (a new domain, a new usual prediction), this one included
+        steps = (self.pool_age + (not pooled)).to(self.stats_dtype)
         beta = (1.0 / steps).clamp_min(momentum)
         usual, last = self.usual_composition, self.composition
         lag = torch.stack([((composition - usual) * (last - usual)).sum(), (last - usual).square().sum()])
@@ -377,7 +424,10 @@ class RebalancedBatchNorm(NormPolicy):
 class UpdateFromPredictions(ModelHook):
     """Forward hook on the model's root: the argmax of the model's output updates the class statistics of
     every ``rebalance`` layer from the batch it just normalized, and the output is returned reweighted by
-    the batch's estimated class prior (one forward; :class:`RebalancedBatchNorm`)."""
+    the batch's estimated class prior (one forward; :class:`RebalancedBatchNorm`). While paused the output
+    is corrected and refined the same way from the current state, which nothing updates. Samples whose
+    output is not finite count in no estimate and are returned as the model gave them. An output that is not
+    ``(batch, K)`` logits, or a layer that saw another batch size, is refused with the pools put back."""
 
     def __init__(self, capture: ClassifierInput | None = None) -> None:
         self.capture = capture
@@ -386,52 +436,68 @@ class UpdateFromPredictions(ModelHook):
         features = None
         if self.capture is not None:
             features, self.capture.features = self.capture.features, None
-        layers = [m for m in model.modules() if isinstance(m, RebalancedBatchNorm) and m.pending is not None]
+        layers = [m for m in model.modules() if isinstance(m, RebalancedBatchNorm)]
         if not layers:
-            return
-        classes = layers[0].num_classes
-        if not isinstance(output, Tensor) or output.dim() != 2 or output.shape[1] != classes:
-            for layer in layers:
-                layer.pending = None
-            shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
-            raise ValueError(
-                f"rebalance learns from the model's predictions and needs (batch, {classes}) logits from the "
-                f"model; it returned {shape}"
-            )
-        first = layers[0]
+            return None
+        pending = [layer for layer in layers if layer.pending is not None]
+        first = (pending or layers)[0]
+        try:
+            check_logits("rebalance", output, first.num_classes)
+            for layer in pending:
+                if layer.pending[0].shape[0] != output.shape[0]:
+                    raise ValueError(
+                        f"{layer.describe()}: the model predicted {output.shape[0]} samples for a batch of "
+                        f"{layer.pending[0].shape[0]} at this layer; rebalance needs every BatchNorm layer to see "
+                        "the model's batch"
+                    )
+        except ValueError:
+            for layer in pending:
+                layer.undo_pool_update()
+            raise
         with torch.no_grad():
             labels = output.detach().argmax(1)
-            if not on_host(labels):  # every class (static shapes, no host sync): absent ones get rate 0
+            valid = output.detach().isfinite().all(1)
+            weights = valid.to(first.stats_dtype)
+            syncing = first.sync_batchnorm and first.syncing()
+            # every class (static shapes, no host sync; the same rows in every process): absent ones get rate 0
+            if syncing or not on_host(labels):
                 classes, index = torch.arange(first.num_classes, device=labels.device), labels
-                counts = nn.functional.one_hot(labels, first.num_classes).sum(0)
-            else:  # only the classes present change
+                counts = nn.functional.one_hot(labels, first.num_classes).to(weights.dtype).T @ weights
+            else:  # only the classes predicted change
                 classes, index = labels.unique(return_inverse=True)
-                counts = torch.bincount(index, minlength=len(classes))
-            shared = layers[0].shared_estimates(classes, counts, labels.shape[0])
-            if first.detect_changes:
-                changed = first.domain_changed(labels)
+                counts = torch.zeros(len(classes), dtype=weights.dtype).index_add_(0, index, weights)
+            counts, images = first.summed(torch.cat([counts, weights.sum()[None]])).split([len(counts), 1])
+            images = int(images) if on_host(images) else images[0]
+            shared = first.shared_estimates(classes, counts, images, pooled=bool(pending))
+            if pending and first.detect_changes:
+                changed = first.domain_changed(labels, valid)
                 if not on_host(changed) or changed:  # read once on the host: usually nothing to restart
-                    for layer in layers:
+                    for layer in pending:
                         layer.restart_pool(changed)
-            RebalancedBatchNorm.learn_classes(layers, labels, classes, index, shared)
+            if pending:
+                RebalancedBatchNorm.learn_classes(pending, labels, classes, index, shared, valid)
         if first.correct_outputs and first.prior == "previous":
             # label shift (Saerens et al. 2002): posteriors reweighted by the batch's estimated prior over the
             # balanced one; the estimate is that of the next batch, which includes this batch's prediction
             floor = 0.01 / first.num_classes
             output = output + torch.log(shared["guess"].clamp_min(floor) * first.num_classes).to(output.dtype)
-            if first.refine and features is not None and len(features) == len(output) and len(output) > 1:
-                output = refined(output, features, shared["rho"].sqrt())
+            if first.refine and features is not None and len(features) == len(output):
+                output = refined(first, output, features, shared["rho"].sqrt())
             return output
         return None
 
 
-def refined(logits: Tensor, features: Tensor, weight: Tensor) -> Tensor:
-    """LAME's ``log Y`` for ``logits`` with the kNN affinity (k = 5) of the L2-normalized ``features`` scaled
-    by ``weight`` (:mod:`tta.laplacian`; weight 1 is the method ``lame``'s default refinement). Differentiable
-    in ``logits`` (a gradient method on top trains through the refined prediction); the affinity is a constant."""
-    unary = -torch.log(logits.float().softmax(1) + 1e-10)
-    kernel = knn_affinity(nn.functional.normalize(features.detach().float().flatten(1), dim=-1), 5)
-    return laplacian_optimization(unary, weight.detach().to(kernel.dtype) * kernel).to(logits.dtype)
+def refined(layer: RebalancedBatchNorm, logits: Tensor, features: Tensor, weight: Tensor) -> Tensor:
+    """LAME's ``log Y`` of the kNN affinity (k = 5) times ``weight`` over the batch (a batch of one as given):
+    of every process's batch together where ``layer`` combines processes, this process's rows returned."""
+    start, rows = 0, len(logits)
+    if layer.sync_batchnorm and layer.syncing():
+        group = layer.original.process_group
+        logits, start = gather_rows(logits, group)
+        features, _ = gather_rows(features.detach().flatten(1).float(), group)
+    if len(logits) > 1:
+        logits = lame_refinement(logits, features, "knn", 5, weight=weight)
+    return logits[start: start + rows]
 
 
 class ClassifierInput(ModelHook):

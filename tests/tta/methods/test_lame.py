@@ -129,3 +129,45 @@ def test_one_forward_gives_the_adapted_models_own_output_and_lames(policy: str) 
             model_output, refined = shared.forward_with_model_output(x)
             assert torch.equal(model_output, alone(x)) and torch.equal(refined, separate(x))
     assert not torch.equal(model_output, refined)  # two outputs, not one twice
+
+
+@pytest.mark.parametrize("affinity", ["knn", "rbf", "linear"])
+def test_a_non_finite_image_stays_as_the_model_gave_it_and_leaves_the_other_rows_as_without_it(affinity: str) -> None:
+    """Over ``source`` each row's logits do not depend on the batch: the 15 finite rows of a batch of 16 with
+    one NaN image are LAME's for those 15 images alone, and the NaN row is the model's (no class-0 row)."""
+    learner = tta.attach_method(tta.adapt(build("small_cnn"), "source"), "lame", affinity=affinity)
+    x = inputs("small_cnn", 16, seed=4)
+    x[9, 1, 2, 2] = float("nan")
+    finite = torch.cat([x[:9], x[10:]])
+    with torch.no_grad():
+        out, expected = learner(x), learner(finite)
+    assert torch.isnan(out[9]).all()
+    torch.testing.assert_close(torch.cat([out[:9], out[10:]]), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("affinity", ["knn", "rbf"])
+def test_the_affinities_are_those_of_the_explicit_distances_with_duplicate_rows(affinity: str) -> None:
+    """The neighbours and the bandwidth of the distances written out pair by pair, ``|f_i - f_j|`` over a
+    (N, N, D) tensor, on random rows with duplicates (distance exactly 0 between two distinct rows)."""
+    generator = torch.Generator().manual_seed(0)
+    features = torch.nn.functional.normalize(torch.randn(40, 64, generator=generator), dim=1)
+    features[7], features[30], features[31] = features[3], features[12], features[12]
+    dist = torch.linalg.vector_norm(features[None] - features[:, None], dim=-1)
+    if affinity == "knn":
+        neighbours = dist.topk(6, dim=-1, largest=False).indices[:, 1:]
+        expected = torch.zeros_like(dist).scatter_(1, neighbours, 1.0)
+        assert torch.equal(knn_affinity(features, knn=5), expected)
+    else:
+        sigma = dist.topk(5, dim=-1, largest=False).values[:, -1].mean()
+        expected = torch.where(dist == 0, 1.0, torch.exp(-dist.square() / (2 * sigma.square())))
+        torch.testing.assert_close(rbf_affinity(features, knn=5), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_distances_take_memory_of_the_order_of_the_pairs_not_of_pairs_times_features() -> None:
+    """Every allocation of the kNN affinity of 256 rows of 512 features is a few (N, N) matrices, far below
+    the (N, N, D) differences (128 MiB here)."""
+    features = torch.nn.functional.normalize(torch.randn(256, 512), dim=1)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profile:
+        knn_affinity(features, knn=5)
+    largest = max(event.cpu_memory_usage for event in profile.key_averages())
+    assert 0 < largest <= 8 * 256 * 256 * 4
