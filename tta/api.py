@@ -13,7 +13,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from tta.methods.base import Method
+from tta.methods.base import Method, holder_of
 from tta.policies.base import ModelHook, NormPolicy, pausing
 from tta.registry import check_method_options, check_options, get_method, get_policy
 from tta.surgery import check_replaceable, is_batchnorm, post_norm_of, remove_hooks, replace_modules
@@ -106,11 +106,19 @@ def detach(model: nn.Module, *, keep_adapted: bool = False) -> nn.Module:
     did at this moment, for deployment or export (a stateless policy has none: ValueError, and the
     model is left adapted).
 
-    A method (learner) is removed first, wherever it sits, and undoes what it changed
+    A method (learner) inside ``model`` is removed first, wherever it sits, and undoes what it changed
     (:meth:`Method.release`): Tent restores the affine parameters' values at attach (with
-    ``keep_adapted``, keeps the trained ones) and every parameter's ``requires_grad``.
+    ``keep_adapted``, keeps the trained ones) and every parameter's ``requires_grad``. A model whose
+    layers a learner outside it holds is refused: detach that learner.
     """
     layers = _require_layers(model)
+    inside = {id(m) for m in model.modules() if isinstance(m, Method)}
+    holders = sorted({h.method_name for layer in layers if (h := holder_of(layer)) is not None and id(h) not in inside})
+    if holders:
+        raise ValueError(
+            f"the model's policy layers are held by a {', '.join(holders)} learner wrapping it; detach the learner "
+            "(tta.detach(learner)), which gives the model back, then the model if you want its BatchNorms back"
+        )
     stateless = keep_adapted and sorted({layer.policy_name for layer in layers if layer.adapted_stats() is None})
     if stateless:
         raise ValueError(

@@ -305,6 +305,17 @@ def test_a_model_can_take_a_method_again_once_its_learner_is_detached() -> None:
     assert torch.equal(model[1].weight, weight)  # lame trains nothing
 
 
+@pytest.mark.parametrize("method", tta.methods())
+def test_detaching_the_model_under_a_learner_is_refused_before_anything_changes(method: str) -> None:
+    model = tta.adapt(build("small_cnn"), "rbn")
+    learner = tta.attach_method(model, method, **TEST_OPTIONS.get(method, {}))
+    layers = tta.policy_layers(model)
+    with pytest.raises(ValueError, match=f"held by a {method} learner wrapping it; detach the learner"):
+        tta.detach(model)
+    assert tta.policy_layers(model) == layers and not learner.released
+    assert tta.detach(learner) is model and not tta.policy_layers(model)  # the learner gives the model back
+
+
 def test_the_teacher_of_a_rotta_learner_takes_no_method() -> None:
     rotta = tta.attach_method(tta.adapt(build("small_cnn"), "rbn"), "rotta")
     with pytest.raises(ValueError, match="already has a method attached"):
