@@ -464,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(run)
     run.add_argument("--policies", default="all", help="comma list of policies, or all (default)")
     run.add_argument("--methods", default=grid.NO_METHOD,
-                     help=f"comma list of methods stacked on each policy ({', '.join(tta.methods())}), or all; "
+                     help=f"comma list of methods stacked on each policy ({', '.join(tta.list_methods())}), or all; "
                           "default none: the policies alone")
     run.add_argument("--setting", default="single", help="comma list of single, continual, mixed, gradual")
     run.add_argument("--order", default="iid", help="comma list of iid, sorted, dirichlet:<delta>, slots:<gamma>")

@@ -131,27 +131,41 @@ def evaluate_batches(
     device = torch.device(device)
     policy_alone = dict(policy_alone or {})
     tallies: dict[Any, dict[Domain, Tally]] = {name: {} for name in [*models, *policy_alone.values()]}
-    with torch.no_grad():  # a method's own forward enables the gradients it needs
-        for batch in batches:
-            x = batch.x.to(device, non_blocking=True)
-            y = batch.y.to(device, non_blocking=True)
-            batch_domains = [domain_of(item) for item in batch.domain]
-            groups = _group_indices(batch_domains)
-            for name, model in models.items():
-                if name in policy_alone:
-                    alone, output = model.forward_with_model_output(x)
-                    scored = [(policy_alone[name], alone), (name, output)]
-                else:
+    model_outputs = {name: _LastOutput(models[name].model) for name in policy_alone}
+    try:
+        with torch.no_grad():  # a method's own forward enables the gradients it needs
+            for batch in batches:
+                x = batch.x.to(device, non_blocking=True)
+                y = batch.y.to(device, non_blocking=True)
+                groups = _group_indices([domain_of(item) for item in batch.domain])
+                for name, model in models.items():
                     scored = [(name, model(x))]
-                for scored_name, output in scored:
-                    wrong = ((output.argmax(dim=1) != y) | ~output.isfinite().all(dim=1)).cpu()
-                    for domain, index in groups.items():
-                        tally = tallies[scored_name].setdefault(domain, Tally())
-                        tally.n += len(index)
-                        tally.errors += int(wrong[index].sum())
-            if on_batch is not None:
-                on_batch(tallies)
+                    if name in policy_alone:
+                        scored.append((policy_alone[name], model_outputs[name].output))
+                    for scored_name, output in scored:
+                        wrong = ((output.argmax(dim=1) != y) | ~output.isfinite().all(dim=1)).cpu()
+                        for domain, index in groups.items():
+                            tally = tallies[scored_name].setdefault(domain, Tally())
+                            tally.n += len(index)
+                            tally.errors += int(wrong[index].sum())
+                if on_batch is not None:
+                    on_batch(tallies)
+    finally:
+        for output in model_outputs.values():
+            output.handle.remove()
     return tallies
+
+
+class _LastOutput:
+    """A forward hook that keeps the last output of a learner's adapted model: for an output-level method
+    (:attr:`tta.Method.output_level`), the policy alone's prediction from the method's own forward."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.output: Any = None
+        self.handle = model.register_forward_hook(self)
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
+        self.output = output
 
 
 def evaluate_stream(

@@ -158,13 +158,13 @@ def _parse_names(text: str, known: list[str], what: str) -> tuple[str, ...]:
 
 
 def parse_policies(text: str) -> tuple[str, ...]:
-    """``"all"`` or a comma list of names from the shared registry ``tta.policies()``."""
-    return _parse_names(text, list(tta.policies()), "policy")
+    """``"all"`` or a comma list of names from the shared registry ``tta.list_policies()``."""
+    return _parse_names(text, list(tta.list_policies()), "policy")
 
 
 def parse_methods(text: str) -> tuple[str, ...]:
-    """``"all"`` or a comma list of names from the shared registry ``tta.methods()`` (spec M13)."""
-    return _parse_names(text, list(tta.methods()), "method")
+    """``"all"`` or a comma list of names from the shared registry ``tta.list_methods()`` (spec M13)."""
+    return _parse_names(text, list(tta.list_methods()), "method")
 
 
 def parse_settings(text: str) -> tuple[str, ...]:
@@ -277,14 +277,14 @@ def parse_options(
     options: dict[str, dict[str, Any]] = {}
     for text in texts:
         name, key, value = parse_option(text)
-        if name in tta.policies():
+        if name in tta.list_policies():
             kind, flag, in_grid, accepted = "policy", "--policies", name in policies, tta.policy_options(name)
-        elif name in tta.methods():
+        elif name in tta.list_methods():
             kind, flag, in_grid, accepted = "method", "--methods", name in methods, tta.method_options(name)
         else:
             raise ValueError(
                 f"option {text!r}: unknown policy or method {name!r}; choose from: "
-                f"{', '.join(tta.policies())} (policies), {', '.join(tta.methods())} (methods)"
+                f"{', '.join(tta.list_policies())} (policies), {', '.join(tta.list_methods())} (methods)"
             )
         if not in_grid:
             raise ValueError(f"option {text!r}: {kind} {name!r} is not among {flag}")

@@ -17,7 +17,7 @@ CELLS = [
     new_markdown_cell(
         """# Comparing normalization policies on Fashion-MNIST-C
 
-The bundled Fashion-MNIST model is adapted with every policy of `tta.policies()` and evaluated on
+The bundled Fashion-MNIST model is adapted with every policy of `tta.list_policies()` and evaluated on
 corrupted test streams (severity 5, each corruption its own episode: setting `single`). Two questions:
 
 1. **How does label correlation hurt?** The label order inside each domain is swept from i.i.d. through
@@ -52,7 +52,7 @@ from benchmarks.models import load_bundled_model
 
 model = load_bundled_model()
 source = streams.fashion_mnist("test")
-policies = tta.policies()
+policies = tta.list_policies()
 corruptions = list(grid.parse_corruptions(CORRUPTIONS))
 print(f"{len(policies)} policies, {len(corruptions)} corruptions, {N_EXAMPLES} images each")"""
     ),

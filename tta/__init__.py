@@ -3,22 +3,25 @@
 ``tta.adapt(model, "rbn")`` swaps every BatchNorm layer for a policy layer that re-estimates its
 statistics online from the test stream; ``tta.attach_method(model, "tent")`` stacks a method on it (a
 learner); ``reset``, ``detach`` and ``paused`` undo or freeze either; ``CorrelationMeter`` tells from
-the predictions how label-correlated a stream is. Specification: shared/spec/methods.md.
+the predictions how label-correlated a stream is. ``tta.list_policies()`` and ``tta.list_methods()`` name
+what is registered; ``tta.policies`` and ``tta.methods`` are the packages that hold one module each.
 """
 
 __version__ = "0.2.0.dev0"
 
-from tta import policies as _policies  # noqa: F401  (registers the policies)
+from tta import methods, policies
 from tta.api import adapt, attach_method, detach, paused, policy_layers, reset
 from tta.correlation import CorrelationMeter
 from tta.methods.base import Method
 from tta.policies.base import NormPolicy
 from tta.registry import (
+    check_method_options,
+    check_policy_options,
     get_method,
     get_policy,
+    list_methods,
+    list_policies,
     method_options,
-    methods,
-    policies,
     policy_options,
     register_method,
     register_policy,
@@ -31,9 +34,13 @@ __all__ = [
     "NormPolicy",
     "adapt",
     "attach_method",
+    "check_method_options",
+    "check_policy_options",
     "detach",
     "get_method",
     "get_policy",
+    "list_methods",
+    "list_policies",
     "method_options",
     "methods",
     "paused",

@@ -15,7 +15,7 @@ from torch import nn
 
 from tta.methods.base import Method, holder_of
 from tta.policies.base import ModelHook, NormPolicy, pausing
-from tta.registry import check_method_options, check_options, get_method, get_policy
+from tta.registry import check_method_options, check_policy_options, get_method, get_policy
 from tta.surgery import check_replaceable, is_batchnorm, post_norm_of, remove_hooks, replace_modules
 
 
@@ -30,7 +30,7 @@ def adapt(model: nn.Module, policy: str, **options: object) -> nn.Module:
     predictions (``balanced``, ``rebalance``) registers a forward hook on it, which :func:`detach` removes.
     """
     layer_class = get_policy(policy)
-    options = check_options(policy, options)
+    options = check_policy_options(policy, options)
     if policy_layers(model):
         raise ValueError("model is already adapted; call tta.detach(model) before adapting it again")
     batchnorms = [(name, m) for name, m in model.named_modules() if is_batchnorm(m)]

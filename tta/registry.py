@@ -3,13 +3,14 @@ class (spec M13). The library and the CLI share them."""
 
 from __future__ import annotations
 
+import types
 from typing import TYPE_CHECKING, Callable, Generic, TypeVar
 
 from tta.options import closest, declared_options, validate_options
-from tta.policies.base import NormPolicy
 
 if TYPE_CHECKING:
     from tta.methods.base import Method
+    from tta.policies.base import NormPolicy
 
 T = TypeVar("T", bound=type)
 
@@ -69,7 +70,7 @@ _POLICIES: Registry[type[NormPolicy]] = Registry("policy", "policies", "tta.adap
 _METHODS: Registry[type[Method]] = Registry("method", "methods", "tta.attach_method(model, {})")
 _POLICIES.other, _METHODS.other = _METHODS, _POLICIES
 
-P = TypeVar("P", bound=type[NormPolicy])
+P = TypeVar("P", bound="type[NormPolicy]")
 M = TypeVar("M", bound="type[Method]")
 
 
@@ -78,7 +79,7 @@ def register_policy(name: str) -> Callable[[P], P]:
     return _POLICIES.register(name)
 
 
-def policies() -> list[str]:
+def list_policies() -> list[str]:
     """The registered policy names, in the order of the spec (M1-M7, M10-M12)."""
     return _POLICIES.names()
 
@@ -93,7 +94,7 @@ def policy_options(name: str) -> dict[str, object]:
     return _POLICIES.options(name)
 
 
-def check_options(name: str, options: dict[str, object]) -> dict[str, object]:
+def check_policy_options(name: str, options: dict[str, object]) -> dict[str, object]:
     """Check a policy's option names, types and ranges (:mod:`tta.options`); return plain values.
 
     Raises ValueError for an unknown option or a value out of range, TypeError for a wrong type; an option
@@ -112,7 +113,7 @@ def register_method(name: str) -> Callable[[M], M]:
     return _METHODS.register(name)
 
 
-def methods() -> list[str]:
+def list_methods() -> list[str]:
     """The registered method names: ``none`` first, then in the order of spec M13."""
     return _METHODS.names()
 
@@ -128,5 +129,25 @@ def method_options(name: str) -> dict[str, object]:
 
 
 def check_method_options(name: str, options: dict[str, object]) -> dict[str, object]:
-    """As :func:`check_options`, for a method."""
+    """As :func:`check_policy_options`, for a method."""
     return _METHODS.check_options(name, options)
+
+
+class ListingPackage(types.ModuleType):
+    """The class of ``tta.policies`` and ``tta.methods``, packages whose names were once listing functions:
+    calling one says which function lists the registered names now (its module's ``LISTING``)."""
+
+    def __call__(self, *args: object, **kwargs: object) -> None:
+        raise TypeError(
+            f"{self.__name__} is the package that holds one module each; tta.{self.LISTING}() lists the "
+            "registered names"
+        )
+
+
+_RENAMED = {"check_options": "check_policy_options", "policies": "list_policies", "methods": "list_methods"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _RENAMED:
+        raise AttributeError(f"tta.registry.{name} was renamed {_RENAMED[name]}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

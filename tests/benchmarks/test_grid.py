@@ -19,8 +19,8 @@ def small(**overrides):
 
 
 def test_all_policies_is_the_shared_registry():
-    assert grid.parse_policies("all") == tuple(tta.policies())
-    assert small(policies="all").policies == tuple(tta.policies())
+    assert grid.parse_policies("all") == tuple(tta.list_policies())
+    assert small(policies="all").policies == tuple(tta.list_policies())
 
 
 def test_all_corruptions_are_the_fifteen_in_standard_order():
@@ -76,7 +76,7 @@ def test_bad_options_are_refused(option, needle):
 
 
 def test_equal_arguments_spelled_differently_give_equal_configs():
-    explicit = small(policies=",".join(tta.policies()), orders="iid, dirichlet:0.10")
+    explicit = small(policies=",".join(tta.list_policies()), orders="iid, dirichlet:0.10")
     assert explicit == small(policies="all", orders="iid,dirichlet:0.1")
     assert explicit.to_json() == grid.GridConfig.from_json(explicit.to_json()).to_json()
 
@@ -150,7 +150,7 @@ def test_methods_are_an_axis_of_the_row_keys_outside_the_policies():
                         ("none", "tbn", "single", "iid", 0, "brightness", 5),
                         ("tent", "source", "single", "iid", 0, "brightness", 5),
                         ("tent", "tbn", "single", "iid", 0, "brightness", 5)]
-    assert small(methods="all").methods == tuple(tta.methods())
+    assert small(methods="all").methods == tuple(tta.list_methods())
 
 
 def test_methods_are_part_of_the_identity_only_when_not_just_none():

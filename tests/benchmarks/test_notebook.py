@@ -39,11 +39,11 @@ def test_the_notebook_executes_at_a_small_size(tmp_path, monkeypatch):
     text = "\n".join(
         output.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
     )
-    assert f"{len(tta.policies())} policies, 2 corruptions, 200 images each" in text
+    assert f"{len(tta.list_policies())} policies, 2 corruptions, 200 images each" in text
     # the correlation section: a row per policy, then LAME over adabn and rbn; a column per order
     table = text[text.index("| policy "):].split("\n\n")[0]
     names = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
-    assert names == [*tta.policies(), "lame/adabn", "lame/rbn"]
+    assert names == [*tta.list_policies(), "lame/adabn", "lame/rbn"]
     # the methods section: a table per order, a row per method, a column per policy
     for order in ("iid", "dirichlet:0.1"):
         table = text[text.index(f"{order}: mean error (%) over 2 corruptions, 200 images each"):].split("\n\n")[0]

@@ -21,9 +21,9 @@ def tiny_model() -> nn.Module:
 def test_every_policy_gets_a_positive_throughput_and_source_has_ratio_one():
     model = tiny_model()
     model(torch.rand(2, 1, 8, 8))  # materialize the lazy layer
-    results = measure_speed(model, tta.policies(), input_shape=(1, 8, 8), batch_size=4,
+    results = measure_speed(model, tta.list_policies(), input_shape=(1, 8, 8), batch_size=4,
                             warmup=1, repeats=2, batches_per_repeat=1)
-    assert [r.policy for r in results] == tta.policies()
+    assert [r.policy for r in results] == tta.list_policies()
     for r in results:
         assert r.images_per_s > 0 and len(r.runs) == 2 and math.isfinite(r.ratio_to_source)
         assert math.isfinite(r.ratio_to_unadapted) and r.spread[0] <= r.ratio_to_unadapted <= r.spread[1]

@@ -14,7 +14,7 @@ from tests.tta.conftest import build, give_source_statistics, inputs
 
 
 def test_policies_are_those_of_the_spec_in_order() -> None:
-    assert tta.policies() == [
+    assert tta.list_policies() == [
         "source", "tbn", "adabn", "alpha_bn", "momentum_decay", "rbn", "unmix_tns", "adab2n", "balanced", "iabn",
         "rebalance",
     ]
@@ -223,7 +223,7 @@ def test_adabn_skips_batches_with_one_value_per_channel() -> None:
     assert int(tta.policy_layers(model)[0][1].count) == 2
 
 
-@pytest.mark.parametrize("policy", [p for p in tta.policies() if tta.get_policy(p).uses_predictions])
+@pytest.mark.parametrize("policy", [p for p in tta.list_policies() if tta.get_policy(p).uses_predictions])
 def test_a_number_of_classes_the_model_does_not_output_is_named_before_any_state_changes(policy: str) -> None:
     model = tta.adapt(build("small_cnn"), policy, num_classes=5)
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -234,7 +234,7 @@ def test_a_number_of_classes_the_model_does_not_output_is_named_before_any_state
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
 
 
-@pytest.mark.parametrize("policy", tta.policies())
+@pytest.mark.parametrize("policy", tta.list_policies())
 def test_a_layer_that_fails_to_build_leaves_the_model_untouched_and_adaptable(
     policy: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

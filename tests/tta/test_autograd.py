@@ -9,7 +9,7 @@ from torch import nn
 import tta
 from tests.tta.conftest import build, give_source_statistics, inputs, with_classifier
 
-POLICIES = tta.policies()
+POLICIES = tta.list_policies()
 
 
 def gradients(model: nn.Module, *xs: torch.Tensor) -> list[torch.Tensor]:

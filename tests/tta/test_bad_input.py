@@ -9,7 +9,7 @@ import tta
 from tests.tta.conftest import build, inputs
 from tests.tta.test_invariants import snapshot, assert_same_state
 
-POLICIES = tta.policies()
+POLICIES = tta.list_policies()
 
 
 @pytest.mark.parametrize("bad_value", [float("nan"), float("inf")])

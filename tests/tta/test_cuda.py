@@ -14,7 +14,7 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"),
     pytest.mark.usefixtures("full_float32_precision"),  # tests/tta/conftest.py
 ]
-POLICIES = tta.policies()
+POLICIES = tta.list_policies()
 
 
 

@@ -183,7 +183,7 @@ def test_instance_statistics_need_no_other_process(ranks: list[dict]) -> None:
         torch.testing.assert_close(ranks[0]["instance_alone"]["unmix_tns"], mixture(x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("policy", tta.policies())
+@pytest.mark.parametrize("policy", tta.list_policies())
 def test_sync_batchnorm_without_a_process_group_adapts_as_batchnorm(policy: str) -> None:
     assert not dist.is_initialized()
     plain, synced = tta.adapt(base_model(), policy), tta.adapt(sync_model(), policy)

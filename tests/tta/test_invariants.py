@@ -10,7 +10,7 @@ import torch
 import tta
 from tests.tta.conftest import build, inputs
 
-POLICIES = tta.policies()
+POLICIES = tta.list_policies()
 
 
 def run(model: torch.nn.Module, name: str, seeds: range, batch: int = 4) -> list[torch.Tensor]:

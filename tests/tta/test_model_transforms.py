@@ -15,7 +15,7 @@ import tta
 from tests.tta.conftest import build, give_source_statistics, inputs
 from tests.tta.test_invariants import assert_same_state, snapshot
 
-POLICIES = tta.policies()
+POLICIES = tta.list_policies()
 STATEFUL = ["adabn", "momentum_decay", "rbn", "unmix_tns", "adab2n", "iabn"]
 
 

@@ -68,7 +68,7 @@ def test_each_option_is_checked_for_type_and_range(
 
 def test_every_declared_option_has_a_case_here() -> None:
     covered = {(policy, option) for policy, option, *_ in CASES}
-    declared = {(policy, option) for policy in tta.policies() for option in tta.policy_options(policy)}
+    declared = {(policy, option) for policy in tta.list_policies() for option in tta.policy_options(policy)}
     assert declared == covered
 
 

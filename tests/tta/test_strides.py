@@ -11,7 +11,7 @@ from torch import nn
 import tta
 from tests.tta.conftest import give_source_statistics, with_classifier
 
-POLICIES = tta.policies()
+POLICIES = tta.list_policies()
 
 
 def sliced(x: torch.Tensor) -> torch.Tensor:

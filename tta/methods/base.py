@@ -44,28 +44,26 @@ class Method(nn.Module):
     """Wraps a model adapted with ``tta.adapt`` and decides, on every forward, how it adapts (spec M13).
 
     ``forward(x)`` adapts and returns the prediction; while ``paused`` (set by :func:`tta.paused`, which
-    also pauses the policy layers) it only predicts. A subclass writes :meth:`forward_and_adapt`; what
-    it changes in the model when attached it undoes in :meth:`restore_model` (called by
-    :func:`tta.detach` through :meth:`release`); the state it holds itself (optimizer, counters, initial
-    values) :meth:`reset` restores, while
-    :func:`tta.reset` on the learner restores that and the policy layers together. State that must be
-    saved is in buffers or in the module's extra state, so ``state_dict()`` holds all of it. The extra
-    state holds the learner's options too (:meth:`options`: a subclass keeps each constructor option as
-    the attribute of its name), and ``load_state_dict`` refuses a state saved with other options before
+    also pauses the policy layers) it only predicts. A subclass writes :meth:`forward_and_adapt`, and
+    :meth:`predict` where its paused prediction is not the model's forward; one that keeps state of its
+    own extends :meth:`reset` (the whole learner back to the moment of attach, policy layers included),
+    and one that changes the model when attached extends :meth:`release` (the model given back). State
+    that must be saved is in buffers or in the module's extra state, so ``state_dict()`` holds all of it;
+    the extra state holds the learner's options too (a subclass keeps each constructor option as the
+    attribute of its name), and ``load_state_dict`` refuses a state saved with other options before
     loading anything into the learner.
 
     The model must return ``(batch, classes)`` logits; every model output a method uses passes
     :meth:`check_logits`, before a step uses it. A model's forward also updates the policy layers, so
-    before a learner's first adapting call :meth:`probe_output` checks the output of one paused forward
-    (which changes nothing): a model that never returns logits is refused with no state changed, at the
-    cost of one forward per learner.
+    before a learner's first adapting call one paused :meth:`predict` (which changes nothing) checks the
+    output: a model that never returns logits is refused with no state changed, at the cost of one
+    prediction per learner.
     """
 
     method_name: str = ""  # set by tta.registry.register_method
     output_level: bool = False
-    """True for a method that only post-processes the adapted model's output (LAME): it calls the model once
-    per batch and changes nothing in it, so :meth:`forward_with_model_output` gives the policy alone's
-    prediction from the same forward."""
+    """True for a method that calls the adapted model once per batch, changes nothing in it and computes its
+    prediction from that call's output (LAME): the model's own output is the policy alone's prediction."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -87,9 +85,9 @@ class Method(nn.Module):
         self.output_checked = False
         self.training = model.training  # the model's mode, untouched (a method never calls train())
         self.held: list[NormPolicy] = []
-        self.hold(layers)
+        self._hold(layers)
 
-    def hold(self, layers: list[NormPolicy]) -> None:
+    def _hold(self, layers: list[NormPolicy]) -> None:
         """Mark ``layers`` (and those held before) as this learner's until :meth:`release`: no other method
         attaches to them."""
         self.held += layers
@@ -99,32 +97,21 @@ class Method(nn.Module):
     def __setstate__(self, state: dict[str, Any]) -> None:
         """A copy (``copy.deepcopy``, unpickling) holds its own copies of the layers."""
         super().__setstate__(state)
-        self.hold([])
+        self._hold([])
 
     def forward(self, x: Tensor) -> Tensor:
-        self.check_attached()
-        if self.paused:
-            return self.check_logits(self.predict(x), len(x))
-        self.check_input(x)
-        self.probe_output(x)
-        return self.forward_and_adapt(x)
-
-    def forward_with_model_output(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(the adapted model's output, this method's output)`` from one forward, as :meth:`forward`
-        adapts; only for an :attr:`output_level` method (the benchmark scores the policy alone and the
-        method over it from one call)."""
-        raise TypeError(f"{self.method_name} is not an output-level method: its output is not one model call's")
-
-    def check_attached(self) -> None:
-        """Refuse a call after :meth:`release`."""
         if self.released:
             raise RuntimeError(
                 f"this {self.method_name} learner was detached (tta.detach) and its model given back; "
                 "attach the method again with tta.attach_method"
             )
-
-    def check_input(self, x: Tensor) -> None:
-        """Refuse, before anything runs, an input the method cannot adapt on; any here."""
+        if self.paused:
+            return self.check_logits(self.predict(x), len(x))
+        if not self.output_checked:
+            with torch.no_grad(), pausing(m for m in self.modules() if isinstance(m, NormPolicy)):
+                self.check_logits(self.predict(x), len(x))
+            self.output_checked = True
+        return self.forward_and_adapt(x)
 
     def check_logits(self, output: object, batch: int) -> Tensor:
         """``output`` if it is ``(batch, classes)`` logits, else a ValueError naming what the model returned."""
@@ -136,14 +123,6 @@ class Method(nn.Module):
             )
         return output
 
-    def probe_output(self, x: Tensor) -> None:
-        """Once per learner, before its first adapting call: :meth:`check_logits` on a paused forward of ``x``."""
-        if self.output_checked or self.paused:
-            return
-        with torch.no_grad(), pausing(self.layers):
-            self.check_logits(self.model(x), len(x))
-        self.output_checked = True
-
     def predict(self, x: Tensor) -> Tensor:
         """The prediction while paused, with no update: the adapted model's forward (RoTTA: its teacher's)."""
         return self.model(x)
@@ -153,24 +132,17 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def reset(self) -> None:
-        """Restore the method's own state to its value at attach; none here."""
-
-    def reset_all(self) -> None:
-        """Restore the policy layers and the method itself to the moment of attach (:func:`tta.reset`)."""
-        from tta.api import reset
-
-        reset(self)
+        """Return the whole learner to the moment of attach: every policy layer it holds (:func:`tta.reset`);
+        a subclass with state of its own extends it."""
+        for module in self.modules():
+            if isinstance(module, NormPolicy):
+                module.reset()
 
     def release(self, keep_adapted: bool = False) -> nn.Module:
-        """Give the model back (:func:`tta.detach`): :meth:`restore_model`, then this learner refuses
-        further calls."""
-        model = self.restore_model(keep_adapted)
+        """Give the model back (:func:`tta.detach`), undoing what attaching changed in it (``keep_adapted``
+        keeps what the method learned); the learner then refuses further calls. A subclass that changes
+        the model extends it."""
         self.released = True
-        return model
-
-    def restore_model(self, keep_adapted: bool = False) -> nn.Module:
-        """Undo what attaching changed in the model and return it; ``keep_adapted`` keeps what the
-        method learned. Nothing to undo here."""
         return self.model
 
     def options(self) -> dict[str, object]:
@@ -181,9 +153,9 @@ class Method(nn.Module):
         return {"options": self.options()}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
-        """Nothing to load: the options were compared before (:meth:`check_saved_options`)."""
+        """Nothing to load: the options were compared before (:meth:`_check_saved_options`)."""
 
-    def check_saved_options(self, state: dict[str, Any]) -> None:
+    def _check_saved_options(self, state: dict[str, Any]) -> None:
         """Refuse the extra state of a learner made with other options, naming each that differs."""
         saved, mine = state.get("options"), self.options()
         if saved is None:
@@ -202,11 +174,11 @@ class Method(nn.Module):
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         extra = state_dict.get(f"{prefix}_extra_state")
         if extra is not None:  # before this learner, or the model it holds, loads anything
-            self.check_saved_options(extra)
+            self._check_saved_options(extra)
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     def extra_repr(self) -> str:
-        return f"method={self.method_name!r}"
+        return ", ".join([f"method={self.method_name!r}", *(f"{k}={v!r}" for k, v in self.options().items())])
 
 
 class GradientMethod(Method):
@@ -222,9 +194,8 @@ class GradientMethod(Method):
 
         Every other parameter gets ``requires_grad`` False while attached, and the layers' ``stats_grad``
         is set, so the gradient flows through the current batch's share of the statistics as in the
-        official methods' train-mode layers (:meth:`restore_requires_grad` undoes both); the attach-time
-        values (the ``initial_affine`` buffer) and optimizer state are kept for :meth:`restore_affine`
-        and :meth:`reset_optimizer`.
+        official methods' train-mode layers (:meth:`release` undoes both); the attach-time values (the
+        ``initial_affine`` buffer) and optimizer state are kept for :meth:`reset` and :meth:`release`.
         """
         self.params = list({id(p): p for layer in self.layers for p in layer.affine_parameters()}.values())
         if not self.params:
@@ -242,23 +213,29 @@ class GradientMethod(Method):
         self.initial_optimizer_state = copy.deepcopy(self.optimizer.state_dict())
         self.register_buffer("initial_affine", torch.cat([p.detach().flatten() for p in self.params]))
 
-    def restore_affine(self, params: list[nn.Parameter] | None = None) -> None:
+    def reset(self) -> None:
+        """The policy layers, the affine parameters and the optimizer state as at attach."""
+        super().reset()
+        self._restore_affine()
+        self.optimizer.load_state_dict(copy.deepcopy(self.initial_optimizer_state))
+
+    def release(self, keep_adapted: bool = False) -> nn.Module:
+        """The model with every parameter's ``requires_grad`` and every layer's ``stats_grad`` as before
+        attach, and its affine parameters' values at attach unless ``keep_adapted``."""
+        if not keep_adapted:
+            self._restore_affine()
+        for p, flag in self.requires_grad_before:
+            p.requires_grad_(flag)
+        for layer, stats_grad in zip(self.layers, self.stats_grad_before):
+            layer.stats_grad = stats_grad
+        return super().release(keep_adapted)
+
+    def _restore_affine(self, params: list[nn.Parameter] | None = None) -> None:
         """Affine parameters (``self.params``, or a copy's in the same order) back to their values at attach."""
         params = self.params if params is None else params
         with torch.no_grad():
             for p, value in zip(params, self.initial_affine.split([p.numel() for p in params])):
                 p.copy_(value.view_as(p))
-
-    def reset_optimizer(self) -> None:
-        """The optimizer's state at attach."""
-        self.optimizer.load_state_dict(copy.deepcopy(self.initial_optimizer_state))
-
-    def restore_requires_grad(self) -> None:
-        """Every parameter's ``requires_grad`` and every layer's ``stats_grad`` as before :meth:`train_affine`."""
-        for p, flag in self.requires_grad_before:
-            p.requires_grad_(flag)
-        for layer, stats_grad in zip(self.layers, self.stats_grad_before):
-            layer.stats_grad = stats_grad
 
     def step(self, loss: Tensor) -> bool:
         """One optimizer step on ``loss`` w.r.t. ``self.params``; whether it was taken. A non-finite loss or

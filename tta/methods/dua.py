@@ -88,9 +88,10 @@ class DUA(Method):
         device = self.layers[0].source_mean.device
         self.register_buffer("updates", torch.zeros((), dtype=torch.int64, device=device))
 
-    def check_input(self, x: Tensor) -> None:
+    def predict(self, x: Tensor) -> Tensor:
         if x.dim() != 4:
             raise ValueError(f"dua augments image batches (N, C, H, W); got input of shape {tuple(x.shape)}")
+        return self.model(x)
 
     def forward_and_adapt(self, x: Tensor) -> Tensor:
         generator = seeded_generator(self.seed, int(self.updates))
@@ -98,10 +99,8 @@ class DUA(Method):
             self.model(augment_copies(x, self.copies, generator))
         self.updates += 1
         with pausing(self.layers):
-            return self.check_logits(self.model(x), len(x))
+            return self.check_logits(self.predict(x), len(x))
 
     def reset(self) -> None:
+        super().reset()
         self.updates.zero_()
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, copies={self.copies}, seed={self.seed}"

@@ -64,34 +64,25 @@ class Lame(Method):
     def forward_and_adapt(self, x: Tensor) -> Tensor:
         return self.predict(x)
 
-    def predict(self, x: Tensor) -> Tensor:
-        return self.forward_with_model_output(x)[1]
-
     @torch.no_grad()
-    def forward_with_model_output(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(the adapted model's logits, LAME's log Y for them)`` from one forward."""
-        self.check_attached()
-        self.probe_output(x)
+    def predict(self, x: Tensor) -> Tensor:
+        """LAME's ``log Y`` for the adapted model's logits of ``x``, from one forward."""
         self.capture.arm()
-        logits = self.model(x)
+        logits = self.check_logits(self.model(x), len(x))
         features, self.capture.features = self.capture.features, None
-        self.check_logits(logits, len(x))
         if features is None or features.dim() != 2 or len(features) != len(logits):
             got = "no call" if features is None else f"an input of shape {tuple(features.shape)}"
             raise ValueError(
                 f"lame needs the (batch, features) input of the model's last nn.Linear for a batch of "
                 f"{len(logits)}; it got {got}"
             )
-        return logits, self.refine(logits, features)
+        return self.refine(logits, features)
 
     def refine(self, logits: Tensor, features: Tensor) -> Tensor:
         """``log Y`` of LAME for this batch's logits and classifier inputs; a non-finite row is left out and
         returned as the model gave it (:func:`tta.laplacian.lame_refinement`)."""
         return lame_refinement(logits, features, self.affinity, self.knn, self.force_symmetry)
 
-    def restore_model(self, keep_adapted: bool = False) -> nn.Module:
+    def release(self, keep_adapted: bool = False) -> nn.Module:
         remove_hooks(self.model, FeatureCapture)
-        return self.model
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, affinity={self.affinity!r}, knn={self.knn}, force_symmetry={self.force_symmetry}"
+        return super().release(keep_adapted)

@@ -60,7 +60,7 @@ class Tent(GradientMethod):
 
     def forward_and_adapt(self, x: Tensor) -> Tensor:
         if self.episodic:
-            self.reset_all()
+            self.reset()
         with torch.inference_mode(False), torch.enable_grad():
             if x.is_inference():
                 x = x.clone()  # an inference tensor cannot be saved for the backward
@@ -71,18 +71,5 @@ class Tent(GradientMethod):
         return outputs.detach()
 
     def reset(self) -> None:
-        self.restore_affine()
-        self.reset_optimizer()
+        super().reset()
         self.updates.zero_()
-
-    def restore_model(self, keep_adapted: bool = False) -> nn.Module:
-        if not keep_adapted:
-            self.restore_affine()
-        self.restore_requires_grad()
-        return self.model
-
-    def extra_repr(self) -> str:
-        return (
-            f"{super().extra_repr()}, lr={self.lr}, betas=({self.beta1}, {self.beta2}), "
-            f"weight_decay={self.weight_decay}, steps={self.steps}, episodic={self.episodic}"
-        )

@@ -17,8 +17,8 @@ pytestmark = [
 
 
 
-@pytest.mark.parametrize("method", tta.methods())
-@pytest.mark.parametrize("policy", tta.policies())
+@pytest.mark.parametrize("method", tta.list_methods())
+@pytest.mark.parametrize("policy", tta.list_policies())
 def test_cuda_learner_matches_cpu(policy: str, method: str) -> None:
     options = {"update_frequency": 8} if method == "rotta" else {}  # memory updates within the test
     cpu = learner("small_cnn", policy, method, **options)

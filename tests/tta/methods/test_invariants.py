@@ -15,8 +15,8 @@ from tests.tta.conftest import MODELS, build, inputs
 from tests.tta.methods.conftest import TEST_OPTIONS, assert_same, learner, refuses, run, snapshot
 from tta.options import declared_options
 
-POLICIES = tta.policies()
-METHODS = tta.methods()
+POLICIES = tta.list_policies()
+METHODS = tta.list_methods()
 BATCHES = [1, 4]
 REFUSAL = r"augments image batches \(N, C, H, W\), but this model has only BatchNorm[13]d layers"
 

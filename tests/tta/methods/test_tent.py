@@ -15,7 +15,7 @@ import tta
 from tests.tta.conftest import build, inputs
 from tests.tta.methods.conftest import assert_same, entropy, learner
 
-POLICIES = tta.policies()
+POLICIES = tta.list_policies()
 
 
 def hand_tent(

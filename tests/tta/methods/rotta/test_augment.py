@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 
-from tta.methods.strong_augment import StrongAugmentParams, apply_params, make_params, strong_augment
+from tta.methods.rotta.augment import StrongAugmentParams, apply_params, make_params, strong_augment
 
 
 def images(n: int, channels: int, size: int = 16, seed: int = 0) -> torch.Tensor:

@@ -10,7 +10,7 @@ import io
 import pytest
 import torch
 
-from tta.methods.memory import CSTUMemory
+from tta.methods.rotta.memory import CSTUMemory
 
 
 def offer(memory: CSTUMemory, num_classes: int, *items: tuple[float, int, float]) -> list[bool]:

@@ -2,7 +2,7 @@
 update written out by hand (teacher prediction, memory, teacher and student statistics, Adam step, EMA),
 the update every ``update_frequency`` samples whatever the batch size, reset / paused / state_dict with
 updates, detach, determinism across processes, every policy. The memory and the augmentation have their
-own files (test_memory.py, test_strong_augment.py)."""
+own files (test_memory.py, test_augment.py)."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from tests.tta.conftest import build, inputs
 from tests.tta.methods.conftest import assert_same, learner, run, snapshot
 from tta.methods.rotta import timeliness_weights
 
-POLICIES = tta.policies()
-REPO = Path(__file__).resolve().parents[3]
+POLICIES = tta.list_policies()
+REPO = Path(__file__).resolve().parents[4]
 
 
 def rotta(model_name: str, policy: str = "rbn", seed: int = 0, **options: object) -> tta.Method:

@@ -10,8 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from tta.methods.base import LEARNING_RATE, GradientMethod, seeded_generator
-from tta.methods.memory import CSTUMemory
-from tta.methods.strong_augment import strong_augment
+from tta.methods.rotta.memory import CSTUMemory
+from tta.methods.rotta.augment import strong_augment
 from tta.options import Choice, Range
 from tta.policies.base import NormPolicy, pausing
 from tta.registry import register_method
@@ -53,7 +53,7 @@ class RoTTA(GradientMethod):
     Randomness: the augmentation of the k-th update draws from a generator seeded by ``(seed, k)``, so
     the same seed gives the same predictions and ``reset`` replays them. ``augment``: ``"strong"`` (the
     official pipeline for image batches with 1 or 3 channels, noise only for other inputs; see
-    :func:`tta.methods.strong_augment.strong_augment`), ``"noise"`` (Gaussian noise only), ``"none"``
+    :func:`tta.methods.rotta.augment.strong_augment`), ``"noise"`` (Gaussian noise only), ``"none"``
     (the identity).
 
     Departures from the official code, on purpose: the model is never switched to ``train()`` (the
@@ -92,7 +92,7 @@ class RoTTA(GradientMethod):
         self.train_affine(lr=lr, betas=(beta1, beta2), weight_decay=weight_decay)
         self.teacher = copy.deepcopy(model).requires_grad_(False)
         self.teacher_layers = [m for m in self.teacher.modules() if isinstance(m, NormPolicy)]
-        self.hold(self.teacher_layers)
+        self._hold(self.teacher_layers)
         self.teacher_params = list(
             {id(p): p for layer in self.teacher_layers for p in layer.affine_parameters()}.values()
         )
@@ -155,27 +155,15 @@ class RoTTA(GradientMethod):
         return strong_augment(data, generator, self.noise_std)
 
     def reset(self) -> None:
-        self.restore_affine()
-        self.restore_affine(self.teacher_params)
-        self.reset_optimizer()
+        super().reset()
+        self._restore_affine(self.teacher_params)
         self.memory.reset()
         self.instances.zero_()
         self.updates.zero_()
 
-    def restore_model(self, keep_adapted: bool = False) -> nn.Module:
+    def release(self, keep_adapted: bool = False) -> nn.Module:
         """The student model; ``keep_adapted`` first gives it the teacher's parameters and statistics (the
         model that predicts), so the baked model normalizes as the teacher does now."""
         if keep_adapted:
             self.model.load_state_dict(self.teacher.state_dict())
-        else:
-            self.restore_affine()
-        self.restore_requires_grad()
-        return self.model
-
-    def extra_repr(self) -> str:
-        return (
-            f"{super().extra_repr()}, capacity={self.capacity}, update_frequency={self.update_frequency}, "
-            f"lr={self.lr}, betas=({self.beta1}, {self.beta2}), weight_decay={self.weight_decay}, nu={self.nu}, "
-            f"lambda_t={self.lambda_t}, lambda_u={self.lambda_u}, augment={self.augment!r}, "
-            f"noise_std={self.noise_std}, seed={self.seed}"
-        )
+        return super().release(keep_adapted)
