@@ -343,6 +343,8 @@ def cmd_speed(args: argparse.Namespace) -> int:
     options = grid.parse_options(args.option, policies, methods)
     if args.dataset not in speed.INPUT_SHAPES:
         raise _Fail(f"unknown dataset {args.dataset!r}; choose from: {', '.join(speed.INPUT_SHAPES)}")
+    speed.check_sizes(batch_size=args.batch_size, warmup=args.warmup, repeats=args.repeats,
+                      batches_per_repeat=args.batches_per_repeat)
     _set_threads(args.threads)
     device = _device(args.device)
     model = _load_model(grid.normalize_model(args.model), args.dataset, device, args, args.arch,
