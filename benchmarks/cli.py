@@ -316,12 +316,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"warning: {len(duplicates)} result(s) stored more than once in {folder / results.RESULTS_NAME}, "
               f"each counted once (the first stored): "
               f"{'; '.join(results.describe_key(grid.row_key(row)) for row in duplicates)}", file=sys.stderr)
-    config_path = folder / results.CONFIG_NAME
-    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.exists() else None
-    policies = config.get("policies") if config else None
+    config = results.read_config_json(folder)
+    meta = metadata.read_meta(folder)
+    policies = config["policies"] if config else None
     methods = config.get("methods", [grid.NO_METHOD]) if config else None
     rows = report.in_grid_order(rows, config)
-    paths = report.write_report(folder, rows, config=config, metadata=metadata.read_meta(folder))
+    paths = report.write_report(folder, rows, config=config, metadata=meta)
     print(report.summary_table(rows, policies=policies, methods=methods, config=config))
     print()
     for name, path in paths.items():

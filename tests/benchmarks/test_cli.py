@@ -321,6 +321,87 @@ def test_report_counts_a_duplicated_result_once_and_says_so(finished, tmp_path, 
     assert f"{sum(same) / len(same):.1f}" in line
 
 
+def _set_first_row(folder: Path, key: str, value) -> None:
+    lines = (folder / "results.jsonl").read_text().splitlines(keepends=True)
+    lines[0] = json.dumps({**json.loads(lines[0]), key: value}) + "\n"
+    (folder / "results.jsonl").write_text("".join(lines))
+
+
+def _drop_policies(folder: Path) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    del config["policies"]
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def _append_line(folder: Path, line: bytes) -> None:
+    with open(folder / "results.jsonl", "ab") as file:
+        file.write(line + b"\n")
+
+
+def _results_as_folder(folder: Path) -> None:
+    (folder / "results.jsonl").unlink()
+    (folder / "results.jsonl").mkdir()
+
+
+DAMAGE = {  # how a folder is damaged, and what the error must name
+    "a number as a line": (lambda f: _append_line(f, b"5"), "results.jsonl, line 9"),
+    "null as a line": (lambda f: _append_line(f, b"null"), "results.jsonl, line 9"),
+    "an error of null": (lambda f: _set_first_row(f, "error", None), "results.jsonl, line 1"),
+    "a seed that is text": (lambda f: _set_first_row(f, "seed", "x"), "results.jsonl, line 1"),
+    "a line that is not UTF-8": (lambda f: _append_line(f, b"\xff\xfe"), "results.jsonl, line 9"),
+    "results.jsonl a folder": (_results_as_folder, "results.jsonl"),
+    "a config that is a list": (lambda f: (f / "config.json").write_text("[1, 2]"), "config.json"),
+    "a truncated config": (lambda f: (f / "config.json").write_text((f / "config.json").read_text()[:50]),
+                           "config.json, line 4"),
+    "a config without policies": (_drop_policies, "config.json: 'policies'"),
+    "a meta that is a list": (lambda f: (f / "meta.json").write_text("[]"), "meta.json"),
+    "a truncated meta": (lambda f: (f / "meta.json").write_text((f / "meta.json").read_text()[:30]), "meta.json, line"),
+}
+
+
+@pytest.mark.parametrize("command", ["report", "run"])
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_folder_is_one_error_naming_the_file_and_line_and_is_left_as_it_was(
+        finished, cache_dir, tmp_path, capsys, command, damage):
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(finished, folder, ignore=shutil.ignore_patterns("report.md", "results.csv", "errors.png"))
+    damaged, named = DAMAGE[damage]
+    damaged(folder)
+    before = {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()}
+    argv = ["report", str(folder)] if command == "report" else \
+        ["run", *SMALL, "--cache-dir", str(cache_dir), "--out", str(folder)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and named in err and "Traceback" not in err, err
+    assert {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()} == before
+
+
+def test_a_report_that_cannot_be_written_is_one_error_naming_the_file(finished, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(finished, folder)
+    (folder / "report.md").unlink()
+    (folder / "report.md").mkdir()
+    assert cli.main(["report", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and f"{folder / 'report.md'}: cannot write" in err and "Traceback" not in err
+
+
+def test_report_warns_once_about_a_duplicated_result(finished, tmp_path):
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(finished, folder)
+    lines = (folder / "results.jsonl").read_text().splitlines()
+    (folder / "results.jsonl").write_text("\n".join([*lines, lines[0]]) + "\n")
+    done = subprocess.run([sys.executable, "-m", "benchmarks.cli", "report", str(folder)], cwd=REPO,
+                          env=_subprocess_env(), capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0 and done.stderr.count("stored more than once") == 1, done.stderr
+
+
 # --- reproducibility metadata, output without a terminal, smaller flags ----------------------------------
 
 
