@@ -378,6 +378,16 @@ def test_a_damaged_folder_is_one_error_naming_the_file_and_line_and_is_left_as_i
     assert {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()} == before
 
 
+@pytest.mark.parametrize(("kind", "named"), [("empty file", "is empty"), ("folder", "is a folder")])
+def test_a_model_path_that_holds_no_model_is_one_error_naming_it(tmp_path, capsys, kind, named):
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"") if kind == "empty file" else model.mkdir()
+    assert cli.main(["run", *SMALL, "--model", str(model), "--arch", "bundled", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and f"{model} {named}" in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_report_that_cannot_be_written_is_one_error_naming_the_file(finished, tmp_path, capsys):
     import shutil
 
