@@ -104,27 +104,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     from benchmarks import evaluate, metadata, results
 
     started, started_at = time.monotonic(), metadata.utc_now()
-    config = _config_from_args(args)
     out = _out_folder(args.out)
-    _executor_args(args)
-    _set_threads(_unit_threads(args))  # serial units run in this process
-    device = _device(args.device)
-    with contextlib.ExitStack() as held:
-        if out.is_dir():  # an existing folder: refuse at once if another run writes into it
-            held.enter_context(results.FolderLock(out))
-        # Everything that can fail on the arguments fails here, before a result is written into --out.
+    # The lock comes first, so that a second run on the same folder is refused at once, whatever else;
+    # a folder created here that stays empty is removed when the run ends.
+    with results.FolderLock(out, created=results.make_folder(out)):
+        # Everything that can fail on the arguments fails here, before anything is written into --out.
+        config = _config_from_args(args)
+        _executor_args(args)
+        _set_threads(_unit_threads(args))  # serial units run in this process
+        device = _device(args.device)
         model = _load_model(config.model, config.dataset, device, args, config.arch, config.model_args)
         source = evaluate.load_source(config, data_dir=args.data_dir)
         batch = evaluate.first_batch(config, source, cache_dir=args.cache_dir)
         evaluate.check_model_and_policies(config, model, batch, device=device)
-        if not out.is_dir():
-            try:
-                out.mkdir(parents=True, exist_ok=True)
-            except OSError as error:
-                raise _Fail(f"--out {args.out}: cannot create the folder: {error.strerror or error}") from None
-            held.enter_context(results.FolderLock(out))
-        store = results.ResultStore.open(out, config)
         meta = metadata.read_meta(out)
+        store = results.ResultStore.open(out, config)
         run_entry: dict[str, Any] = {"started": started_at, **metadata.environment(device),
                                      "executor": args.executor, "workers": args.workers,
                                      "worker_threads": _unit_threads(args)}

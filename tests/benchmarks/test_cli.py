@@ -300,6 +300,48 @@ def test_a_second_run_into_a_folder_in_use_fails_at_once_naming_the_holder(tmp_p
     assert json.loads((tmp_path / "out" / "config.json").read_text())["seeds"] == [0]
 
 
+_AT_THE_SIGNAL = (
+    "import sys, time, pathlib\n"
+    "ready, go = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])\n"
+    "from benchmarks import cli\n"
+    "ready.touch()\n"
+    "while not go.exists(): time.sleep(0.001)\n"
+    "started = time.monotonic()\n"
+    "status = cli.main(sys.argv[3:])\n"
+    "print(f'seconds {time.monotonic() - started:.3f}')\n"
+    "sys.exit(status)\n"
+)
+"""Runs ``tta-bench`` with the arguments after the first two: says it is ready by creating the file
+named first, then starts once the file named second exists."""
+
+
+@pytest.mark.parametrize("seeds", [["0", "0"], ["0", "1"]])
+def test_two_runs_started_together_on_a_new_folder_one_is_refused_at_once(tmp_path, cache_dir, seeds):
+    go = tmp_path / "go"
+    out = tmp_path / "new" / "out"
+    args = [*SMALL, "--order", "iid", "--cache-dir", str(cache_dir), "--out", str(out)]
+    runs = [subprocess.Popen([sys.executable, "-c", _AT_THE_SIGNAL, str(tmp_path / f"ready{i}"), str(go), "run",
+                              *args, "--seeds", seed], cwd=REPO, env=_subprocess_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for i, seed in enumerate(seeds)]
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"ready{i}").exists() for i in range(2)):
+        assert time.monotonic() < deadline and all(run.poll() is None for run in runs)
+        time.sleep(0.01)
+    go.touch()
+    ended = [run.communicate(timeout=300) for run in runs]
+    statuses = [run.returncode for run in runs]
+    assert sorted(statuses) == [0, 2], ended
+    refused_out, refused_err = ended[statuses.index(2)]
+    assert "in use" in refused_err and "Traceback" not in refused_err
+    assert float(refused_out.split("seconds ")[-1]) < 5
+    winner = seeds[statuses.index(0)]
+    rows = read_rows(out / "results.jsonl")
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert len(lines) == len(rows) == 4
+    assert set(keys_of(rows)) == grid_keys([*args, "--seeds", winner])
+    assert json.loads((out / "config.json").read_text())["seeds"] == [int(winner)]
+
+
 def test_report_counts_a_duplicated_result_once_and_says_so(finished, tmp_path, capsys):
     import shutil
 
@@ -386,6 +428,32 @@ def test_a_model_path_that_holds_no_model_is_one_error_naming_it(tmp_path, capsy
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and f"{model} {named}" in err and "Traceback" not in err, err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def full_disk(tmp_path) -> Path:
+    """A 16 KiB file system with no space left (skipped where it cannot be mounted)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(disk)]
+    if subprocess.run(mount, capture_output=True, check=False).returncode:
+        pytest.skip("cannot mount a small file system here (needs root)")
+    try:
+        with open(disk / "fill", "wb") as file, pytest.raises(OSError):
+            file.write(b"\0" * 65536)
+            file.flush()
+        yield disk
+    finally:
+        subprocess.run(["umount", "--lazy", str(disk)], check=True)
+
+
+def test_a_new_folder_on_a_full_disk_is_one_error_and_leaves_nothing(full_disk, cache_dir, capsys):
+    args = [*SMALL, "--policies", "source", "--order", "iid", "--cache-dir", str(cache_dir)]
+    assert cli.main(["run", *args, "--out", str(full_disk / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "No space left on device" in err and str(full_disk / "out") in err, err
+    assert "Traceback" not in err
+    assert sorted(path.name for path in full_disk.iterdir()) == ["fill"]
 
 
 def test_a_report_that_cannot_be_written_is_one_error_naming_the_file(finished, tmp_path, capsys):
