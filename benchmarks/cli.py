@@ -114,6 +114,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         _set_threads(_unit_threads(args))  # serial units run in this process
         device = _device(args.device)
         model = _load_model(config.model, config.dataset, device, args, config.arch, config.model_args)
+        if args.executor == "ray" or args.workers > 1:
+            _check_sendable(model, args)
         source = evaluate.load_source(config, data_dir=args.data_dir)
         batch = evaluate.first_batch(config, source, cache_dir=args.cache_dir)
         evaluate.check_model_and_policies(config, model, batch, device=device)
@@ -133,6 +135,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         if status:
             return status
         return _write_report(store.folder, store.rows(), config.to_json(), meta, config.policies, config.methods)
+
+
+def _check_sendable(model: Any, args: argparse.Namespace) -> None:
+    """Refuse a model the executor cannot send to its worker processes or tasks."""
+    from benchmarks import executors
+
+    try:
+        executors.check_sendable(model, ray=args.executor == "ray")
+    except ValueError as error:
+        raise _Fail(f"--model {args.model}: {error}") from None
 
 
 def _executor_args(args: argparse.Namespace) -> None:

@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 import torch
@@ -68,6 +69,18 @@ def import_ray() -> Any:
     except ImportError:
         raise ImportError(f"--executor ray needs Ray, which is not installed: {RAY_EXTRA}") from None
     return ray
+
+
+def check_sendable(model: nn.Module, *, ray: bool = False) -> None:
+    """Raise ValueError when ``model`` cannot be pickled as the job of worker processes (or, with
+    ``ray``, of Ray tasks, which pickle with cloudpickle)."""
+    dumps = import_ray().cloudpickle.dumps if ray else ForkingPickler.dumps
+    try:
+        dumps(model)
+    except Exception as error:  # noqa: BLE001 - pickling raises whatever the object's reduction raises
+        raise ValueError(f"the model cannot be sent to {'Ray tasks' if ray else 'worker processes'}: it cannot "
+                         f"be pickled ({_describe(error)}); run it in this process (--executor local --workers 1), "
+                         "or load it from a state dict with --arch") from None
 
 
 def _describe(error: BaseException) -> str:

@@ -187,6 +187,15 @@ def test_a_unit_whose_worker_dies_is_retried_in_a_new_worker(tmp_path, cache_dir
     assert len(rows) == 8 and all(row["errors"] == serial_rows[grid.row_key(row)]["errors"] for row in rows)
 
 
+def test_a_model_that_cannot_be_pickled_is_one_error_before_anything_is_written(tmp_path, cache_dir, capsys):
+    args = [*GRID, "--workers", "2", "--model", "tests.benchmarks.worker_models:unpicklable",
+            "--cache-dir", str(cache_dir), "--out", str(tmp_path / "out")]
+    assert cli.main(["run", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "cannot be pickled" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_ray_missing_is_one_error_naming_the_extra_before_anything_is_written(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     assert cli.main(["run", *GRID, "--executor", "ray", "--out", str(tmp_path / "out")]) == 2
