@@ -117,7 +117,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.executor == "ray" or args.workers > 1:
             _check_sendable(model, args)
         source = evaluate.load_source(config, data_dir=args.data_dir)
-        batch = evaluate.first_batch(config, source, cache_dir=args.cache_dir)
+        try:
+            batch = evaluate.first_batch(config, source, cache_dir=args.cache_dir)
+        except ImportError as error:  # e.g. a corruption's package is not installed
+            raise _Fail(str(error)) from None
         evaluate.check_model_and_policies(config, model, batch, device=device)
         meta = metadata.read_meta(out)
         store = results.ResultStore.open(out, config)

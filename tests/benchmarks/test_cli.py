@@ -430,6 +430,24 @@ def test_a_model_path_that_holds_no_model_is_one_error_naming_it(tmp_path, capsy
     assert not (tmp_path / "out").exists()
 
 
+def test_a_corruption_whose_package_is_missing_is_one_error_naming_both_before_anything_is_written(
+        tmp_path, cache_dir, capsys, monkeypatch):
+    for module in ("corrupt_tta", "corrupt_tta.assets", "corrupt_tta.assets.frost"):
+        monkeypatch.setitem(sys.modules, module, None)  # importing it raises ImportError
+    args = [*SMALL, "--policies", "source", "--order", "iid", "--corruptions", "brightness,frost"]
+    assert cli.main(["run", *args, "--cache-dir", str(cache_dir), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "frost" in err and "pip install corrupt-tta" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_package_of_the_frost_textures_is_a_dependency_of_a_plain_install():
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert any(re.match(r"corrupt-tta\b", dependency) for dependency in project["dependencies"])
+
+
 @pytest.fixture
 def full_disk(tmp_path) -> Path:
     """A 16 KiB file system with no space left (skipped where it cannot be mounted)."""
