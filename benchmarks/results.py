@@ -11,10 +11,11 @@ output folder are not part of it.
 One process writes a folder at a time: :class:`FolderLock` holds an OS-level lock (``filelock``, released
 by the OS when the holder dies, even by ``kill -9``) on ``.lock`` for the whole run, and records the
 holder's PID in ``.lock.pid`` so a refused run can name it. Every file of a folder is read through one
-checked path (:func:`read_json_file`, :func:`read_results`): a file that cannot be read, or a line or
-value its writer never writes, is a :class:`FolderFileError` naming the file and line. Readers tolerate a key stored twice (left
-by an older, unlocked version): it counts once and is reported. Rows and configs written before methods
-existed (no ``method`` key, no ``methods``) are ``none``'s: such a folder resumes with the same command.
+checked path (:func:`read_json_file`, :func:`read_results`): a file that cannot be read or written, or
+a line or value its writer never writes, is a :class:`FolderFileError` naming the file and line.
+Readers tolerate a key stored twice (left by an older, unlocked version): it counts once and is
+reported. Rows and configs written before methods existed (no ``method`` key, no ``methods``) are
+``none``'s: such a folder resumes with the same command.
 """
 
 from __future__ import annotations
@@ -189,9 +190,9 @@ def folder_file_error(path: str | os.PathLike[str], what: str, error: OSError) -
     return FolderFileError(f"{path}: {what}: {error.strerror or error}")
 
 
-def _check(data: Any, schema: dict[str, Any], where: str) -> None:
-    """Raise :class:`FolderFileError` at ``where`` when ``data`` does not match ``schema``."""
-    problem = best_match(jsonschema.Draft202012Validator(schema).iter_errors(data))
+def _check(data: Any, validator: jsonschema.Validator, where: str) -> None:
+    """Raise :class:`FolderFileError` at ``where`` when ``data`` does not match the validator's schema."""
+    problem = best_match(validator.iter_errors(data))
     if problem is not None:
         at = "".join(f"[{part!r}]" for part in problem.absolute_path)
         raise FolderFileError(f"{where}: {f'value {at}: ' if at else ''}{problem.message}; this file was not "
@@ -225,7 +226,7 @@ def read_json_file(path: str | os.PathLike[str], schema: dict[str, Any]) -> Any:
     if data is None:
         return None
     document = _parse_json(data, str(path))
-    _check(document, schema, str(path))
+    _check(document, jsonschema.Draft202012Validator(schema), str(path))
     return document
 
 
@@ -255,11 +256,12 @@ def read_results(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], li
     if torn.strip():
         log.warning("%s: ignoring an incomplete last line (an interrupted write)", path)
     rows = []
+    validator = jsonschema.Draft202012Validator(ROW_SCHEMA)
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         row = _parse_json(line, f"{path}, line {number}")
-        _check(row, ROW_SCHEMA, f"{path}, line {number}")
+        _check(row, validator, f"{path}, line {number}")
         rows.append(row)
     unique: dict[RowKey, dict[str, Any]] = {}
     duplicates = []
