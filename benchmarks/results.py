@@ -143,7 +143,7 @@ class FolderLock:
         folder = self.folder
         try:
             while True:
-                folder.rmdir()  # fails, and so stops, on a folder something else was put in
+                folder.rmdir()  # raises on a folder something else was put in: it is kept
                 if folder == self.created:
                     return
                 folder = folder.parent
