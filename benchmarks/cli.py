@@ -104,27 +104,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     from benchmarks import evaluate, metadata, results
 
     started, started_at = time.monotonic(), metadata.utc_now()
-    config = _config_from_args(args)
     out = _out_folder(args.out)
-    _executor_args(args)
-    _set_threads(_unit_threads(args))  # serial units run in this process
-    device = _device(args.device)
-    with contextlib.ExitStack() as held:
-        if out.is_dir():  # an existing folder: refuse at once if another run writes into it
-            held.enter_context(results.FolderLock(out))
-        # Everything that can fail on the arguments fails here, before a result is written into --out.
+    # The lock comes first, so that a second run on the same folder is refused at once, whatever else;
+    # a folder created here that stays empty is removed when the run ends.
+    with results.FolderLock(out, created=results.make_folder(out)):
+        # Everything that can fail on the arguments fails here, before anything is written into --out.
+        config = _config_from_args(args)
+        _executor_args(args)
+        _set_threads(_unit_threads(args))  # serial units run in this process
+        device = _device(args.device)
         model = _load_model(config.model, config.dataset, device, args, config.arch, config.model_args)
+        if args.executor == "ray" or args.workers > 1:
+            _check_sendable(model, args)
         source = evaluate.load_source(config, data_dir=args.data_dir)
-        batch = evaluate.first_batch(config, source, cache_dir=args.cache_dir)
+        try:
+            batch = evaluate.first_batch(config, source, cache_dir=args.cache_dir)
+        except ImportError as error:  # e.g. a corruption's package is not installed
+            raise _Fail(str(error)) from None
         evaluate.check_model_and_policies(config, model, batch, device=device)
-        if not out.is_dir():
-            try:
-                out.mkdir(parents=True, exist_ok=True)
-            except OSError as error:
-                raise _Fail(f"--out {args.out}: cannot create the folder: {error.strerror or error}") from None
-            held.enter_context(results.FolderLock(out))
-        store = results.ResultStore.open(out, config)
         meta = metadata.read_meta(out)
+        store = results.ResultStore.open(out, config)
         run_entry: dict[str, Any] = {"started": started_at, **metadata.environment(device),
                                      "executor": args.executor, "workers": args.workers,
                                      "worker_threads": _unit_threads(args)}
@@ -139,6 +138,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         if status:
             return status
         return _write_report(store.folder, store.rows(), config.to_json(), meta, config.policies, config.methods)
+
+
+def _check_sendable(model: Any, args: argparse.Namespace) -> None:
+    """Refuse a model the executor cannot send to its worker processes or tasks."""
+    from benchmarks import executors
+
+    try:
+        executors.check_sendable(model, ray=args.executor == "ray")
+    except ValueError as error:
+        raise _Fail(f"--model {args.model}: {error}") from None
 
 
 def _executor_args(args: argparse.Namespace) -> None:
@@ -316,12 +325,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"warning: {len(duplicates)} result(s) stored more than once in {folder / results.RESULTS_NAME}, "
               f"each counted once (the first stored): "
               f"{'; '.join(results.describe_key(grid.row_key(row)) for row in duplicates)}", file=sys.stderr)
-    config_path = folder / results.CONFIG_NAME
-    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.exists() else None
-    policies = config.get("policies") if config else None
+    config = results.read_config_json(folder)
+    meta = metadata.read_meta(folder)
+    policies = config["policies"] if config else None
     methods = config.get("methods", [grid.NO_METHOD]) if config else None
     rows = report.in_grid_order(rows, config)
-    paths = report.write_report(folder, rows, config=config, metadata=metadata.read_meta(folder))
+    paths = report.write_report(folder, rows, config=config, metadata=meta)
     print(report.summary_table(rows, policies=policies, methods=methods, config=config))
     print()
     for name, path in paths.items():
@@ -343,6 +352,8 @@ def cmd_speed(args: argparse.Namespace) -> int:
     options = grid.parse_options(args.option, policies, methods)
     if args.dataset not in speed.INPUT_SHAPES:
         raise _Fail(f"unknown dataset {args.dataset!r}; choose from: {', '.join(speed.INPUT_SHAPES)}")
+    speed.check_sizes(batch_size=args.batch_size, warmup=args.warmup, repeats=args.repeats,
+                      batches_per_repeat=args.batches_per_repeat)
     _set_threads(args.threads)
     device = _device(args.device)
     model = _load_model(grid.normalize_model(args.model), args.dataset, device, args, args.arch,

@@ -16,10 +16,11 @@ import multiprocessing
 import os
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 import torch
@@ -68,6 +69,18 @@ def import_ray() -> Any:
     except ImportError:
         raise ImportError(f"--executor ray needs Ray, which is not installed: {RAY_EXTRA}") from None
     return ray
+
+
+def check_sendable(model: nn.Module, *, ray: bool = False) -> None:
+    """Raise ValueError when ``model`` cannot be pickled as the job of worker processes (or, with
+    ``ray``, of Ray tasks, which pickle with cloudpickle)."""
+    dumps = import_ray().cloudpickle.dumps if ray else ForkingPickler.dumps
+    try:
+        dumps(model)
+    except Exception as error:  # noqa: BLE001 - pickling raises whatever the object's reduction raises
+        raise ValueError(f"the model cannot be sent to {'Ray tasks' if ray else 'worker processes'}: it cannot "
+                         f"be pickled ({_describe(error)}); run it in this process (--executor local --workers 1), "
+                         "or load it from a state dict with --arch") from None
 
 
 def _describe(error: BaseException) -> str:
@@ -153,40 +166,48 @@ def run_here(job: Job, units: Iterable[evaluate.Unit], *, source: Any = None,
 
 def run_in_processes(job: Job, units: Iterable[evaluate.Unit], *, workers: int) -> Iterator[Outcome]:
     """Run the units in ``workers`` local processes (started with ``spawn``, so no thread or CUDA state
-    of the driver is inherited). A unit whose worker dies (e.g. killed for memory) is retried in a new
-    pool like one that raised; every unit in flight in the broken pool counts an attempt."""
+    of the driver is inherited), one unit at a time in each. Each process is a pool of its own, so a
+    process that dies (e.g. killed for memory) ran exactly one unit: that unit counts an attempt and is
+    retried in a new process like one that raised; the units of the other processes go on."""
     context = multiprocessing.get_context("spawn")
+    waiting = deque(units)
     attempts: Counter[evaluate.Unit] = Counter()
-    pending: dict[Future[list[dict[str, Any]]], tuple[evaluate.Unit, ProcessPoolExecutor]] = {}
+    running: dict[Future[list[dict[str, Any]]], tuple[evaluate.Unit, ProcessPoolExecutor]] = {}
+    pools: list[ProcessPoolExecutor] = []
 
     def start() -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(job, os.getpid()))
+        pools.append(ProcessPoolExecutor(1, mp_context=context, initializer=_start_worker,
+                                         initargs=(job, os.getpid())))
+        return pools[-1]
 
-    def submit(unit: evaluate.Unit) -> None:
+    def submit(unit: evaluate.Unit, pool: ProcessPoolExecutor) -> None:
         attempts[unit] += 1
-        pending[pool.submit(_run_in_worker, unit)] = (unit, pool)
+        running[pool.submit(_run_in_worker, unit)] = (unit, pool)
 
-    pool = start()
     try:
-        for unit in units:
-            submit(unit)
-        while pending:
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+        for _ in range(min(workers, len(waiting))):
+            submit(waiting.popleft(), start())
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
-                unit, ran_in = pending.pop(future)
+                unit, pool = running.pop(future)
                 error = future.exception()
-                if error is None:
-                    yield Outcome(unit, future.result(), None, min(workers, len(pending)))
-                    continue
-                if isinstance(error, BrokenProcessPool) and ran_in is pool:
+                if isinstance(error, BrokenProcessPool):  # its one process died running this unit
+                    pools.remove(pool)
                     pool.shutdown(wait=False, cancel_futures=True)
                     pool = start()
-                if _log_failure(unit, attempts[unit], error):
-                    yield Outcome(unit, [], _describe(error), min(workers, len(pending)))
+                if error is not None and not _log_failure(unit, attempts[unit], error):
+                    submit(unit, pool)
+                    continue
+                if waiting:
+                    submit(waiting.popleft(), pool)
+                if error is None:
+                    yield Outcome(unit, future.result(), None, len(running))
                 else:
-                    submit(unit)
+                    yield Outcome(unit, [], _describe(error), len(running))
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        for pool in pools:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def run_on_ray(job: Job, units: Iterable[evaluate.Unit], *, address: str | None = None,

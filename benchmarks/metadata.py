@@ -8,7 +8,6 @@ folder) and one entry per ``tta-bench run`` invocation. None of it is part of th
 from __future__ import annotations
 
 import json
-import logging
 import os
 import platform
 import subprocess
@@ -19,10 +18,14 @@ from typing import Any
 import torch
 
 import tta
-
-log = logging.getLogger(__name__)
+from benchmarks import results
 
 META_NAME = "meta.json"
+META_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"runs": {"type": "array", "items": {"type": "object"}}, "clean_error": {"type": "object"}},
+}
+"""What ``meta.json`` holds (the parts a run reads back)."""
 
 _REPO = Path(__file__).resolve().parent.parent
 
@@ -64,20 +67,12 @@ def utc_now() -> str:
 
 
 def read_meta(folder: str | os.PathLike[str]) -> dict[str, Any]:
-    """The folder's ``meta.json`` (``{}`` when there is none)."""
-    path = Path(folder) / META_NAME
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        log.warning("%s: not valid JSON (%s); ignored", path, error.msg)
-        return {}
+    """The folder's ``meta.json`` (``{}`` when there is none); a damaged one is a
+    :class:`benchmarks.results.FolderFileError` naming it."""
+    meta = results.read_json_file(Path(folder) / META_NAME, META_SCHEMA)
+    return {} if meta is None else meta
 
 
 def write_meta(folder: str | os.PathLike[str], meta: dict[str, Any]) -> None:
     """Replace the folder's ``meta.json`` atomically."""
-    path = Path(folder) / META_NAME
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    results.write_atomic(Path(folder) / META_NAME, json.dumps(meta, indent=2) + "\n")

@@ -122,6 +122,9 @@ def load_model(
     model_args = dict(model_args or {})
     kind, _, name = spec.partition(":")
     is_file = Path(spec).expanduser().is_file()
+    looks_like_path = spec.endswith((".pt", ".pth", ".ckpt")) or os.sep in spec
+    if looks_like_path and Path(spec).expanduser().is_dir():
+        raise ValueError(f"{Path(spec).expanduser()} is a folder, not a model file; name the checkpoint file in it")
     if arch is not None and not is_file:
         raise ValueError(f"--arch {arch!r} names the architecture of a state-dict file, but --model {spec!r} is not a file")
     is_callable = not is_file and kind not in ("robustbench", "torchvision", "timm") and CALLABLE_SPEC.match(spec)
@@ -149,7 +152,7 @@ def load_model(
         model = _load_path(Path(spec).expanduser(), dataset, arch, model_args, trust_pickle)
     elif CALLABLE_SPEC.match(spec):
         model = _load_callable(spec, model_args)
-    elif spec.endswith((".pt", ".pth", ".ckpt")) or os.sep in spec:
+    elif looks_like_path:
         raise FileNotFoundError(f"model checkpoint {spec!r} does not exist")
     else:
         raise ValueError(
@@ -343,6 +346,8 @@ def _load_path(
     path: Path, dataset: str, arch: str | None, model_args: dict[str, object], trust_pickle: bool
 ) -> nn.Module:
     """A state dict (``weights_only=True``) into ``arch``; a whole pickled module only if ``trust_pickle``."""
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty: it holds no model (an interrupted save or copy?)")
     archive = _archive_kind(path)
     if archive is not None:
         raise ValueError(

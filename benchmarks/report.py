@@ -24,6 +24,8 @@ from typing import Any
 
 from tabulate import tabulate
 
+from benchmarks.results import folder_file_error
+
 REPORT_NAME = "report.md"
 CSV_NAME = "results.csv"
 PLOT_NAME = "errors.png"
@@ -342,7 +344,8 @@ def write_report(
     config: dict[str, Any] | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
-    """Write ``report.md``, ``results.csv`` and ``errors.png`` into ``folder``; return their paths.
+    """Write ``report.md``, ``results.csv`` and ``errors.png`` into ``folder``; return their paths. A
+    failed write is a :class:`benchmarks.results.FolderFileError` naming the file.
 
     ``metadata`` (the folder's ``meta.json``, :mod:`benchmarks.metadata`) adds the model's clean error
     and a table of the runs that produced the rows (versions, commit, device, threads, date, run time).
@@ -377,10 +380,13 @@ def write_report(
     if metadata:
         lines += reproducibility(metadata)
     report_path = folder / REPORT_NAME
-    report_path.write_text("\n".join(lines), encoding="utf-8")
-    return {
-        "report": report_path,
-        "csv": write_csv(rows, folder / CSV_NAME),
-        "plot": plot_errors(rows, folder / PLOT_NAME, policies=policies, corruptions=corruptions, title=title,
-                            methods=methods),
-    }
+    try:
+        report_path.write_text("\n".join(lines), encoding="utf-8")
+        return {
+            "report": report_path,
+            "csv": write_csv(rows, folder / CSV_NAME),
+            "plot": plot_errors(rows, folder / PLOT_NAME, policies=policies, corruptions=corruptions, title=title,
+                                methods=methods),
+        }
+    except OSError as error:
+        raise folder_file_error(error.filename or folder, "cannot write", error) from None

@@ -10,9 +10,12 @@ output folder are not part of it.
 
 One process writes a folder at a time: :class:`FolderLock` holds an OS-level lock (``filelock``, released
 by the OS when the holder dies, even by ``kill -9``) on ``.lock`` for the whole run, and records the
-holder's PID in ``.lock.pid`` so a refused run can name it. Readers tolerate a key stored twice (left
-by an older, unlocked version): it counts once and is reported. Rows and configs written before methods
-existed (no ``method`` key, no ``methods``) are ``none``'s: such a folder resumes with the same command.
+holder's PID in ``.lock.pid`` so a refused run can name it. Every file of a folder is read through one
+checked path (:func:`read_json_file`, :func:`read_results`): a file that cannot be read or written, or
+a line or value its writer never writes, is a :class:`FolderFileError` naming the file and line.
+Readers tolerate a key stored twice (left by an older, unlocked version): it counts once and is
+reported. Rows and configs written before methods existed (no ``method`` key, no ``methods``) are
+``none``'s: such a folder resumes with the same command.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from types import TracebackType
 from typing import Any
 
 import filelock
+import jsonschema
+from jsonschema.exceptions import best_match
 
 from benchmarks.grid import NO_METHOD, GridConfig, RowKey, row_key
 
@@ -39,6 +44,39 @@ LOCK_PID_NAME = ".lock.pid"
 REQUIRED_KEYS: tuple[str, ...] = (
     "policy", "setting", "order", "seed", "corruption", "severity", "n", "errors", "error",
 )
+
+
+_NAMES = {"type": "array", "items": {"type": "string"}}
+_INTEGERS = {"type": "array", "items": {"type": "integer"}}
+ROW_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": list(REQUIRED_KEYS),
+    "properties": {
+        **{key: {"type": "string"} for key in ("method", "policy", "setting", "order", "corruption")},
+        **{key: {"type": "integer", "minimum": 0} for key in ("seed", "severity", "n", "errors")},
+        "error": {"type": "number"},
+    },
+}
+"""What a line of ``results.jsonl`` holds (other keys are free)."""
+CONFIG_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["dataset", "model", "policies", "settings", "orders", "corruptions", "severities", "seeds",
+                 "batch_size", "n_examples"],
+    "properties": {
+        "dataset": {"type": "string"}, "model": {"type": "string"},
+        "policies": {**_NAMES, "minItems": 1}, "methods": {**_NAMES, "minItems": 1},
+        "settings": _NAMES, "orders": _NAMES, "corruptions": _NAMES,
+        "severities": _INTEGERS, "seeds": _INTEGERS,
+        "batch_size": {"type": "integer", "minimum": 1}, "n_examples": {"type": ["integer", "null"]},
+        "options": {"type": "object", "additionalProperties": {"type": "object"}},
+        "arch": {"type": ["string", "null"]}, "model_args": {"type": "object"}, "table": {"type": ["string", "null"]},
+    },
+}
+"""What ``config.json`` holds (:meth:`benchmarks.grid.GridConfig.to_json`)."""
+
+
+class FolderFileError(ValueError):
+    """A file of a results folder cannot be read or written, or holds what its writer never writes."""
 
 
 class ConfigMismatchError(ValueError):
@@ -55,10 +93,17 @@ class FolderLock:
     The lock is ``filelock.FileLock`` on ``folder/.lock`` (``flock`` on POSIX): the OS drops it when the
     holding process ends in any way, so a stale ``.lock`` file never blocks. The holder writes its PID
     and start time to ``folder/.lock.pid`` after acquiring, for the message of a refused contender.
+
+    Args:
+        folder: the results folder (it must exist).
+        created: the topmost folder created for this run (:func:`make_folder`), or None. On release,
+            while still locked, ``folder`` and its parents up to ``created`` are removed if they hold
+            nothing but the lock: a run that failed before writing anything leaves no folder behind.
     """
 
-    def __init__(self, folder: str | os.PathLike[str]) -> None:
+    def __init__(self, folder: str | os.PathLike[str], *, created: str | os.PathLike[str] | None = None) -> None:
         self.folder = Path(folder)
+        self.created = None if created is None else Path(created)
         self._lock = filelock.FileLock(str(self.folder / LOCK_NAME), timeout=0)
 
     def __enter__(self) -> FolderLock:
@@ -69,17 +114,41 @@ class FolderLock:
                 f"{self.folder} is in use by another tta-bench run ({self.holder()}); wait for it to "
                 "finish, or choose another --out folder"
             ) from None
-        _write_atomic(
-            self.folder / LOCK_PID_NAME,
-            json.dumps({"pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n",
-        )
+        except OSError as error:
+            raise folder_file_error(self.folder / LOCK_NAME, "cannot lock", error) from None
+        try:
+            write_atomic(
+                self.folder / LOCK_PID_NAME,
+                json.dumps({"pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n",
+            )
+        except FolderFileError:
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
-        (self.folder / LOCK_PID_NAME).unlink(missing_ok=True)
-        self._lock.release()
+        try:
+            (self.folder / LOCK_PID_NAME).unlink(missing_ok=True)
+            if self.created is not None:
+                self._remove_if_unused()
+        finally:
+            self._lock.release()
+
+    def _remove_if_unused(self) -> None:
+        if {path.name for path in self.folder.iterdir()} != {LOCK_NAME}:
+            return
+        (self.folder / LOCK_NAME).unlink()
+        folder = self.folder
+        try:
+            while True:
+                folder.rmdir()  # raises on a folder something else was put in: it is kept
+                if folder == self.created:
+                    return
+                folder = folder.parent
+        except OSError:
+            return
 
     def holder(self) -> str:
         """``"PID 1234 since <UTC time>"`` as the holder recorded it, or what is known of it."""
@@ -98,37 +167,101 @@ def _describe_differences(old: dict[str, Any], new: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def make_folder(folder: str | os.PathLike[str]) -> Path | None:
+    """Create ``folder`` with its missing parents; the topmost folder created, None if it existed.
+    Raises :class:`FolderFileError` when it cannot be created."""
+    folder = Path(folder)
+    created = None
+    for path in reversed([folder, *folder.parents]):
+        if path.is_dir():
+            continue
+        try:
+            path.mkdir()
+        except FileExistsError:  # made by another run at the same moment
+            continue
+        except OSError as error:
+            raise folder_file_error(path, "cannot create the folder", error) from None
+        created = created or path
+    return created
+
+
+def folder_file_error(path: str | os.PathLike[str], what: str, error: OSError) -> FolderFileError:
+    """``"<path>: <what>: <the system's reason>"`` as a :class:`FolderFileError`."""
+    return FolderFileError(f"{path}: {what}: {error.strerror or error}")
+
+
+def _check(data: Any, validator: jsonschema.Validator, where: str) -> None:
+    """Raise :class:`FolderFileError` at ``where`` when ``data`` does not match the validator's schema."""
+    problem = best_match(validator.iter_errors(data))
+    if problem is not None:
+        at = "".join(f"[{part!r}]" for part in problem.absolute_path)
+        raise FolderFileError(f"{where}: {f'value {at}: ' if at else ''}{problem.message}; this file was not "
+                              "written by tta-bench or was damaged: fix or delete it")
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    """The bytes of ``path``, None when there is no such file."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise folder_file_error(path, "cannot read", error) from None
+
+
+def _parse_json(data: bytes, where: str) -> Any:
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise FolderFileError(f"{where}: not UTF-8 text; fix or delete it") from None
+    except json.JSONDecodeError as error:
+        raise FolderFileError(f"{where}, line {error.lineno}: not valid JSON ({error.msg}); fix or delete it") from None
+
+
+def read_json_file(path: str | os.PathLike[str], schema: dict[str, Any]) -> Any:
+    """The JSON document in ``path`` checked against ``schema``; None when there is no such file.
+    Raises :class:`FolderFileError` naming the file (and line) it cannot read, parse or accept."""
+    path = Path(path)
+    data = _read_bytes(path)
+    if data is None:
+        return None
+    document = _parse_json(data, str(path))
+    _check(document, jsonschema.Draft202012Validator(schema), str(path))
+    return document
+
+
 def read_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """All complete rows of a ``results.jsonl``, each key once (see :func:`read_results`)."""
-    return read_results(path)[0]
+    """All complete rows of a ``results.jsonl``, each key once; a key stored more than once is logged
+    (see :func:`read_results`)."""
+    rows, duplicates = read_results(path)
+    if duplicates:
+        log.warning("%s: %d result(s) stored more than once, each counted once: %s", path, len(duplicates),
+                    "; ".join(describe_key(row_key(row)) for row in duplicates))
+    return rows
 
 
 def read_results(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The rows of a ``results.jsonl`` with each key once (the first stored), and the later rows of a
-    key stored before (duplicates: a warning is logged, they are not counted again).
+    key stored before (duplicates, not counted again).
 
-    A torn last line (a write cut by a kill) is ignored. A malformed line anywhere else is an error
-    naming the line: the file was edited or corrupted.
+    A torn last line (a write cut by a kill) is ignored. A line anywhere else that is not a row
+    (:data:`ROW_SCHEMA`) is a :class:`FolderFileError` naming the line: the file was edited or corrupted.
     """
     path = Path(path)
-    if not path.exists():
+    data = _read_bytes(path)
+    if data is None:
         return [], []
-    text = path.read_text(encoding="utf-8")
-    lines = text.split("\n")
+    lines = data.split(b"\n")
     torn = lines.pop()  # text after the last newline: empty unless the last write was cut
     if torn.strip():
         log.warning("%s: ignoring an incomplete last line (an interrupted write)", path)
     rows = []
+    validator = jsonschema.Draft202012Validator(ROW_SCHEMA)
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg}); fix or delete the line") from None
-        missing = [key for key in REQUIRED_KEYS if key not in row]
-        if missing:
-            raise ValueError(f"{path}, line {number}: missing keys {missing}")
+        row = _parse_json(line, f"{path}, line {number}")
+        _check(row, validator, f"{path}, line {number}")
         rows.append(row)
     unique: dict[RowKey, dict[str, Any]] = {}
     duplicates = []
@@ -137,9 +270,6 @@ def read_results(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], li
             duplicates.append(row)
         else:
             unique[row_key(row)] = row
-    if duplicates:
-        log.warning("%s: %d result(s) stored more than once, each counted once: %s", path, len(duplicates),
-                    "; ".join(describe_key(row_key(row)) for row in duplicates))
     return list(unique.values()), duplicates
 
 
@@ -153,12 +283,17 @@ def describe_key(key: RowKey, *, with_method: bool | None = None) -> str:
     return f"{learner} {setting} {order} seed {seed} {corruption}-{severity}"
 
 
+def read_config_json(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The folder's ``config.json`` as stored (checked against :data:`CONFIG_SCHEMA`), None if absent."""
+    return read_json_file(Path(folder) / CONFIG_NAME, CONFIG_SCHEMA)
+
+
 def read_config(folder: str | os.PathLike[str]) -> GridConfig:
     """The configuration a results folder was produced with."""
-    path = Path(folder) / CONFIG_NAME
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: {folder} is not a benchmark results folder")
-    return GridConfig.from_json(json.loads(path.read_text(encoding="utf-8")))
+    stored = read_config_json(folder)
+    if stored is None:
+        raise FileNotFoundError(f"{Path(folder) / CONFIG_NAME} not found: {folder} is not a benchmark results folder")
+    return GridConfig.from_json(stored)
 
 
 class ResultStore:
@@ -183,18 +318,18 @@ class ResultStore:
         one object per line.
         """
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folder(folder)
         config_path = folder / CONFIG_NAME
         results_path = folder / RESULTS_NAME
         wanted = config.to_json()
         rows = read_rows(results_path)
+        stored = read_config_json(folder)
         if rows:
-            if not config_path.exists():
+            if stored is None:
                 raise ConfigMismatchError(
                     f"{results_path} has results but no {CONFIG_NAME}: cannot tell which arguments made "
                     f"them; use another --out folder"
                 )
-            stored = json.loads(config_path.read_text(encoding="utf-8"))
             if stored != wanted:
                 raise ConfigMismatchError(
                     f"{folder} holds results of different arguments; they are not mixed.\n"
@@ -203,7 +338,7 @@ class ResultStore:
                     f"(or delete {folder} to start over)."
                 )
         else:
-            _write_atomic(config_path, json.dumps(wanted, indent=2) + "\n")
+            write_atomic(config_path, json.dumps(wanted, indent=2) + "\n")
         _cut_torn_tail(results_path)
         return cls(folder, config, rows)
 
@@ -216,40 +351,53 @@ class ResultStore:
         return key in self._done
 
     def append(self, rows: Iterable[dict[str, Any]]) -> int:
-        """Append the rows not stored yet (one write, then flush and fsync); returns how many were new."""
-        new = []
+        """Append the rows not stored yet (one write, then flush and fsync); returns how many were new.
+        A row is done once written: a failed write (:class:`FolderFileError`) marks none."""
+        new: dict[RowKey, dict[str, Any]] = {}
         for row in rows:
             missing = [key for key in REQUIRED_KEYS if key not in row]
             if missing:
                 raise ValueError(f"result row misses keys {missing}: {row}")
             key = row_key(row)
-            if key in self._done:
-                continue
-            self._done.add(key)
-            new.append(row)
+            if key not in self._done:
+                new.setdefault(key, row)
         if not new:
             return 0
-        text = "".join(json.dumps(row, sort_keys=False) + "\n" for row in new)
-        with open(self.results_path, "a", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        self._rows.extend(new)
+        text = "".join(json.dumps(row, sort_keys=False) + "\n" for row in new.values())
+        try:
+            with open(self.results_path, "a", encoding="utf-8") as file:
+                file.write(text)
+                file.flush()
+                os.fsync(file.fileno())
+        except OSError as error:
+            raise folder_file_error(self.results_path, "cannot write", error) from None
+        self._done.update(new)
+        self._rows.extend(new.values())
         return len(new)
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Replace ``path`` by ``text`` at once (a temporary file renamed over it); a failure leaves the old
+    file and no temporary one, and is a :class:`FolderFileError` naming the file."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise folder_file_error(path, "cannot write", error) from None
 
 
 def _cut_torn_tail(path: Path) -> None:
     """Truncate ``path`` after its last newline (drops a partial line left by a killed writer)."""
     if not path.exists():
         return
-    with open(path, "rb+") as file:
-        data = file.read()
-        end = data.rfind(b"\n") + 1
-        if end != len(data):
-            file.truncate(end)
+    try:
+        with open(path, "rb+") as file:
+            data = file.read()
+            end = data.rfind(b"\n") + 1
+            if end != len(data):
+                file.truncate(end)
+    except OSError as error:
+        raise folder_file_error(path, "cannot cut its incomplete last line", error) from None

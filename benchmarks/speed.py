@@ -88,6 +88,14 @@ def _recompiles(model: Callable[[torch.Tensor], Any], x: torch.Tensor) -> bool:
     return False
 
 
+def check_sizes(*, batch_size: int, warmup: int, repeats: int, batches_per_repeat: int) -> None:
+    """Raise ValueError unless ``batch_size``, ``repeats`` and ``batches_per_repeat`` are >= 1 and
+    ``warmup`` >= 0."""
+    if batch_size < 1 or repeats < 1 or batches_per_repeat < 1 or warmup < 0:
+        raise ValueError(f"batch size, repeats and batches per repeat must be >= 1 and warm-up >= 0; got "
+                         f"{batch_size}, {repeats}, {batches_per_repeat} and {warmup}")
+
+
 def measure_speed(
     model: nn.Module,
     policies: Sequence[str],
@@ -105,8 +113,7 @@ def measure_speed(
 ) -> list[SpeedResult]:
     """Time ``methods`` x ``policies`` on ``model`` (see the module docstring); ``options`` by policy or
     method name. The unadapted model and ``source`` under ``none`` are always timed for the ratios."""
-    if batch_size < 1 or repeats < 1 or batches_per_repeat < 1 or warmup < 0:
-        raise ValueError("batch_size, repeats and batches_per_repeat must be >= 1 and warmup >= 0")
+    check_sizes(batch_size=batch_size, warmup=warmup, repeats=repeats, batches_per_repeat=batches_per_repeat)
     device = torch.device(device)
     options = options or {}
     wanted = [(method, policy) for method in methods for policy in policies]

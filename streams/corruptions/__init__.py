@@ -40,6 +40,7 @@ class _Corruption:
     fn: Callable[..., Tensor]
     colour_only: bool = False  # grayscale goes through RGB replication and luma reduction
     needs_table: bool = False  # the function takes table-level settings (frost texture scale)
+    assets: Callable[[], object] | None = None  # finds the files it reads; ImportError naming their package
 
 
 _REGISTRY: dict[str, _Corruption] = {
@@ -53,7 +54,7 @@ _REGISTRY: dict[str, _Corruption] = {
     "zoom_blur": _Corruption(blur.zoom_blur),
     "gaussian_blur": _Corruption(blur.gaussian_blur),
     "snow": _Corruption(weather.snow),
-    "frost": _Corruption(weather.frost, colour_only=True, needs_table=True),
+    "frost": _Corruption(weather.frost, colour_only=True, needs_table=True, assets=weather.frost_texture_files),
     "fog": _Corruption(weather.fog),
     "spatter": _Corruption(weather.spatter, colour_only=True),
     "brightness": _Corruption(digital.brightness),
@@ -110,9 +111,11 @@ def corrupt(images: Tensor, corruption: str, severity: int, *, seed: int, table:
         raise TypeError(f"index_offset must be an integer >= 0, got {index_offset!r}")
     n, c, h, w = images.shape
     table = table or default_table(h, w)
+    entry = _REGISTRY[corruption]
+    if entry.assets is not None:
+        entry.assets()  # an empty batch too: a stream checks what it will need this way
     if n == 0:
         return images.clone()
-    entry = _REGISTRY[corruption]
     params = TABLES[table][corruption][severity - 1]
     params = params if isinstance(params, tuple) else (params,)
     indices = torch.arange(index_offset, index_offset + n, device=images.device)

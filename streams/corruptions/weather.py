@@ -81,15 +81,16 @@ def fog(x: Tensor, rng: ImageRNG, strength: float, wibble_decay: float) -> Tenso
 
 
 # --------------------------------------------------------------------------------------------- frost
-def _frost_texture_files() -> list:
+def frost_texture_files() -> list:
+    """The frost texture files of the corrupt-tta package; ImportError naming it when it is missing."""
     try:
         from importlib import resources
 
         folder = resources.files("corrupt_tta.assets.frost")
     except ModuleNotFoundError as exc:
         raise ImportError(
-            "the frost corruption needs the frost texture images shipped by the corrupt-tta package; "
-            "install it with `pip install corrupt-tta`") from exc
+            "the frost corruption needs the frost texture images shipped by the corrupt-tta package, which "
+            "is not installed: pip install corrupt-tta") from exc
     return [folder.joinpath(name) for name in FROST_TEXTURES]
 
 
@@ -104,7 +105,7 @@ def frost_textures(scale: float, min_h: int, min_w: int) -> tuple[Tensor, ...]:
     from PIL import Image
 
     out = []
-    for path in _frost_texture_files():
+    for path in frost_texture_files():
         with Image.open(path) as im:
             rgb = torch.from_numpy(_pil_to_array(im.convert("RGB"))).permute(2, 0, 1).float()
         fh, fw = rgb.shape[-2:]

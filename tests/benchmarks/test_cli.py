@@ -300,6 +300,48 @@ def test_a_second_run_into_a_folder_in_use_fails_at_once_naming_the_holder(tmp_p
     assert json.loads((tmp_path / "out" / "config.json").read_text())["seeds"] == [0]
 
 
+_AT_THE_SIGNAL = (
+    "import sys, time, pathlib\n"
+    "ready, go = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])\n"
+    "from benchmarks import cli\n"
+    "ready.touch()\n"
+    "while not go.exists(): time.sleep(0.001)\n"
+    "started = time.monotonic()\n"
+    "status = cli.main(sys.argv[3:])\n"
+    "print(f'seconds {time.monotonic() - started:.3f}')\n"
+    "sys.exit(status)\n"
+)
+"""Runs ``tta-bench`` with the arguments after the first two: says it is ready by creating the file
+named first, then starts once the file named second exists."""
+
+
+@pytest.mark.parametrize("seeds", [["0", "0"], ["0", "1"]])
+def test_two_runs_started_together_on_a_new_folder_one_is_refused_at_once(tmp_path, cache_dir, seeds):
+    go = tmp_path / "go"
+    out = tmp_path / "new" / "out"
+    args = [*SMALL, "--order", "iid", "--cache-dir", str(cache_dir), "--out", str(out)]
+    runs = [subprocess.Popen([sys.executable, "-c", _AT_THE_SIGNAL, str(tmp_path / f"ready{i}"), str(go), "run",
+                              *args, "--seeds", seed], cwd=REPO, env=_subprocess_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for i, seed in enumerate(seeds)]
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"ready{i}").exists() for i in range(2)):
+        assert time.monotonic() < deadline and all(run.poll() is None for run in runs)
+        time.sleep(0.01)
+    go.touch()
+    ended = [run.communicate(timeout=300) for run in runs]
+    statuses = [run.returncode for run in runs]
+    assert sorted(statuses) == [0, 2], ended
+    refused_out, refused_err = ended[statuses.index(2)]
+    assert "in use" in refused_err and "Traceback" not in refused_err
+    assert float(refused_out.split("seconds ")[-1]) < 5
+    winner = seeds[statuses.index(0)]
+    rows = read_rows(out / "results.jsonl")
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert len(lines) == len(rows) == 4
+    assert set(keys_of(rows)) == grid_keys([*args, "--seeds", winner])
+    assert json.loads((out / "config.json").read_text())["seeds"] == [int(winner)]
+
+
 def test_report_counts_a_duplicated_result_once_and_says_so(finished, tmp_path, capsys):
     import shutil
 
@@ -319,6 +361,141 @@ def test_report_counts_a_duplicated_result_once_and_says_so(finished, tmp_path, 
     line = next(line for line in (folder / "report.md").read_text().splitlines()
                 if line.startswith(f"| {first['policy']} "))
     assert f"{sum(same) / len(same):.1f}" in line
+
+
+def _set_first_row(folder: Path, key: str, value) -> None:
+    lines = (folder / "results.jsonl").read_text().splitlines(keepends=True)
+    lines[0] = json.dumps({**json.loads(lines[0]), key: value}) + "\n"
+    (folder / "results.jsonl").write_text("".join(lines))
+
+
+def _drop_policies(folder: Path) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    del config["policies"]
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def _append_line(folder: Path, line: bytes) -> None:
+    with open(folder / "results.jsonl", "ab") as file:
+        file.write(line + b"\n")
+
+
+def _results_as_folder(folder: Path) -> None:
+    (folder / "results.jsonl").unlink()
+    (folder / "results.jsonl").mkdir()
+
+
+DAMAGE = {  # how a folder is damaged, and what the error must name
+    "a number as a line": (lambda f: _append_line(f, b"5"), "results.jsonl, line 9"),
+    "null as a line": (lambda f: _append_line(f, b"null"), "results.jsonl, line 9"),
+    "an error of null": (lambda f: _set_first_row(f, "error", None), "results.jsonl, line 1"),
+    "a seed that is text": (lambda f: _set_first_row(f, "seed", "x"), "results.jsonl, line 1"),
+    "a line that is not UTF-8": (lambda f: _append_line(f, b"\xff\xfe"), "results.jsonl, line 9"),
+    "results.jsonl a folder": (_results_as_folder, "results.jsonl"),
+    "a config that is a list": (lambda f: (f / "config.json").write_text("[1, 2]"), "config.json"),
+    "a truncated config": (lambda f: (f / "config.json").write_text((f / "config.json").read_text()[:50]),
+                           "config.json, line 4"),
+    "a config without policies": (_drop_policies, "config.json: 'policies'"),
+    "a meta that is a list": (lambda f: (f / "meta.json").write_text("[]"), "meta.json"),
+    "a truncated meta": (lambda f: (f / "meta.json").write_text((f / "meta.json").read_text()[:30]), "meta.json, line"),
+}
+
+
+@pytest.mark.parametrize("command", ["report", "run"])
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_folder_is_one_error_naming_the_file_and_line_and_is_left_as_it_was(
+        finished, cache_dir, tmp_path, capsys, command, damage):
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(finished, folder, ignore=shutil.ignore_patterns("report.md", "results.csv", "errors.png"))
+    damaged, named = DAMAGE[damage]
+    damaged(folder)
+    before = {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()}
+    argv = ["report", str(folder)] if command == "report" else \
+        ["run", *SMALL, "--cache-dir", str(cache_dir), "--out", str(folder)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and named in err and "Traceback" not in err, err
+    assert {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()} == before
+
+
+@pytest.mark.parametrize(("kind", "named"), [("empty file", "is empty"), ("folder", "is a folder")])
+def test_a_model_path_that_holds_no_model_is_one_error_naming_it(tmp_path, capsys, kind, named):
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"") if kind == "empty file" else model.mkdir()
+    assert cli.main(["run", *SMALL, "--model", str(model), "--arch", "bundled", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and f"{model} {named}" in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_corruption_whose_package_is_missing_is_one_error_naming_both_before_anything_is_written(
+        tmp_path, cache_dir, capsys, monkeypatch):
+    for module in ("corrupt_tta", "corrupt_tta.assets", "corrupt_tta.assets.frost"):
+        monkeypatch.setitem(sys.modules, module, None)  # importing it raises ImportError
+    args = [*SMALL, "--policies", "source", "--order", "iid", "--corruptions", "brightness,frost"]
+    assert cli.main(["run", *args, "--cache-dir", str(cache_dir), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "frost" in err and "pip install corrupt-tta" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_package_of_the_frost_textures_is_a_dependency_of_a_plain_install():
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert any(re.match(r"corrupt-tta\b", dependency) for dependency in project["dependencies"])
+
+
+@pytest.fixture
+def full_disk(tmp_path) -> Path:
+    """A 16 KiB file system with no space left (skipped where it cannot be mounted)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(disk)]
+    if subprocess.run(mount, capture_output=True, check=False).returncode:
+        pytest.skip("cannot mount a small file system here (needs root)")
+    try:
+        with open(disk / "fill", "wb") as file, pytest.raises(OSError):
+            file.write(b"\0" * 65536)
+            file.flush()
+        yield disk
+    finally:
+        subprocess.run(["umount", "--lazy", str(disk)], check=True)
+
+
+def test_a_new_folder_on_a_full_disk_is_one_error_and_leaves_nothing(full_disk, cache_dir, capsys):
+    args = [*SMALL, "--policies", "source", "--order", "iid", "--cache-dir", str(cache_dir)]
+    assert cli.main(["run", *args, "--out", str(full_disk / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "No space left on device" in err and str(full_disk / "out") in err, err
+    assert "Traceback" not in err
+    assert sorted(path.name for path in full_disk.iterdir()) == ["fill"]
+
+
+def test_a_report_that_cannot_be_written_is_one_error_naming_the_file(finished, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(finished, folder)
+    (folder / "report.md").unlink()
+    (folder / "report.md").mkdir()
+    assert cli.main(["report", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and f"{folder / 'report.md'}: cannot write" in err and "Traceback" not in err
+
+
+def test_report_warns_once_about_a_duplicated_result(finished, tmp_path):
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(finished, folder)
+    lines = (folder / "results.jsonl").read_text().splitlines()
+    (folder / "results.jsonl").write_text("\n".join([*lines, lines[0]]) + "\n")
+    done = subprocess.run([sys.executable, "-m", "benchmarks.cli", "report", str(folder)], cwd=REPO,
+                          env=_subprocess_env(), capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0 and done.stderr.count("stored more than once") == 1, done.stderr
 
 
 # --- reproducibility metadata, output without a terminal, smaller flags ----------------------------------

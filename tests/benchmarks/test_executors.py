@@ -187,6 +187,30 @@ def test_a_unit_whose_worker_dies_is_retried_in_a_new_worker(tmp_path, cache_dir
     assert len(rows) == 8 and all(row["errors"] == serial_rows[grid.row_key(row)]["errors"] for row in rows)
 
 
+def test_a_worker_that_dies_charges_only_its_own_unit_and_the_others_finish(tmp_path, cache_dir, capsys):
+    # Every rbn unit ends its worker process at once; the tbn units run beside them in the other worker.
+    attempts = tmp_path / "attempts"
+    attempts.mkdir()
+    args = [*GRID, "--methods", "none", "--policies", "tbn,rbn", "--setting", "continual", "--order", "iid,sorted",
+            "--seeds", "0,1", "--workers", "2", "--model", "tests.benchmarks.worker_models:crash_under_rbn",
+            "--model-arg", f"attempts_dir={str(attempts)!r}", "--cache-dir", str(cache_dir),
+            "--out", str(tmp_path / "out")]
+    assert cli.main(["run", *args]) == 1
+    rows = read_rows(tmp_path / "out" / "results.jsonl")
+    assert {grid.row_key(r) for r in rows} == {key for key in hand_keys(args) if key[1] == "tbn"}
+    assert len(list(attempts.iterdir())) == 4 * 2  # each of the 4 rbn units tried twice, no more
+    assert "the grid is incomplete: 4 of 8 units failed after 2 attempts" in capsys.readouterr().err
+
+
+def test_a_model_that_cannot_be_pickled_is_one_error_before_anything_is_written(tmp_path, cache_dir, capsys):
+    args = [*GRID, "--workers", "2", "--model", "tests.benchmarks.worker_models:unpicklable",
+            "--cache-dir", str(cache_dir), "--out", str(tmp_path / "out")]
+    assert cli.main(["run", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "cannot be pickled" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_ray_missing_is_one_error_naming_the_extra_before_anything_is_written(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     assert cli.main(["run", *GRID, "--executor", "ray", "--out", str(tmp_path / "out")]) == 2

@@ -90,3 +90,20 @@ def test_rows_missing_required_keys_are_rejected(tmp_path):
     del incomplete["errors"]
     with pytest.raises(ValueError, match="errors"):
         store.append([incomplete])
+
+
+def test_a_failed_append_marks_no_row_done(tmp_path):
+    store = ResultStore.open(tmp_path, config())
+    (tmp_path / "results.jsonl").mkdir()  # every write to it fails
+    with pytest.raises(ValueError, match="results.jsonl"):
+        store.append([row()])
+    assert not store.done(grid.row_key(row())) and store.rows() == []
+
+
+@pytest.mark.parametrize("line", ["5", "null", "[]"])
+def test_a_line_that_is_no_row_is_an_error_naming_it(tmp_path, line):
+    ResultStore.open(tmp_path, config()).append([row("source")])
+    with open(tmp_path / "results.jsonl", "a") as file:
+        file.write(line + "\n")
+    with pytest.raises(ValueError, match="line 2"):
+        read_rows(tmp_path / "results.jsonl")

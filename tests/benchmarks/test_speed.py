@@ -148,3 +148,10 @@ def test_speed_times_dua_with_its_options(capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert [[c.strip() for c in line.split("|")[1:3]] for line in lines] == [
         ["method", "policy"], ["dua", "momentum_decay"]]
+
+
+@pytest.mark.parametrize("flag", ["--batch-size", "--repeats", "--batches-per-repeat"])
+def test_speed_refuses_a_size_below_one_before_printing_anything(capsys, flag):
+    assert cli.main(["speed", "--policies", "tbn", "--device", "cpu", flag, "0"]) == 2
+    printed = capsys.readouterr()
+    assert printed.out == "" and printed.err.count("error:") == 1 and "must be >= 1" in printed.err
