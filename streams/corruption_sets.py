@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from streams._robustbench import import_robustbench
+from streams.corruptions import get_corruption
 from streams.imageset import ImageSet
 
 __all__ = ["PrecomputedSource", "cifar_c", "cifar_c_source", "imagenet_c", "imagenet_c_source"]
@@ -44,16 +45,8 @@ IMAGENET_C_MAX = 5_000
 IMAGENET_C_URL = "https://zenodo.org/records/2235448 (see https://github.com/hendrycks/robustness)"
 
 
-def _known_corruptions() -> list[str]:
-    from streams.corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS
-
-    return list(CORRUPTIONS) + list(EXTRA_CORRUPTIONS)
-
-
 def _check_domain(corruption: str, severity: int) -> None:
-    known = _known_corruptions()
-    if corruption not in known:
-        raise ValueError(f"unknown corruption {corruption!r}; choose from: {', '.join(known)}")
+    get_corruption(corruption)
     if not isinstance(severity, (int, np.integer)) or isinstance(severity, bool) or not 1 <= severity <= 5:
         raise ValueError(f"severity must be an integer in 1..5, got {severity!r}")
 

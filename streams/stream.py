@@ -20,7 +20,7 @@ import hashlib
 import logging
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -36,13 +36,14 @@ from streams.corruption_sets import PrecomputedSource
 from streams.fmnist import fashion_mnist
 from streams.imageset import ImageSet
 from streams.orderings import LabelStats, batch_label_measures, order_indices, parse_order
+from streams.parsing import CLEAN_NAME, parse_corruptions, parse_severities
 from streams.settings import Domain
 
 __all__ = ["CLEAN", "SOURCES", "Batch", "Stream"]
 
 log = logging.getLogger(__name__)
 
-CLEAN: Domain = ("none", 0)
+CLEAN: Domain = (CLEAN_NAME, 0)
 """The domain label of clean (uncorrupted) images."""
 SOURCES = ("fmnist", "fmnist-c")
 """Source names a :class:`Stream` accepts as strings: the embedded Fashion-MNIST test split (both names;
@@ -92,48 +93,6 @@ def _is_int(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def _corruption_names() -> tuple[list[str], list[str]]:
-    from streams.corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS
-
-    return list(CORRUPTIONS), list(EXTRA_CORRUPTIONS)
-
-
-def _parse_corruptions(corruptions: str | Sequence[str] | None) -> list[str] | None:
-    """``"all"`` -> the 15 in standard order; None or ``"none"`` -> clean (None); a name or a list."""
-    standard, extra = _corruption_names()
-    if corruptions is None or corruptions == "none" or list(corruptions) == ["none"]:
-        return None
-    if corruptions == "all":
-        return standard
-    names = [corruptions] if isinstance(corruptions, str) else list(corruptions)
-    if not names:
-        raise ValueError("corruptions is empty; pass 'all', None (clean) or a list of names")
-    for name in names:
-        if name not in standard + extra:
-            raise ValueError(f"unknown corruption {name!r}; choose from: all, none, {', '.join(standard + extra)}")
-    duplicates = [n for n, count in Counter(names).items() if count > 1]
-    if duplicates:
-        raise ValueError(f"corruption {duplicates[0]!r} is listed twice")
-    return names
-
-
-def _parse_severities(severities: int | Sequence[int]) -> list[int]:
-    if _is_int(severities):
-        values = [severities]
-    elif isinstance(severities, (str, bytes)) or not isinstance(severities, Iterable):
-        raise ValueError(f"severities must be an integer in 1..5 or a list of them, got {severities!r}")
-    else:
-        values = list(severities)
-    if not values:
-        raise ValueError("severities is empty; pass an integer in 1..5 or a list of them")
-    for value in values:
-        if not _is_int(value) or not 1 <= value <= 5:
-            raise ValueError(f"severity must be an integer in 1..5, got {value!r}")
-    if len(set(values)) != len(values):
-        raise ValueError(f"severities {values} list a severity twice")
-    return [int(v) for v in values]
-
-
 def _refuse_precorrupted(source: ImageSet) -> None:
     """A domain loaded by ``cifar_c`` / ``imagenet_c`` is already corrupted: streaming it as a clean
     source would corrupt it again (and label it wrongly); name the precomputed source to use instead."""
@@ -158,8 +117,9 @@ class Stream(IterableDataset[Batch]):
     ``source``: an :class:`ImageSet` (clean, corrupted on the fly; one loaded by ``cifar_c`` or
     ``imagenet_c`` is refused), ``"fmnist"`` (the embedded
     Fashion-MNIST test split, likewise) or a :class:`PrecomputedSource` (e.g. ``cifar_c_source``).
-    ``corruptions``: ``"all"`` (the 15 in standard order), a list of names, or None (clean images only,
-    domain ``("none", 0)``; clean sources only). ``severities``: an integer or a list (1..5); domains are
+    ``corruptions``: ``"all"`` (the 15 in standard order), a name, a comma list or a list of names, or
+    None / ``"none"`` (clean images only, domain ``("none", 0)``; clean sources only), see
+    :mod:`streams.parsing`. ``severities``: an integer or a list (1..5); domains are
     corruption-major (each corruption, then each severity). ``order``: ``iid``, ``dirichlet:<delta>``,
     ``sorted``, ``slots:<gamma>`` (spec S3). ``setting``: ``single``, ``continual``, ``mixed``,
     ``gradual`` (spec S4; ``gradual`` visits severities 1,2,3,4,5,4,3,2,1 and ignores ``severities``).
@@ -207,8 +167,9 @@ class Stream(IterableDataset[Batch]):
         self.seed = int(seed)
         self.table = table
         self._cache = DomainCache(cache_dir)
-        corruption_list = _parse_corruptions(corruptions)
-        severity_list = _parse_severities(severities)
+        parsed = parse_corruptions(corruptions)
+        corruption_list = None if parsed == (CLEAN_NAME,) else list(parsed)
+        severity_list = list(parse_severities(severities))
         if setting == "gradual" and severities != 5:
             log.info("setting 'gradual' visits severities %s; severities=%r is not used",
                      settings.GRADUAL_SEVERITIES, severities)

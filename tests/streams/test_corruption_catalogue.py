@@ -6,8 +6,15 @@ import pytest
 import torch
 
 from streams import corruptions
-from streams.corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS, TABLES, Corruption, corrupt, get_corruption
-from streams.corruptions import catalogue
+from streams.corruptions import (
+    CORRUPTIONS,
+    EXTRA_CORRUPTIONS,
+    TABLES,
+    Corruption,
+    catalogue,
+    corrupt,
+    get_corruption,
+)
 
 
 def test_every_listed_corruption_has_one_record_with_five_severities_per_table():
