@@ -18,10 +18,14 @@ import streams
 import tta
 from benchmarks.models import CALLABLE_SPEC
 from streams.orderings import parse_order as streams_parse_order
-from streams.parsing import CLEAN_NAME, parse_corruptions, parse_severity_list, split_list
+from streams.parsing import (
+    CLEAN_NAME,
+    parse_corruptions,
+    parse_severity_list,
+    split_list,
+)
 from streams.settings import SETTINGS
 
-DATASETS: tuple[str, ...] = ("fmnist-c", "cifar10-c", "cifar100-c", "imagenet-c")
 CLEAN = CLEAN_NAME
 """The corruption name of the clean test set (spec S5: domain label of clean images)."""
 
@@ -32,7 +36,7 @@ RowKey = tuple[str, str, str, str, int, str, int]
 """Identity of one result row: (method, policy, setting, order, seed, corruption, severity)."""
 
 MODEL_PREFIXES: tuple[str, ...] = ("robustbench:", "torchvision:", "timm:")
-TABLES: tuple[str, ...] = ("cifar", "imagenet")
+TABLES: tuple[str, ...] = streams.corruptions.TABLE_NAMES
 """Corruption parameter tables ``--table`` may name (default: the engine picks by image size)."""
 
 
@@ -307,9 +311,10 @@ def make_config(
     table: str | None = None,
     methods: str = NO_METHOD,
 ) -> GridConfig:
-    """Validate the raw command-line strings and build the :class:`GridConfig`; errors name the argument."""
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; choose from: {', '.join(DATASETS)}")
+    """Validate the raw command-line strings and build the :class:`GridConfig`; errors name the argument.
+
+    ``dataset``: a name or alias from :func:`streams.list_datasets`, stored under its canonical name."""
+    dataset = streams.get_dataset(dataset).name
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     if n_examples is not None and n_examples < 1:

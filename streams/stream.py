@@ -33,21 +33,18 @@ from streams import settings
 from streams._seeds import check_seed, derive_seed, generator
 from streams.cache import DomainCache, cache_key
 from streams.corruption_sets import PrecomputedSource
-from streams.fmnist import fashion_mnist
+from streams.datasets import get_dataset, list_datasets
 from streams.imageset import ImageSet
 from streams.orderings import LabelStats, batch_label_measures, order_indices, parse_order
 from streams.parsing import CLEAN_NAME, parse_corruptions, parse_severities
 from streams.settings import Domain
 
-__all__ = ["CLEAN", "SOURCES", "Batch", "Stream"]
+__all__ = ["CLEAN", "Batch", "Stream"]
 
 log = logging.getLogger(__name__)
 
 CLEAN: Domain = (CLEAN_NAME, 0)
 """The domain label of clean (uncorrupted) images."""
-SOURCES = ("fmnist", "fmnist-c")
-"""Source names a :class:`Stream` accepts as strings: the embedded Fashion-MNIST test split (both names;
-other sets: pass an ImageSet or a PrecomputedSource)."""
 _CHUNK_BYTES = 1 << 24
 """Clean images handed to one ``corrupt`` call, in bytes: bounds the engine's working memory."""
 
@@ -111,12 +108,35 @@ def _refuse_precorrupted(source: ImageSet) -> None:
     )
 
 
+def _named_source(name: str) -> ImageSet | PrecomputedSource:
+    """The source of a dataset named by a string: only datasets that need no files (their data ships
+    with the package); the others are read from a folder the stream does not know."""
+    embedded = [n for n in list_datasets() if not get_dataset(n).needs_files]
+    try:
+        info = get_dataset(name)
+    except ValueError:
+        info = None
+    if info is not None and info.needs_files:
+        raise ValueError(
+            f"unknown source {name!r}: {info.name} is read from files, so pass "
+            f"streams.get_dataset({info.name!r}).source(data_dir); by name a Stream takes only the datasets "
+            f"that need no files ({', '.join(embedded)})"
+        )
+    if info is None:
+        raise ValueError(
+            f"unknown source {name!r}; pass the name of a dataset that needs no files ({', '.join(embedded)}), "
+            "an ImageSet, or a PrecomputedSource such as streams.get_dataset('cifar10-c').source(data_dir)"
+        )
+    return info.source()
+
+
 class Stream(IterableDataset[Batch]):
     """A reproducible sequence of :class:`Batch` (spec S5).
 
     ``source``: an :class:`ImageSet` (clean, corrupted on the fly; one loaded by ``cifar_c`` or
-    ``imagenet_c`` is refused), ``"fmnist"`` (the embedded
-    Fashion-MNIST test split, likewise) or a :class:`PrecomputedSource` (e.g. ``cifar_c_source``).
+    ``imagenet_c`` is refused), the name of a dataset that needs no files (``"fmnist"`` / ``"fmnist-c"``:
+    the embedded Fashion-MNIST test split, likewise; see :func:`streams.list_datasets`) or a
+    :class:`PrecomputedSource` (e.g. ``streams.get_dataset("cifar10-c").source(data_dir)``).
     ``corruptions``: ``"all"`` (the 15 in standard order), a name, a comma list or a list of names, or
     None / ``"none"`` (clean images only, domain ``("none", 0)``; clean sources only), see
     :mod:`streams.parsing`. ``severities``: an integer or a list (1..5); domains are
@@ -177,12 +197,7 @@ class Stream(IterableDataset[Batch]):
         self._clean: ImageSet | None = None
         self._precomputed: PrecomputedSource | None = None
         if isinstance(source, str):
-            if source not in SOURCES:
-                raise ValueError(
-                    f"unknown source {source!r}; choose from: {', '.join(SOURCES)}, an ImageSet, or a "
-                    "PrecomputedSource such as streams.cifar_c_source('cifar10-c', data_dir)"
-                )
-            source = fashion_mnist("test")
+            source = _named_source(source)
         if isinstance(source, ImageSet):
             _refuse_precorrupted(source)
             self._clean = source.head(n_examples)
