@@ -342,10 +342,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
     policies = grid.parse_policies(args.policies)
     methods = grid.parse_methods(args.methods)
     options = grid.parse_options(args.option, policies, methods)
-    try:
-        dataset = streams.get_dataset(args.dataset)
-    except ValueError as error:
-        raise _Fail(str(error)) from None
+    dataset = streams.get_dataset(args.dataset)
     _set_threads(args.threads)
     device = _device(args.device)
     model = _load_model(grid.normalize_model(args.model), args.dataset, device, args, args.arch,
@@ -447,8 +444,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _dataset_folders() -> str:
-    folders = [f"{streams.get_dataset(name).folder}/" for name in streams.list_datasets() if streams.get_dataset(name).needs_files]
-    return ", ".join(folders[:-1]) + " or " + folders[-1] if len(folders) > 1 else "".join(folders)
+    """The folders ``--data-dir`` may hold, from the dataset catalogue: ``"A/, B/ or C/"``."""
+    folders = [f"{info.folder}/" for info in map(streams.get_dataset, streams.list_datasets()) if info.needs_files]
+    return " or ".join([", ".join(folders[:-1]), folders[-1]]) if len(folders) > 1 else "".join(folders)
 
 
 def build_parser() -> argparse.ArgumentParser:

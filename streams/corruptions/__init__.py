@@ -3,6 +3,8 @@
 ``corrupt(images, name, severity, seed=...)`` corrupts a uint8 N x C x H x W batch (C = 1 or 3) on its own
 device. Per-image randomness is counter-based (see ``_rng``): image ``i`` of a call is keyed by
 (seed, corruption, severity, index_offset + i), so a stream gets the same bytes whatever the batching.
+Each corruption (its function, parameter tables and grayscale handling) is one record of
+:mod:`streams.corruptions.catalogue`.
 """
 
 from __future__ import annotations
