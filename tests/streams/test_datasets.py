@@ -68,3 +68,12 @@ def test_a_dataset_registered_by_its_own_module_is_served_by_a_stream(toy_datase
     assert len(batches) == 6 and all(b.x.shape[1:] == (3, 8, 8) for b in batches)
     assert sorted(torch.cat([b.y for b in batches]).tolist()) == sorted((torch.arange(48) % 4).tolist() * 2)
     assert {d for b in batches for d in b.domain} == {("fog", 2), ("contrast", 2)}
+
+
+def test_a_stream_names_only_datasets_that_need_no_files_and_says_how_to_read_the_others():
+    with pytest.raises(ValueError, match=r"unknown source 'CIFAR-10-C': cifar10-c is read from files, so pass "
+                                         r"streams\.get_dataset\('cifar10-c'\)\.source\(data_dir\)"):
+        streams.Stream("CIFAR-10-C")
+    with pytest.raises(ValueError, match=r"unknown source 'mnist'; pass the name of a dataset that needs no files "
+                                         r"\(fmnist-c\)"):
+        streams.Stream("mnist")
