@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import streams
 import tta
 from benchmarks import grid
 
@@ -350,8 +351,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
     policies = grid.parse_policies(args.policies)
     methods = grid.parse_methods(args.methods)
     options = grid.parse_options(args.option, policies, methods)
-    if args.dataset not in speed.INPUT_SHAPES:
-        raise _Fail(f"unknown dataset {args.dataset!r}; choose from: {', '.join(speed.INPUT_SHAPES)}")
+    dataset = streams.get_dataset(args.dataset)
     speed.check_sizes(batch_size=args.batch_size, warmup=args.warmup, repeats=args.repeats,
                       batches_per_repeat=args.batches_per_repeat)
     _set_threads(args.threads)
@@ -369,7 +369,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
     measured = speed.measure_speed(
         model,
         policies,
-        input_shape=speed.INPUT_SHAPES[args.dataset],
+        input_shape=dataset.input_shape,
         batch_size=args.batch_size,
         options=options,
         methods=methods,
@@ -454,6 +454,12 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="RobustBench checkpoint folder (default: $TTA_CACHE_DIR/models)")
 
 
+def _dataset_folders() -> str:
+    """The folders ``--data-dir`` may hold, from the dataset catalogue: ``"A/, B/ or C/"``."""
+    folders = [f"{info.folder}/" for info in map(streams.get_dataset, streams.list_datasets()) if info.needs_files]
+    return " or ".join([", ".join(folders[:-1]), folders[-1]]) if len(folders) > 1 else "".join(folders)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``tta-bench`` argument parser (subcommands run, report, speed, train-source)."""
     parser = argparse.ArgumentParser(
@@ -467,9 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "x domains. Results are appended to OUT/results.jsonl as they finish; "
                                      "rerunning the same command resumes. One run at a time per OUT folder "
                                      "(a second is refused). Models take images in [0, 1].")
-    run.add_argument("--dataset", default="fmnist-c", help=f"one of {', '.join(grid.DATASETS)} (default fmnist-c)")
-    run.add_argument("--data-dir", default=None,
-                     help="folder holding CIFAR-10-C/, CIFAR-100-C/ or ImageNet-C/ (not needed for fmnist-c)")
+    run.add_argument("--dataset", default="fmnist-c", help=f"one of {', '.join(streams.list_datasets())} (default fmnist-c)")
+    run.add_argument("--data-dir", default=None, help=f"folder holding {_dataset_folders()} (not needed for fmnist-c)")
     run.add_argument("--cache-dir", default=None,
                      help="where corrupted images are cached (default: the streams default, $TTA_CACHE_DIR)")
     _add_model_arguments(run)

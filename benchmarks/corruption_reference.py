@@ -16,6 +16,7 @@ import torch
 from tabulate import tabulate
 
 from streams.corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS, corrupt
+from streams.parsing import parse_severity_list
 
 DETERMINISTIC = {"defocus_blur", "zoom_blur", "gaussian_blur", "brightness", "contrast", "pixelate",
                  "jpeg_compression", "saturate"}
@@ -62,8 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     images = sample_images(args.n)
-    rows = [compare(name, images, int(s)) for name in CORRUPTIONS + EXTRA_CORRUPTIONS
-            for s in args.severities.split(",")]
+    rows = [compare(name, images, s) for name in CORRUPTIONS + EXTRA_CORRUPTIONS
+            for s in parse_severity_list(args.severities)]
     print(tabulate(rows, headers=["corruption", "sev", "statistic", "ours vs corrupt-tta", ""], tablefmt="github"))
 
 

@@ -20,6 +20,7 @@ from tabulate import tabulate
 
 from benchmarks.corruption_reference import sample_images
 from streams.corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS, corrupt
+from streams.parsing import parse_corruptions
 
 
 def _best_time(fn, repeats: int) -> float:  # noqa: ANN001
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError as exc:
         raise SystemExit("the reference needs corrupt-tta: pip install corrupt-tta") from exc
     names = list(CORRUPTIONS + EXTRA_CORRUPTIONS) if args.corruptions == "all" else \
-        args.corruptions.split(",")
+        list(parse_corruptions(args.corruptions))
     for channels, size, label in ((1, 28, "28x28 grayscale"), (3, 32, "32x32 RGB")):
         rows = measure(names, channels, size, args.batch, args.repeats)
         table = [[r["corruption"], f"{r['ours']:,.0f}", f"{r['ref']:,.0f}", f"{r['speedup']:.1f}x"]

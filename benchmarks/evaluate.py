@@ -201,18 +201,9 @@ def load_source(config: GridConfig, *, data_dir: str | os.PathLike[str] | None =
 
 
 def streams_source(dataset: str, *, data_dir: str | os.PathLike[str] | None = None) -> Any:
-    """Fashion-MNIST's embedded test set for ``fmnist-c`` (corrupted on the fly, spec S1); the
-    precomputed robustbench sets under ``data_dir`` for the others (read, never corrupted again)."""
-    if dataset == "fmnist-c":
-        return streams.fashion_mnist("test")
-    folders = {"cifar10-c": "CIFAR-10-C", "cifar100-c": "CIFAR-100-C", "imagenet-c": "ImageNet-C"}
-    if dataset not in folders:
-        raise ValueError(f"unknown dataset {dataset!r}; choose from: fmnist-c, {', '.join(folders)}")
-    if data_dir is None:
-        raise ValueError(f"dataset {dataset} is read from files: pass --data-dir, the folder holding {folders[dataset]}/")
-    if dataset == "imagenet-c":
-        return streams.imagenet_c_source(data_dir)
-    return streams.cifar_c_source(dataset, data_dir)
+    """The source of a catalogue dataset (:func:`streams.get_dataset`): clean images corrupted on the fly
+    (``fmnist-c``), or the precomputed sets under ``data_dir`` (read, never corrupted again), spec S1."""
+    return streams.get_dataset(dataset).source(data_dir)
 
 
 def build_stream(

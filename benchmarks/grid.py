@@ -18,10 +18,15 @@ import streams
 import tta
 from benchmarks.models import CALLABLE_SPEC
 from streams.orderings import parse_order as streams_parse_order
+from streams.parsing import (
+    CLEAN_NAME,
+    parse_corruptions,
+    parse_severity_list,
+    split_list,
+)
 from streams.settings import SETTINGS
 
-DATASETS: tuple[str, ...] = ("fmnist-c", "cifar10-c", "cifar100-c", "imagenet-c")
-CLEAN = "none"
+CLEAN = CLEAN_NAME
 """The corruption name of the clean test set (spec S5: domain label of clean images)."""
 
 NO_METHOD = "none"
@@ -31,7 +36,7 @@ RowKey = tuple[str, str, str, str, int, str, int]
 """Identity of one result row: (method, policy, setting, order, seed, corruption, severity)."""
 
 MODEL_PREFIXES: tuple[str, ...] = ("robustbench:", "torchvision:", "timm:")
-TABLES: tuple[str, ...] = ("cifar", "imagenet")
+TABLES: tuple[str, ...] = streams.corruptions.TABLE_NAMES
 """Corruption parameter tables ``--table`` may name (default: the engine picks by image size)."""
 
 
@@ -130,11 +135,6 @@ class Run:
         return [(method, policy) for method in self.methods for policy in self.policies]
 
 
-def split_list(text: str) -> list[str]:
-    """Split a comma list, dropping blanks: ``"a, b,"`` -> ``["a", "b"]``."""
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
 def _unique(values: Sequence[Any], what: str) -> None:
     seen: set[Any] = set()
     for value in values:
@@ -192,26 +192,6 @@ def parse_orders(text: str) -> tuple[str, ...]:
         raise ValueError("no order given; e.g. --order iid,dirichlet:0.1")
     _unique(orders, "order")
     return tuple(orders)
-
-
-def parse_corruptions(text: str) -> tuple[str, ...]:
-    """``"all"`` (the 15 benchmark corruptions, standard order), ``"none"`` (the clean test set) or a comma
-    list of names from ``streams.CORRUPTIONS`` and ``streams.EXTRA_CORRUPTIONS`` (spec S2)."""
-    known = list(streams.CORRUPTIONS) + list(streams.EXTRA_CORRUPTIONS)
-    names = split_list(text)
-    if names == ["all"]:
-        return tuple(streams.CORRUPTIONS)
-    if names == [CLEAN]:
-        return (CLEAN,)
-    if not names:
-        raise ValueError("no corruption given; write all, none, or a comma list")
-    for name in names:
-        if name == CLEAN:
-            raise ValueError("'none' (the clean test set) cannot be mixed with corruptions; run it alone")
-        if name not in known:
-            raise ValueError(f"unknown corruption {name!r}; choose from: all, none, {', '.join(known)}")
-    _unique(names, "corruption")
-    return tuple(names)
 
 
 def parse_ints(text: str, what: str, *, low: int | None = None, high: int | None = None) -> tuple[int, ...]:
@@ -331,9 +311,10 @@ def make_config(
     table: str | None = None,
     methods: str = NO_METHOD,
 ) -> GridConfig:
-    """Validate the raw command-line strings and build the :class:`GridConfig`; errors name the argument."""
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; choose from: {', '.join(DATASETS)}")
+    """Validate the raw command-line strings and build the :class:`GridConfig`; errors name the argument.
+
+    ``dataset``: a name or alias from :func:`streams.list_datasets`, stored under its canonical name."""
+    dataset = streams.get_dataset(dataset).name
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     if n_examples is not None and n_examples < 1:
@@ -353,7 +334,7 @@ def make_config(
         settings=setting_names,
         orders=parse_orders(orders),
         corruptions=corruption_names,
-        severities=parse_ints(severities, "severity", low=1, high=5),
+        severities=parse_severity_list(severities),
         seeds=parse_ints(seeds, "seed", low=0),
         batch_size=batch_size,
         n_examples=n_examples,

@@ -40,11 +40,11 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+import streams
 from benchmarks.source_model import Standardize, load_bundled_model
 from tta.surgery import is_batchnorm
 
 __all__ = [
-    "DATASETS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "MissingWeightsError",
@@ -59,14 +59,6 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-#: Canonical dataset names, and the spellings accepted for each (case-insensitive, "-"/"_" ignored).
-DATASETS: dict[str, tuple[str, ...]] = {
-    "fmnist": ("fmnist", "fmnistc", "fashionmnist", "fashionmnistc"),
-    "cifar10": ("cifar10", "cifar10c"),
-    "cifar100": ("cifar100", "cifar100c"),
-    "imagenet": ("imagenet", "imagenetc"),
-}
 
 # RobustBench ImageNet entries whose weights come from torchvision, not from model_dir.
 _ROBUSTBENCH_TORCHVISION = {"Standard_R50": ("resnet50", "IMAGENET1K_V1")}
@@ -91,12 +83,9 @@ def default_model_dir() -> Path:
 
 
 def canonical_dataset(dataset: str) -> str:
-    """``"fmnist-c"``, ``"CIFAR-10-C"``, ``"imagenet"`` ... -> one of ``DATASETS``' keys."""
-    key = re.sub(r"[-_\s]", "", dataset.lower())
-    for name, spellings in DATASETS.items():
-        if key in spellings:
-            return name
-    raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(DATASETS)} (a '-c' suffix is fine)")
+    """``"fmnist-c"``, ``"CIFAR-10-C"``, ``"imagenet"`` ... -> the clean dataset its models are trained on
+    (``DatasetInfo.base``: ``fmnist``, ``cifar10``, ``cifar100``, ``imagenet``), see :func:`streams.get_dataset`."""
+    return streams.get_dataset(dataset).base
 
 
 def load_model(

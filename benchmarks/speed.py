@@ -36,13 +36,6 @@ from torch import nn
 
 import tta
 
-INPUT_SHAPES: dict[str, tuple[int, int, int]] = {
-    "fmnist-c": (1, 28, 28),
-    "cifar10-c": (3, 32, 32),
-    "cifar100-c": (3, 32, 32),
-    "imagenet-c": (3, 224, 224),
-}
-
 #: The name the unadapted model is timed under.
 UNADAPTED = ("none", "unadapted")
 

@@ -14,46 +14,30 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from streams._robustbench import import_robustbench
+from streams.corruptions import get_corruption
 from streams.imageset import ImageSet
+
+if TYPE_CHECKING:
+    from streams.datasets import DatasetInfo
 
 __all__ = ["PrecomputedSource", "cifar_c", "cifar_c_source", "imagenet_c", "imagenet_c_source"]
 
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-CIFAR100_CLASSES = """apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus
-butterfly camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup
-dinosaur dolphin elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion
-lizard lobster man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear
-pickup_truck pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark
-shrew skunk skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table tank telephone
-television tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm""".split()
-
-_CIFAR = {
-    # name: (folder, robustbench loader, classes, where to get it)
-    "cifar10-c": ("CIFAR-10-C", "load_cifar10c", CIFAR10_CLASSES, "https://zenodo.org/records/2535967"),
-    "cifar100-c": ("CIFAR-100-C", "load_cifar100c", CIFAR100_CLASSES, "https://zenodo.org/records/3555552"),
-}
+_ROBUSTBENCH_LOADERS = {"cifar10-c": "load_cifar10c", "cifar100-c": "load_cifar100c"}
+"""The CIFAR-C sets robustbench loads, by dataset name (their folder, classes and url: ``streams.datasets``)."""
 CIFAR_C_PER_SEVERITY = 10_000
 """Images per severity in a CIFAR-C file (robustbench slices the stacked file by this count)."""
 IMAGENET_C_MAX = 5_000
 """robustbench evaluates ImageNet-C on a fixed list of 5,000 validation images."""
-IMAGENET_C_URL = "https://zenodo.org/records/2235448 (see https://github.com/hendrycks/robustness)"
-
-
-def _known_corruptions() -> list[str]:
-    from streams.corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS
-
-    return list(CORRUPTIONS) + list(EXTRA_CORRUPTIONS)
 
 
 def _check_domain(corruption: str, severity: int) -> None:
-    known = _known_corruptions()
-    if corruption not in known:
-        raise ValueError(f"unknown corruption {corruption!r}; choose from: {', '.join(known)}")
+    get_corruption(corruption)
     if not isinstance(severity, (int, np.integer)) or isinstance(severity, bool) or not 1 <= severity <= 5:
         raise ValueError(f"severity must be an integer in 1..5, got {severity!r}")
 
@@ -73,10 +57,18 @@ def _to_uint8(x: torch.Tensor) -> torch.Tensor:
     return (x * 255).round_().clamp_(0, 255).to(torch.uint8)
 
 
+def _info(name: str) -> DatasetInfo:
+    """The catalogue entry of a set read here: its folder, url and classes."""
+    from streams.datasets import get_dataset
+
+    return get_dataset(name)
+
+
 def _cifar_files(name: str, corruption: str, data_dir: str | Path) -> tuple[Path, Path]:
-    if name not in _CIFAR:
-        raise ValueError(f"unknown precomputed set {name!r}; choose from: {', '.join(_CIFAR)}, imagenet-c")
-    folder, _, _, url = _CIFAR[name]
+    if name not in _ROBUSTBENCH_LOADERS:
+        raise ValueError(f"unknown precomputed set {name!r}; choose from: {', '.join(_ROBUSTBENCH_LOADERS)}, imagenet-c")
+    info = _info(name)
+    folder, url = info.folder, info.url
     root = Path(data_dir).expanduser() / folder
     for path in (root / f"{corruption}.npy", root / "labels.npy"):
         if not path.is_file():
@@ -96,7 +88,7 @@ def cifar_c(
     _check_domain(corruption, severity)
     images_path, _ = _cifar_files(name, corruption, data_dir)
     n = _check_n(n_examples, CIFAR_C_PER_SEVERITY, name)
-    _, loader, classes, _ = _CIFAR[name]
+    loader, classes = _ROBUSTBENCH_LOADERS[name], _info(name).classes
     rb = import_robustbench()
     x, y = getattr(rb.data, loader)(n, int(severity), str(Path(data_dir).expanduser()), False, [corruption])
     if len(x) < n:
@@ -128,10 +120,11 @@ def _imagenet_helper_files() -> tuple[list[str], list[str]]:
 def _imagenet_check(corruption: str, severity: int, data_dir: str | Path, n_examples: int | None):
     _check_domain(corruption, severity)
     n = _check_n(n_examples, IMAGENET_C_MAX, "robustbench's ImageNet-C evaluation set")
-    folder = Path(data_dir).expanduser() / "ImageNet-C" / corruption / str(severity)
-    hint = f"download ImageNet-C from {IMAGENET_C_URL} and unpack it into {Path(data_dir) / 'ImageNet-C'}"
+    info = _info("imagenet-c")
+    folder = Path(data_dir).expanduser() / info.folder / corruption / str(severity)
+    hint = f"download {info.folder} from {info.url} and unpack it into {Path(data_dir) / info.folder}"
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is missing: {hint} (layout ImageNet-C/<corruption>/<severity>/<wnid>/).")
+        raise FileNotFoundError(f"{folder} is missing: {hint} (layout {info.folder}/<corruption>/<severity>/<wnid>/).")
     ids, wnids = _imagenet_helper_files()
     present = {p.name for p in folder.iterdir() if p.is_dir()}
     if present != set(wnids):
@@ -196,8 +189,8 @@ def _stat(path: Path) -> str:
 
 def cifar_c_source(name: str, data_dir: str | Path) -> PrecomputedSource:
     """CIFAR-10-C / CIFAR-100-C under ``data_dir`` as a stream source (see :func:`cifar_c`)."""
-    if name not in _CIFAR:
-        raise ValueError(f"unknown precomputed set {name!r}; choose from: {', '.join(_CIFAR)}")
+    if name not in _ROBUSTBENCH_LOADERS:
+        raise ValueError(f"unknown precomputed set {name!r}; choose from: {', '.join(_ROBUSTBENCH_LOADERS)}")
 
     def fingerprint(corruption: str, severity: int) -> str:
         files = _cifar_files(name, corruption, data_dir)
@@ -215,7 +208,7 @@ def imagenet_c_source(data_dir: str | Path) -> PrecomputedSource:
     """ImageNet-C under ``data_dir`` as a stream source (see :func:`imagenet_c`)."""
 
     def fingerprint(corruption: str, severity: int) -> str:
-        folder = Path(data_dir).expanduser() / "ImageNet-C" / corruption / str(severity)
+        folder = Path(data_dir).expanduser() / _info("imagenet-c").folder / corruption / str(severity)
         return f"imagenet-c|{corruption}|{severity}|{_stat(folder)}"
 
     return PrecomputedSource(

@@ -1,28 +1,22 @@
 """The test stream (spec S5): a source, a corruption plan, a label ordering and a domain setting.
 
 Design:
-- A *clean* source (an :class:`ImageSet`, or ``"fmnist"`` for the embedded Fashion-MNIST test split)
-  is corrupted on the fly, one domain at a time, into the on-disk cache (:mod:`streams.cache`), and
-  batches are read from the memory-mapped cache file; so no more than one domain's corrupted images is
-  ever in memory, and a second run reads the cache.
-- A *precomputed* source (:class:`PrecomputedSource`, e.g. :func:`cifar_c_source`) is never corrupted
-  again: sequential settings load one domain at a time; ``mixed`` caches each domain on disk first.
+- Images come from a :class:`~streams.domain_source.DomainSource`, one domain at a time: a clean
+  image set corrupted on the fly into the on-disk cache, or a precomputed corrupted set read as it is
+  (:mod:`streams.domain_source`).
 - Orderings are index permutations computed from the labels alone when the stream is built, so
   ``len()``, ``label_stats()`` and bad requests (e.g. an impossible Dirichlet order) need no images.
 - Randomness: see :mod:`streams._seeds`; each domain has its own corruption seed and label order.
-  Image ``i`` of a domain is always corrupted with per-image index ``i``, so the images do not depend on
-  the batch size or order.
 """
 
 from __future__ import annotations
 
 import dis
-import hashlib
 import logging
 import sys
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -33,25 +27,21 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from streams import settings
-from streams._seeds import check_seed, derive_seed, generator
-from streams.cache import DomainCache, cache_key
+from streams._seeds import check_seed, generator
+from streams.cache import DomainCache
 from streams.corruption_sets import PrecomputedSource
-from streams.fmnist import fashion_mnist
+from streams.domain_source import open_source
 from streams.imageset import ImageSet
 from streams.orderings import LabelStats, batch_label_measures, order_indices, parse_order
+from streams.parsing import CLEAN_NAME, parse_corruptions, parse_severities
 from streams.settings import Domain
 
-__all__ = ["CLEAN", "SOURCES", "Batch", "Stream"]
+__all__ = ["CLEAN", "Batch", "Stream"]
 
 log = logging.getLogger(__name__)
 
-CLEAN: Domain = ("none", 0)
+CLEAN: Domain = (CLEAN_NAME, 0)
 """The domain label of clean (uncorrupted) images."""
-SOURCES = ("fmnist", "fmnist-c")
-"""Source names a :class:`Stream` accepts as strings: the embedded Fashion-MNIST test split (both names;
-other sets: pass an ImageSet or a PrecomputedSource)."""
-_CHUNK_BYTES = 1 << 24
-"""Clean images handed to one ``corrupt`` call, in bytes: bounds the engine's working memory."""
 
 
 @dataclass(frozen=True)
@@ -102,89 +92,20 @@ class _Segment:
     order: np.ndarray
 
 
-@lru_cache(maxsize=1)
-def _engine_version() -> str:
-    """Hash of the corruption engine's source and torch's version: a changed engine misses the cache."""
-    import streams.corruptions as engine
-
-    digest = hashlib.sha256(torch.__version__.encode())
-    for path in sorted(Path(engine.__file__).parent.rglob("*.py")):
-        digest.update(path.name.encode() + path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
 def _is_int(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _corruption_names() -> tuple[list[str], list[str]]:
-    from streams.corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS
-
-    return list(CORRUPTIONS), list(EXTRA_CORRUPTIONS)
-
-
-def _parse_corruptions(corruptions: str | Sequence[str] | None) -> list[str] | None:
-    """``"all"`` -> the 15 in standard order; None or ``"none"`` -> clean (None); a name or a list."""
-    standard, extra = _corruption_names()
-    if corruptions is None or corruptions == "none" or list(corruptions) == ["none"]:
-        return None
-    if corruptions == "all":
-        return standard
-    names = [corruptions] if isinstance(corruptions, str) else list(corruptions)
-    if not names:
-        raise ValueError("corruptions is empty; pass 'all', None (clean) or a list of names")
-    for name in names:
-        if name not in standard + extra:
-            raise ValueError(f"unknown corruption {name!r}; choose from: all, none, {', '.join(standard + extra)}")
-    duplicates = [n for n, count in Counter(names).items() if count > 1]
-    if duplicates:
-        raise ValueError(f"corruption {duplicates[0]!r} is listed twice")
-    return names
-
-
-def _parse_severities(severities: int | Sequence[int]) -> list[int]:
-    if _is_int(severities):
-        values = [severities]
-    elif isinstance(severities, (str, bytes)) or not isinstance(severities, Iterable):
-        raise ValueError(f"severities must be an integer in 1..5 or a list of them, got {severities!r}")
-    else:
-        values = list(severities)
-    if not values:
-        raise ValueError("severities is empty; pass an integer in 1..5 or a list of them")
-    for value in values:
-        if not _is_int(value) or not 1 <= value <= 5:
-            raise ValueError(f"severity must be an integer in 1..5, got {value!r}")
-    if len(set(values)) != len(values):
-        raise ValueError(f"severities {values} list a severity twice")
-    return [int(v) for v in values]
-
-
-def _refuse_precorrupted(source: ImageSet) -> None:
-    """A domain loaded by ``cifar_c`` / ``imagenet_c`` is already corrupted: streaming it as a clean
-    source would corrupt it again (and label it wrongly); name the precomputed source to use instead."""
-    if source.precorrupted is None:
-        return
-    name, corruption, severity = source.precorrupted
-    loader, hint = (
-        ("imagenet_c", "streams.imagenet_c_source(data_dir)")
-        if name == "imagenet-c"
-        else ("cifar_c", f"streams.cifar_c_source({name!r}, data_dir)")
-    )
-    raise ValueError(
-        f"this ImageSet is {name} {corruption} at severity {severity} (from streams.{loader}), already "
-        "corrupted; a Stream treats an ImageSet as clean and would corrupt it again. Stream the "
-        f"precomputed set instead: streams.Stream({hint}, corruptions=[{corruption!r}], severities={severity})"
-    )
 
 
 class Stream(IterableDataset[Batch]):
     """A reproducible sequence of :class:`Batch` (spec S5).
 
     ``source``: an :class:`ImageSet` (clean, corrupted on the fly; one loaded by ``cifar_c`` or
-    ``imagenet_c`` is refused), ``"fmnist"`` (the embedded
-    Fashion-MNIST test split, likewise) or a :class:`PrecomputedSource` (e.g. ``cifar_c_source``).
-    ``corruptions``: ``"all"`` (the 15 in standard order), a list of names, or None (clean images only,
-    domain ``("none", 0)``; clean sources only). ``severities``: an integer or a list (1..5); domains are
+    ``imagenet_c`` is refused), the name of a dataset that needs no files (``"fmnist"`` / ``"fmnist-c"``:
+    the embedded Fashion-MNIST test split, likewise; see :func:`streams.list_datasets`) or a
+    :class:`PrecomputedSource` (e.g. ``streams.get_dataset("cifar10-c").source(data_dir)``).
+    ``corruptions``: ``"all"`` (the 15 in standard order), a name, a comma list or a list of names, or
+    None / ``"none"`` (clean images only, domain ``("none", 0)``; clean sources only), see
+    :mod:`streams.parsing`. ``severities``: an integer or a list (1..5); domains are
     corruption-major (each corruption, then each severity). ``order``: ``iid``, ``dirichlet:<delta>``,
     ``sorted``, ``slots:<gamma>`` (spec S3). ``setting``: ``single``, ``continual``, ``mixed``,
     ``gradual`` (spec S4; ``gradual`` visits severities 1,2,3,4,5,4,3,2,1 and ignores ``severities``).
@@ -232,84 +153,35 @@ class Stream(IterableDataset[Batch]):
         self.seed = int(seed)
         self.table = table
         self._cache = DomainCache(cache_dir)
-        corruption_list = _parse_corruptions(corruptions)
-        severity_list = _parse_severities(severities)
+        parsed = parse_corruptions(corruptions)
+        corruption_list = None if parsed == (CLEAN_NAME,) else list(parsed)
+        severity_list = list(parse_severities(severities))
         if setting == "gradual" and severities != 5:
             log.info("setting 'gradual' visits severities %s; severities=%r is not used",
                      settings.GRADUAL_SEVERITIES, severities)
 
-        self._clean: ImageSet | None = None
-        self._precomputed: PrecomputedSource | None = None
-        if isinstance(source, str):
-            if source not in SOURCES:
-                raise ValueError(
-                    f"unknown source {source!r}; choose from: {', '.join(SOURCES)}, an ImageSet, or a "
-                    "PrecomputedSource such as streams.cifar_c_source('cifar10-c', data_dir)"
-                )
-            source = fashion_mnist("test")
-        if isinstance(source, ImageSet):
-            _refuse_precorrupted(source)
-            self._clean = source.head(n_examples)
-            self._fingerprint = self._fingerprint_images(self._clean)
-        elif isinstance(source, PrecomputedSource):
-            self._precomputed = source
-            if corruption_list is None:
-                raise ValueError(f"precomputed source {source.name!r} has no clean domain; pass corruptions")
-            if table is not None:
-                raise ValueError("table applies to corruption on the fly; a precomputed source is already corrupted")
-        else:
-            raise TypeError(
-                f"source must be an ImageSet, 'fmnist' or a PrecomputedSource, got {type(source).__name__}"
-            )
-
+        self._source = open_source(source, n_examples=n_examples, seed=self.seed, table=table, cache=self._cache)
+        self._source.check(corruption_list, settings.GRADUAL_SEVERITIES[:5] if setting == "gradual" else severity_list)
         if corruption_list is None:
             if setting == "gradual":
                 raise ValueError("setting 'gradual' needs corruptions (it varies their severity)")
             self._plan = [settings.Episode((CLEAN,), mixed=setting == "mixed")]
         else:
             self._plan = settings.plan(setting, corruption_list, severity_list)
-        if self._clean is not None and corruption_list is not None:
-            self._check_engine_accepts(corruption_list, severity_list)
-        self._labels: dict[Domain, np.ndarray] = {}
         self._segments = [self._build_segments(episode) for episode in self._plan]
         self._warned_flat = False
 
     # ----------------------------------------------------------------- planning (labels only)
-    def _check_engine_accepts(self, corruptions: list[str], severities: list[int]) -> None:
-        """Fail now, not mid-stream: the engine validates names, severities, table and image shape on an
-        empty batch of the source's shape."""
-        from streams.corruptions import corrupt
-
-        empty = self._clean.images[:0]
-        for corruption in corruptions:
-            for severity in settings.GRADUAL_SEVERITIES[:5] if self.setting == "gradual" else severities:
-                corrupt(empty, corruption, severity, seed=0, table=self.table)
-
-    @staticmethod
-    def _fingerprint_images(images: ImageSet) -> str:
-        digest = hashlib.sha256(str(tuple(images.images.shape)).encode())
-        digest.update(images.images.contiguous().numpy().tobytes())
-        return digest.hexdigest()[:32]
-
-    def _domain_labels(self, domain: Domain) -> np.ndarray:
-        if domain not in self._labels:
-            if self._clean is not None:
-                labels = self._clean.labels
-            else:
-                labels = self._precomputed.domain_labels(domain[0], domain[1], self.n_examples)
-            self._labels[domain] = labels.numpy().astype(np.int64, copy=False)
-        return self._labels[domain]
-
     def _build_segments(self, episode: settings.Episode) -> list[_Segment]:
         if episode.mixed:
-            labels = [self._domain_labels(d) for d in episode.domains]
+            labels = [self._source.labels(d) for d in episode.domains]
             union = np.concatenate(labels)
             order = order_indices(union, self.order, generator("order-mixed", self.seed))
             return [_Segment(episode.domains, tuple(len(x) for x in labels), union, order)]
         segments = []
         visits: Counter[Domain] = Counter()
         for domain in episode.domains:
-            labels = self._domain_labels(domain)
+            labels = self._source.labels(domain)
             rng = generator("order", self.seed, domain[0], domain[1], visits[domain])
             visits[domain] += 1
             segments.append(_Segment((domain,), (len(labels),), labels, order_indices(labels, self.order, rng)))
@@ -365,16 +237,15 @@ class Stream(IterableDataset[Batch]):
             yield from batches
 
     def __repr__(self) -> str:
-        source = self._precomputed.name if self._precomputed is not None else f"ImageSet[{len(self._clean)}]"
         return (
-            f"Stream({source}, setting={self.setting!r}, order='{self.order}', domains={len(self.domains)}, "
+            f"Stream({self._source.name}, setting={self.setting!r}, order='{self.order}', domains={len(self.domains)}, "
             f"batch_size={self.batch_size}, seed={self.seed}, batches={len(self)})"
         )
 
     # ----------------------------------------------------------------- images
     def _batches(self, segments: list[_Segment]) -> Iterator[Batch]:
         for seg in segments:
-            blocks = [self._domain_images(d, cached=len(seg.domains) > 1) for d in seg.domains]
+            blocks = [self._source.images(d, shared=len(seg.domains) > 1) for d in seg.domains]
             offsets = np.concatenate([[0], np.cumsum(seg.sizes)])
             for start in range(0, len(seg.order), self.batch_size):
                 yield self._gather(seg, blocks, offsets, seg.order[start : start + self.batch_size])
@@ -399,62 +270,3 @@ class Stream(IterableDataset[Batch]):
             y=torch.from_numpy(seg.labels[idx]),
             domain=[seg.domains[b] for b in block_of],
         )
-
-    def _domain_images(self, domain: Domain, *, cached: bool) -> np.ndarray:
-        """uint8 N x C x H x W images of one domain: clean tensor, cache file (memory-mapped) or loaded."""
-        corruption, severity = domain
-        if self._clean is not None:
-            if domain == CLEAN:
-                return self._clean.images.numpy()
-            return self._corrupted(corruption, severity)
-        if cached:
-            key = cache_key(
-                kind="precomputed-domain",
-                source=self._precomputed.domain_fingerprint(corruption, severity),
-                n_examples=self.n_examples,
-            )
-            array = self._cache.load(key)
-            if array is not None:
-                return array
-            images = self._load_precomputed(domain)
-            return self._cache.store(key, tuple(images.shape), lambda out: out.__setitem__(Ellipsis, images))
-        return self._load_precomputed(domain)
-
-    def _load_precomputed(self, domain: Domain) -> np.ndarray:
-        loaded = self._precomputed.load(domain[0], domain[1], self.n_examples)
-        if not np.array_equal(loaded.labels.numpy(), self._domain_labels(domain)):
-            raise RuntimeError(
-                f"{self._precomputed.name} {domain}: the loaded labels differ from the labels the stream "
-                "was planned with (its labels function and loader disagree)"
-            )
-        return loaded.images.numpy()
-
-    def _corrupted(self, corruption: str, severity: int) -> np.ndarray:
-        """The clean images corrupted as domain (corruption, severity), via the disk cache."""
-        from streams.corruptions import corrupt
-
-        clean = self._clean.images
-        domain_seed = derive_seed("corrupt", self.seed, corruption, severity)
-        key = cache_key(
-            kind="corrupted-domain",
-            source=self._fingerprint,
-            corruption=corruption,
-            severity=severity,
-            table=self.table,
-            seed=self.seed,
-            corruption_seed=domain_seed,
-            n_examples=len(clean),
-            engine=_engine_version(),
-        )
-
-        def fill(out: np.ndarray) -> None:
-            log.info("corrupting %d images: %s, severity %d", len(clean), corruption, severity)
-            chunk = max(1, _CHUNK_BYTES // max(1, clean[0].numel()))
-            for start in range(0, len(clean), chunk):
-                part = corrupt(
-                    clean[start : start + chunk], corruption, severity,
-                    seed=domain_seed, table=self.table, index_offset=start,
-                )  # fmt: skip
-                out[start : start + len(part)] = part.cpu().numpy()
-
-        return self._cache.get_or_create(key, tuple(clean.shape), fill)

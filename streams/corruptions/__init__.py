@@ -3,67 +3,40 @@
 ``corrupt(images, name, severity, seed=...)`` corrupts a uint8 N x C x H x W batch (C = 1 or 3) on its own
 device. Per-image randomness is counter-based (see ``_rng``): image ``i`` of a call is keyed by
 (seed, corruption, severity, index_offset + i), so a stream gets the same bytes whatever the batching.
+Each corruption (its function, parameter tables and grayscale handling) is one record of
+:mod:`streams.corruptions.catalogue`.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from streams._seeds import check_seed
-from streams.corruptions import blur, digital, noise, weather
 from streams.corruptions._ops import luma, to_rgb
 from streams.corruptions._rng import ImageRNG
-from streams.corruptions.tables import TABLES
+from streams.corruptions.catalogue import (
+    CORRUPTIONS,
+    EXTRA_CORRUPTIONS,
+    TABLE_NAMES,
+    TABLES,
+    Corruption,
+    get_corruption,
+    list_corruptions,
+    register_corruption,
+)
 
-__all__ = ["CORRUPTIONS", "EXTRA_CORRUPTIONS", "SMALL_IMAGE_MAX_SIDE", "corrupt", "default_table"]
+__all__ = [
+    "CORRUPTIONS", "EXTRA_CORRUPTIONS", "SMALL_IMAGE_MAX_SIDE", "TABLES", "TABLE_NAMES", "Corruption", "corrupt",
+    "default_table", "get_corruption", "list_corruptions", "register_corruption",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
-CORRUPTIONS: tuple[str, ...] = (
-    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
-    "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
-    "jpeg_compression",
-)
-EXTRA_CORRUPTIONS: tuple[str, ...] = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
-
 SMALL_IMAGE_MAX_SIDE = 64  # images with both sides <= this use the CIFAR table by default
-
-
-@dataclass(frozen=True)
-class _Corruption:
-    fn: Callable[..., Tensor]
-    colour_only: bool = False  # grayscale goes through RGB replication and luma reduction
-    needs_table: bool = False  # the function takes table-level settings (frost texture scale)
-    assets: Callable[[], object] | None = None  # finds the files it reads; ImportError naming their package
-
-
-_REGISTRY: dict[str, _Corruption] = {
-    "gaussian_noise": _Corruption(noise.gaussian_noise),
-    "shot_noise": _Corruption(noise.shot_noise),
-    "impulse_noise": _Corruption(noise.impulse_noise),
-    "speckle_noise": _Corruption(noise.speckle_noise),
-    "defocus_blur": _Corruption(blur.defocus_blur),
-    "glass_blur": _Corruption(blur.glass_blur),
-    "motion_blur": _Corruption(blur.motion_blur),
-    "zoom_blur": _Corruption(blur.zoom_blur),
-    "gaussian_blur": _Corruption(blur.gaussian_blur),
-    "snow": _Corruption(weather.snow),
-    "frost": _Corruption(weather.frost, colour_only=True, needs_table=True, assets=weather.frost_texture_files),
-    "fog": _Corruption(weather.fog),
-    "spatter": _Corruption(weather.spatter, colour_only=True),
-    "brightness": _Corruption(digital.brightness),
-    "contrast": _Corruption(digital.contrast),
-    "elastic_transform": _Corruption(digital.elastic_transform),
-    "pixelate": _Corruption(digital.pixelate),
-    "jpeg_compression": _Corruption(digital.jpeg_compression),
-    "saturate": _Corruption(digital.saturate, colour_only=True),
-}
 
 
 def default_table(height: int, width: int) -> str:
@@ -75,9 +48,7 @@ def default_table(height: int, width: int) -> str:
 def _validate(images: Tensor, corruption: str, severity: int, table: str | None) -> None:
     if not isinstance(images, Tensor):
         raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
-    if corruption not in _REGISTRY:
-        valid = ", ".join(CORRUPTIONS + EXTRA_CORRUPTIONS)
-        raise ValueError(f"unknown corruption {corruption!r}; valid names: {valid}")
+    get_corruption(corruption)
     if isinstance(severity, bool) or not isinstance(severity, (int, np.integer)) or not 1 <= severity <= 5:
         raise ValueError(f"severity must be an integer in 1..5, got {severity!r}")
     if images.dtype != torch.uint8:
@@ -90,8 +61,8 @@ def _validate(images: Tensor, corruption: str, severity: int, table: str | None)
                          f"(shape {tuple(images.shape)}; channels-last input needs .permute(0, 3, 1, 2))")
     if images.shape[2] < 2 or images.shape[3] < 2:
         raise ValueError(f"images must be at least 2 x 2 pixels, got {tuple(images.shape[2:])}")
-    if table is not None and table not in TABLES:
-        raise ValueError(f"unknown table {table!r}; valid: {', '.join(TABLES)} or None (by size)")
+    if table is not None and table not in TABLE_NAMES:
+        raise ValueError(f"unknown table {table!r}; valid: {', '.join(TABLE_NAMES)} or None (by size)")
 
 
 def corrupt(images: Tensor, corruption: str, severity: int, *, seed: int, table: str | None = None,
@@ -111,20 +82,17 @@ def corrupt(images: Tensor, corruption: str, severity: int, *, seed: int, table:
         raise TypeError(f"index_offset must be an integer >= 0, got {index_offset!r}")
     n, c, h, w = images.shape
     table = table or default_table(h, w)
-    entry = _REGISTRY[corruption]
+    entry = get_corruption(corruption)
     if entry.assets is not None:
         entry.assets()  # an empty batch too: a stream checks what it will need this way
     if n == 0:
         return images.clone()
-    params = TABLES[table][corruption][severity - 1]
-    params = params if isinstance(params, tuple) else (params,)
     indices = torch.arange(index_offset, index_offset + n, device=images.device)
     rng = ImageRNG(seed, corruption, severity, indices)
     x = images.to(torch.float32) / 255.0
     if entry.colour_only:
         x = to_rgb(x)
-    kwargs = {"table": table} if entry.needs_table else {}
-    out = entry.fn(x, rng, *params, **kwargs)
+    out = entry.fn(x, rng, *entry.params(table, severity), **entry.table_kwargs.get(table, {}))
     if entry.colour_only and c == 1:
         out = luma(out)
     # the reference converts its 0..255 floats with numpy's uint8 cast, which truncates; the small

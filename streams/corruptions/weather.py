@@ -15,7 +15,6 @@ from torch import Tensor
 
 from streams.corruptions import _ops
 from streams.corruptions._rng import ImageRNG
-from streams.corruptions.tables import FROST_TEXTURE_SCALE, FROST_TEXTURES
 
 
 # ----------------------------------------------------------------------------------------------- fog
@@ -81,6 +80,9 @@ def fog(x: Tensor, rng: ImageRNG, strength: float, wibble_decay: float) -> Tenso
 
 
 # --------------------------------------------------------------------------------------------- frost
+FROST_TEXTURES = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg")  # randint(5)
+
+
 def frost_texture_files() -> list:
     """The frost texture files of the corrupt-tta package; ImportError naming it when it is missing."""
     try:
@@ -136,10 +138,11 @@ def _cv2_linear_resize(img: Tensor, out_h: int, out_w: int, scale: float) -> Ten
     return torch.round(_ops.bilinear_sample(img[None], grid_y, grid_x, "replicate")[0])
 
 
-def frost(x: Tensor, rng: ImageRNG, image_weight: float, frost_weight: float, *, table: str) -> Tensor:
-    """Blend with a random crop of one of five frost textures (chosen uniformly per image)."""
+def frost(x: Tensor, rng: ImageRNG, image_weight: float, frost_weight: float, *, texture_scale: float) -> Tensor:
+    """Blend with a random crop of one of five frost textures (chosen uniformly per image), resized by
+    ``texture_scale`` first."""
     n, c, h, w = x.shape
-    textures = frost_textures(FROST_TEXTURE_SCALE[table], h, w)
+    textures = frost_textures(texture_scale, h, w)
     choice = rng.integers("texture", (), 0, len(textures)).cpu()
     u_row = rng.uniform("row", ()).cpu()
     u_col = rng.uniform("col", ()).cpu()

@@ -795,3 +795,9 @@ def test_the_report_does_not_depend_on_the_order_results_were_stored_in(finished
     assert capsys.readouterr().out.replace(str(folder), str(finished)) == printed
     for name in ("report.md", "results.csv"):
         assert (folder / name).read_text() == (finished / name).read_text()
+
+
+def test_a_dataset_registered_by_its_own_module_is_listed_in_the_help(toy_dataset, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    assert re.search(r"one of\s+fmnist-c,\s+cifar10-c,\s+cifar100-c,\s+imagenet-c,\s+toy-c", capsys.readouterr().out)

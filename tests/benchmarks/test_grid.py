@@ -196,3 +196,8 @@ def test_method_options_share_the_policies_namespace():
 def test_bad_methods_and_method_options_are_refused(methods, option, needle):
     with pytest.raises(ValueError, match=needle):
         small(methods=methods, options=[option])
+
+
+def test_a_dataset_registered_by_its_own_module_is_valid_in_the_grid(toy_dataset):
+    assert small(dataset="toy").dataset == toy_dataset
+    assert small(dataset="FMNIST").dataset == "fmnist-c"

@@ -1,0 +1,28 @@
+"""CIFAR-10-C (Hendrycks & Dietterich): precomputed, read through robustbench's loader (spec S1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from streams.corruption_sets import PrecomputedSource, cifar_c_source
+from streams.datasets.catalogue import DatasetInfo, register_dataset
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def _load(data_dir: Path | None) -> PrecomputedSource:
+    return cifar_c_source("cifar10-c", data_dir)
+
+
+INFO = register_dataset(DatasetInfo(
+    name="cifar10-c",
+    aliases=("cifar10",),
+    base="cifar10",
+    input_shape=(3, 32, 32),
+    num_classes=10,
+    classes=CLASSES,
+    load=_load,
+    table="cifar",
+    folder="CIFAR-10-C",
+    url="https://zenodo.org/records/2535967",
+))

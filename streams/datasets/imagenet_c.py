@@ -1,0 +1,28 @@
+"""ImageNet-C (Hendrycks & Dietterich): robustbench's 5,000 validation images, precomputed (spec S1).
+
+The class names are the 1,000 WordNet ids of robustbench's helper files, read with the data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from streams.corruption_sets import PrecomputedSource, imagenet_c_source
+from streams.datasets.catalogue import DatasetInfo, register_dataset
+
+
+def _load(data_dir: Path | None) -> PrecomputedSource:
+    return imagenet_c_source(data_dir)
+
+
+INFO = register_dataset(DatasetInfo(
+    name="imagenet-c",
+    aliases=("imagenet",),
+    base="imagenet",
+    input_shape=(3, 224, 224),
+    num_classes=1000,
+    load=_load,
+    table="imagenet",
+    folder="ImageNet-C",
+    url="https://zenodo.org/records/2235448 (see https://github.com/hendrycks/robustness)",
+))
