@@ -19,6 +19,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 venv: $(VENV)/.installed
 
 test: venv
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 bench: venv

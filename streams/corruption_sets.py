@@ -14,7 +14,6 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,13 +22,36 @@ from streams._robustbench import import_robustbench
 from streams.corruptions import get_corruption
 from streams.imageset import ImageSet
 
-if TYPE_CHECKING:
-    from streams.datasets import DatasetInfo
-
 __all__ = ["PrecomputedSource", "cifar_c", "cifar_c_source", "imagenet_c", "imagenet_c_source"]
 
-_ROBUSTBENCH_LOADERS = {"cifar10-c": "load_cifar10c", "cifar100-c": "load_cifar100c"}
-"""The CIFAR-C sets robustbench loads, by dataset name (their folder, classes and url: ``streams.datasets``)."""
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR100_CLASSES = tuple("""apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus
+butterfly camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup
+dinosaur dolphin elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion
+lizard lobster man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear
+pickup_truck pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark
+shrew skunk skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table tank telephone
+television tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm""".split())
+
+
+@dataclass(frozen=True)
+class PrecomputedSet:
+    """A precomputed set this module reads: its folder under ``data_dir``, where to get it, its classes (None:
+    read with the data) and robustbench's loader function for it (None: read here)."""
+
+    folder: str
+    url: str
+    classes: tuple[str, ...] | None = None
+    loader: str | None = None
+
+
+PRECOMPUTED_SETS: dict[str, PrecomputedSet] = {
+    "cifar10-c": PrecomputedSet("CIFAR-10-C", "https://zenodo.org/records/2535967", CIFAR10_CLASSES, "load_cifar10c"),
+    "cifar100-c": PrecomputedSet("CIFAR-100-C", "https://zenodo.org/records/3555552", CIFAR100_CLASSES, "load_cifar100c"),
+    "imagenet-c": PrecomputedSet("ImageNet-C", "https://zenodo.org/records/2235448 (see https://github.com/hendrycks/robustness)"),
+}
+"""The sets read here, by dataset name (``streams.datasets`` registers each with these facts)."""
+_ROBUSTBENCH_LOADERS = [name for name, info in PRECOMPUTED_SETS.items() if info.loader is not None]
 CIFAR_C_PER_SEVERITY = 10_000
 """Images per severity in a CIFAR-C file (robustbench slices the stacked file by this count)."""
 IMAGENET_C_MAX = 5_000
@@ -57,17 +79,10 @@ def _to_uint8(x: torch.Tensor) -> torch.Tensor:
     return (x * 255).round_().clamp_(0, 255).to(torch.uint8)
 
 
-def _info(name: str) -> DatasetInfo:
-    """The catalogue entry of a set read here: its folder, url and classes."""
-    from streams.datasets import get_dataset
-
-    return get_dataset(name)
-
-
 def _cifar_files(name: str, corruption: str, data_dir: str | Path) -> tuple[Path, Path]:
     if name not in _ROBUSTBENCH_LOADERS:
         raise ValueError(f"unknown precomputed set {name!r}; choose from: {', '.join(_ROBUSTBENCH_LOADERS)}, imagenet-c")
-    info = _info(name)
+    info = PRECOMPUTED_SETS[name]
     folder, url = info.folder, info.url
     root = Path(data_dir).expanduser() / folder
     for path in (root / f"{corruption}.npy", root / "labels.npy"):
@@ -88,7 +103,7 @@ def cifar_c(
     _check_domain(corruption, severity)
     images_path, _ = _cifar_files(name, corruption, data_dir)
     n = _check_n(n_examples, CIFAR_C_PER_SEVERITY, name)
-    loader, classes = _ROBUSTBENCH_LOADERS[name], _info(name).classes
+    loader, classes = PRECOMPUTED_SETS[name].loader, PRECOMPUTED_SETS[name].classes
     rb = import_robustbench()
     x, y = getattr(rb.data, loader)(n, int(severity), str(Path(data_dir).expanduser()), False, [corruption])
     if len(x) < n:
@@ -120,7 +135,7 @@ def _imagenet_helper_files() -> tuple[list[str], list[str]]:
 def _imagenet_check(corruption: str, severity: int, data_dir: str | Path, n_examples: int | None):
     _check_domain(corruption, severity)
     n = _check_n(n_examples, IMAGENET_C_MAX, "robustbench's ImageNet-C evaluation set")
-    info = _info("imagenet-c")
+    info = PRECOMPUTED_SETS["imagenet-c"]
     folder = Path(data_dir).expanduser() / info.folder / corruption / str(severity)
     hint = f"download {info.folder} from {info.url} and unpack it into {Path(data_dir) / info.folder}"
     if not folder.is_dir():
@@ -208,7 +223,7 @@ def imagenet_c_source(data_dir: str | Path) -> PrecomputedSource:
     """ImageNet-C under ``data_dir`` as a stream source (see :func:`imagenet_c`)."""
 
     def fingerprint(corruption: str, severity: int) -> str:
-        folder = Path(data_dir).expanduser() / _info("imagenet-c").folder / corruption / str(severity)
+        folder = Path(data_dir).expanduser() / PRECOMPUTED_SETS["imagenet-c"].folder / corruption / str(severity)
         return f"imagenet-c|{corruption}|{severity}|{_stat(folder)}"
 
     return PrecomputedSource(

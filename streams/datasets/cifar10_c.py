@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from streams.corruption_sets import PrecomputedSource, cifar_c_source
+from streams.corruption_sets import PRECOMPUTED_SETS, PrecomputedSource, cifar_c_source
 from streams.datasets.catalogue import DatasetInfo, register_dataset
-
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 def _load(data_dir: Path | None) -> PrecomputedSource:
@@ -20,9 +18,9 @@ INFO = register_dataset(DatasetInfo(
     base="cifar10",
     input_shape=(3, 32, 32),
     num_classes=10,
-    classes=CLASSES,
+    classes=PRECOMPUTED_SETS["cifar10-c"].classes,
     load=_load,
     table="cifar",
-    folder="CIFAR-10-C",
-    url="https://zenodo.org/records/2535967",
+    folder=PRECOMPUTED_SETS["cifar10-c"].folder,
+    url=PRECOMPUTED_SETS["cifar10-c"].url,
 ))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from streams.corruption_sets import PrecomputedSource, imagenet_c_source
+from streams.corruption_sets import PRECOMPUTED_SETS, PrecomputedSource, imagenet_c_source
 from streams.datasets.catalogue import DatasetInfo, register_dataset
 
 
@@ -23,6 +23,6 @@ INFO = register_dataset(DatasetInfo(
     num_classes=1000,
     load=_load,
     table="imagenet",
-    folder="ImageNet-C",
-    url="https://zenodo.org/records/2235448 (see https://github.com/hendrycks/robustness)",
+    folder=PRECOMPUTED_SETS["imagenet-c"].folder,
+    url=PRECOMPUTED_SETS["imagenet-c"].url,
 ))
