@@ -1,11 +1,11 @@
-"""``python -m benchmarks.layer_cost``: every BatchNorm layer of the bundled model is timed on its own input."""
+"""``python -m studies.layer_cost``: every BatchNorm layer of the bundled model is timed on its own input."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from benchmarks import layer_cost
+from studies import layer_cost
 from benchmarks.source_model import load_bundled_model
 
 
