@@ -1,8 +1,8 @@
 """``tta-bench``: run the benchmark grid, rebuild its report, time methods and policies, train the source model.
 
-A thin front end (style guide, principle 6): it parses arguments, calls :mod:`benchmarks.grid`,
-:mod:`benchmarks.results`, :mod:`benchmarks.evaluate`, :mod:`benchmarks.report` and
-:mod:`benchmarks.speed`, and is the only module of the benchmark that prints.
+A thin front end (style guide, principle 6): it parses arguments, calls the functions a notebook would
+(:func:`benchmarks.run.run_grid`, :mod:`benchmarks.report`, :mod:`benchmarks.speed`,
+:func:`benchmarks.train_source.train_source`), and is the only module of the benchmark that prints.
 """
 
 from __future__ import annotations
@@ -13,11 +13,14 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import streams
 import tta
 from benchmarks import grid
+
+if TYPE_CHECKING:
+    from benchmarks import run
 
 DEFAULT_DEVICE = "auto"
 
@@ -26,24 +29,12 @@ class _Fail(Exception):
     """A user error: printed as one message, exit status 2."""
 
 
-def _device(name: str) -> Any:
-    from benchmarks.run import resolve_device
-
-    return resolve_device(name)
-
-
 def _load_model(spec: str, dataset: str, device: Any, args: argparse.Namespace,
                 arch: str | None = None, model_args: dict[str, Any] | None = None) -> Any:
     from benchmarks.models import load_model
 
     return load_model(spec, dataset=dataset, device=device, model_dir=args.model_dir, arch=arch,
                       model_args=model_args, trust_pickle=args.trust_pickle)
-
-
-def _set_threads(threads: int | None) -> None:
-    from benchmarks.run import set_threads
-
-    set_threads(threads)
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -117,7 +108,7 @@ class _ProgressPrinter:
         self.bar: Any = None
         self.with_method = False
 
-    def __call__(self, event: Any) -> None:
+    def __call__(self, event: run.Event) -> None:
         from benchmarks import results, run
 
         if isinstance(event, run.GridPlanned):
@@ -204,6 +195,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
     from benchmarks import speed
+    from benchmarks.run import resolve_device, set_threads
 
     policies = grid.parse_policies(args.policies)
     methods = grid.parse_methods(args.methods)
@@ -211,8 +203,8 @@ def cmd_speed(args: argparse.Namespace) -> int:
     dataset = streams.get_dataset(args.dataset)
     speed.check_sizes(batch_size=args.batch_size, warmup=args.warmup, repeats=args.repeats,
                       batches_per_repeat=args.batches_per_repeat)
-    _set_threads(args.threads)
-    device = _device(args.device)
+    set_threads(args.threads)
+    device = resolve_device(args.device)
     model = _load_model(grid.normalize_model(args.model), args.dataset, device, args, args.arch,
                         grid.parse_model_args(args.model_arg))
     with_method = methods != (grid.NO_METHOD,)
@@ -259,9 +251,10 @@ def cmd_speed(args: argparse.Namespace) -> int:
 
 
 def cmd_train_source(args: argparse.Namespace) -> int:
+    from benchmarks.run import resolve_device, set_threads
     from benchmarks.train_source import default_out, train_source
 
-    _set_threads(args.threads)
+    set_threads(args.threads)
     logging.getLogger().setLevel(logging.INFO)
     options: dict[str, Any] = {"seed": args.seed, "root": args.root}
     if args.epochs is not None:
@@ -271,7 +264,7 @@ def cmd_train_source(args: argparse.Namespace) -> int:
     if args.lr is not None:
         options["lr"] = args.lr
     if args.device != DEFAULT_DEVICE:
-        options["device"] = _device(args.device)
+        options["device"] = resolve_device(args.device)
     out = Path(args.out).expanduser() if args.out else default_out()
     if out.exists() and out.is_dir():
         raise _Fail(f"--out {args.out}: is a folder; name the checkpoint file")

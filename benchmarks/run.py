@@ -243,7 +243,8 @@ def run_grid(
             the folder is locked (so that a busy folder is refused before a bad argument).
         out: the results folder (created; reused to resume). A folder holding another grid's results is
             refused (:class:`benchmarks.results.ConfigMismatchError`).
-        model: the model to adapt (images in [0, 1]); None loads ``config.model``
+        model: the model to adapt (images in [0, 1]; moved to ``device``), which ``config.model`` names in
+            the rows and the folder's identity; None loads ``config.model``
             (:func:`benchmarks.models.load_model` with ``model_dir`` and ``trust_pickle``).
         model_name: how messages name the model (default ``config.model``).
         executor: ``local`` (this process, or ``workers`` processes) or ``ray`` (a Ray task per unit, on
@@ -323,10 +324,11 @@ def _with_images(config: GridConfig, images: ImageSet | str | os.PathLike[str] |
             raise RunError(f"this grid streams a user's images ({config.images}); pass them (--images FILE)")
         return config, None
     if not isinstance(images, ImageSet):
+        path = os.fspath(images)
         try:
-            images = ImageSet.load(images)
+            images = ImageSet.load(path)
         except FileNotFoundError:
-            raise RunError(f"--images {os.fspath(images)}: no such file") from None
+            raise RunError(f"--images {path}: no such file") from None
         except ValueError as error:
             raise RunError(f"--images {error}") from None
     fingerprint = grid.fingerprint_images(images)

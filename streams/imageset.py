@@ -59,14 +59,14 @@ class ImageSet:
             labels: N integer class indices.
             classes: the class names (default ``"0"``, ``"1"``, ... up to the largest label).
         """
-        images = torch.as_tensor(images)
+        images = torch.as_tensor(images).cpu()
         if images.ndim == 3:
             images = images.unsqueeze(1)
         if images.is_floating_point():
             if len(images) and (float(images.min()) < 0.0 or float(images.max()) > 1.0):
                 raise ValueError("floating-point images must lie in [0, 1]; pass uint8 images for 0..255")
             images = (images * 255.0).round().to(torch.uint8)
-        labels = torch.as_tensor(labels)
+        labels = torch.as_tensor(labels).cpu()
         if labels.is_floating_point() or labels.dtype == torch.bool:
             raise ValueError(f"labels must be integers, got {labels.dtype}")
         labels = labels.to(torch.int64)

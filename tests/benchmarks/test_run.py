@@ -8,16 +8,23 @@ import pytest
 import torch
 
 from benchmarks import cli, grid, results, run
-from streams import ImageSet
 from benchmarks.results import read_rows
+from streams import ImageSet
 
-CONFIG = dict(dataset="fmnist-c", policies=["source", "tbn"], orders=["iid", "sorted"],
-              corruptions=["brightness", "contrast"], severities=[5], seeds=[0], n_examples=200, batch_size=50)
-CLI_ARGS = [
-    "--dataset", "fmnist-c", "--model", "bundled", "--policies", "source,tbn", "--setting", "single",
-    "--order", "iid,sorted", "--corruptions", "brightness,contrast", "--severity", "5",
-    "--n-examples", "200", "--batch-size", "50", "--seeds", "0", "--no-progress",
-]  # fmt: skip
+CONFIG = {"dataset": "fmnist-c", "policies": ["source", "tbn"], "orders": ["iid", "sorted"],
+          "corruptions": ["brightness", "contrast"], "severities": [5], "seeds": [0], "n_examples": 200,
+          "batch_size": 50}
+FLAGS = {"dataset": "--dataset", "policies": "--policies", "settings": "--setting", "orders": "--order",
+         "corruptions": "--corruptions", "severities": "--severity", "seeds": "--seeds", "n_examples": "--n-examples",
+         "batch_size": "--batch-size"}
+
+
+def cli_args(config: dict) -> list[str]:
+    """The ``tta-bench run`` flags of the ``make_config`` arguments ``config`` (lists as comma lists)."""
+    def text(value: object) -> str:
+        return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+    return ["run", *(part for key, value in config.items() for part in (FLAGS[key], text(value))), "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +59,8 @@ def test_run_grid_stores_every_row_of_the_grid_and_writes_the_report(finished, c
 
 
 def test_run_grid_gives_the_rows_of_the_command_line(finished, tmp_path, cache_dir):
-    out, result = finished
-    assert cli.main(["run", *CLI_ARGS, "--cache-dir", str(cache_dir), "--out", str(tmp_path / "cli")]) == 0
+    out, _ = finished
+    assert cli.main([*cli_args(CONFIG), "--cache-dir", str(cache_dir), "--out", str(tmp_path / "cli")]) == 0
     assert read_rows(tmp_path / "cli" / results.RESULTS_NAME) == read_rows(out / results.RESULTS_NAME)
 
 
@@ -92,16 +99,15 @@ def test_a_locked_folder_is_refused_before_the_config_is_built(tmp_path):
     def never() -> grid.GridConfig:
         raise AssertionError("the config was built while the folder was locked")
 
-    with results.FolderLock(tmp_path, created=None):
-        with pytest.raises(results.FolderInUseError):
-            run.run_grid(never, tmp_path, device="cpu")
+    with results.FolderLock(tmp_path, created=None), pytest.raises(results.FolderInUseError):
+        run.run_grid(never, tmp_path, device="cpu")
 
 
 @pytest.mark.parametrize("arguments, named", [
-    (dict(workers=0), "--workers must be >= 1"),
-    (dict(threads=0), "--threads must be >= 1"),
-    (dict(ray_address="auto"), "--ray-address: only with --executor ray"),
-    (dict(device="no-such-device"), "--device 'no-such-device'"),
+    ({"workers": 0}, "--workers must be >= 1"),
+    ({"threads": 0}, "--threads must be >= 1"),
+    ({"ray_address": "auto"}, "--ray-address: only with --executor ray"),
+    ({"device": "no-such-device"}, "--device 'no-such-device'"),
 ])  # fmt: skip
 def test_bad_arguments_are_a_run_error_and_leave_no_folder(tmp_path, config, arguments, named):
     with pytest.raises(run.RunError, match=named):
@@ -128,24 +134,23 @@ def user_images(seed: int = 0) -> ImageSet:
     return ImageSet.from_tensors(torch.rand(64, 1, 28, 28, generator=generator), torch.arange(64) % 10)
 
 
-USER_GRID = dict(dataset="fmnist-c", policies=["source", "tbn"], settings=["single"],
-                 corruptions=["none"], batch_size=16)
+USER_GRID = {"dataset": "fmnist-c", "policies": ["source", "tbn"], "settings": ["single"], "corruptions": ["none"],
+             "batch_size": 16}
 
 
 @pytest.mark.parametrize("corruptions", [["fog", "gaussian_noise"], ["none"]])
 def test_a_users_images_give_the_rows_of_the_command_line_on_their_file(tmp_path, cache_dir, corruptions):
     images = user_images()
     settings = ["single"] if corruptions == ["none"] else ["single", "continual"]
-    config = grid.make_config(**{**USER_GRID, "corruptions": corruptions, "settings": settings})
+    arguments = {**USER_GRID, "corruptions": corruptions, "settings": settings}
+    config = grid.make_config(**arguments)
     result = run.run_grid(config, tmp_path / "notebook", device="cpu", cache_dir=cache_dir, images=images)
     assert result.status == "complete" and len(result.rows) == len(grid.row_keys(result.config))
     assert {row["images"] for row in result.rows} == {grid.fingerprint_images(images)}
     assert {row["n"] for row in result.rows} == {64}
     images.save(tmp_path / "images.pt")
-    args = ["run", "--dataset", "fmnist-c", "--policies", "source,tbn", "--setting", ",".join(settings),
-            "--corruptions", ",".join(corruptions), "--batch-size", "16", "--no-progress",
-            "--images", str(tmp_path / "images.pt"), "--cache-dir", str(cache_dir), "--out", str(tmp_path / "cli")]
-    assert cli.main(args) == 0
+    assert cli.main([*cli_args(arguments), "--images", str(tmp_path / "images.pt"), "--cache-dir", str(cache_dir),
+                     "--out", str(tmp_path / "cli")]) == 0
     assert read_rows(tmp_path / "cli" / results.RESULTS_NAME) == read_rows(tmp_path / "notebook" / results.RESULTS_NAME)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from studies import layer_cost
 from benchmarks.source_model import load_bundled_model
+from studies import layer_cost
 
 
 def test_each_layer_is_recorded_with_the_input_the_model_gives_it():
