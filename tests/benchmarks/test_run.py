@@ -175,3 +175,11 @@ def test_an_images_file_that_is_no_set_of_images_is_one_error(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("error:") == 1 and f"--images {path}" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_worker_processes_stream_the_users_images_to_the_rows_of_a_serial_run(tmp_path, cache_dir):
+    config = grid.make_config(**{**USER_GRID, "corruptions": ["fog"], "settings": ["single", "continual"]})
+    serial = run.run_grid(config, tmp_path / "serial", device="cpu", cache_dir=cache_dir, images=user_images())
+    parallel = run.run_grid(config, tmp_path / "parallel", device="cpu", cache_dir=cache_dir, images=user_images(),
+                            workers=2)
+    assert parallel.status == "complete" and parallel.rows == serial.rows
