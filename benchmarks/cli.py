@@ -1,27 +1,26 @@
 """``tta-bench``: run the benchmark grid, rebuild its report, time methods and policies, train the source model.
 
-A thin front end (style guide, principle 6): it parses arguments, calls :mod:`benchmarks.grid`,
-:mod:`benchmarks.results`, :mod:`benchmarks.evaluate`, :mod:`benchmarks.report` and
-:mod:`benchmarks.speed`, and is the only module of the benchmark that prints.
+A thin front end (style guide, principle 6): it parses arguments, calls the functions a notebook would
+(:func:`benchmarks.run.run_grid`, :mod:`benchmarks.report`, :mod:`benchmarks.speed`,
+:func:`benchmarks.train_source.train_source`), and is the only module of the benchmark that prints.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import copy
 import json
 import logging
-import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import streams
 import tta
 from benchmarks import grid
+
+if TYPE_CHECKING:
+    from benchmarks import run
 
 DEFAULT_DEVICE = "auto"
 
@@ -30,52 +29,12 @@ class _Fail(Exception):
     """A user error: printed as one message, exit status 2."""
 
 
-def _device(name: str) -> Any:
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise _Fail(f"--device {name!r}: {error}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise _Fail(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return device
-
-
 def _load_model(spec: str, dataset: str, device: Any, args: argparse.Namespace,
                 arch: str | None = None, model_args: dict[str, Any] | None = None) -> Any:
     from benchmarks.models import load_model
 
     return load_model(spec, dataset=dataset, device=device, model_dir=args.model_dir, arch=arch,
                       model_args=model_args, trust_pickle=args.trust_pickle)
-
-
-def _set_threads(threads: int | None) -> None:
-    import torch
-
-    if threads is None:
-        return
-    if threads < 1:
-        raise _Fail(f"--threads must be >= 1, got {threads}")
-    torch.set_num_threads(threads)
-
-
-def _out_folder(text: str) -> Path:
-    """``--out`` as a path, refused (before anything is written) if it or a parent is not a folder, or
-    the folder it would be created in is not writable."""
-    out = Path(text).expanduser()
-    if out.exists() and not out.is_dir():
-        raise _Fail(f"--out {text}: exists and is not a folder; name a folder (new or a results folder)")
-    existing = out
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise _Fail(f"--out {text}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise _Fail(f"--out {text}: no permission to write in {existing}")
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -102,214 +61,106 @@ def _config_from_args(args: argparse.Namespace) -> grid.GridConfig:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from benchmarks import evaluate, metadata, results
+    from benchmarks import run
 
-    started, started_at = time.monotonic(), metadata.utc_now()
-    out = _out_folder(args.out)
-    # The lock comes first, so that a second run on the same folder is refused at once, whatever else;
-    # a folder created here that stays empty is removed when the run ends.
-    with results.FolderLock(out, created=results.make_folder(out)):
-        # Everything that can fail on the arguments fails here, before anything is written into --out.
-        config = _config_from_args(args)
-        _executor_args(args)
-        _set_threads(_unit_threads(args))  # serial units run in this process
-        device = _device(args.device)
-        model = _load_model(config.model, config.dataset, device, args, config.arch, config.model_args)
-        if args.executor == "ray" or args.workers > 1:
-            _check_sendable(model, args)
-        source = evaluate.load_source(config, data_dir=args.data_dir)
-        try:
-            batch = evaluate.first_batch(config, source, cache_dir=args.cache_dir)
-        except ImportError as error:  # e.g. a corruption's package is not installed
-            raise _Fail(str(error)) from None
-        evaluate.check_model_and_policies(config, model, batch, device=device)
-        meta = metadata.read_meta(out)
-        store = results.ResultStore.open(out, config)
-        run_entry: dict[str, Any] = {"started": started_at, **metadata.environment(device),
-                                     "executor": args.executor, "workers": args.workers,
-                                     "worker_threads": _unit_threads(args)}
-        before = len(store.rows())
-        try:
-            status = _run_grid(args, config, model, source, store, meta, device)
-        finally:
-            run_entry["seconds"] = round(time.monotonic() - started, 1)
-            run_entry["results_added"] = len(store.rows()) - before
-            meta.setdefault("runs", []).append(run_entry)
-            metadata.write_meta(out, meta)
-        if status:
-            return status
-        return _write_report(store.folder, store.rows(), config.to_json(), meta, config.policies, config.methods)
-
-
-def _check_sendable(model: Any, args: argparse.Namespace) -> None:
-    """Refuse a model the executor cannot send to its worker processes or tasks."""
-    from benchmarks import executors
-
+    printer = _ProgressPrinter(show_bar=sys.stdout.isatty() and not args.no_progress)
     try:
-        executors.check_sendable(model, ray=args.executor == "ray")
-    except ValueError as error:
-        raise _Fail(f"--model {args.model}: {error}") from None
+        result = run.run_grid(
+            lambda: _config_from_args(args), args.out, model_name=args.model, model_dir=args.model_dir,
+            trust_pickle=args.trust_pickle, executor=args.executor, workers=args.workers, threads=args.threads,
+            device=args.device, data_dir=args.data_dir, cache_dir=args.cache_dir, ray_address=args.ray_address,
+            cpus_per_task=args.cpus_per_task, gpus_per_task=args.gpus_per_task, images=args.images,
+            progress=printer,
+        )
+    finally:
+        printer.close()
+    with_method = result.config.methods != (grid.NO_METHOD,)
+    if result.status == "interrupted":
+        print(
+            f"\ninterrupted: {len(result.rows)} of {result.total} results are saved in {result.results_path}; "
+            "rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
+    if result.status == "failed":
+        from benchmarks.executors import RETRIES
 
-
-def _executor_args(args: argparse.Namespace) -> None:
-    """Refuse executor flags that do not fit together, before anything is written."""
-    if args.workers < 1:
-        raise _Fail(f"--workers must be >= 1, got {args.workers}")
-    if args.executor == "ray":
-        if args.workers != 1:
-            raise _Fail("--workers is for --executor local; on Ray the cluster's CPUs and --cpus-per-task "
-                        "decide how many units run at once")
-        if args.cpus_per_task <= 0 or args.gpus_per_task < 0:
-            raise _Fail(f"--cpus-per-task must be > 0 and --gpus-per-task >= 0, got {args.cpus_per_task} "
-                        f"and {args.gpus_per_task}")
-        if args.device not in ("auto", "cpu") and args.gpus_per_task == 0:
-            raise _Fail(f"--device {args.device} with --executor ray needs --gpus-per-task (e.g. 1, or 0.5 to "
-                        "share a GPU): Ray hides the GPUs from tasks that do not ask for one")
-        from benchmarks import executors
-
-        try:
-            executors.import_ray()
-        except ImportError as error:
-            raise _Fail(str(error)) from None
-    else:
-        given = [flag for flag, value, default in (("--ray-address", args.ray_address, None),
-                                                    ("--cpus-per-task", args.cpus_per_task, 1.0),
-                                                    ("--gpus-per-task", args.gpus_per_task, 0.0))
-                 if value != default]
-        if given:
-            raise _Fail(f"{', '.join(given)}: only with --executor ray")
-
-
-def _unit_threads(args: argparse.Namespace) -> int:
-    """torch threads per unit: ``--threads``, else on Ray the task's ``--cpus-per-task``, else 1.
-
-    The default does not depend on ``--workers``, so every executor and worker count gives the same
-    rows: BatchNorm's fused statistics kernel (``stats.batch_moments``) sums a channels-last input in
-    one partial per thread, so another thread count changes the last bits of the statistics, and
-    now and then a prediction (measured: 1 row in 990 of a grid run at 2 threads and at 1). One
-    thread per unit is also the efficient split of this benchmark's small units: cores are used by
-    running units side by side (``--workers N``), not by splitting each small convolution.
-    """
-    if args.threads is not None:
-        return args.threads
-    if args.executor == "ray":
-        return max(1, int(args.cpus_per_task))
-    return 1
-
-
-def _run_grid(args: argparse.Namespace, config: grid.GridConfig, model: Any, source: Any,
-              store: Any, meta: dict[str, Any], device: Any) -> int:
-    """Run the grid's missing rows into ``store`` on the chosen executor, showing progress; 130 if
-    interrupted, 1 if a unit failed (the others' rows are kept), else 0."""
-    from tqdm import tqdm
-
-    from benchmarks import evaluate, executors, metadata, results
-
-    keys = grid.row_keys(config)
-    todo = [key for key in keys if not store.done(key)]
-    with_method = config.methods != (grid.NO_METHOD,)  # name the method in every line, unless only none
-    methods = f"{len(config.methods)} methods x " if with_method else ""
-    print(
-        f"{len(keys)} results in the grid ({methods}{len(config.policies)} policies x {len(grid.expand(config))} "
-        f"streams); {len(keys) - len(todo)} already in {store.results_path}", flush=True
-    )
-    if "clean_error" not in meta:  # once per folder; a resumed run reuses it
-        try:
-            meta["clean_error"] = evaluate.clean_error(config, model, source, cache_dir=args.cache_dir, device=device)
-        except (ValueError, OSError, RuntimeError) as error:  # e.g. no clean split: recorded, not fatal
-            meta["clean_error"] = {"unavailable": str(error)}
-        metadata.write_meta(store.folder, meta)
-        if "error" in meta["clean_error"]:
-            print(f"clean error of the unadapted model: {meta['clean_error']['error']:.1f}% "
-                  f"on {meta['clean_error']['n']} clean test images", flush=True)
-    units = evaluate.units(config, store.done)
-    if not units:
-        return 0
-    # A redrawn bar only on a terminal; elsewhere (CI logs, a file, --no-progress) one line per result.
-    bar = tqdm(total=len(keys), initial=len(keys) - len(todo), unit="result", dynamic_ncols=True) \
-        if sys.stdout.isatty() and not args.no_progress else None
-    finished = len(keys) - len(todo)
-
-    def on_batch(unit: evaluate.Unit, tallies: dict[tuple[str, str], dict[Any, Any]]) -> None:
-        if bar is None:
-            return
-        bar.set_description(unit.describe(with_method=with_method).split(" (")[0], refresh=False)
-        postfix = {}
-        for (method, policy), per_domain in tallies.items():  # each learner's running error in this episode
-            n = sum(t.n for t in per_domain.values())
-            wrong = sum(t.errors for t in per_domain.values())
-            postfix[f"{method}/{policy}" if with_method else policy] = f"{100.0 * wrong / max(n, 1):.1f}%"
-        bar.set_postfix(postfix)
-
-    serial = args.executor == "local" and args.workers == 1
-    # workers get the model on the CPU (a Ray node may have no GPU) and move it to their own device
-    job = executors.Job(config, model if serial else copy.deepcopy(model).cpu(), data_dir=args.data_dir,
-                        cache_dir=args.cache_dir,
-                        device="auto" if args.executor == "ray" and args.device == "auto" else str(device),
-                        threads=_unit_threads(args))
-    if args.executor == "ray":
-        outcomes = executors.run_on_ray(job, units, address=args.ray_address, cpus_per_task=args.cpus_per_task,
-                                        gpus_per_task=args.gpus_per_task)
-    elif serial:
-        outcomes = executors.run_here(job, units, source=source, on_batch=on_batch)
-    else:
-        outcomes = executors.run_in_processes(job, units, workers=args.workers)
-    failed: list[executors.Outcome] = []
-    with contextlib.closing(outcomes):
-        try:
-            for done, outcome in enumerate(outcomes, start=1):
-                if outcome.error is not None:
-                    failed.append(outcome)
-                rows = [row for row in outcome.rows if not store.done(grid.row_key(row))]
-                store.append(rows)
-                finished += len(rows)
-                units_now = f"units: {outcome.running} running, {done}/{len(units)} done"
-                if bar is not None:
-                    bar.update(len(rows))
-                    bar.set_description(units_now)
-                    continue
-                for i, row in enumerate(rows, start=finished - len(rows) + 1):
-                    described = results.describe_key(grid.row_key(row), with_method=with_method)
-                    print(f"[{i}/{len(keys)}] {described}: error {row['error']:.1f}% ({units_now})", flush=True)
-                if outcome.error is not None:
-                    print(f"failed: {outcome.unit.describe(with_method=with_method)}: {outcome.error} ({units_now})",
-                          flush=True)
-        except KeyboardInterrupt:
-            if bar is not None:
-                bar.close()
-            print(
-                f"\ninterrupted: {len(store.rows())} of {len(keys)} results are saved in {store.results_path}; "
-                "rerun the same command to resume",
-                file=sys.stderr,
-            )
-            return 130
-    if bar is not None:
-        bar.close()
-    if failed:
-        print(f"\nthe grid is incomplete: {len(failed)} of {len(units)} units failed after {executors.RETRIES + 1} "
-              f"attempts; the other {len(store.rows())} of {len(keys)} results are saved in {store.results_path}:",
-              file=sys.stderr)
-        for outcome in failed:
+        print(f"\nthe grid is incomplete: {len(result.failures)} of {result.units} units failed after {RETRIES + 1} "
+              f"attempts; the other {len(result.rows)} of {result.total} results are saved in "
+              f"{result.results_path}:", file=sys.stderr)
+        for outcome in result.failures:
             print(f"  {outcome.unit.describe(with_method=with_method)}: {outcome.error}", file=sys.stderr)
         print("rerun the same command to retry them", file=sys.stderr)
         return 1
+    config = result.config
+    print()
+    print(f"Mean error (%) over domains, {config.dataset}, model {config.model}:")
+    _print_report(result.rows, config.to_json(), config.policies, config.methods, result.report)
     return 0
 
 
-def _write_report(folder: Path, rows: list[dict[str, Any]], config: dict[str, Any] | None,
-                  meta: dict[str, Any], policies: Sequence[str] | None, methods: Sequence[str] | None) -> int:
+class _ProgressPrinter:
+    """Prints a grid's progress (:mod:`benchmarks.run` events): a redrawn bar on a terminal; elsewhere
+    (CI logs, a file, ``--no-progress``) one line per result."""
+
+    def __init__(self, *, show_bar: bool) -> None:
+        self.show_bar = show_bar
+        self.bar: Any = None
+        self.with_method = False
+
+    def __call__(self, event: run.Event) -> None:
+        from benchmarks import results, run
+
+        if isinstance(event, run.GridPlanned):
+            config = event.config
+            self.with_method = config.methods != (grid.NO_METHOD,)  # name the method in every line, unless only none
+            methods = f"{len(config.methods)} methods x " if self.with_method else ""
+            print(f"{event.total} results in the grid ({methods}{len(config.policies)} policies x {event.streams} "
+                  f"streams); {event.done} already in {event.results_path}", flush=True)
+        elif isinstance(event, run.CleanErrorMeasured):
+            print(f"clean error of the unadapted model: {event.error:.1f}% on {event.n} clean test images", flush=True)
+        elif isinstance(event, run.UnitsStarted):
+            if self.show_bar:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=event.total, initial=event.done, unit="result", dynamic_ncols=True)
+        elif isinstance(event, run.BatchDone):
+            if self.bar is None:
+                return
+            self.bar.set_description(event.unit.describe(with_method=self.with_method).split(" (")[0], refresh=False)
+            postfix = {}
+            for (method, policy), per_domain in event.tallies.items():  # each learner's running error in this episode
+                n = sum(t.n for t in per_domain.values())
+                wrong = sum(t.errors for t in per_domain.values())
+                postfix[f"{method}/{policy}" if self.with_method else policy] = f"{100.0 * wrong / max(n, 1):.1f}%"
+            self.bar.set_postfix(postfix)
+        elif isinstance(event, run.UnitFinished):
+            units_now = f"units: {event.outcome.running} running, {event.done}/{event.units} done"
+            if self.bar is not None:
+                self.bar.update(len(event.rows))
+                self.bar.set_description(units_now)
+                return
+            for i, row in enumerate(event.rows, start=event.finished - len(event.rows) + 1):
+                described = results.describe_key(grid.row_key(row), with_method=self.with_method)
+                print(f"[{i}/{event.total}] {described}: error {row['error']:.1f}% ({units_now})", flush=True)
+            if event.outcome.error is not None:
+                print(f"failed: {event.outcome.unit.describe(with_method=self.with_method)}: {event.outcome.error} "
+                      f"({units_now})", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _print_report(rows: list[dict[str, Any]], config: dict[str, Any] | None, policies: Sequence[str] | None,
+                  methods: Sequence[str] | None, paths: dict[str, Path]) -> None:
     from benchmarks import report
 
-    rows = report.in_grid_order(rows, config)
-    paths = report.write_report(folder, rows, config=config, metadata=meta)
-    print()
-    if config:
-        print(f"Mean error (%) over domains, {config['dataset']}, model {config['model']}:")
     print(report.summary_table(rows, policies=policies, methods=methods, config=config))
     print()
     for name, path in paths.items():
         print(f"{name}: {path}")
-    return 0
 
 
 # ------------------------------------------------------------------------------------------- report
@@ -332,10 +183,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     methods = config.get("methods", [grid.NO_METHOD]) if config else None
     rows = report.in_grid_order(rows, config)
     paths = report.write_report(folder, rows, config=config, metadata=meta)
-    print(report.summary_table(rows, policies=policies, methods=methods, config=config))
-    print()
-    for name, path in paths.items():
-        print(f"{name}: {path}")
+    _print_report(rows, config, policies, methods, paths)
     return 0
 
 
@@ -347,6 +195,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
     from benchmarks import speed
+    from benchmarks.run import resolve_device, set_threads
 
     policies = grid.parse_policies(args.policies)
     methods = grid.parse_methods(args.methods)
@@ -354,8 +203,8 @@ def cmd_speed(args: argparse.Namespace) -> int:
     dataset = streams.get_dataset(args.dataset)
     speed.check_sizes(batch_size=args.batch_size, warmup=args.warmup, repeats=args.repeats,
                       batches_per_repeat=args.batches_per_repeat)
-    _set_threads(args.threads)
-    device = _device(args.device)
+    set_threads(args.threads)
+    device = resolve_device(args.device)
     model = _load_model(grid.normalize_model(args.model), args.dataset, device, args, args.arch,
                         grid.parse_model_args(args.model_arg))
     with_method = methods != (grid.NO_METHOD,)
@@ -402,9 +251,10 @@ def cmd_speed(args: argparse.Namespace) -> int:
 
 
 def cmd_train_source(args: argparse.Namespace) -> int:
+    from benchmarks.run import resolve_device, set_threads
     from benchmarks.train_source import default_out, train_source
 
-    _set_threads(args.threads)
+    set_threads(args.threads)
     logging.getLogger().setLevel(logging.INFO)
     options: dict[str, Any] = {"seed": args.seed, "root": args.root}
     if args.epochs is not None:
@@ -414,7 +264,7 @@ def cmd_train_source(args: argparse.Namespace) -> int:
     if args.lr is not None:
         options["lr"] = args.lr
     if args.device != DEFAULT_DEVICE:
-        options["device"] = _device(args.device)
+        options["device"] = resolve_device(args.device)
     out = Path(args.out).expanduser() if args.out else default_out()
     if out.exists() and out.is_dir():
         raise _Fail(f"--out {args.out}: is a folder; name the checkpoint file")
@@ -475,6 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(a second is refused). Models take images in [0, 1].")
     run.add_argument("--dataset", default="fmnist-c", help=f"one of {', '.join(streams.list_datasets())} (default fmnist-c)")
     run.add_argument("--data-dir", default=None, help=f"folder holding {_dataset_folders()} (not needed for fmnist-c)")
+    run.add_argument("--images", default=None, metavar="FILE",
+                     help="your own images instead of the dataset's: a file written by torch.save({'images': "
+                          "N x C x H x W uint8 (or floats in [0, 1]), 'labels': N ints, 'classes': names "
+                          "(optional)}), read with weights_only=True; --dataset names what they stand in for "
+                          "(the model's kind of input), the rows and config.json their fingerprint")
     run.add_argument("--cache-dir", default=None,
                      help="where corrupted images are cached (default: the streams default, $TTA_CACHE_DIR)")
     _add_model_arguments(run)

@@ -249,12 +249,13 @@ def make_row(config: GridConfig, run: Run, pair: Pair, domain: Domain, tally: Ta
         "batch_size": config.batch_size,
         "options": config.options.get(policy, {}),
         "method_options": config.options.get(method, {}),
+        **({"images": config.images} if config.images is not None else {}),
     }
 
 
 @dataclasses.dataclass(frozen=True)
 class Unit:
-    """One independent piece of a grid, the work one worker does (issue 13): in ``single`` one domain
+    """One independent piece of a grid, the work one worker does: in ``single`` one domain
     episode of a run for all its pending (method, policy) pairs in lockstep (they share the stream's
     batches), otherwise a whole stream for one pair (its learner carries over the domains), or for a
     policy alone and an output-level method over it, which share their forwards (:func:`forward_groups`)."""

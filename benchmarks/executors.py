@@ -1,4 +1,4 @@
-"""Where the grid's units run (issue 13): in this process, in local worker processes, or as Ray tasks.
+"""Where the grid's units run: in this process, in local worker processes, or as Ray tasks.
 
 Each executor takes the units (:class:`benchmarks.evaluate.Unit`) and yields one :class:`Outcome` per
 unit, in completion order; only the caller (the driver) writes results, so there is one writer whatever
@@ -28,6 +28,7 @@ from torch import nn
 
 from benchmarks import evaluate
 from benchmarks.grid import GridConfig
+from streams import ImageSet
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ class Job:
     """A torch device name, or ``auto``: CUDA where the worker sees a GPU, else the CPU."""
     threads: int | None = None
     """torch's intra-op threads in each worker (None: PyTorch's default)."""
+    images: ImageSet | None = None
+    """A user's images streamed instead of the dataset's (``config.images`` is their fingerprint)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +111,7 @@ def run_unit(job: Job, unit: evaluate.Unit, *, source: Any = None,
              on_batch: Callable[[dict[Any, Any]], None] | None = None) -> list[dict[str, Any]]:
     """The rows of ``unit`` (:func:`benchmarks.evaluate.run_unit` with the job's model, data and device)."""
     if source is None:
-        source = _source(job.config.dataset, job.data_dir)
+        source = job.images if job.images is not None else _source(job.config.dataset, job.data_dir)
     return evaluate.run_unit(job.config, job.model, unit, source, cache_dir=job.cache_dir,
                              device=_device(job.device), on_batch=on_batch)
 

@@ -3,15 +3,16 @@
 A benchmark command names lists (methods, policies, settings, orders, seeds, corruptions, severities);
 the grid is their product. This module turns raw strings into a validated :class:`GridConfig`, expands it into
 :class:`Run` objects in a fixed order, and names every result row it will produce (:func:`row_keys`), so
-that the results store can tell what is finished (spec S3, S4; issue 5).
+that the results store can tell what is finished (spec S3, S4).
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import hashlib
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import streams
@@ -63,12 +64,16 @@ class GridConfig:
     model_args: dict[str, Any] = dataclasses.field(default_factory=dict)
     table: str | None = None
     methods: tuple[str, ...] = (NO_METHOD,)
+    images: str | None = None
+    """The fingerprint (:func:`fingerprint_images`) of a user's :class:`streams.ImageSet` streamed instead
+    of the dataset's images; ``dataset`` then names what they stand in for (the model's kind of input)."""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (lists instead of tuples), stored as the results folder's config.
 
-        ``arch``, ``model_args``, ``table`` and ``methods`` appear only when set (``methods`` when not
-        just ``none``), so folders written before they existed keep the same identity and still resume.
+        ``arch``, ``model_args``, ``table``, ``methods`` and ``images`` appear only when set (``methods``
+        when not just ``none``), so folders written before they existed keep the same identity and still
+        resume.
         """
         extra: dict[str, Any] = {}
         if self.methods != (NO_METHOD,):
@@ -79,6 +84,8 @@ class GridConfig:
             extra["model_args"] = dict(sorted(self.model_args.items()))
         if self.table is not None:
             extra["table"] = self.table
+        if self.images is not None:
+            extra["images"] = self.images
         return {
             "dataset": self.dataset,
             "model": self.model,
@@ -113,6 +120,7 @@ class GridConfig:
             model_args=dict(data.get("model_args", {})),
             table=data.get("table"),
             methods=tuple(data.get("methods", [NO_METHOD])),
+            images=data.get("images"),
         )
 
 
@@ -293,27 +301,102 @@ def normalize_model(spec: str) -> str:
     return os.path.abspath(os.path.expanduser(spec))
 
 
+def fingerprint_images(images: streams.ImageSet) -> str:
+    """``"sha256:<16 hex digits>"`` of an ImageSet's images, labels and class names."""
+    digest = hashlib.sha256(repr((tuple(images.images.shape), list(images.classes))).encode())
+    digest.update(images.images.contiguous().numpy().tobytes())
+    digest.update(images.labels.contiguous().numpy().tobytes())
+    return f"sha256:{digest.hexdigest()[:16]}"
+
+
+class ConfigError(ValueError):
+    """A grid argument that is not valid; the message names the argument and what it accepts."""
+
+
+Names = str | Sequence[str]
+"""A comma list (``"tbn,rbn"``) or a sequence of names."""
+Numbers = str | int | Sequence[int]
+"""A comma list (``"0,1"``), one number, or a sequence of numbers."""
+
+
+def _comma_list(value: Names | Numbers) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return str(value)
+    return ",".join(map(str, value))
+
+
+def _assignments(value: Iterable[str] | Mapping[str, Any]) -> list[str]:
+    """``KEY=VALUE`` texts; a mapping's values are written as Python literals (``repr``)."""
+    if isinstance(value, Mapping):
+        return [f"{key}={item!r}" for key, item in value.items()]
+    return list(value)
+
+
+def _option_texts(options: Iterable[str] | Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """``NAME.KEY=VALUE`` texts; ``{name: {key: value}}`` is written as Python literals (``repr``)."""
+    if isinstance(options, Mapping):
+        return [f"{name}.{text}" for name, keys in options.items() for text in _assignments(keys)]
+    return list(options)
+
+
 def make_config(
     *,
     dataset: str,
     model: str = "bundled",
-    policies: str = "all",
-    settings: str = "single",
-    orders: str = "iid",
-    corruptions: str = "all",
-    severities: str = "5",
-    seeds: str = "0",
+    policies: Names = "all",
+    settings: Names = "single",
+    orders: Names = "iid",
+    corruptions: Names = "all",
+    severities: Numbers = "5",
+    seeds: Numbers = "0",
     batch_size: int = 64,
     n_examples: int | None = None,
-    options: Iterable[str] = (),
+    options: Iterable[str] | Mapping[str, Mapping[str, Any]] = (),
     arch: str | None = None,
-    model_args: Iterable[str] = (),
+    model_args: Iterable[str] | Mapping[str, Any] = (),
     table: str | None = None,
-    methods: str = NO_METHOD,
+    methods: Names = NO_METHOD,
 ) -> GridConfig:
-    """Validate the raw command-line strings and build the :class:`GridConfig`; errors name the argument.
+    """Validate the grid's arguments and build the :class:`GridConfig`; a :class:`ConfigError` names the
+    argument as ``tta-bench run`` spells it.
 
-    ``dataset``: a name or alias from :func:`streams.list_datasets`, stored under its canonical name."""
+    Lists are comma strings as on the command line (``"tbn,rbn"``) or sequences (``["tbn", "rbn"]``);
+    ``options`` are ``NAME.KEY=VALUE`` texts or ``{name: {key: value}}``, ``model_args`` ``KEY=VALUE``
+    texts or ``{key: value}``. ``dataset``: a name or alias from :func:`streams.list_datasets`, stored under
+    its canonical name."""
+    try:
+        return _make_config(
+            dataset=dataset, model=model, policies=_comma_list(policies), settings=_comma_list(settings),
+            orders=_comma_list(orders), corruptions=_comma_list(corruptions), severities=_comma_list(severities),
+            seeds=_comma_list(seeds), batch_size=batch_size, n_examples=n_examples, options=_option_texts(options),
+            arch=arch, model_args=_assignments(model_args), table=table, methods=_comma_list(methods),
+        )
+    except ConfigError:
+        raise
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _make_config(
+    *,
+    dataset: str,
+    model: str,
+    policies: str,
+    settings: str,
+    orders: str,
+    corruptions: str,
+    severities: str,
+    seeds: str,
+    batch_size: int,
+    n_examples: int | None,
+    options: Iterable[str],
+    arch: str | None,
+    model_args: Iterable[str],
+    table: str | None,
+    methods: str,
+) -> GridConfig:
     dataset = streams.get_dataset(dataset).name
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")

@@ -1,4 +1,4 @@
-"""Model loading for the benchmark (issue 5): one spec string -> an eval-mode model taking [0, 1] images.
+"""Model loading for the benchmark: one spec string -> an eval-mode model taking [0, 1] images.
 
 Specs:
 - ``bundled``: the shipped Fashion-MNIST ResNet (:mod:`benchmarks.source_model`).

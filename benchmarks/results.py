@@ -70,6 +70,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "batch_size": {"type": "integer", "minimum": 1}, "n_examples": {"type": ["integer", "null"]},
         "options": {"type": "object", "additionalProperties": {"type": "object"}},
         "arch": {"type": ["string", "null"]}, "model_args": {"type": "object"}, "table": {"type": ["string", "null"]},
+        "images": {"type": ["string", "null"]},
     },
 }
 """What ``config.json`` holds (:meth:`benchmarks.grid.GridConfig.to_json`)."""

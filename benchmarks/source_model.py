@@ -1,4 +1,4 @@
-"""The bundled Fashion-MNIST source model: a small ResNet with BatchNorm (spec S1, issue 5).
+"""The bundled Fashion-MNIST source model: a small ResNet with BatchNorm (spec S1).
 
 The model takes 1x28x28 images as floats in [0, 1]; the input standardization is a fixed buffer
 inside the model, so callers (streams, policies, the benchmark) never normalize themselves.

@@ -1,4 +1,4 @@
-"""Train the bundled Fashion-MNIST source model (spec S1, issue 5; CLI: ``tta-bench train-source``).
+"""Train the bundled Fashion-MNIST source model (spec S1; CLI: ``tta-bench train-source``).
 
 Recipe: the 60,000-image training split, random crop (zero padding ``PAD`` px) and horizontal flip,
 SGD with Nesterov momentum under a one-cycle schedule, label smoothing 0.1. Every random draw comes

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -44,6 +48,48 @@ class ImageSet:
             raise ValueError(
                 f"ImageSet.precorrupted must be None or (set name, corruption, severity), got {marker!r}"
             )
+
+    @classmethod
+    def from_tensors(cls, images: Any, labels: Any, classes: Sequence[str] | None = None) -> ImageSet:
+        """A set from a user's images and labels (tensors or arrays).
+
+        Args:
+            images: N x C x H x W (or N x H x W, one channel), uint8 in 0..255 or floating point in [0, 1]
+                (rounded to uint8, as images are stored).
+            labels: N integer class indices.
+            classes: the class names (default ``"0"``, ``"1"``, ... up to the largest label).
+        """
+        images = torch.as_tensor(images).cpu()
+        if images.ndim == 3:
+            images = images.unsqueeze(1)
+        if images.is_floating_point():
+            if len(images) and (float(images.min()) < 0.0 or float(images.max()) > 1.0):
+                raise ValueError("floating-point images must lie in [0, 1]; pass uint8 images for 0..255")
+            images = (images * 255.0).round().to(torch.uint8)
+        labels = torch.as_tensor(labels).cpu()
+        if labels.is_floating_point() or labels.dtype == torch.bool:
+            raise ValueError(f"labels must be integers, got {labels.dtype}")
+        labels = labels.to(torch.int64)
+        if classes is None:
+            classes = [str(i) for i in range(int(labels.max()) + 1 if len(labels) else 0)]
+        return cls(images.contiguous(), labels.contiguous(), list(classes))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ImageSet:
+        """A set saved by :meth:`save` (or any ``torch.save({"images": ..., "labels": ..., "classes": ...})``,
+        ``classes`` optional), read with ``weights_only=True``: no code in the file runs."""
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+            raise ValueError(f"{path}: not a set of images saved with torch.save ({error})") from None
+        if not isinstance(data, dict) or not {"images", "labels"} <= set(data):
+            raise ValueError(f"{path}: expected a dict with 'images' and 'labels' (and optionally 'classes'), "
+                             f"saved with torch.save")
+        return cls.from_tensors(data["images"], data["labels"], data.get("classes"))
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the images, labels and class names with ``torch.save`` (read back by :meth:`load`)."""
+        torch.save({"images": self.images, "labels": self.labels, "classes": list(self.classes)}, path)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])

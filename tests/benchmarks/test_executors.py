@@ -1,4 +1,4 @@
-"""``tta-bench run`` on every executor (issue 13): the rows of serial, ``--workers 2`` and Ray are the
+"""``tta-bench run`` on every executor: the rows of serial, ``--workers 2`` and Ray are the
 same; a killed driver resumes to every row exactly once; a failing unit is retried, then reported."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Model loading for the benchmark (issue 5): specs, offline errors, cached weights, BatchNorm check.
+"""Model loading for the benchmark: specs, offline errors, cached weights, BatchNorm check.
 
 Every cache (TORCH_HOME, the Hugging Face hub cache, RobustBench's model_dir) points at a temporary
 folder, so nothing is downloaded; "cached" weights are random ones written in the real file layout.

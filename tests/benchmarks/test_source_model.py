@@ -1,4 +1,4 @@
-"""The bundled Fashion-MNIST source model and its training script (spec S1, issue 5)."""
+"""The bundled Fashion-MNIST source model and its training script (spec S1)."""
 
 from __future__ import annotations
 

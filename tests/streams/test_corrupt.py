@@ -6,7 +6,7 @@ import pytest
 import numpy as np
 import torch
 
-from benchmarks.corruption_reference import sample_images
+from studies.corruption_reference import sample_images
 from streams.corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS, corrupt, default_table
 from streams.corruptions._rng import ImageRNG, hash32, hash32_int
 

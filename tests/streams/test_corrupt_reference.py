@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.corruption_reference import reference_corrupt, sample_images
+from studies.corruption_reference import reference_corrupt, sample_images
 from streams.corruptions import corrupt
 
 reference = pytest.importorskip("corrupt_tta.corruptions")

@@ -1,6 +1,6 @@
 """Time to build and iterate a stream, first run (empty corruption cache) and cached (spec S5).
 
-Run ``python -m benchmarks.stream_speed``: by default the continual stream of all 15 corruptions at
+Run ``python -m studies.stream_speed``: by default the continual stream of all 15 corruptions at
 severity 5 over the embedded Fashion-MNIST test split (10,000 images per domain), batch 64. Prints the
 wall time of each pass and, for the first, the time spent in each domain (mostly corrupting it).
 """

@@ -4,8 +4,8 @@ The official repository is not part of tta: fetch it (``git clone https://github
 pass its folder. Its adapter is built without the yacs config, its timeliness weighting by the same
 formula on the CPU (the original calls ``.cuda()``). Two comparisons (README, "## Methods")::
 
-    python -m benchmarks.faithfulness.rotta_reference --official /path/to/RoTTA [--flip]
-    python -m benchmarks.faithfulness.rotta_reference --official /path/to/RoTTA --errors [--n-examples N]
+    python -m studies.faithfulness.rotta_reference --official /path/to/RoTTA [--flip]
+    python -m studies.faithfulness.rotta_reference --official /path/to/RoTTA --errors [--n-examples N]
 
 The first replaces the augmentation by the identity (or, with ``--flip``, a horizontal flip) on both
 sides and prints the largest teacher-logit difference over the first 10 memory updates and over all.

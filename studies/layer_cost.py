@@ -1,6 +1,6 @@
-"""Cost of each BatchNorm layer of the bundled model, unadapted and under each policy, timed alone (issue 14).
+"""Cost of each BatchNorm layer of the bundled model, unadapted and under each policy, timed alone.
 
-Run ``python -m benchmarks.layer_cost``: one forward of the bundled model records the input of each of
+Run ``python -m studies.layer_cost``: one forward of the bundled model records the input of each of
 its BatchNorm layers; then, per layer and on that input, the unadapted eval-mode layer, PyTorch's own
 train-mode ``F.batch_norm`` (moments and normalization in one call: the floor for a policy that reads
 batch statistics), the fused statistics kernel alone (``torch.batch_norm_update_stats``) and a fresh

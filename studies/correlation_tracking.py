@@ -1,6 +1,6 @@
 """How well the label-free :class:`tta.CorrelationMeter` tracks a stream's true label correlation.
 
-Run ``python -m benchmarks.correlation_tracking``: for each label order, Fashion-MNIST-C streams in the
+Run ``python -m studies.correlation_tracking``: for each label order, Fashion-MNIST-C streams in the
 ``single`` setting (the meter reset at each domain, as a policy is), prints the true measure
 (``Stream.label_stats().mean_tv_distance``, with hindsight and the true labels), the meter fed the true
 labels (what the online reference alone changes), and the meter fed the predictions of the bundled model

@@ -1,6 +1,6 @@
 """Ours vs corrupt-tta with the ImageNet table (spec S2): one figure per corruption and severity.
 
-Run ``python -m benchmarks.corruption_reference`` (needs the ``dev`` extra, which installs corrupt-tta).
+Run ``python -m studies.corruption_reference`` (needs the ``dev`` extra, which installs corrupt-tta).
 Same smooth 64x64 RGB test images for both. Deterministic corruptions: the largest pixel difference and
 the share of differing pixels. Random ones: the mean absolute perturbation ``|corrupted - clean|`` of
 each implementation, and their ratio (1.0 = same strength). The tests in

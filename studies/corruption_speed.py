@@ -1,6 +1,6 @@
 """Corruption throughput, ours vs corrupt-tta (spec S2): images/s per corruption at severity 5.
 
-Run ``python -m benchmarks.corruption_speed``. Batch of 256 images, 28x28 grayscale and 32x32 RGB,
+Run ``python -m studies.corruption_speed``. Batch of 256 images, 28x28 grayscale and 32x32 RGB,
 2 CPU threads for torch and OpenCV. corrupt-tta (the reference) runs image by image on H x W x 3 arrays,
 as it is meant to be used (grayscale replicated to three channels), followed by numpy's uint8 cast;
 ours corrupts the whole uint8 batch in one call. Each side is timed as the best of ``--repeats`` runs,
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tabulate import tabulate
 
-from benchmarks.corruption_reference import sample_images
+from studies.corruption_reference import sample_images
 from streams.corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS, corrupt
 from streams.parsing import parse_corruptions
 

@@ -1,12 +1,12 @@
-"""``python -m benchmarks.layer_cost``: every BatchNorm layer of the bundled model is timed on its own input."""
+"""``python -m studies.layer_cost``: every BatchNorm layer of the bundled model is timed on its own input."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from benchmarks import layer_cost
 from benchmarks.source_model import load_bundled_model
+from studies import layer_cost
 
 
 def test_each_layer_is_recorded_with_the_input_the_model_gives_it():

@@ -3,7 +3,7 @@
 The official repository is not part of tta: fetch it (``git clone https://github.com/DequanWang/tent``)
 and pass its folder. Prints the largest logit and affine-parameter differences (README, "## Methods")::
 
-    python -m benchmarks.faithfulness.tent_reference --official /path/to/tent
+    python -m studies.faithfulness.tent_reference --official /path/to/tent
 """
 
 from __future__ import annotations

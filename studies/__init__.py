@@ -1,0 +1,1 @@
+"""One-off studies behind figures in the README; not installed with the package (see ``README.md`` here)."""

@@ -1,0 +1,185 @@
+"""``benchmarks.run.run_grid`` called as a notebook would: rows, resume, the folder lock, typed errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import cli, grid, results, run
+from benchmarks.results import read_rows
+from streams import ImageSet
+
+CONFIG = {"dataset": "fmnist-c", "policies": ["source", "tbn"], "orders": ["iid", "sorted"],
+          "corruptions": ["brightness", "contrast"], "severities": [5], "seeds": [0], "n_examples": 200,
+          "batch_size": 50}
+FLAGS = {"dataset": "--dataset", "policies": "--policies", "settings": "--setting", "orders": "--order",
+         "corruptions": "--corruptions", "severities": "--severity", "seeds": "--seeds", "n_examples": "--n-examples",
+         "batch_size": "--batch-size"}
+
+
+def cli_args(config: dict) -> list[str]:
+    """The ``tta-bench run`` flags of the ``make_config`` arguments ``config`` (lists as comma lists)."""
+    def text(value: object) -> str:
+        return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+    return ["run", *(part for key, value in config.items() for part in (FLAGS[key], text(value))), "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def config() -> grid.GridConfig:
+    return grid.make_config(**CONFIG)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, cache_dir, config) -> tuple[Path, run.RunResult]:
+    out = tmp_path_factory.mktemp("run") / "out"
+    return out, run.run_grid(config, out, device="cpu", cache_dir=cache_dir)
+
+
+def test_make_config_takes_lists_as_the_command_line_takes_comma_strings(config):
+    assert config == grid.make_config(dataset="fmnist-c", policies="source,tbn", orders="iid,sorted",
+                                      corruptions="brightness,contrast", severities="5", seeds="0",
+                                      n_examples=200, batch_size=50)
+
+
+def test_run_grid_stores_every_row_of_the_grid_and_writes_the_report(finished, config):
+    out, result = finished
+    assert result.status == "complete" and result.failures == []
+    assert result.added == result.total == len(grid.row_keys(config)) == 8
+    assert [grid.row_key(row) for row in result.rows] == grid.row_keys(config)
+    assert sorted(map(grid.row_key, read_rows(out / results.RESULTS_NAME))) == sorted(grid.row_keys(config))
+    assert set(result.report) == {"report", "csv", "plot"} and all(path.exists() for path in result.report.values())
+
+
+def test_run_grid_gives_the_rows_of_the_command_line(finished, tmp_path, cache_dir):
+    out, _ = finished
+    assert cli.main([*cli_args(CONFIG), "--cache-dir", str(cache_dir), "--out", str(tmp_path / "cli")]) == 0
+    assert read_rows(tmp_path / "cli" / results.RESULTS_NAME) == read_rows(out / results.RESULTS_NAME)
+
+
+def test_a_second_call_resumes_and_adds_nothing(finished, config, cache_dir):
+    out, first = finished
+    events: list[run.Event] = []
+    again = run.run_grid(config, out, device="cpu", cache_dir=cache_dir, progress=events.append)
+    assert again.status == "complete" and again.added == 0 and again.rows == first.rows
+    planned = [event for event in events if isinstance(event, run.GridPlanned)]
+    assert [(event.total, event.done) for event in planned] == [(8, 8)]
+    assert not any(isinstance(event, run.UnitFinished) for event in events)
+
+
+def test_a_missing_row_is_run_again_and_reported_through_the_callback(finished, config, cache_dir, tmp_path):
+    out, first = finished
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for name in (results.CONFIG_NAME, results.RESULTS_NAME):
+        (partial / name).write_bytes((out / name).read_bytes())
+    lines = (partial / results.RESULTS_NAME).read_text().splitlines(keepends=True)
+    (partial / results.RESULTS_NAME).write_text("".join(lines[:-1]))
+    events: list[run.Event] = []
+    result = run.run_grid(config, partial, device="cpu", cache_dir=cache_dir, progress=events.append)
+    assert result.added == 1 and result.rows == first.rows
+    finished_units = [event for event in events if isinstance(event, run.UnitFinished)]
+    assert len(finished_units) == 1 and finished_units[0].finished == finished_units[0].total == 8
+
+
+def test_a_folder_of_another_grid_is_refused(finished, cache_dir):
+    out, _ = finished
+    with pytest.raises(results.ConfigMismatchError):
+        run.run_grid(grid.make_config(**{**CONFIG, "seeds": [1]}), out, device="cpu", cache_dir=cache_dir)
+
+
+def test_a_locked_folder_is_refused_before_the_config_is_built(tmp_path):
+    def never() -> grid.GridConfig:
+        raise AssertionError("the config was built while the folder was locked")
+
+    with results.FolderLock(tmp_path, created=None), pytest.raises(results.FolderInUseError):
+        run.run_grid(never, tmp_path, device="cpu")
+
+
+@pytest.mark.parametrize("arguments, named", [
+    ({"workers": 0}, "--workers must be >= 1"),
+    ({"threads": 0}, "--threads must be >= 1"),
+    ({"ray_address": "auto"}, "--ray-address: only with --executor ray"),
+    ({"device": "no-such-device"}, "--device 'no-such-device'"),
+])  # fmt: skip
+def test_bad_arguments_are_a_run_error_and_leave_no_folder(tmp_path, config, arguments, named):
+    with pytest.raises(run.RunError, match=named):
+        run.run_grid(config, tmp_path / "new", **arguments)
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_bad_config_is_a_config_error_naming_the_argument():
+    with pytest.raises(grid.ConfigError, match="n-examples"):
+        grid.make_config(**{**CONFIG, "n_examples": 0})
+    with pytest.raises(grid.ConfigError, match="nonsense"):
+        grid.make_config(**{**CONFIG, "policies": ["tbn", "nonsense"]})
+
+
+def test_an_out_path_that_is_a_file_is_a_run_error(tmp_path, config):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(run.RunError, match="exists and is not a folder"):
+        run.run_grid(config, tmp_path / "file")
+
+
+def user_images(seed: int = 0) -> ImageSet:
+    """64 images a user might hold: 28 x 28 grayscale as floats in [0, 1], labels 0..9."""
+    generator = torch.Generator().manual_seed(seed)
+    return ImageSet.from_tensors(torch.rand(64, 1, 28, 28, generator=generator), torch.arange(64) % 10)
+
+
+USER_GRID = {"dataset": "fmnist-c", "policies": ["source", "tbn"], "settings": ["single"], "corruptions": ["none"],
+             "batch_size": 16}
+
+
+@pytest.mark.parametrize("corruptions", [["fog", "gaussian_noise"], ["none"]])
+def test_a_users_images_give_the_rows_of_the_command_line_on_their_file(tmp_path, cache_dir, corruptions):
+    images = user_images()
+    settings = ["single"] if corruptions == ["none"] else ["single", "continual"]
+    arguments = {**USER_GRID, "corruptions": corruptions, "settings": settings}
+    config = grid.make_config(**arguments)
+    result = run.run_grid(config, tmp_path / "notebook", device="cpu", cache_dir=cache_dir, images=images)
+    assert result.status == "complete" and len(result.rows) == len(grid.row_keys(result.config))
+    assert {row["images"] for row in result.rows} == {grid.fingerprint_images(images)}
+    assert {row["n"] for row in result.rows} == {64}
+    images.save(tmp_path / "images.pt")
+    assert cli.main([*cli_args(arguments), "--images", str(tmp_path / "images.pt"), "--cache-dir", str(cache_dir),
+                     "--out", str(tmp_path / "cli")]) == 0
+    assert read_rows(tmp_path / "cli" / results.RESULTS_NAME) == read_rows(tmp_path / "notebook" / results.RESULTS_NAME)
+
+
+def test_a_folder_of_other_images_is_refused_and_the_images_are_required(tmp_path, cache_dir):
+    config = grid.make_config(**USER_GRID)
+    out = tmp_path / "out"
+    run.run_grid(config, out, device="cpu", cache_dir=cache_dir, images=user_images())
+    with pytest.raises(results.ConfigMismatchError, match="images"):
+        run.run_grid(config, out, device="cpu", cache_dir=cache_dir, images=user_images(seed=1))
+    with pytest.raises(results.ConfigMismatchError, match="images"):
+        run.run_grid(config, out, device="cpu", cache_dir=cache_dir)
+    stored = results.read_config(out)
+    with pytest.raises(run.RunError, match="pass them"):
+        run.run_grid(stored, out, device="cpu", cache_dir=cache_dir)
+    assert run.run_grid(stored, out, device="cpu", cache_dir=cache_dir, images=user_images()).added == 0
+
+
+def test_an_images_file_that_is_no_set_of_images_is_one_error(tmp_path, capsys):
+    torch.save({"pictures": torch.zeros(2)}, tmp_path / "bad.pt")
+    for path in (tmp_path / "bad.pt", tmp_path / "missing.pt"):
+        assert cli.main(["run", "--corruptions", "none", "--images", str(path), "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("error:") == 1 and f"--images {path}" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_worker_processes_stream_the_users_images_to_the_rows_of_a_serial_run(tmp_path, cache_dir):
+    config = grid.make_config(**{**USER_GRID, "corruptions": ["fog"], "settings": ["single", "continual"]})
+    serial = run.run_grid(config, tmp_path / "serial", device="cpu", cache_dir=cache_dir, images=user_images())
+    parallel = run.run_grid(config, tmp_path / "parallel", device="cpu", cache_dir=cache_dir, images=user_images(),
+                            workers=2)
+    assert parallel.status == "complete" and parallel.rows == serial.rows
