@@ -13,7 +13,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tta.options import Range
 from tta.policies.base import ModelHook, NormPolicy, check_logits
 from tta.registry import register_policy
-from tta.stats import all_finite, instance_moments, sum_across_processes
+from tta.collectives import sum_across_processes
+from tta.stats import all_finite, instance_moments
 from tta.surgery import with_num_classes
 
 # The official configs' class coupling per number of classes (CIFAR-10, CIFAR-100, ImageNet).

@@ -11,7 +11,8 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrize
 
-from tta.stats import batch_moments, computed_once, normalize, on_host, reduce_moments
+from tta.collectives import reduce_moments
+from tta.stats import batch_moments, computed_once, normalize, on_host
 
 
 class ModelHook:
@@ -126,7 +127,7 @@ class NormPolicy(nn.Module):
     def batch_moments(self, x: Tensor, grad: bool = False) -> tuple[Tensor, Tensor, int]:
         """Per-channel mean, biased variance and count of ``x`` in the statistics dtype, in the autograd graph
         with ``grad`` (:func:`tta.stats.batch_moments`, spec M0), of every process's batch together when
-        :meth:`syncing` (one all-reduce, differentiable with ``grad``: :func:`tta.stats.reduce_moments`)."""
+        :meth:`syncing` (one all-reduce, differentiable with ``grad``: :func:`tta.collectives.reduce_moments`)."""
         mean, var, n = batch_moments(x, self.stats_dtype, grad=grad)
         if self.sync_batchnorm and self.syncing():
             return reduce_moments(mean, var, n, self.original.process_group)

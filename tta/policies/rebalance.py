@@ -14,7 +14,8 @@ from tta.laplacian import lame_refinement
 from tta.options import Choice, Range
 from tta.policies.base import ModelHook, NormPolicy, check_logits
 from tta.registry import register_policy
-from tta.stats import all_finite, gather_rows, instance_moments, on_host, select, sum_across_processes
+from tta.collectives import gather_rows, sum_across_processes
+from tta.stats import all_finite, instance_moments, on_host, select
 from tta.surgery import last_linear, with_num_classes
 
 

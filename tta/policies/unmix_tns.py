@@ -13,7 +13,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tta.options import Range
 from tta.policies.base import NormPolicy
 from tta.registry import register_policy
-from tta.stats import all_finite, instance_moments, normalize_per_instance, sum_across_processes
+from tta.collectives import sum_across_processes
+from tta.stats import all_finite, instance_moments, normalize_per_instance
 
 
 @register_policy("unmix_tns")
