@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from tta.options import Range
-from tta.policies.base import NormPolicy
+from tta.policies.base import NormPolicy, filled, source_mean, source_var
 from tta.registry import register_policy
 from tta.stats import all_finite, select
 
@@ -54,11 +54,10 @@ class AdaptiveBalanceBatchNorm(NormPolicy):
         super().__init__(bn, **base)
         self.momentum = self.bn_momentum if momentum is None else momentum
         self.kappa = kappa
-        device = self.source_mean.device
-        self.register_buffer("step", torch.zeros((), dtype=torch.int64, device=device))
-        self.register_buffer("eta", torch.zeros((), dtype=torch.float64, device=device))  # eta of the last update
-        self.register_buffer("running_mean", self.source_mean.clone())
-        self.register_buffer("running_var", self.source_var.clone())
+        self.add_state("step", filled((), 0, torch.int64))
+        self.add_state("eta", filled((), 0, torch.float64))  # eta of the last update
+        self.add_state("running_mean", source_mean)
+        self.add_state("running_var", source_var)
 
     def next_eta(self, step: Tensor) -> Tensor:
         """``eta_t`` for the t-th update (``step = t``), from ``eta_{t-1}`` held in the buffer."""
@@ -87,14 +86,5 @@ class AdaptiveBalanceBatchNorm(NormPolicy):
                 self.commit(ok, step=step, eta=eta, running_mean=new_mean, running_var=new_var)
         return self.normalize_with(x, mean, var)
 
-    def reset(self) -> None:
-        self.step.zero_()
-        self.eta.zero_()
-        self.running_mean.copy_(self.source_mean)
-        self.running_var.copy_(self.source_var)
-
     def adapted_stats(self) -> tuple[Tensor, Tensor]:
         return self.running_mean, self.running_var
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, momentum={self.momentum}, kappa={self.kappa}"

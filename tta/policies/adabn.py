@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from tta.policies.base import NormPolicy
+from tta.policies.base import NormPolicy, filled
 from tta.registry import register_policy
 from tta.stats import all_finite, merge_moments, on_host, select
 
@@ -30,9 +30,9 @@ class AdaBatchNorm(NormPolicy):
 
     def __init__(self, bn: _BatchNorm, **base: object) -> None:
         super().__init__(bn, **base)
-        self.register_buffer("count", torch.zeros((), dtype=torch.int64, device=self.source_mean.device))
-        self.register_buffer("target_mean", torch.zeros_like(self.source_mean, dtype=torch.float64))
-        self.register_buffer("target_m2", torch.zeros_like(self.source_mean, dtype=torch.float64))
+        self.add_state("count", filled((), 0, torch.int64))
+        self.add_state("target_mean", filled((self.num_features,), 0, torch.float64))
+        self.add_state("target_m2", filled((self.num_features,), 0, torch.float64))
 
     def normalize(self, x: Tensor) -> Tensor:
         fresh = None
@@ -57,11 +57,6 @@ class AdaBatchNorm(NormPolicy):
             ok, new_mean, new_var = fresh
             mean, var = select(ok, new_mean, mean), select(ok, new_var, var)
         return self.normalize_with(x, mean, var)
-
-    def reset(self) -> None:
-        self.count.zero_()
-        self.target_mean.zero_()
-        self.target_m2.zero_()
 
     def adapted_stats(self) -> tuple[Tensor, Tensor]:
         count = max(int(self.count), 1) if on_host(self.count) else self.count.clamp(min=1)

@@ -35,6 +35,3 @@ class AlphaBatchNorm(NormPolicy):
         mean = (1 - self.alpha) * self.source_mean + self.alpha * mean_b
         var = (1 - self.alpha) * self.source_var + self.alpha * unbiased(var_b, n)
         return self.normalize_with(x, mean, var)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, alpha={self.alpha}"

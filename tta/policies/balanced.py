@@ -32,6 +32,16 @@ def default_gamma(num_classes: int) -> float:
     return _OFFICIAL_GAMMA[nearest]
 
 
+def per_class_source_mean(layer: BalancedBatchNorm) -> Tensor:
+    """The source mean for every class, ``(K, C)`` (:data:`tta.policies.base.StateInit`)."""
+    return layer.source_mean.expand(layer.num_classes, -1).clone()
+
+
+def per_class_source_var(layer: BalancedBatchNorm) -> Tensor:
+    """The source variance for every class, ``(K, C)``."""
+    return layer.source_var.expand(layer.num_classes, -1).clone()
+
+
 @register_policy("balanced")
 class BalancedBatchNorm(NormPolicy):
     """K per-class statistics updated from pseudo-labelled samples; their class-balanced mixture normalizes
@@ -98,8 +108,8 @@ class BalancedBatchNorm(NormPolicy):
         self.eta = default_eta(num_classes) if eta is None else eta
         self.gamma = default_gamma(num_classes) if gamma is None else gamma
         self.labels: Tensor | None = None  # set by PredictThenUpdate for the updating forward only
-        self.register_buffer("class_mean", self.source_mean.expand(num_classes, -1).clone())
-        self.register_buffer("class_var", self.source_var.expand(num_classes, -1).clone())
+        self.add_state("class_mean", per_class_source_mean)
+        self.add_state("class_var", per_class_source_var)
 
     @classmethod
     def model_options(cls, model: nn.Module, options: dict[str, object]) -> dict[str, object]:
@@ -151,16 +161,8 @@ class BalancedBatchNorm(NormPolicy):
         new_var = new_var + gamma * (gap - (rate * counts).sum() / k_present * new_var)
         self.commit(all_finite(new_mean, new_var), class_mean=new_mean, class_var=new_var)
 
-    def reset(self) -> None:
-        self.class_mean.copy_(self.source_mean.expand_as(self.class_mean))
-        self.class_var.copy_(self.source_var.expand_as(self.class_var))
-
     def adapted_stats(self) -> tuple[Tensor, Tensor]:
         return self.mixture()
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, num_classes={self.num_classes}, eta={self.eta}, gamma={self.gamma}"
-
 
 class PredictThenUpdate(ModelHook):
     """Forward hook on the model's root: after the model's forward (the prediction, no update), label the

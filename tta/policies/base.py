@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterable, Iterator
+import functools
+from typing import Callable, ClassVar, Iterable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -12,6 +13,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrize
 
 from tta.collectives import reduce_moments
+from tta.options import declared_options
 from tta.stats import batch_moments, computed_once, normalize, on_host
 
 
@@ -29,6 +31,29 @@ def check_logits(policy: str, output: object, num_classes: int) -> None:
             f"{policy} learns from the model's predicted classes and needs (batch, {num_classes}) logits from "
             f"the model; it returned {shape}"
         )
+
+
+StateInit = Callable[["NormPolicy"], Tensor]
+"""How a state buffer is rebuilt: a function of the layer giving the initial tensor (:meth:`NormPolicy.add_state`)."""
+
+
+def source_mean(layer: NormPolicy) -> Tensor:
+    """A copy of the layer's source mean (:data:`StateInit`)."""
+    return layer.source_mean.clone()
+
+
+def source_var(layer: NormPolicy) -> Tensor:
+    """A copy of the layer's source variance (:data:`StateInit`)."""
+    return layer.source_var.clone()
+
+
+def _filled(shape: tuple[int, ...], value: float, dtype: torch.dtype | None, layer: NormPolicy) -> Tensor:
+    return torch.full(shape, value, dtype=layer.stats_dtype if dtype is None else dtype, device=layer.source_mean.device)
+
+
+def filled(shape: tuple[int, ...], value: float, dtype: torch.dtype | None = None) -> StateInit:
+    """A :data:`StateInit` of ``shape`` filled with ``value``, of ``dtype`` (None: the statistics dtype)."""
+    return functools.partial(_filled, shape, value, dtype)
 
 
 class NormPolicy(nn.Module):
@@ -67,6 +92,11 @@ class NormPolicy(nn.Module):
     calls, none of them paused on one process only), each with at least one sample. The policies that learn
     from the model's predictions (``balanced``, ``rebalance``) combine their class counts and sums too.
 
+    Adaptation state is declared once, in the constructor, with :meth:`add_state` (the buffer and how to
+    rebuild it, as torchmetrics' ``Metric.add_state``): :meth:`reset` rebuilds every declared state, and
+    ``state_dict`` holds them. The constructor's keyword options (:func:`tta.options.declared_options`) are
+    kept as attributes of the same name, which ``repr`` shows.
+
     ``torch.export.export(model, ...)`` records the adapting forward with the state as the program's
     buffers, and those are the live model's tensors, not copies: each call of the exported module updates
     the model's state too. For a program with a state of its own, export a copy:
@@ -74,8 +104,16 @@ class NormPolicy(nn.Module):
     """
 
     stats_grad: bool = False
-    uses_predictions: bool = False  # True for a policy that learns from the model's predicted classes
+    uses_predictions: ClassVar[bool] = False  # True for a policy that learns from the model's predicted classes
+    combines_across_processes: ClassVar[bool] = False  # True for a policy whose state or statistics pool processes
+    stateful: ClassVar[bool] = False  # True for a policy that holds adapted statistics (set from adapted_stats)
     sync_batchnorm: bool = False  # the original layer was a SyncBatchNorm (set at attach)
+    source_mean: Tensor
+    source_var: Tensor
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.stateful = cls.adapted_stats is not NormPolicy.adapted_stats
 
     def __init__(self, bn: _BatchNorm, *, layer_index: int = 0, post_norm: nn.Module | None = None) -> None:
         """``layer_index`` is the layer's position in the model (for per-layer random draws);
@@ -99,10 +137,16 @@ class NormPolicy(nn.Module):
         self.post_norm = post_norm
         self.paused = False
         self.sync_batchnorm = isinstance(bn, nn.SyncBatchNorm)
+        self.state_inits: dict[str, StateInit] = {}
         self.train(bn.training)
         # The original layer is kept outside the module tree: detach() puts it back, and it adds
         # nothing to state_dict().
         self.__dict__["original"] = bn
+
+    def add_state(self, name: str, init: StateInit) -> None:
+        """Declare the state buffer ``name``: registered with ``init(self)``, rebuilt from it by :meth:`reset`."""
+        self.state_inits[name] = init
+        self.register_buffer(name, init(self))
 
     @property
     def stats_dtype(self) -> torch.dtype:
@@ -181,7 +225,10 @@ class NormPolicy(nn.Module):
         raise NotImplementedError
 
     def reset(self) -> None:
-        """Return every state buffer to its value right after attach, exactly."""
+        """Return every state buffer to its value right after attach, exactly (each declared state rebuilt)."""
+        with torch.no_grad():
+            for name, init in self.state_inits.items():
+                getattr(self, name).copy_(init(self))
 
     def adapted_stats(self) -> tuple[Tensor, Tensor] | None:
         """Per-channel mean and variance the state holds now; None for stateless policies."""
@@ -280,7 +327,8 @@ class NormPolicy(nn.Module):
         return f"{type(self).__name__}(layer {self.layer_index}, {self.num_features} channels)"
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}"
+        options = "".join(f", {name}={getattr(self, name)!r}" for name in declared_options(type(self).__init__))
+        return f"{self.num_features}, eps={self.eps}{options}"
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from tta.options import Range
-from tta.policies.base import NormPolicy
+from tta.policies.base import NormPolicy, filled, source_mean, source_var
 from tta.registry import register_policy
 from tta.stats import all_finite, on_host, select, unbiased
 
@@ -43,9 +43,9 @@ class MomentumDecayBatchNorm(NormPolicy):
         if momentum + min_momentum > 1.0:
             raise ValueError(f"momentum_decay: need momentum + min_momentum <= 1, got {momentum} + {min_momentum}")
         self.momentum, self.decay, self.min_momentum = momentum, decay, min_momentum
-        self.register_buffer("step", torch.zeros((), dtype=torch.int64, device=self.source_mean.device))
-        self.register_buffer("running_mean", self.source_mean.clone())
-        self.register_buffer("running_var", self.source_var.clone())
+        self.add_state("step", filled((), 0, torch.int64))
+        self.add_state("running_mean", source_mean)
+        self.add_state("running_var", source_var)
 
     def current_momentum(self, step: Tensor | int) -> Tensor | float:
         """``m_t`` for the t-th update (t = 1, 2, ...) in float64; a Python float for a step read on the
@@ -72,11 +72,6 @@ class MomentumDecayBatchNorm(NormPolicy):
                 self.commit(ok, step=step, running_mean=new_mean, running_var=new_var)
         return self.normalize_with(x, mean, var)
 
-    def reset(self) -> None:
-        self.step.zero_()
-        self.running_mean.copy_(self.source_mean)
-        self.running_var.copy_(self.source_var)
-
     def adapted_stats(self) -> tuple[Tensor, Tensor]:
         return self.running_mean, self.running_var
 
@@ -91,10 +86,4 @@ class MomentumDecayBatchNorm(NormPolicy):
             f"momentum_decay no longer takes augment={value}; DUA is a method: "
             f'tta.attach_method(tta.adapt(model, "momentum_decay"), "dua", copies={value}) '
             "(tta-bench: --methods dua --option dua.copies=N)"
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"{super().extra_repr()}, momentum={self.momentum}, decay={self.decay}, "
-            f"min_momentum={self.min_momentum}"
         )

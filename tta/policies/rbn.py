@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from tta.options import Range
-from tta.policies.base import NormPolicy
+from tta.policies.base import NormPolicy, source_mean, source_var
 from tta.registry import register_policy
 from tta.stats import all_finite, select
 
@@ -30,8 +30,8 @@ class RobustBatchNorm(NormPolicy):
     def __init__(self, bn: _BatchNorm, *, alpha: Annotated[float, Range(0, 1)] = 0.05, **base: object) -> None:
         super().__init__(bn, **base)
         self.alpha = alpha
-        self.register_buffer("global_mean", self.source_mean.clone())
-        self.register_buffer("global_var", self.source_var.clone())
+        self.add_state("global_mean", source_mean)
+        self.add_state("global_var", source_var)
 
     def normalize(self, x: Tensor) -> Tensor:
         mean, var = self.global_mean, self.global_var
@@ -47,12 +47,5 @@ class RobustBatchNorm(NormPolicy):
                 self.commit(ok, global_mean=new_mean, global_var=new_var)
         return self.normalize_with(x, mean, var)
 
-    def reset(self) -> None:
-        self.global_mean.copy_(self.source_mean)
-        self.global_var.copy_(self.source_var)
-
     def adapted_stats(self) -> tuple[Tensor, Tensor]:
         return self.global_mean, self.global_var
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, alpha={self.alpha}"

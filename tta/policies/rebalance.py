@@ -12,11 +12,16 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from tta.laplacian import lame_refinement
 from tta.options import Choice, Range
-from tta.policies.base import ModelHook, NormPolicy, check_logits
+from tta.policies.base import ModelHook, NormPolicy, check_logits, filled, source_mean
 from tta.registry import register_policy
 from tta.collectives import gather_rows, sum_across_processes
 from tta.stats import all_finite, instance_moments, on_host, select
 from tta.surgery import last_linear, with_num_classes
+
+
+def source_second_moment(layer: NormPolicy) -> Tensor:
+    """The source statistics' raw second moment ``var + mean^2`` (:data:`tta.policies.base.StateInit`)."""
+    return layer.source_var + layer.source_mean.square()
 
 
 @register_policy("rebalance")
@@ -120,22 +125,22 @@ class RebalancedBatchNorm(NormPolicy):
         self.detect_changes = detect_changes
         self.change_threshold, self.change_window = change_threshold, change_window
         self.reference_batch = reference_batch
-        k, c, dtype = num_classes, self.num_features, self.stats_dtype
+        k, c, uniform = num_classes, self.num_features, 1.0 / num_classes
         # Pooled raw moments of the batches and their pooled composition (the source counts as balanced).
-        self.register_buffer("moment1", self.source_mean.clone())
-        self.register_buffer("moment2", self.source_var + self.source_mean.square())
-        self.register_buffer("pooled_composition", torch.full((k,), 1.0 / k, dtype=dtype))
-        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
-        self.register_buffer("pool_age", torch.zeros((), dtype=torch.long))  # batches pooled since the (re)start
-        self.register_buffer("drift", torch.zeros(2, c, dtype=dtype))  # the change detector's running residuals
-        self.register_buffer("restarts", torch.zeros((), dtype=torch.long))
-        self.register_buffer("class_offset", torch.zeros(k, c, dtype=dtype))  # a_k
-        self.register_buffer("class_square", torch.ones(k, c, dtype=dtype))  # q_k
-        self.register_buffer("class_count", torch.zeros(k, dtype=dtype))
-        self.register_buffer("composition", torch.full((k,), 1.0 / k, dtype=dtype))  # the last batch's prediction
-        self.register_buffer("lag_products", torch.zeros(2, dtype=dtype))  # running E[d_t.d_(t-1)], E[|d_(t-1)|^2]
-        self.register_buffer("usual_composition", torch.full((k,), 1.0 / k, dtype=dtype))  # long-run prediction
-        self.register_buffer("guess", torch.full((k,), 1.0 / k, dtype=dtype))  # pi for the next batch
+        self.add_state("moment1", source_mean)
+        self.add_state("moment2", source_second_moment)
+        self.add_state("pooled_composition", filled((k,), uniform))
+        self.add_state("steps", filled((), 0, torch.long))
+        self.add_state("pool_age", filled((), 0, torch.long))  # batches pooled since the (re)start
+        self.add_state("drift", filled((2, c), 0))  # the change detector's running residuals
+        self.add_state("restarts", filled((), 0, torch.long))
+        self.add_state("class_offset", filled((k, c), 0))  # a_k
+        self.add_state("class_square", filled((k, c), 1))  # q_k
+        self.add_state("class_count", filled((k,), 0))
+        self.add_state("composition", filled((k,), uniform))  # the last batch's prediction
+        self.add_state("lag_products", filled((2,), 0))  # running E[d_t.d_(t-1)], E[|d_(t-1)|^2]
+        self.add_state("usual_composition", filled((k,), uniform))  # long-run prediction
+        self.add_state("guess", filled((k,), uniform))  # pi for the next batch
         self.pending: tuple[Tensor, ...] | None = None  # this batch's moments, for the hook
 
     @classmethod
@@ -394,32 +399,11 @@ class RebalancedBatchNorm(NormPolicy):
         }
 
     def reset(self) -> None:
-        self.moment1.copy_(self.source_mean)
-        self.moment2.copy_(self.source_var + self.source_mean.square())
-        self.pooled_composition.fill_(1.0 / self.num_classes)
-        self.steps.zero_()
-        self.pool_age.zero_()
-        self.drift.zero_()
-        self.restarts.zero_()
-        self.class_offset.zero_()
-        self.class_square.fill_(1.0)
-        self.class_count.zero_()
-        self.composition.fill_(1.0 / self.num_classes)
-        self.lag_products.zero_()
-        self.usual_composition.fill_(1.0 / self.num_classes)
-        self.guess.fill_(1.0 / self.num_classes)
+        super().reset()
         self.pending = None
 
     def adapted_stats(self) -> tuple[Tensor, Tensor]:
         return self.balanced_stats(self.moment1, self.moment2, self.pooled_composition)
-
-    def extra_repr(self) -> str:
-        return (
-            f"{super().extra_repr()}, num_classes={self.num_classes}, momentum={self.momentum}, "
-            f"class_memory={self.class_memory}, prior={self.prior!r}, pool_momentum={self.pool_momentum}, "
-            f"detect_changes={self.detect_changes}, change_threshold={self.change_threshold}, "
-            f"change_window={self.change_window}, reference_batch={self.reference_batch}"
-        )
 
 
 class UpdateFromPredictions(ModelHook):

@@ -17,6 +17,16 @@ from tta.collectives import sum_across_processes
 from tta.stats import all_finite, instance_moments, normalize_per_instance
 
 
+def initial_component_mean(layer: UnMixTNS) -> Tensor:
+    """A copy of the components' means as drawn at attach (:data:`tta.policies.base.StateInit`)."""
+    return layer.initial_component_mean.clone()
+
+
+def initial_component_var(layer: UnMixTNS) -> Tensor:
+    """A copy of the components' variances as drawn at attach."""
+    return layer.initial_component_var.clone()
+
+
 @register_policy("unmix_tns")
 class UnMixTNS(NormPolicy):
     """K components of (mean, variance) per layer; each instance is normalized by a mixture (spec M7).
@@ -57,8 +67,8 @@ class UnMixTNS(NormPolicy):
         initial_mean, initial_var = self.draw_components()
         self.register_buffer("initial_component_mean", initial_mean)
         self.register_buffer("initial_component_var", initial_var)
-        self.register_buffer("component_mean", initial_mean.clone())
-        self.register_buffer("component_var", initial_var.clone())
+        self.add_state("component_mean", initial_component_mean)
+        self.add_state("component_var", initial_component_var)
 
     def draw_components(self) -> tuple[Tensor, Tensor]:
         """Initial components ``(K, C)`` around the source statistics (spec M7, Init)."""
@@ -134,17 +144,7 @@ class UnMixTNS(NormPolicy):
         pooled = (total[1:] / total[0]).split([m.numel() for m in means])
         return int(total[0]), [new.view_as(m).to(m.dtype) for new, m in zip(pooled, means)]
 
-    def reset(self) -> None:
-        self.component_mean.copy_(self.initial_component_mean)
-        self.component_var.copy_(self.initial_component_var)
-
     def adapted_stats(self) -> tuple[Tensor, Tensor]:
         """The components' pooled mean and variance (equal weights), per channel."""
         between_var, mean = torch.var_mean(self.component_mean, dim=0, correction=0)
         return mean, self.component_var.mean(dim=0) + between_var
-
-    def extra_repr(self) -> str:
-        return (
-            f"{super().extra_repr()}, num_components={self.num_components}, temperature={self.temperature}, "
-            f"init_spread={self.init_spread}, batch_size_max={self.batch_size_max}, seed={self.seed}"
-        )
