@@ -9,13 +9,14 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from tta.options import Range
-from tta.policies.base import NormPolicy, filled, source_mean, source_var
+from tta.policies.base import filled, source_mean, source_var
+from tta.policies.running import RunningStatsPolicy, State
 from tta.registry import register_policy
-from tta.stats import all_finite, on_host, select, unbiased
+from tta.stats import on_host, unbiased
 
 
 @register_policy("momentum_decay")
-class MomentumDecayBatchNorm(NormPolicy):
+class MomentumDecayBatchNorm(RunningStatsPolicy):
     """Running statistics updated with momentum ``m_t = m0 * decay^t + min_momentum`` (spec M5).
 
     Mirza et al. 2022, "The norm must go on: dynamic unsupervised domain adaptation by normalization"
@@ -25,9 +26,6 @@ class MomentumDecayBatchNorm(NormPolicy):
     protocol (update from augmented copies of each input, then predict it) is the method ``dua``
     (:class:`tta.methods.dua.DUA`), stacked on this policy. A batch with one value per channel updates
     nothing.
-
-    Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc, issue 13): batch statistics, combined
-    over every process's batch (one all-reduce per layer and call).
     """
 
     def __init__(
@@ -53,27 +51,20 @@ class MomentumDecayBatchNorm(NormPolicy):
         t = step if isinstance(step, int) else step.double()
         return self.momentum * self.decay ** t + self.min_momentum
 
-    def normalize(self, x: Tensor) -> Tensor:
-        mean, var = self.running_mean, self.running_var
-        if self.adapting:
-            grad = self.grad_through_stats(x)
-            mean_b, var_b, n = self.batch_moments(x, grad=grad)
-            if n >= 2:
-                ok = all_finite(mean_b, var_b)
-                step = self.step + 1
-                if on_host(step):
-                    m = self.current_momentum(int(step))  # lerp rounds it to the state's dtype
-                else:
-                    m = self.current_momentum(step).to(self.stats_dtype)
-                new_mean = torch.lerp(self.running_mean, mean_b, m)
-                new_var = torch.lerp(self.running_var, unbiased(var_b, n), m)
-                if grad:
-                    mean, var = select(ok, new_mean, mean), select(ok, new_var, var)
-                self.commit(ok, step=step, running_mean=new_mean, running_var=new_var)
-        return self.normalize_with(x, mean, var)
+    def update(self, mean: Tensor, var: Tensor, n: int) -> dict[str, Tensor | int]:
+        step = self.step + 1
+        if on_host(step):
+            m = self.current_momentum(int(step))  # lerp rounds it to the state's dtype
+        else:
+            m = self.current_momentum(step).to(self.stats_dtype)
+        return {
+            "step": step,
+            "running_mean": torch.lerp(self.running_mean, mean, m),
+            "running_var": torch.lerp(self.running_var, unbiased(var, n), m),
+        }
 
-    def adapted_stats(self) -> tuple[Tensor, Tensor]:
-        return self.running_mean, self.running_var
+    def statistics(self, state: State) -> tuple[Tensor, Tensor]:
+        return state["running_mean"], state["running_var"]
 
     @classmethod
     def retired_option(cls, option: str, value: object) -> str | None:
