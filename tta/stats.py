@@ -112,10 +112,17 @@ def _row_moments(rows: Tensor) -> tuple[Tensor, Tensor]:
     return mean, squares.view(b, c).div_(length)
 
 
-def all_finite(*tensors: Tensor) -> Tensor | bool:
-    """Every value of every tensor is finite (no NaN, no Inf): a 0-dim bool tensor, or a Python bool on
-    the CPU outside ``torch.compile``, where reading the value costs nothing and saves isfinite's kernels
-    (on an accelerator the tensor stays on the device: no host sync).
+# all_finite's results on the host: two shared 0-dim tensors, read with bool() (never written to).
+_FINITE, _NOT_FINITE = torch.tensor(True), torch.tensor(False)
+
+
+def all_finite(*tensors: Tensor) -> Tensor:
+    """Whether every value of every tensor is finite (no NaN, no Inf), as a 0-dim bool tensor.
+
+    On the CPU outside ``torch.compile`` (:func:`on_host`) the check is read on the host, where that costs
+    nothing and saves isfinite's kernel, and the result is one of two shared constant tensors; callers read it
+    with ``bool()`` there (:func:`select`, :meth:`tta.policies.base.NormPolicy.commit`). Elsewhere the
+    tensor stays on the device (no host sync).
 
     Checked on the sum of all values, which is NaN or Inf exactly when some value is (Inf + -Inf gives
     NaN): tensors of one shape are added first, so two of them take two small kernels. The one
@@ -127,14 +134,14 @@ def all_finite(*tensors: Tensor) -> Tensor | bool:
     else:
         total = functools.reduce(torch.add, [t.sum() for t in tensors])
     if on_host(total):
-        return math.isfinite(total.item())
+        return _FINITE if math.isfinite(total.item()) else _NOT_FINITE
     return torch.isfinite(total)
 
 
-def select(ok: Tensor | bool, new: Tensor, old: Tensor) -> Tensor:
-    """``new`` where ``ok`` holds, else ``old``: a branch for a bool read on the host (:func:`all_finite`),
-    ``torch.where`` (differentiable, no host sync) for a 0-dim tensor."""
-    if isinstance(ok, bool):
+def select(ok: Tensor, new: Tensor, old: Tensor) -> Tensor:
+    """``new`` where the 0-dim bool ``ok`` holds, else ``old``: a branch where ``ok`` is read on the host
+    (:func:`on_host`), ``torch.where`` (differentiable, no host sync) elsewhere."""
+    if on_host(ok):
         return new if ok else old
     return torch.where(ok, new, old)
 

@@ -275,16 +275,16 @@ class NormPolicy(nn.Module):
         if x.shape[0] == 0 or x.numel() == 0:
             raise ValueError(f"{self.describe()}: empty batch of shape {tuple(x.shape)}")
 
-    def commit(self, ok: Tensor | bool, **values: Tensor | int) -> None:
-        """Write each new value, detached, into the buffer of that name where ``ok`` (a 0-dim bool, or a
-        bool read on the CPU by :func:`tta.stats.all_finite`) holds. A value may be a Python number where
-        ``ok`` is read on the host (a count read with :func:`tta.stats.on_host`).
+    def commit(self, ok: Tensor, **values: Tensor | int) -> None:
+        """Write each new value, detached, into the buffer of that name where ``ok`` (a 0-dim bool, as
+        :func:`tta.stats.all_finite` gives) holds. A value may be a Python number where ``ok`` is read on
+        the host (:func:`tta.stats.on_host`; a count read there too).
 
         On an accelerator ``torch.where`` keeps the check on the device (no host sync); on the CPU,
         where reading ``ok`` costs nothing, a plain branch saves one kernel per buffer. Under
         ``torch.compile`` the branch-free path is used everywhere (a branch on data breaks the graph).
         """
-        if isinstance(ok, bool) or on_host(ok):
+        if on_host(ok):
             if ok:
                 tensors = [name for name, value in values.items() if isinstance(value, Tensor)]
                 if tensors:

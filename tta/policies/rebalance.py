@@ -355,7 +355,7 @@ class RebalancedBatchNorm(NormPolicy):
                         + [layer.class_square[classes] for layer in layers], 1)
         new = torch.lerp(old, sums / counts.clamp_min(1)[:, None], rate)
         ok = functools.reduce(operator.and_, [batch[6] for _, batch in group], all_finite(new, shared["composition"]))
-        if ok is False:
+        if on_host(ok) and not ok:
             return
         new = select(ok, new, old).split([layer.num_features for layer in layers] * 2, dim=1)
         total = select(ok, torch.where(counts > 0, total, old_count), old_count)

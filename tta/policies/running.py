@@ -43,12 +43,8 @@ class RunningStatsPolicy(NormPolicy):
         """The per-channel mean and variance that ``state`` (buffer name to value) normalizes with."""
         raise NotImplementedError
 
-    def state(self) -> dict[str, Tensor]:
-        """The declared state buffers by name (the tensors themselves)."""
-        return {name: getattr(self, name) for name in self.state_inits}
-
     def adapted_stats(self) -> tuple[Tensor, Tensor]:
-        return self.statistics(self.state())
+        return self.statistics(self._buffers)  # the buffers by name, the state among them
 
     def normalizing_stats(self) -> tuple[Tensor, Tensor]:
         """The statistics the current state normalizes with: :meth:`adapted_stats` here."""
