@@ -24,6 +24,8 @@ class AlphaBatchNorm(NormPolicy):
     over every process's batch (one all-reduce per layer and call).
     """
 
+    combines_across_processes = True
+
     def __init__(self, bn: _BatchNorm, *, alpha: Annotated[float, Range(0, 1)] = 0.1, **base: object) -> None:
         super().__init__(bn, **base)
         self.alpha = alpha

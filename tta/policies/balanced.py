@@ -91,6 +91,7 @@ class BalancedBatchNorm(NormPolicy):
     """
 
     uses_predictions = True
+    combines_across_processes = True
 
     def __init__(
         self,

@@ -51,6 +51,8 @@ class InstanceAwareBatchNorm(NormPolicy):
     combined over every process's batch (one all-reduce per layer and call; none with ``"source"``).
     """
 
+    combines_across_processes = True
+
     def __init__(
         self,
         bn: _BatchNorm,

@@ -94,6 +94,7 @@ class RebalancedBatchNorm(NormPolicy):
     """
 
     uses_predictions = True
+    combines_across_processes = True
 
     def __init__(
         self,

@@ -28,6 +28,8 @@ class TestBatchNorm(NormPolicy):
     part of their gradient, as there (summing them over processes is the data-parallel wrapper's job).
     """
 
+    combines_across_processes = True
+
     def normalize(self, x: Tensor) -> Tensor:
         if self.sync_batchnorm and self.syncing():
             return self.normalize_across_processes(x)

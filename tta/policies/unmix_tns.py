@@ -50,6 +50,8 @@ class UnMixTNS(NormPolicy):
     all-reduce) and the components stay equal on every process, as one process with the whole batch.
     """
 
+    combines_across_processes = True
+
     def __init__(
         self,
         bn: _BatchNorm,
