@@ -40,6 +40,11 @@ class AdaptiveBalanceBatchNorm(RunningStatsPolicy):
     stateful policy.
     """
 
+    step: Tensor
+    eta: Tensor
+    running_mean: Tensor
+    running_var: Tensor
+
     def __init__(
         self,
         bn: _BatchNorm,

@@ -26,6 +26,10 @@ class AdaBatchNorm(RunningStatsPolicy):
     would normalize with the variance of the first two values seen.
     """
 
+    count: Tensor
+    target_mean: Tensor
+    target_m2: Tensor
+
     def __init__(self, bn: _BatchNorm, **base: object) -> None:
         super().__init__(bn, **base)
         self.add_state("count", filled((), 0, torch.int64))

@@ -20,7 +20,7 @@ class AlphaBatchNorm(NormPolicy):
     You et al. 2021, "Test-time batch statistics calibration for covariate shift"; the unbiased batch
     variance follows the reference ``AlphaBatchNorm``. With n = 1 the source statistics are used.
 
-    Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc, issue 13): batch statistics, combined
+    Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc): batch statistics, combined
     over every process's batch (one all-reduce per layer and call).
     """
 

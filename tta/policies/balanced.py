@@ -90,6 +90,9 @@ class BalancedBatchNorm(NormPolicy):
     (finitely) as the official code does, unlike the batch-statistics policies.
     """
 
+    class_mean: Tensor
+    class_var: Tensor
+
     uses_predictions = True
     combines_across_processes = True
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Callable, ClassVar, Iterable, Iterator
+from typing import Any, Callable, ClassVar, Iterable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -33,7 +33,7 @@ def check_logits(policy: str, output: object, num_classes: int) -> None:
         )
 
 
-StateInit = Callable[["NormPolicy"], Tensor]
+StateInit = Callable[[Any], Tensor]
 """How a state buffer is rebuilt: a function of the layer giving the initial tensor (:meth:`NormPolicy.add_state`)."""
 
 
@@ -83,7 +83,7 @@ class NormPolicy(nn.Module):
     is a constant to the gradient, and the state buffers themselves never join a graph. ``source`` has
     no batch statistics, so nothing changes there.
 
-    One stream served by several processes (issue 13): when the original layer was a ``SyncBatchNorm``
+    One stream served by several processes: when the original layer was a ``SyncBatchNorm``
     and a process group is initialized, the batch statistics a policy uses (:meth:`batch_moments`) are
     those of every process's batch together, so N processes with B/N samples each adapt and predict as
     one process with B. SyncBatchNorm itself combines them only in train mode (in eval it uses its

@@ -46,11 +46,13 @@ class InstanceAwareBatchNorm(NormPolicy):
     gradient flows through the instance statistics, as in the official layer; otherwise they carry none
     (spec M0).
 
-    Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc, issue 13): the instance statistics are
+    Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc): the instance statistics are
     each instance's own and need no reduction; the running estimate's update uses batch statistics,
     combined over every process's batch (one all-reduce per layer and call; none with ``"source"``).
     """
 
+    running_mean: Tensor
+    running_var: Tensor
     combines_across_processes = True
 
     def __init__(

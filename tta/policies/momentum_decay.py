@@ -28,6 +28,10 @@ class MomentumDecayBatchNorm(RunningStatsPolicy):
     nothing.
     """
 
+    step: Tensor
+    running_mean: Tensor
+    running_var: Tensor
+
     def __init__(
         self,
         bn: _BatchNorm,
@@ -68,7 +72,7 @@ class MomentumDecayBatchNorm(RunningStatsPolicy):
 
     @classmethod
     def retired_option(cls, option: str, value: object) -> str | None:
-        """``augment`` (DUA's augmented update) moved to the method ``dua`` (issue 11): say how to use it."""
+        """``augment`` (DUA's augmented update) is the method ``dua``: say how to use it."""
         if option != "augment":
             return None
         if value == 0:

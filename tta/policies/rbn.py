@@ -24,6 +24,9 @@ class RobustBatchNorm(RunningStatsPolicy):
     value per channel (n = 1) updates nothing and is normalized with the current global statistics.
     """
 
+    global_mean: Tensor
+    global_var: Tensor
+
     def __init__(self, bn: _BatchNorm, *, alpha: Annotated[float, Range(0, 1)] = 0.05, **base: object) -> None:
         super().__init__(bn, **base)
         self.alpha = alpha

@@ -26,7 +26,7 @@ def source_second_moment(layer: NormPolicy) -> Tensor:
 
 @register_policy("rebalance")
 class RebalancedBatchNorm(NormPolicy):
-    """Each batch's statistics corrected for its class composition, pooled over time (ours; issue 12).
+    """Each batch's statistics corrected for its class composition, pooled over time (ours).
 
     A batch's mean and variance mix the domain (shared by all classes) with the classes it holds. In the
     coordinates ``z = (x - m) / s`` of the domain's class-balanced statistics ``(m, s^2)``, class k has
@@ -59,7 +59,7 @@ class RebalancedBatchNorm(NormPolicy):
     Laplacian-regularized likelihood over the batch, kNN affinity with k = 5 between the features entering the
     classifier, the model's last ``nn.Linear``, read by a forward pre-hook), with the affinity scaled by
     ``sqrt(rho)``: LAME's neighbours-share-a-class prior holds on a label-correlated stream, where it gains
-    most, and not on an i.i.d. one, where it costs (issue 12's measurements), and ``rho`` is this policy's own
+    most, and not on an i.i.d. one, where it costs (measured: README), and ``rho`` is this policy's own
     estimate of how much of the class composition carries over from batch to batch. The square root because
     ``rho`` is a shrunk estimate (its warm-up factor and the noise of a batch's histogram pull it toward 0;
     ``rho``, ``sqrt(rho)`` and a step at 0.3 were compared on one reduced grid, README). A layer called outside
@@ -83,7 +83,7 @@ class RebalancedBatchNorm(NormPolicy):
     change leaves the old domain's statistics in the pool for thousands of images (12 points over a
     `glass_blur` domain whose statistic peaked at 0.249), a false restart re-pools from the next batches and
     costs a few tenths (label runs reach 0.18 to past 0.25 within one corruption, so no threshold separates
-    the two); so it sits below the changes' peaks rather than above the label runs' (0.25 before stop 22).
+    the two); so it sits below the changes' peaks rather than above the label runs'.
     ``class_memory=1000`` samples per class (a standardized class mean then has a standard error below 0.03 at
     any spatial size, and a new domain replaces it within 1,000 samples of that class). A batch of one value per
     channel updates nothing. ``Q - A^2`` is floored at 1% of the balanced mixture's variance (a class far
@@ -92,6 +92,21 @@ class RebalancedBatchNorm(NormPolicy):
     the batch moments, the class counts and sums, the change detector's residuals and the refinement's batch are
     every process's together: N processes with B/N samples each adapt and predict as one with B.
     """
+
+    moment1: Tensor
+    moment2: Tensor
+    pooled_composition: Tensor
+    steps: Tensor
+    pool_age: Tensor
+    drift: Tensor
+    restarts: Tensor
+    class_offset: Tensor
+    class_square: Tensor
+    class_count: Tensor
+    composition: Tensor
+    lag_products: Tensor
+    usual_composition: Tensor
+    guess: Tensor
 
     uses_predictions = True
     combines_across_processes = True

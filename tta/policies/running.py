@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Mapping
+from typing import Any, ClassVar, Mapping
 
 from torch import Tensor
 
 from tta.policies.base import NormPolicy
 from tta.stats import all_finite, select
 
-State = Mapping[str, "Tensor | int"]
+State = Mapping[str, Any]
+"""A state by buffer name: the buffers, or new values (a tensor, or a count read on the host)."""
 
 
 class RunningStatsPolicy(NormPolicy):

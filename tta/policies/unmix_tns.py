@@ -44,12 +44,16 @@ class UnMixTNS(NormPolicy):
     Components are drawn on the CPU from a generator seeded by ``(seed, layer_index)``, so attaching
     twice with one seed gives identical components on any device; ``reset`` restores that draw.
 
-    Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc, issue 13): each instance is normalized
+    Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc): each instance is normalized
     by its own statistics and the shared components, so normalizing needs no reduction; the component
     update is a mean over the batch, so it is taken over every process's instances together (one
     all-reduce) and the components stay equal on every process, as one process with the whole batch.
     """
 
+    initial_component_mean: Tensor
+    initial_component_var: Tensor
+    component_mean: Tensor
+    component_var: Tensor
     combines_across_processes = True
 
     def __init__(
@@ -139,7 +143,7 @@ class UnMixTNS(NormPolicy):
 
     def mean_over_processes(self, batch: int, *means: Tensor) -> tuple[int, list[Tensor]]:
         """The number of instances of every process together and ``means``, each a mean over the
-        instances of this process, as means over all of them (issue 13): one all-reduce, in float64."""
+        instances of this process, as means over all of them: one all-reduce, in float64."""
         count = torch.full((1,), float(batch), dtype=torch.float64, device=means[0].device)
         sums = torch.cat([count, *(batch * m.detach().double().flatten() for m in means)])  # no gradient
         total = sum_across_processes(sums, self.original.process_group)
