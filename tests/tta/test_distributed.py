@@ -1,4 +1,4 @@
-"""One stream served by several processes (issue 13): SyncBatchNorm layers combine batch statistics across
+"""One stream served by several processes: SyncBatchNorm layers combine batch statistics across
 processes, so two processes with B/2 samples each adapt and predict as one process with B.
 
 Two processes (gloo, CPU) are spawned once for the module and run every case; the tests compare what
