@@ -104,3 +104,18 @@ def with_classifier(model: nn.Module, policy: str, features: int, classes: int =
         torch.manual_seed(0)
         head = nn.Linear(features, classes)
     return nn.Sequential(model, nn.Flatten(), head).eval()
+
+
+def run(model: torch.nn.Module, name: str, seeds: range, batch: int = 4) -> list[torch.Tensor]:
+    with torch.no_grad():
+        return [model(inputs(name, batch, seed)) for seed in seeds]
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

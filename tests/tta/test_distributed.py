@@ -1,4 +1,4 @@
-"""One stream served by several processes (issue 13): SyncBatchNorm layers combine batch statistics across
+"""One stream served by several processes: SyncBatchNorm layers combine batch statistics across
 processes, so two processes with B/2 samples each adapt and predict as one process with B.
 
 Two processes (gloo, CPU) are spawned once for the module and run every case; the tests compare what
@@ -21,19 +21,11 @@ from torch.nn.modules.batchnorm import _BatchNorm
 import tta
 from tests.tta.conftest import give_source_statistics
 
-# Policies whose statistics are the batch's (every one that uses batch moments), unmix_tns, whose
-# component update is a mean over the batch, and the two that learn class statistics from the predictions.
+# Every policy that combines its statistics or its state across processes (the class says so), with options
+# that keep the test small.
+OPTIONS: dict[str, dict[str, object]] = {"unmix_tns": {"num_components": 4}}
 CASES: dict[str, dict[str, object]] = {
-    "tbn": {},
-    "adabn": {},
-    "alpha_bn": {},
-    "momentum_decay": {},
-    "rbn": {},
-    "adab2n": {},
-    "iabn": {},
-    "unmix_tns": {"num_components": 4},
-    "balanced": {},
-    "rebalance": {},
+    policy: OPTIONS.get(policy, {}) for policy in tta.list_policies() if tta.get_policy(policy).combines_across_processes
 }
 # Samples of each batch held by process 0 and process 1; in the second batch process 0 holds one
 # sample, so its BatchNorm1d layer has n = 1 on its own and n = 8 together.

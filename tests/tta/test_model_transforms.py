@@ -12,11 +12,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import tta
-from tests.tta.conftest import build, give_source_statistics, inputs
-from tests.tta.test_invariants import assert_same_state, snapshot
+from tests.tta.conftest import assert_same_state, build, give_source_statistics, inputs, snapshot
 
 POLICIES = tta.list_policies()
-STATEFUL = ["adabn", "momentum_decay", "rbn", "unmix_tns", "adab2n", "iabn"]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])

@@ -84,6 +84,15 @@ def test_all_finite_is_false_exactly_when_a_value_is_nan_or_inf(values, specials
     assert bool(all_finite(first, second)) == expected
 
 
+def test_all_finite_is_a_zero_dim_bool_tensor_on_the_host_on_another_device_and_under_compile() -> None:
+    tensors = (torch.ones(3), torch.tensor([1.0, float("nan"), 2.0]))
+    results = [all_finite(tensors[0]), all_finite(*tensors), all_finite(*(t.to("meta") for t in tensors)),
+               torch.compile(all_finite, backend="eager", fullgraph=True)(*tensors)]
+    for result in results:
+        assert isinstance(result, torch.Tensor) and result.dtype == torch.bool and result.dim() == 0
+    assert [bool(result) for result in (results[0], results[1], results[3])] == [True, False, False]
+
+
 def test_instance_moments_of_samples_without_spatial_dims_are_the_values_with_or_without_gradient() -> None:
     """A (B, C) input (BatchNorm1d after a Linear): each sample's mean is its value, its variance 0."""
     x = torch.randn(5, 3, requires_grad=True)

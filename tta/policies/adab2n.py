@@ -9,13 +9,13 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from tta.options import Range
-from tta.policies.base import NormPolicy
+from tta.policies.base import filled, source_mean, source_var
+from tta.policies.running import RunningStatsPolicy, State
 from tta.registry import register_policy
-from tta.stats import all_finite, select
 
 
 @register_policy("adab2n")
-class AdaptiveBalanceBatchNorm(NormPolicy):
+class AdaptiveBalanceBatchNorm(RunningStatsPolicy):
     """Running statistics updated with AdaB²N's momentum ``eta_t``, then used to normalize (spec M10).
 
     Lyu et al. NeurIPS 2023, "Overcoming recency bias of normalization statistics in continual learning:
@@ -38,10 +38,12 @@ class AdaptiveBalanceBatchNorm(NormPolicy):
     the updated state (spec M10). ``t`` and ``eta_t`` are buffers (``reset``, ``state_dict``), not a
     Python attribute. A batch with one value per channel (n = 1) updates nothing, as for every
     stateful policy.
-
-    Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc, issue 13): batch statistics, combined
-    over every process's batch (one all-reduce per layer and call).
     """
+
+    step: Tensor
+    eta: Tensor
+    running_mean: Tensor
+    running_var: Tensor
 
     def __init__(
         self,
@@ -54,11 +56,10 @@ class AdaptiveBalanceBatchNorm(NormPolicy):
         super().__init__(bn, **base)
         self.momentum = self.bn_momentum if momentum is None else momentum
         self.kappa = kappa
-        device = self.source_mean.device
-        self.register_buffer("step", torch.zeros((), dtype=torch.int64, device=device))
-        self.register_buffer("eta", torch.zeros((), dtype=torch.float64, device=device))  # eta of the last update
-        self.register_buffer("running_mean", self.source_mean.clone())
-        self.register_buffer("running_var", self.source_var.clone())
+        self.add_state("step", filled((), 0, torch.int64))
+        self.add_state("eta", filled((), 0, torch.float64))  # eta of the last update
+        self.add_state("running_mean", source_mean)
+        self.add_state("running_var", source_var)
 
     def next_eta(self, step: Tensor) -> Tensor:
         """``eta_t`` for the t-th update (``step = t``), from ``eta_{t-1}`` held in the buffer."""
@@ -70,31 +71,16 @@ class AdaptiveBalanceBatchNorm(NormPolicy):
         first = torch.full_like(self.eta, m**kappa)
         return torch.where(step == 1, first, self.eta / (self.eta + (1 - m) ** kappa))
 
-    def normalize(self, x: Tensor) -> Tensor:
-        mean, var = self.running_mean, self.running_var
-        if self.adapting:
-            grad = self.grad_through_stats(x)
-            mean_b, var_b, n = self.batch_moments(x, grad=grad)
-            if n >= 2:
-                ok = all_finite(mean_b, var_b)
-                step = self.step + 1
-                eta = self.next_eta(step)
-                rate = eta.to(self.stats_dtype)
-                new_mean = torch.lerp(self.running_mean, mean_b, rate)
-                new_var = torch.lerp(self.running_var, var_b, rate)
-                if grad:
-                    mean, var = select(ok, new_mean, mean), select(ok, new_var, var)
-                self.commit(ok, step=step, eta=eta, running_mean=new_mean, running_var=new_var)
-        return self.normalize_with(x, mean, var)
+    def update(self, mean: Tensor, var: Tensor, n: int) -> dict[str, Tensor | int]:
+        step = self.step + 1
+        eta = self.next_eta(step)
+        rate = eta.to(self.stats_dtype)
+        return {
+            "step": step,
+            "eta": eta,
+            "running_mean": torch.lerp(self.running_mean, mean, rate),
+            "running_var": torch.lerp(self.running_var, var, rate),
+        }
 
-    def reset(self) -> None:
-        self.step.zero_()
-        self.eta.zero_()
-        self.running_mean.copy_(self.source_mean)
-        self.running_var.copy_(self.source_var)
-
-    def adapted_stats(self) -> tuple[Tensor, Tensor]:
-        return self.running_mean, self.running_var
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, momentum={self.momentum}, kappa={self.kappa}"
+    def statistics(self, state: State) -> tuple[Tensor, Tensor]:
+        return state["running_mean"], state["running_var"]

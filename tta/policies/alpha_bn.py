@@ -20,9 +20,11 @@ class AlphaBatchNorm(NormPolicy):
     You et al. 2021, "Test-time batch statistics calibration for covariate shift"; the unbiased batch
     variance follows the reference ``AlphaBatchNorm``. With n = 1 the source statistics are used.
 
-    Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc, issue 13): batch statistics, combined
+    Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc): batch statistics, combined
     over every process's batch (one all-reduce per layer and call).
     """
+
+    combines_across_processes = True
 
     def __init__(self, bn: _BatchNorm, *, alpha: Annotated[float, Range(0, 1)] = 0.1, **base: object) -> None:
         super().__init__(bn, **base)
@@ -35,6 +37,3 @@ class AlphaBatchNorm(NormPolicy):
         mean = (1 - self.alpha) * self.source_mean + self.alpha * mean_b
         var = (1 - self.alpha) * self.source_var + self.alpha * unbiased(var_b, n)
         return self.normalize_with(x, mean, var)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, alpha={self.alpha}"

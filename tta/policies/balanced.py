@@ -13,7 +13,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tta.options import Range
 from tta.policies.base import ModelHook, NormPolicy, check_logits
 from tta.registry import register_policy
-from tta.stats import all_finite, instance_moments, sum_across_processes
+from tta.collectives import sum_across_processes
+from tta.stats import all_finite, instance_moments
 from tta.surgery import with_num_classes
 
 # The official configs' class coupling per number of classes (CIFAR-10, CIFAR-100, ImageNet).
@@ -29,6 +30,16 @@ def default_gamma(num_classes: int) -> float:
     """The official configs' ``gamma`` for the class count nearest to ``K`` on a log scale (no formula given)."""
     nearest = min(_OFFICIAL_GAMMA, key=lambda k: abs(math.log(k) - math.log(num_classes)))
     return _OFFICIAL_GAMMA[nearest]
+
+
+def per_class_source_mean(layer: BalancedBatchNorm) -> Tensor:
+    """The source mean for every class, ``(K, C)`` (:data:`tta.policies.base.StateInit`)."""
+    return layer.source_mean.expand(layer.num_classes, -1).clone()
+
+
+def per_class_source_var(layer: BalancedBatchNorm) -> Tensor:
+    """The source variance for every class, ``(K, C)``."""
+    return layer.source_var.expand(layer.num_classes, -1).clone()
 
 
 @register_policy("balanced")
@@ -79,7 +90,11 @@ class BalancedBatchNorm(NormPolicy):
     (finitely) as the official code does, unlike the batch-statistics policies.
     """
 
+    class_mean: Tensor
+    class_var: Tensor
+
     uses_predictions = True
+    combines_across_processes = True
 
     def __init__(
         self,
@@ -97,8 +112,8 @@ class BalancedBatchNorm(NormPolicy):
         self.eta = default_eta(num_classes) if eta is None else eta
         self.gamma = default_gamma(num_classes) if gamma is None else gamma
         self.labels: Tensor | None = None  # set by PredictThenUpdate for the updating forward only
-        self.register_buffer("class_mean", self.source_mean.expand(num_classes, -1).clone())
-        self.register_buffer("class_var", self.source_var.expand(num_classes, -1).clone())
+        self.add_state("class_mean", per_class_source_mean)
+        self.add_state("class_var", per_class_source_var)
 
     @classmethod
     def model_options(cls, model: nn.Module, options: dict[str, object]) -> dict[str, object]:
@@ -150,16 +165,8 @@ class BalancedBatchNorm(NormPolicy):
         new_var = new_var + gamma * (gap - (rate * counts).sum() / k_present * new_var)
         self.commit(all_finite(new_mean, new_var), class_mean=new_mean, class_var=new_var)
 
-    def reset(self) -> None:
-        self.class_mean.copy_(self.source_mean.expand_as(self.class_mean))
-        self.class_var.copy_(self.source_var.expand_as(self.class_var))
-
     def adapted_stats(self) -> tuple[Tensor, Tensor]:
         return self.mixture()
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, num_classes={self.num_classes}, eta={self.eta}, gamma={self.gamma}"
-
 
 class PredictThenUpdate(ModelHook):
     """Forward hook on the model's root: after the model's forward (the prediction, no update), label the

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterable, Iterator
+import functools
+from typing import Any, Callable, ClassVar, Iterable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -11,7 +12,9 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrize
 
-from tta.stats import batch_moments, computed_once, normalize, on_host, reduce_moments
+from tta.collectives import reduce_moments
+from tta.options import declared_options
+from tta.stats import batch_moments, computed_once, normalize, on_host
 
 
 class ModelHook:
@@ -28,6 +31,29 @@ def check_logits(policy: str, output: object, num_classes: int) -> None:
             f"{policy} learns from the model's predicted classes and needs (batch, {num_classes}) logits from "
             f"the model; it returned {shape}"
         )
+
+
+StateInit = Callable[[Any], Tensor]
+"""How a state buffer is rebuilt: a function of the layer giving the initial tensor (:meth:`NormPolicy.add_state`)."""
+
+
+def source_mean(layer: NormPolicy) -> Tensor:
+    """A copy of the layer's source mean (:data:`StateInit`)."""
+    return layer.source_mean.clone()
+
+
+def source_var(layer: NormPolicy) -> Tensor:
+    """A copy of the layer's source variance (:data:`StateInit`)."""
+    return layer.source_var.clone()
+
+
+def _filled(shape: tuple[int, ...], value: float, dtype: torch.dtype | None, layer: NormPolicy) -> Tensor:
+    return torch.full(shape, value, dtype=layer.stats_dtype if dtype is None else dtype, device=layer.source_mean.device)
+
+
+def filled(shape: tuple[int, ...], value: float, dtype: torch.dtype | None = None) -> StateInit:
+    """A :data:`StateInit` of ``shape`` filled with ``value``, of ``dtype`` (None: the statistics dtype)."""
+    return functools.partial(_filled, shape, value, dtype)
 
 
 class NormPolicy(nn.Module):
@@ -57,7 +83,7 @@ class NormPolicy(nn.Module):
     is a constant to the gradient, and the state buffers themselves never join a graph. ``source`` has
     no batch statistics, so nothing changes there.
 
-    One stream served by several processes (issue 13): when the original layer was a ``SyncBatchNorm``
+    One stream served by several processes: when the original layer was a ``SyncBatchNorm``
     and a process group is initialized, the batch statistics a policy uses (:meth:`batch_moments`) are
     those of every process's batch together, so N processes with B/N samples each adapt and predict as
     one process with B. SyncBatchNorm itself combines them only in train mode (in eval it uses its
@@ -66,6 +92,11 @@ class NormPolicy(nn.Module):
     calls, none of them paused on one process only), each with at least one sample. The policies that learn
     from the model's predictions (``balanced``, ``rebalance``) combine their class counts and sums too.
 
+    Adaptation state is declared once, in the constructor, with :meth:`add_state` (the buffer and how to
+    rebuild it, as torchmetrics' ``Metric.add_state``): :meth:`reset` rebuilds every declared state, and
+    ``state_dict`` holds them. The constructor's keyword options (:func:`tta.options.declared_options`) are
+    kept as attributes of the same name, which ``repr`` shows.
+
     ``torch.export.export(model, ...)`` records the adapting forward with the state as the program's
     buffers, and those are the live model's tensors, not copies: each call of the exported module updates
     the model's state too. For a program with a state of its own, export a copy:
@@ -73,8 +104,16 @@ class NormPolicy(nn.Module):
     """
 
     stats_grad: bool = False
-    uses_predictions: bool = False  # True for a policy that learns from the model's predicted classes
+    uses_predictions: ClassVar[bool] = False  # True for a policy that learns from the model's predicted classes
+    combines_across_processes: ClassVar[bool] = False  # True for a policy whose state or statistics pool processes
+    stateful: ClassVar[bool] = False  # True for a policy that holds adapted statistics (set from adapted_stats)
     sync_batchnorm: bool = False  # the original layer was a SyncBatchNorm (set at attach)
+    source_mean: Tensor
+    source_var: Tensor
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.stateful = cls.adapted_stats is not NormPolicy.adapted_stats
 
     def __init__(self, bn: _BatchNorm, *, layer_index: int = 0, post_norm: nn.Module | None = None) -> None:
         """``layer_index`` is the layer's position in the model (for per-layer random draws);
@@ -98,10 +137,16 @@ class NormPolicy(nn.Module):
         self.post_norm = post_norm
         self.paused = False
         self.sync_batchnorm = isinstance(bn, nn.SyncBatchNorm)
+        self.state_inits: dict[str, StateInit] = {}
         self.train(bn.training)
         # The original layer is kept outside the module tree: detach() puts it back, and it adds
         # nothing to state_dict().
         self.__dict__["original"] = bn
+
+    def add_state(self, name: str, init: StateInit) -> None:
+        """Declare the state buffer ``name``: registered with ``init(self)``, rebuilt from it by :meth:`reset`."""
+        self.state_inits[name] = init
+        self.register_buffer(name, init(self))
 
     @property
     def stats_dtype(self) -> torch.dtype:
@@ -126,7 +171,7 @@ class NormPolicy(nn.Module):
     def batch_moments(self, x: Tensor, grad: bool = False) -> tuple[Tensor, Tensor, int]:
         """Per-channel mean, biased variance and count of ``x`` in the statistics dtype, in the autograd graph
         with ``grad`` (:func:`tta.stats.batch_moments`, spec M0), of every process's batch together when
-        :meth:`syncing` (one all-reduce, differentiable with ``grad``: :func:`tta.stats.reduce_moments`)."""
+        :meth:`syncing` (one all-reduce, differentiable with ``grad``: :func:`tta.collectives.reduce_moments`)."""
         mean, var, n = batch_moments(x, self.stats_dtype, grad=grad)
         if self.sync_batchnorm and self.syncing():
             return reduce_moments(mean, var, n, self.original.process_group)
@@ -180,7 +225,10 @@ class NormPolicy(nn.Module):
         raise NotImplementedError
 
     def reset(self) -> None:
-        """Return every state buffer to its value right after attach, exactly."""
+        """Return every state buffer to its value right after attach, exactly (each declared state rebuilt)."""
+        with torch.no_grad():
+            for name, init in self.state_inits.items():
+                getattr(self, name).copy_(init(self))
 
     def adapted_stats(self) -> tuple[Tensor, Tensor] | None:
         """Per-channel mean and variance the state holds now; None for stateless policies."""
@@ -227,16 +275,16 @@ class NormPolicy(nn.Module):
         if x.shape[0] == 0 or x.numel() == 0:
             raise ValueError(f"{self.describe()}: empty batch of shape {tuple(x.shape)}")
 
-    def commit(self, ok: Tensor | bool, **values: Tensor | int) -> None:
-        """Write each new value, detached, into the buffer of that name where ``ok`` (a 0-dim bool, or a
-        bool read on the CPU by :func:`tta.stats.all_finite`) holds. A value may be a Python number where
-        ``ok`` is read on the host (a count read with :func:`tta.stats.on_host`).
+    def commit(self, ok: Tensor, **values: Tensor | int) -> None:
+        """Write each new value, detached, into the buffer of that name where ``ok`` (a 0-dim bool, as
+        :func:`tta.stats.all_finite` gives) holds. A value may be a Python number where ``ok`` is read on
+        the host (:func:`tta.stats.on_host`; a count read there too).
 
         On an accelerator ``torch.where`` keeps the check on the device (no host sync); on the CPU,
         where reading ``ok`` costs nothing, a plain branch saves one kernel per buffer. Under
         ``torch.compile`` the branch-free path is used everywhere (a branch on data breaks the graph).
         """
-        if isinstance(ok, bool) or on_host(ok):
+        if on_host(ok):
             if ok:
                 tensors = [name for name, value in values.items() if isinstance(value, Tensor)]
                 if tensors:
@@ -279,7 +327,8 @@ class NormPolicy(nn.Module):
         return f"{type(self).__name__}(layer {self.layer_index}, {self.num_features} channels)"
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}"
+        options = "".join(f", {name}={getattr(self, name)!r}" for name in declared_options(type(self).__init__))
+        return f"{self.num_features}, eps={self.eps}{options}"
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from tta.options import Choice, Range
-from tta.policies.base import NormPolicy
+from tta.policies.base import NormPolicy, source_mean, source_var
 from tta.registry import register_policy
 from tta.stats import all_finite, instance_moments, normalize_per_instance, unbiased
 
@@ -46,10 +46,14 @@ class InstanceAwareBatchNorm(NormPolicy):
     gradient flows through the instance statistics, as in the official layer; otherwise they carry none
     (spec M0).
 
-    Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc, issue 13): the instance statistics are
+    Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc): the instance statistics are
     each instance's own and need no reduction; the running estimate's update uses batch statistics,
     combined over every process's batch (one all-reduce per layer and call; none with ``"source"``).
     """
+
+    running_mean: Tensor
+    running_var: Tensor
+    combines_across_processes = True
 
     def __init__(
         self,
@@ -63,8 +67,8 @@ class InstanceAwareBatchNorm(NormPolicy):
         super().__init__(bn, **base)
         self.k, self.stats, self.momentum = k, stats, momentum
         if stats == "running":
-            self.register_buffer("running_mean", self.source_mean.clone())
-            self.register_buffer("running_var", self.source_var.clone())
+            self.add_state("running_mean", source_mean)
+            self.add_state("running_var", source_var)
 
     def layer_stats(self) -> tuple[Tensor, Tensor]:
         """``(mu_b, var_b)``: the running estimate or the source statistics, per ``stats``."""
@@ -99,14 +103,6 @@ class InstanceAwareBatchNorm(NormPolicy):
                 running_var=torch.lerp(self.running_var, unbiased(batch_var, n), self.momentum),
             )
 
-    def reset(self) -> None:
-        if self.stats == "running":
-            self.running_mean.copy_(self.source_mean)
-            self.running_var.copy_(self.source_var)
-
     def adapted_stats(self) -> tuple[Tensor, Tensor] | None:
         """The running estimate; None with ``stats="source"`` (nothing adapts)."""
         return (self.running_mean, self.running_var) if self.stats == "running" else None
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, k={self.k}, stats={self.stats!r}, momentum={self.momentum}"

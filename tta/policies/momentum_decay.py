@@ -9,13 +9,14 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from tta.options import Range
-from tta.policies.base import NormPolicy
+from tta.policies.base import filled, source_mean, source_var
+from tta.policies.running import RunningStatsPolicy, State
 from tta.registry import register_policy
-from tta.stats import all_finite, on_host, select, unbiased
+from tta.stats import on_host, unbiased
 
 
 @register_policy("momentum_decay")
-class MomentumDecayBatchNorm(NormPolicy):
+class MomentumDecayBatchNorm(RunningStatsPolicy):
     """Running statistics updated with momentum ``m_t = m0 * decay^t + min_momentum`` (spec M5).
 
     Mirza et al. 2022, "The norm must go on: dynamic unsupervised domain adaptation by normalization"
@@ -25,10 +26,11 @@ class MomentumDecayBatchNorm(NormPolicy):
     protocol (update from augmented copies of each input, then predict it) is the method ``dua``
     (:class:`tta.methods.dua.DUA`), stacked on this policy. A batch with one value per channel updates
     nothing.
-
-    Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc, issue 13): batch statistics, combined
-    over every process's batch (one all-reduce per layer and call).
     """
+
+    step: Tensor
+    running_mean: Tensor
+    running_var: Tensor
 
     def __init__(
         self,
@@ -43,9 +45,9 @@ class MomentumDecayBatchNorm(NormPolicy):
         if momentum + min_momentum > 1.0:
             raise ValueError(f"momentum_decay: need momentum + min_momentum <= 1, got {momentum} + {min_momentum}")
         self.momentum, self.decay, self.min_momentum = momentum, decay, min_momentum
-        self.register_buffer("step", torch.zeros((), dtype=torch.int64, device=self.source_mean.device))
-        self.register_buffer("running_mean", self.source_mean.clone())
-        self.register_buffer("running_var", self.source_var.clone())
+        self.add_state("step", filled((), 0, torch.int64))
+        self.add_state("running_mean", source_mean)
+        self.add_state("running_var", source_var)
 
     def current_momentum(self, step: Tensor | int) -> Tensor | float:
         """``m_t`` for the t-th update (t = 1, 2, ...) in float64; a Python float for a step read on the
@@ -53,36 +55,24 @@ class MomentumDecayBatchNorm(NormPolicy):
         t = step if isinstance(step, int) else step.double()
         return self.momentum * self.decay ** t + self.min_momentum
 
-    def normalize(self, x: Tensor) -> Tensor:
-        mean, var = self.running_mean, self.running_var
-        if self.adapting:
-            grad = self.grad_through_stats(x)
-            mean_b, var_b, n = self.batch_moments(x, grad=grad)
-            if n >= 2:
-                ok = all_finite(mean_b, var_b)
-                step = self.step + 1
-                if on_host(step):
-                    m = self.current_momentum(int(step))  # lerp rounds it to the state's dtype
-                else:
-                    m = self.current_momentum(step).to(self.stats_dtype)
-                new_mean = torch.lerp(self.running_mean, mean_b, m)
-                new_var = torch.lerp(self.running_var, unbiased(var_b, n), m)
-                if grad:
-                    mean, var = select(ok, new_mean, mean), select(ok, new_var, var)
-                self.commit(ok, step=step, running_mean=new_mean, running_var=new_var)
-        return self.normalize_with(x, mean, var)
+    def update(self, mean: Tensor, var: Tensor, n: int) -> dict[str, Tensor | int]:
+        step = self.step + 1
+        if on_host(step):
+            m = self.current_momentum(int(step))  # lerp rounds it to the state's dtype
+        else:
+            m = self.current_momentum(step).to(self.stats_dtype)
+        return {
+            "step": step,
+            "running_mean": torch.lerp(self.running_mean, mean, m),
+            "running_var": torch.lerp(self.running_var, unbiased(var, n), m),
+        }
 
-    def reset(self) -> None:
-        self.step.zero_()
-        self.running_mean.copy_(self.source_mean)
-        self.running_var.copy_(self.source_var)
-
-    def adapted_stats(self) -> tuple[Tensor, Tensor]:
-        return self.running_mean, self.running_var
+    def statistics(self, state: State) -> tuple[Tensor, Tensor]:
+        return state["running_mean"], state["running_var"]
 
     @classmethod
     def retired_option(cls, option: str, value: object) -> str | None:
-        """``augment`` (DUA's augmented update) moved to the method ``dua`` (issue 11): say how to use it."""
+        """``augment`` (DUA's augmented update) is the method ``dua``: say how to use it."""
         if option != "augment":
             return None
         if value == 0:
@@ -91,10 +81,4 @@ class MomentumDecayBatchNorm(NormPolicy):
             f"momentum_decay no longer takes augment={value}; DUA is a method: "
             f'tta.attach_method(tta.adapt(model, "momentum_decay"), "dua", copies={value}) '
             "(tta-bench: --methods dua --option dua.copies=N)"
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"{super().extra_repr()}, momentum={self.momentum}, decay={self.decay}, "
-            f"min_momentum={self.min_momentum}"
         )

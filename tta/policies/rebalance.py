@@ -12,15 +12,21 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from tta.laplacian import lame_refinement
 from tta.options import Choice, Range
-from tta.policies.base import ModelHook, NormPolicy, check_logits
+from tta.policies.base import ModelHook, NormPolicy, check_logits, filled, source_mean
 from tta.registry import register_policy
-from tta.stats import all_finite, gather_rows, instance_moments, on_host, select, sum_across_processes
+from tta.collectives import gather_rows, sum_across_processes
+from tta.stats import all_finite, instance_moments, on_host, select
 from tta.surgery import last_linear, with_num_classes
+
+
+def source_second_moment(layer: NormPolicy) -> Tensor:
+    """The source statistics' raw second moment ``var + mean^2`` (:data:`tta.policies.base.StateInit`)."""
+    return layer.source_var + layer.source_mean.square()
 
 
 @register_policy("rebalance")
 class RebalancedBatchNorm(NormPolicy):
-    """Each batch's statistics corrected for its class composition, pooled over time (ours; issue 12).
+    """Each batch's statistics corrected for its class composition, pooled over time (ours).
 
     A batch's mean and variance mix the domain (shared by all classes) with the classes it holds. In the
     coordinates ``z = (x - m) / s`` of the domain's class-balanced statistics ``(m, s^2)``, class k has
@@ -53,7 +59,7 @@ class RebalancedBatchNorm(NormPolicy):
     Laplacian-regularized likelihood over the batch, kNN affinity with k = 5 between the features entering the
     classifier, the model's last ``nn.Linear``, read by a forward pre-hook), with the affinity scaled by
     ``sqrt(rho)``: LAME's neighbours-share-a-class prior holds on a label-correlated stream, where it gains
-    most, and not on an i.i.d. one, where it costs (issue 12's measurements), and ``rho`` is this policy's own
+    most, and not on an i.i.d. one, where it costs (measured: README), and ``rho`` is this policy's own
     estimate of how much of the class composition carries over from batch to batch. The square root because
     ``rho`` is a shrunk estimate (its warm-up factor and the noise of a batch's histogram pull it toward 0;
     ``rho``, ``sqrt(rho)`` and a step at 0.3 were compared on one reduced grid, README). A layer called outside
@@ -77,7 +83,7 @@ class RebalancedBatchNorm(NormPolicy):
     change leaves the old domain's statistics in the pool for thousands of images (12 points over a
     `glass_blur` domain whose statistic peaked at 0.249), a false restart re-pools from the next batches and
     costs a few tenths (label runs reach 0.18 to past 0.25 within one corruption, so no threshold separates
-    the two); so it sits below the changes' peaks rather than above the label runs' (0.25 before stop 22).
+    the two); so it sits below the changes' peaks rather than above the label runs'.
     ``class_memory=1000`` samples per class (a standardized class mean then has a standard error below 0.03 at
     any spatial size, and a new domain replaces it within 1,000 samples of that class). A batch of one value per
     channel updates nothing. ``Q - A^2`` is floored at 1% of the balanced mixture's variance (a class far
@@ -87,7 +93,23 @@ class RebalancedBatchNorm(NormPolicy):
     every process's together: N processes with B/N samples each adapt and predict as one with B.
     """
 
+    moment1: Tensor
+    moment2: Tensor
+    pooled_composition: Tensor
+    steps: Tensor
+    pool_age: Tensor
+    drift: Tensor
+    restarts: Tensor
+    class_offset: Tensor
+    class_square: Tensor
+    class_count: Tensor
+    composition: Tensor
+    lag_products: Tensor
+    usual_composition: Tensor
+    guess: Tensor
+
     uses_predictions = True
+    combines_across_processes = True
 
     def __init__(
         self,
@@ -119,22 +141,22 @@ class RebalancedBatchNorm(NormPolicy):
         self.detect_changes = detect_changes
         self.change_threshold, self.change_window = change_threshold, change_window
         self.reference_batch = reference_batch
-        k, c, dtype = num_classes, self.num_features, self.stats_dtype
+        k, c, uniform = num_classes, self.num_features, 1.0 / num_classes
         # Pooled raw moments of the batches and their pooled composition (the source counts as balanced).
-        self.register_buffer("moment1", self.source_mean.clone())
-        self.register_buffer("moment2", self.source_var + self.source_mean.square())
-        self.register_buffer("pooled_composition", torch.full((k,), 1.0 / k, dtype=dtype))
-        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
-        self.register_buffer("pool_age", torch.zeros((), dtype=torch.long))  # batches pooled since the (re)start
-        self.register_buffer("drift", torch.zeros(2, c, dtype=dtype))  # the change detector's running residuals
-        self.register_buffer("restarts", torch.zeros((), dtype=torch.long))
-        self.register_buffer("class_offset", torch.zeros(k, c, dtype=dtype))  # a_k
-        self.register_buffer("class_square", torch.ones(k, c, dtype=dtype))  # q_k
-        self.register_buffer("class_count", torch.zeros(k, dtype=dtype))
-        self.register_buffer("composition", torch.full((k,), 1.0 / k, dtype=dtype))  # the last batch's prediction
-        self.register_buffer("lag_products", torch.zeros(2, dtype=dtype))  # running E[d_t.d_(t-1)], E[|d_(t-1)|^2]
-        self.register_buffer("usual_composition", torch.full((k,), 1.0 / k, dtype=dtype))  # long-run prediction
-        self.register_buffer("guess", torch.full((k,), 1.0 / k, dtype=dtype))  # pi for the next batch
+        self.add_state("moment1", source_mean)
+        self.add_state("moment2", source_second_moment)
+        self.add_state("pooled_composition", filled((k,), uniform))
+        self.add_state("steps", filled((), 0, torch.long))
+        self.add_state("pool_age", filled((), 0, torch.long))  # batches pooled since the (re)start
+        self.add_state("drift", filled((2, c), 0))  # the change detector's running residuals
+        self.add_state("restarts", filled((), 0, torch.long))
+        self.add_state("class_offset", filled((k, c), 0))  # a_k
+        self.add_state("class_square", filled((k, c), 1))  # q_k
+        self.add_state("class_count", filled((k,), 0))
+        self.add_state("composition", filled((k,), uniform))  # the last batch's prediction
+        self.add_state("lag_products", filled((2,), 0))  # running E[d_t.d_(t-1)], E[|d_(t-1)|^2]
+        self.add_state("usual_composition", filled((k,), uniform))  # long-run prediction
+        self.add_state("guess", filled((k,), uniform))  # pi for the next batch
         self.pending: tuple[Tensor, ...] | None = None  # this batch's moments, for the hook
 
     @classmethod
@@ -349,7 +371,7 @@ class RebalancedBatchNorm(NormPolicy):
                         + [layer.class_square[classes] for layer in layers], 1)
         new = torch.lerp(old, sums / counts.clamp_min(1)[:, None], rate)
         ok = functools.reduce(operator.and_, [batch[6] for _, batch in group], all_finite(new, shared["composition"]))
-        if ok is False:
+        if on_host(ok) and not ok:
             return
         new = select(ok, new, old).split([layer.num_features for layer in layers] * 2, dim=1)
         total = select(ok, torch.where(counts > 0, total, old_count), old_count)
@@ -393,32 +415,11 @@ class RebalancedBatchNorm(NormPolicy):
         }
 
     def reset(self) -> None:
-        self.moment1.copy_(self.source_mean)
-        self.moment2.copy_(self.source_var + self.source_mean.square())
-        self.pooled_composition.fill_(1.0 / self.num_classes)
-        self.steps.zero_()
-        self.pool_age.zero_()
-        self.drift.zero_()
-        self.restarts.zero_()
-        self.class_offset.zero_()
-        self.class_square.fill_(1.0)
-        self.class_count.zero_()
-        self.composition.fill_(1.0 / self.num_classes)
-        self.lag_products.zero_()
-        self.usual_composition.fill_(1.0 / self.num_classes)
-        self.guess.fill_(1.0 / self.num_classes)
+        super().reset()
         self.pending = None
 
     def adapted_stats(self) -> tuple[Tensor, Tensor]:
         return self.balanced_stats(self.moment1, self.moment2, self.pooled_composition)
-
-    def extra_repr(self) -> str:
-        return (
-            f"{super().extra_repr()}, num_classes={self.num_classes}, momentum={self.momentum}, "
-            f"class_memory={self.class_memory}, prior={self.prior!r}, pool_momentum={self.pool_momentum}, "
-            f"detect_changes={self.detect_changes}, change_threshold={self.change_threshold}, "
-            f"change_window={self.change_window}, reference_batch={self.reference_batch}"
-        )
 
 
 class UpdateFromPredictions(ModelHook):

@@ -22,11 +22,13 @@ class TestBatchNorm(NormPolicy):
     By default the statistics carry no gradient (spec M0); with ``stats_grad`` set (by Tent, spec M13)
     the gradient flows through the batch mean and variance exactly as in train-mode BatchNorm.
 
-    Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc, issue 13): batch statistics, combined
+    Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc): batch statistics, combined
     over every process's batch. With ``stats_grad`` the gradient flows through the all-reduce to every
     process's input, as in SyncBatchNorm's backward; ``weight`` and ``bias`` get each process's own
     part of their gradient, as there (summing them over processes is the data-parallel wrapper's job).
     """
+
+    combines_across_processes = True
 
     def normalize(self, x: Tensor) -> Tensor:
         if self.sync_batchnorm and self.syncing():
@@ -42,6 +44,6 @@ class TestBatchNorm(NormPolicy):
         return F.batch_norm(x, None, None, *self.affine(), True, 0.0, self.eps)
 
     def normalize_across_processes(self, x: Tensor) -> Tensor:
-        """Normalize with the statistics of every process's batch together (issue 13)."""
+        """Normalize with the statistics of every process's batch together (class doc)."""
         mean, var, n = self.batch_moments(x, grad=self.grad_through_stats(x))
         return self.normalize_with_source(x) if n < 2 else self.normalize_with(x, mean, var)

@@ -13,7 +13,18 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tta.options import Range
 from tta.policies.base import NormPolicy
 from tta.registry import register_policy
-from tta.stats import all_finite, instance_moments, normalize_per_instance, sum_across_processes
+from tta.collectives import sum_across_processes
+from tta.stats import all_finite, instance_moments, normalize_per_instance
+
+
+def initial_component_mean(layer: UnMixTNS) -> Tensor:
+    """A copy of the components' means as drawn at attach (:data:`tta.policies.base.StateInit`)."""
+    return layer.initial_component_mean.clone()
+
+
+def initial_component_var(layer: UnMixTNS) -> Tensor:
+    """A copy of the components' variances as drawn at attach."""
+    return layer.initial_component_var.clone()
 
 
 @register_policy("unmix_tns")
@@ -33,11 +44,17 @@ class UnMixTNS(NormPolicy):
     Components are drawn on the CPU from a generator seeded by ``(seed, layer_index)``, so attaching
     twice with one seed gives identical components on any device; ``reset`` restores that draw.
 
-    Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc, issue 13): each instance is normalized
+    Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc): each instance is normalized
     by its own statistics and the shared components, so normalizing needs no reduction; the component
     update is a mean over the batch, so it is taken over every process's instances together (one
     all-reduce) and the components stay equal on every process, as one process with the whole batch.
     """
+
+    initial_component_mean: Tensor
+    initial_component_var: Tensor
+    component_mean: Tensor
+    component_var: Tensor
+    combines_across_processes = True
 
     def __init__(
         self,
@@ -56,8 +73,8 @@ class UnMixTNS(NormPolicy):
         initial_mean, initial_var = self.draw_components()
         self.register_buffer("initial_component_mean", initial_mean)
         self.register_buffer("initial_component_var", initial_var)
-        self.register_buffer("component_mean", initial_mean.clone())
-        self.register_buffer("component_var", initial_var.clone())
+        self.add_state("component_mean", initial_component_mean)
+        self.add_state("component_var", initial_component_var)
 
     def draw_components(self) -> tuple[Tensor, Tensor]:
         """Initial components ``(K, C)`` around the source statistics (spec M7, Init)."""
@@ -126,24 +143,14 @@ class UnMixTNS(NormPolicy):
 
     def mean_over_processes(self, batch: int, *means: Tensor) -> tuple[int, list[Tensor]]:
         """The number of instances of every process together and ``means``, each a mean over the
-        instances of this process, as means over all of them (issue 13): one all-reduce, in float64."""
+        instances of this process, as means over all of them: one all-reduce, in float64."""
         count = torch.full((1,), float(batch), dtype=torch.float64, device=means[0].device)
         sums = torch.cat([count, *(batch * m.detach().double().flatten() for m in means)])  # no gradient
         total = sum_across_processes(sums, self.original.process_group)
         pooled = (total[1:] / total[0]).split([m.numel() for m in means])
         return int(total[0]), [new.view_as(m).to(m.dtype) for new, m in zip(pooled, means)]
 
-    def reset(self) -> None:
-        self.component_mean.copy_(self.initial_component_mean)
-        self.component_var.copy_(self.initial_component_var)
-
     def adapted_stats(self) -> tuple[Tensor, Tensor]:
         """The components' pooled mean and variance (equal weights), per channel."""
         between_var, mean = torch.var_mean(self.component_mean, dim=0, correction=0)
         return mean, self.component_var.mean(dim=0) + between_var
-
-    def extra_repr(self) -> str:
-        return (
-            f"{super().extra_repr()}, num_components={self.num_components}, temperature={self.temperature}, "
-            f"init_spread={self.init_spread}, batch_size_max={self.batch_size_max}, seed={self.seed}"
-        )

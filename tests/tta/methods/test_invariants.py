@@ -24,7 +24,7 @@ REFUSAL = r"augments image batches \(N, C, H, W\), but this model has only Batch
 @pytest.fixture(params=[name for name in MODELS if name != "resnet18"])
 def model_name(request: pytest.FixtureRequest) -> str:
     """The model families small enough for the whole product; ``resnet18`` has its own test below (the
-    layers beneath are checked on it for every policy in ``tests/tta/test_invariants.py``)."""
+    layers beneath are checked on it for every policy in ``tests/tta/policies/test_contract.py``)."""
     return request.param
 
 

@@ -1,4 +1,6 @@
-"""Spec M9 for every policy on every model family: reset, state_dict, B = 1, dtypes, detach, modes."""
+"""What every policy guarantees (spec M0, M9), run for every registered policy (the ``policy`` parameter comes
+from the registry when the tests are collected: ``tests/tta/policies/conftest.py``): reset, state_dict,
+batch sizes and dtypes, detach, modes, pausing, bad batches, and autograd through any number of forwards."""
 
 from __future__ import annotations
 
@@ -6,29 +8,16 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 import tta
-from tests.tta.conftest import build, inputs
-
-POLICIES = tta.list_policies()
+from tests.tta.conftest import assert_same_state, build, give_source_statistics, inputs, run, snapshot, with_classifier
 
 
-def run(model: torch.nn.Module, name: str, seeds: range, batch: int = 4) -> list[torch.Tensor]:
-    with torch.no_grad():
-        return [model(inputs(name, batch, seed)) for seed in seeds]
+def gradients(model: nn.Module, *xs: torch.Tensor) -> list[torch.Tensor]:
+    return [x.grad for x in xs] + [p.grad for p in model.parameters()]
 
 
-def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-
-
-@pytest.mark.parametrize("policy", POLICIES)
 def test_reset_restores_the_post_attach_state_bit_for_bit(policy: str, model_name: str) -> None:
     model = tta.adapt(build(model_name), policy)
     attached = snapshot(model)
@@ -40,7 +29,6 @@ def test_reset_restores_the_post_attach_state_bit_for_bit(policy: str, model_nam
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("policy", POLICIES)
 def test_state_dict_round_trip_reproduces_outputs(policy: str, model_name: str) -> None:
     model = tta.adapt(build(model_name), policy)
     run(model, model_name, range(3))
@@ -52,7 +40,6 @@ def test_state_dict_round_trip_reproduces_outputs(policy: str, model_name: str) 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("batch", [1, 5])
-@pytest.mark.parametrize("policy", POLICIES)
 def test_every_batch_size_and_dtype_gives_finite_output_of_the_input_dtype(
     policy: str, model_name: str, batch: int, dtype: torch.dtype
 ) -> None:
@@ -71,7 +58,6 @@ def test_every_batch_size_and_dtype_gives_finite_output_of_the_input_dtype(
                 assert torch.equal(out, reference(x))
 
 
-@pytest.mark.parametrize("policy", POLICIES)
 def test_source_statistics_under_bfloat16_autocast(policy: str) -> None:
     model = build("resnet18")
     reference = copy.deepcopy(model)
@@ -88,7 +74,6 @@ def test_source_statistics_under_bfloat16_autocast(policy: str) -> None:
             assert stats[0].dtype == torch.float32  # statistics kept in float32 (spec M0)
 
 
-@pytest.mark.parametrize("policy", POLICIES)
 def test_constant_channel_gives_no_nan(policy: str) -> None:
     model = tta.adapt(build("small_cnn"), policy)
     x = inputs("small_cnn", 4, 0)
@@ -103,7 +88,6 @@ def test_constant_channel_gives_no_nan(policy: str) -> None:
         assert torch.isfinite(model(x)).all()
 
 
-@pytest.mark.parametrize("policy", POLICIES)
 def test_detach_restores_the_original_layers(policy: str, model_name: str) -> None:
     model = build(model_name)
     originals = {name: m for name, m in model.named_modules()}
@@ -121,7 +105,6 @@ def test_detach_restores_the_original_layers(policy: str, model_name: str) -> No
         assert torch.equal(model(x), expected)
 
 
-@pytest.mark.parametrize("policy", POLICIES)
 def test_train_mode_changes_nothing(policy: str) -> None:
     evaluated = tta.adapt(build("small_cnn"), policy)
     trained = tta.adapt(build("small_cnn"), policy).train()
@@ -129,7 +112,6 @@ def test_train_mode_changes_nothing(policy: str) -> None:
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("policy", POLICIES)
 def test_paused_updates_nothing_and_uses_the_current_state(policy: str) -> None:
     model = tta.adapt(build("small_cnn"), policy)
     run(model, "small_cnn", range(2))
@@ -143,7 +125,6 @@ def test_paused_updates_nothing_and_uses_the_current_state(policy: str) -> None:
     assert all(not layer.paused for _, layer in tta.policy_layers(model))
 
 
-@pytest.mark.parametrize("policy", POLICIES)
 def test_affine_parameters_are_shared_and_keep_their_gradients(policy: str) -> None:
     model = build("small_cnn")
     weight = model[1].weight
@@ -157,7 +138,6 @@ def test_affine_parameters_are_shared_and_keep_their_gradients(policy: str) -> N
             assert not buffer.requires_grad
 
 
-@pytest.mark.parametrize("policy", POLICIES)
 def test_forward_off_the_cpu_never_reads_a_value_on_the_host(policy: str) -> None:
     """On an accelerator a value read in Python (``.item()``, ``bool()``, ``int()``) is a host sync that
     stalls the device. The ``meta`` device has no values: such a read raises there, so every adapting,
@@ -171,3 +151,69 @@ def test_forward_off_the_cpu_never_reads_a_value_on_the_host(policy: str) -> Non
     assert out.device.type == "meta" and out.shape == (1, 10)
     with pytest.raises(RuntimeError):
         bool(out.sum() > 0)  # what the test relies on
+
+
+@pytest.mark.parametrize("bad_value", [float("nan"), float("inf")])
+def test_non_finite_batch_propagates_but_leaves_the_state_untouched(policy: str, bad_value: float) -> None:
+    clean = [inputs("small_cnn", 4, seed) for seed in range(3)]
+    bad = clean[0].clone()
+    bad[1, 0, 2, 2] = bad_value
+    reference = tta.adapt(build("small_cnn"), policy)
+    model = tta.adapt(build("small_cnn"), policy)
+    with torch.no_grad():
+        reference(clean[0])
+        model(clean[0])
+        state = snapshot(model)
+        out = model(bad)
+        assert not torch.isfinite(out[1]).all()  # documented propagation
+        assert_same_state(snapshot(model), state)
+        for x in clean[1:]:
+            assert torch.equal(model(x), reference(x))
+
+
+def test_empty_batch_is_refused_and_changes_nothing(policy: str) -> None:
+    model = tta.adapt(build("small_cnn"), policy)
+    state = snapshot(model)
+    with pytest.raises(ValueError, match="empty batch"):
+        model[1](torch.zeros(0, 8, 4, 4))
+    with pytest.raises(ValueError, match="empty batch"):
+        model[1](torch.zeros(2, 8, 0, 4))
+    assert_same_state(snapshot(model), state)
+
+
+def test_two_forwards_in_one_loss_give_the_sum_of_their_separate_gradients(policy: str, model_name: str) -> None:
+    """One backward through two adapting forwards equals two backwards, each right after its forward:
+    each forward's gradient uses the statistics that forward normalized with, whatever came after."""
+    batches = [inputs(model_name, 4, seed).requires_grad_() for seed in (0, 1)]
+    together = tta.adapt(build(model_name), policy)
+    sum(together(x).square().sum() for x in batches).backward()
+
+    separate = tta.adapt(build(model_name), policy)
+    expected_inputs = [x.detach().clone().requires_grad_() for x in batches]
+    for x in expected_inputs:
+        separate(x).square().sum().backward()
+
+    for got, expected in zip(gradients(together, *batches), gradients(separate, *expected_inputs)):
+        assert got is not None and expected is not None
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    for (name, a), b in zip(together.state_dict().items(), separate.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_a_layer_reached_twice_in_one_forward_backpropagates(policy: str) -> None:
+    bn = nn.BatchNorm2d(4)
+    model = give_source_statistics(nn.Sequential(nn.Conv2d(3, 4, 3), bn, nn.ReLU(), bn))
+    model = tta.adapt(with_classifier(model, policy, 4 * 6 * 6), policy)
+    x = torch.randn(6, 3, 8, 8, requires_grad=True)
+    loss = model(x).sum() + model(x).sum()
+    loss.backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    # a second loss from the already updated state, and its backward, still work
+    model(x).sum().backward()
+
+
+def test_two_forwards_of_one_model_in_one_loss_backpropagate(policy: str) -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4).eval())
+    model = tta.adapt(with_classifier(model, policy, 4 * 6 * 6), policy)
+    x = torch.randn(8, 3, 8, 8, requires_grad=True)
+    (model(x).sum() + model(x).sum()).backward()

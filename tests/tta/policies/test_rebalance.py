@@ -1,4 +1,4 @@
-"""``rebalance`` (ours, issue 12): the composition correction worked by hand, the class step, the AdaBN
+"""``rebalance`` (ours): the composition correction worked by hand, the class step, the AdaBN
 invariant of its pool, and a stream of one-class batches whose balanced mean is known by construction."""
 
 from __future__ import annotations
