@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch first, pinned to the wheels these machines carry locally; pyproject.toml only declares ranges.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv test bench clean
+.PHONY: venv test test-fast bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ venv: $(VENV)/.installed
 test: venv
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
+
+test-fast: venv  # the core in about a minute: no end-to-end runs, processes, compilation or Ray
+	$(BIN)/python -m pytest -q -m "not slow and not multiprocess and not compile and not ray"
 
 bench: venv
 	$(BIN)/tta-bench run --dataset fmnist-c --model bundled --policies all \

@@ -134,6 +134,8 @@ def test_unknown_names_are_refused_before_anything_is_written(tmp_path, capsys, 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_a_killed_run_resumes_without_losing_or_repeating_a_row(tmp_path, cache_dir):
     args = [*SMALL, "--cache-dir", str(cache_dir), "--out", str(tmp_path / "out")]
     i = args.index("--order")
@@ -273,6 +275,8 @@ def _subprocess_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_a_second_run_into_a_folder_in_use_fails_at_once_naming_the_holder(tmp_path, cache_dir, capsys):
     args = [*SMALL, "--order", "iid,sorted,dirichlet:1.0", "--cache-dir", str(cache_dir), "--out", str(tmp_path / "out")]
     results = tmp_path / "out" / "results.jsonl"
@@ -316,6 +320,8 @@ named first, then starts once the file named second exists."""
 
 
 @pytest.mark.parametrize("seeds", [["0", "0"], ["0", "1"]])
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_runs_started_together_on_a_new_folder_one_is_refused_at_once(tmp_path, cache_dir, seeds):
     go = tmp_path / "go"
     out = tmp_path / "new" / "out"
@@ -486,6 +492,8 @@ def test_a_report_that_cannot_be_written_is_one_error_naming_the_file(finished, 
     assert err.count("error:") == 1 and f"{folder / 'report.md'}: cannot write" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_report_warns_once_about_a_duplicated_result(finished, tmp_path):
     import shutil
 
@@ -539,6 +547,7 @@ def test_a_resumed_run_reuses_the_clean_error_and_adds_its_own_entry(finished, c
     assert after["runs"][:-1] == before["runs"] and after["runs"][-1]["results_added"] == 0
 
 
+@pytest.mark.slow
 def test_without_a_terminal_each_result_is_one_line_and_threads_are_recorded(tmp_path, cache_dir, capsys):
     args = [a for a in SMALL if a != "--no-progress"]  # capsys' stdout is not a terminal
     args[args.index("--order") + 1] = "iid"
@@ -750,6 +759,8 @@ def test_a_bad_method_or_method_option_is_one_error_before_anything_is_written(t
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_a_killed_method_grid_resumes_to_the_rows_of_an_uninterrupted_run(tmp_path, cache_dir, with_methods):
     args = [*METHODS, "--order", "iid,sorted", "--cache-dir", str(cache_dir), "--out", str(tmp_path / "out")]
     results = tmp_path / "out" / "results.jsonl"

@@ -16,6 +16,8 @@ import pytest
 from benchmarks import cli, grid
 from benchmarks.results import read_rows
 
+pytestmark = pytest.mark.multiprocess
+
 REPO = Path(__file__).resolve().parents[2]
 GRID = [
     "--dataset", "fmnist-c", "--model", "bundled", "--methods", "none,tent", "--policies", "source,tbn",
@@ -88,7 +90,7 @@ def _unit_threads(out: Path) -> int:
     return json.loads((out / "meta.json").read_text())["runs"][-1]["worker_threads"]
 
 
-@pytest.mark.parametrize("executor", ["workers", "ray"])
+@pytest.mark.parametrize("executor", ["workers", pytest.param("ray", marks=pytest.mark.ray)])
 def test_every_executor_gives_the_rows_of_a_serial_run(tmp_path, cache_dir, serial_rows, request, executor):
     args = [*GRID, *_needs(executor, request), "--cache-dir", str(cache_dir), "--out", str(tmp_path)]
     assert cli.main(["run", *args]) == 0
@@ -108,7 +110,7 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc to find the worker processes")
-@pytest.mark.parametrize("executor", ["workers", "ray"])
+@pytest.mark.parametrize("executor", ["workers", pytest.param("ray", marks=pytest.mark.ray)])
 def test_a_driver_killed_mid_grid_resumes_to_every_row_exactly_once(tmp_path, cache_dir, request, executor):
     flags = _needs(executor, request)
     if executor == "ray":
@@ -151,7 +153,7 @@ def flaky_args(tmp_path: Path, cache_dir: Path, flags: list[str], *model_args: s
     return [*args, "--cache-dir", str(cache_dir), "--out", str(tmp_path / "out")], attempts
 
 
-@pytest.mark.parametrize("executor", ["serial", "workers", "ray"])
+@pytest.mark.parametrize("executor", ["serial", "workers", pytest.param("ray", marks=pytest.mark.ray)])
 def test_a_unit_that_keeps_failing_is_tried_twice_then_reported_and_the_rest_is_kept(
         tmp_path, cache_dir, request, executor, capsys):
     # The flaky model raises on every bright (brightness-5) batch: the single-setting unit of brightness
@@ -166,7 +168,7 @@ def test_a_unit_that_keeps_failing_is_tried_twice_then_reported_and_the_rest_is_
     assert "single iid seed 0 brightness-5 (source, tbn): RuntimeError: injected failure on a bright batch" in err
 
 
-@pytest.mark.parametrize("executor", ["serial", "workers", "ray"])
+@pytest.mark.parametrize("executor", ["serial", "workers", pytest.param("ray", marks=pytest.mark.ray)])
 def test_a_unit_that_fails_once_is_retried_and_gives_the_rows_of_a_run_without_failure(
         tmp_path, cache_dir, serial_rows, request, executor):
     args, attempts = flaky_args(tmp_path, cache_dir, _needs(executor, request), "always=False")
@@ -178,7 +180,7 @@ def test_a_unit_that_fails_once_is_retried_and_gives_the_rows_of_a_run_without_f
         assert row["errors"] == serial_rows[grid.row_key(row)]["errors"]
 
 
-@pytest.mark.parametrize("executor", ["workers", "ray"])
+@pytest.mark.parametrize("executor", ["workers", pytest.param("ray", marks=pytest.mark.ray)])
 def test_a_unit_whose_worker_dies_is_retried_in_a_new_worker(tmp_path, cache_dir, serial_rows, request, executor):
     args, attempts = flaky_args(tmp_path, cache_dir, _needs(executor, request), "always=False", "crash=True")
     assert cli.main(["run", *args]) == 0

@@ -62,6 +62,7 @@ def test_ratios_are_images_per_second_relative_to_the_unadapted_model_and_to_sou
     assert rbn.spread == pytest.approx((2 / 5, 2 / 5))  # the same in every round
 
 
+@pytest.mark.compile
 def test_compiled_models_report_the_first_call_and_do_not_recompile_for_another_batch_size():
     torch._dynamo.reset()
     model = tiny_model()

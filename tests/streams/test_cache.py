@@ -127,6 +127,7 @@ def start_writer(root, key):
     return writer, tmp
 
 
+@pytest.mark.multiprocess
 def test_stale_temporary_files_are_removed_and_live_writers_kept(tmp_path):
     killed, killed_tmp = start_writer(tmp_path, "a" * 32)
     live, live_tmp = start_writer(tmp_path, "b" * 32)
@@ -162,6 +163,7 @@ print(digest.hexdigest())
 """
 
 
+@pytest.mark.multiprocess
 def test_concurrent_processes_building_the_same_domains_end_with_one_correct_file_each(tmp_path, caplog):
     runs = [subprocess.Popen([sys.executable, "-c", SCRIPT, str(tmp_path)], stdout=subprocess.PIPE, text=True)
             for _ in range(3)]
@@ -196,6 +198,7 @@ print(hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest(), (root /
 """
 
 
+@pytest.mark.multiprocess
 def test_two_processes_building_the_same_domain_at_once_both_end_with_the_valid_cached_data(tmp_path, caplog):
     # Both miss the cache and write their own temporary file at the same time (each waits inside its fill
     # for the other), then both rename into place: each gets the data, and the file left matches its record.
@@ -221,6 +224,7 @@ print("miss" if DomainCache(sys.argv[1]).load(sys.argv[2]) is None else "hit")
 
 
 @pytest.mark.parametrize("kind", ["link to /dev/zero", "fifo", "oversized", "directory"])
+@pytest.mark.multiprocess
 def test_a_checksum_record_that_is_not_a_small_regular_file_is_refused_unread(tmp_path, kind):
     """A shared cache folder can hold anything under a record's name: the reader refuses what is not a
     small regular file (a miss, rebuilt), in bounded memory and without blocking."""

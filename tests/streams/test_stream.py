@@ -127,6 +127,7 @@ print(digest.hexdigest())
 """
 
 
+@pytest.mark.multiprocess
 def test_same_arguments_give_the_same_batches_in_new_processes(tmp_path):
     runs = [  # two fresh processes side by side, each corrupting into its own empty cache
         subprocess.Popen([sys.executable, "-c", SCRIPT, str(tmp_path / f"cache{i}")], stdout=subprocess.PIPE, text=True)

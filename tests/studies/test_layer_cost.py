@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 from benchmarks.source_model import load_bundled_model
 from studies import layer_cost
+
+pytestmark = pytest.mark.slow
 
 
 def test_each_layer_is_recorded_with_the_input_the_model_gives_it():

@@ -21,6 +21,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 import tta
 from tests.tta.conftest import give_source_statistics
 
+pytestmark = pytest.mark.multiprocess
+
 # Every policy that combines its statistics or its state across processes (the class says so), with options
 # that keep the test small.
 OPTIONS: dict[str, dict[str, object]] = {"unmix_tns": {"num_components": 4}}

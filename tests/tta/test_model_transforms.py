@@ -93,6 +93,7 @@ def test_a_model_baked_with_keep_adapted_traces_like_the_paused_adapted_model() 
 
 
 @pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.compile
 def test_compile_has_no_graph_break_and_matches_eager(policy: str) -> None:
     torch._dynamo.reset()
     eager = tta.adapt(build("small_cnn"), policy)
@@ -114,6 +115,7 @@ def test_compile_has_no_graph_break_and_matches_eager(policy: str) -> None:
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
 @pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.compile
 def test_compile_with_a_dynamic_batch_size_reuses_the_graph_for_another_size(policy: str, channels_last: bool) -> None:
     """A batch dimension marked dynamic stays dynamic (no loop or branch of a policy pins it to the first size),
     in both memory layouts a convolution may hand BatchNorm. Compiled with inductor's decompositions (the
@@ -169,6 +171,7 @@ def test_a_parametrized_weight_is_read_at_every_forward(policy: str) -> None:
 
 
 @pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.compile
 def test_torch_export_adapts_like_eager_and_leaves_the_live_state_alone(policy: str) -> None:
     model = tta.adapt(build("small_cnn"), policy)
     state = snapshot(model)
@@ -221,6 +224,7 @@ STATE_CHANGING = [policy for policy in POLICIES if changes_state(policy)]
 
 
 @pytest.mark.parametrize("policy", STATE_CHANGING)
+@pytest.mark.compile
 def test_a_program_exported_from_the_model_adapts_the_live_models_state(policy: str) -> None:
     """torch.export keeps the module's tensors as the program's buffers, without a copy: the state is shared."""
     model = tta.adapt(build("small_cnn"), policy)
@@ -232,6 +236,7 @@ def test_a_program_exported_from_the_model_adapts_the_live_models_state(policy: 
 
 
 @pytest.mark.parametrize("policy", STATE_CHANGING)
+@pytest.mark.compile
 def test_a_program_exported_from_a_copy_has_its_own_state(policy: str) -> None:
     """The documented way to an independent program: export ``copy.deepcopy(model)``. Calls of either leave
     the other's state as it was, and the program adapts as the model would."""
@@ -250,6 +255,7 @@ def test_a_program_exported_from_a_copy_has_its_own_state(policy: str) -> None:
 
 
 @pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.compile
 def test_an_exported_program_saved_and_loaded_adapts_as_the_model(policy: str, tmp_path: pathlib.Path) -> None:
     model = tta.adapt(build("small_cnn"), policy)
     program = torch.export.export(copy.deepcopy(model), (inputs("small_cnn", 4),))

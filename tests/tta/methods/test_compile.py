@@ -10,6 +10,8 @@ import torch
 import tta
 from tests.tta.conftest import build, inputs
 
+pytestmark = pytest.mark.compile
+
 
 @pytest.mark.parametrize("method", ["tent", "rotta"])
 def test_a_method_over_a_compiled_adapted_model_learns_as_the_eager_one(method: str) -> None:

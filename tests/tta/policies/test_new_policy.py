@@ -85,6 +85,7 @@ def test_a_registered_policy_is_listed_with_the_facts_its_class_declares(throwaw
     assert tta.policy_options(NAME) == {"rate": 0.5}
 
 
+@pytest.mark.multiprocess
 def test_the_contract_tests_collect_and_pass_a_policy_from_a_temporary_module(throwaway_module: pathlib.Path) -> None:
     """pytest, in a new process that imports the module as a plugin before collecting, runs every contract
     test for the new policy (its ``policy`` parameter is read from the registry at collection)."""

@@ -215,6 +215,7 @@ print(hashlib.sha256(outs.numpy().tobytes()).hexdigest())
 """
 
 
+@pytest.mark.multiprocess
 def test_two_processes_with_one_seed_give_the_same_predictions() -> None:
     digests = [
         subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, capture_output=True, text=True, check=True).stdout
