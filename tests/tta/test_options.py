@@ -74,7 +74,7 @@ def test_every_declared_option_has_a_case_here() -> None:
 
 @pytest.mark.parametrize("value", [8, 1, np.int64(2)])
 def test_momentum_decay_augment_is_refused_naming_the_dua_method(value: object) -> None:
-    """Issue 11: DUA's augmented update moved from ``momentum_decay``'s ``augment`` to the method ``dua``."""
+    """DUA's augmented update moved from ``momentum_decay``'s ``augment`` to the method ``dua``."""
     model = build("small_cnn")
     expected = (
         f"momentum_decay no longer takes augment={value}; DUA is a method: "
