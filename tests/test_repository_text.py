@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+STOP, ISSUE = "st" + "op", "iss" + "ue"
 WORK_LOG = re.compile(r"\b(this|last|next) stop\b|\bstops? [0-9]+\b|\bissue #?[0-9]+\b", re.IGNORECASE)
 
 
@@ -34,7 +35,9 @@ def test_no_tracked_file_refers_to_a_stop_or_an_issue_by_number() -> None:
     assert not found, "work-log references:\n" + "\n".join(found)
 
 
-@pytest.mark.parametrize("text", ["since stop 22", "see issue 12", "as in this stop", "Issue #7", "stops 3"])
+# built from parts, so that this file itself holds no reference for the first test to find
+@pytest.mark.parametrize("text", [f"since {STOP} 22", f"see {ISSUE} 12", f"as in this {STOP}", f"{ISSUE.title()} #7",
+                                  f"{STOP}s 3"])
 def test_the_pattern_finds_work_log_references(text: str) -> None:
     assert WORK_LOG.search(text)
 
