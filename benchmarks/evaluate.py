@@ -48,7 +48,9 @@ class Tally:
         return 100.0 * self.errors / self.n if self.n else float("nan")
 
 
-def adapted_copy(model: nn.Module, policy: str, options: Mapping[str, Any] | None = None, *, seed: int = 0) -> nn.Module:
+def adapted_copy(
+    model: nn.Module, policy: str, options: Mapping[str, Any] | None = None, *, seed: int = 0
+) -> nn.Module:
     """A deep copy of ``model`` adapted with ``policy`` in eval mode; ``model`` itself is untouched.
 
     A policy that takes a ``seed`` option (``unmix_tns``) gets the run's ``seed`` unless ``options`` set
@@ -308,8 +310,9 @@ def run_unit(
     stream = build_stream(config, run, source, cache_dir=cache_dir)
     model = model.to(device).eval()
     policy_alone = shared_forwards(unit.pairs)
-    learners = {p: learner_copy(model, *p, config.options, seed=run.seed) for p in unit.pairs
-                if p not in policy_alone.values()}
+    learners = {
+        p: learner_copy(model, *p, config.options, seed=run.seed) for p in unit.pairs if p not in policy_alone.values()
+    }
     for episode_domain, batches in stream.episodes():
         if unit.domain is not None and domain_of(episode_domain) != unit.domain:
             continue  # another unit's episode: its batches are never produced
@@ -320,14 +323,13 @@ def run_unit(
         missing = [d for d in episode_domains if not any(d in tallies[p] for p in unit.pairs)]
         if missing:
             raise RuntimeError(f"the stream of {run} yielded no image of domains {missing}")
-        return [make_row(config, run, p, d, tallies[p][d]) for d in episode_domains for p in unit.pairs
-                if d in tallies[p]]
+        return [
+            make_row(config, run, p, d, tallies[p][d]) for d in episode_domains for p in unit.pairs if d in tallies[p]
+        ]
     raise RuntimeError(f"the stream of {run} has no episode of domain {unit.domain}")
 
 
-def first_batch(
-    config: GridConfig, source: Any, *, cache_dir: str | os.PathLike[str] | None = None
-) -> Any:
+def first_batch(config: GridConfig, source: Any, *, cache_dir: str | os.PathLike[str] | None = None) -> Any:
     """The first batch of the grid's first stream (what :func:`check_model_and_policies` probes with)."""
     from benchmarks.grid import expand
 
@@ -382,6 +384,7 @@ def check_model_and_policies(
 
 def _describe_pair(config: GridConfig, method: str, policy: str) -> str:
     """``"policy tbn"``, or ``"method tent with options {'lr': -1} over policy tbn"`` for messages."""
+
     def named(kind: str, name: str) -> str:
         options = config.options.get(name, {})
         return f"{kind} {name}" + (f" with options {options}" if options else "")
@@ -407,8 +410,15 @@ def clean_error(
     """The unadapted model's error on the clean test split, at the grid's ``n_examples`` and batch size
     (the first ``n_examples`` images, in iid order with seed 0): ``{"n", "errors", "error"}``."""
     stream = streams.Stream(
-        source, corruptions=None, order="iid", setting="single", batch_size=config.batch_size,
-        n_examples=config.n_examples, seed=0, table=config.table, cache_dir=cache_dir,
+        source,
+        corruptions=None,
+        order="iid",
+        setting="single",
+        batch_size=config.batch_size,
+        n_examples=config.n_examples,
+        seed=0,
+        table=config.table,
+        cache_dir=cache_dir,
     )
     tally = evaluate_batches({"source": model.to(device).eval()}, stream, device=device)["source"][(CLEAN, 0)]
     return {"n": tally.n, "errors": tally.errors, "error": round(tally.error, 4), "n_examples": config.n_examples}

@@ -80,10 +80,12 @@ def check_sendable(model: nn.Module, *, ray: bool = False) -> None:
     dumps = import_ray().cloudpickle.dumps if ray else ForkingPickler.dumps
     try:
         dumps(model)
-    except Exception as error:  # noqa: BLE001 - pickling raises whatever the object's reduction raises
-        raise ValueError(f"the model cannot be sent to {'Ray tasks' if ray else 'worker processes'}: it cannot "
-                         f"be pickled ({_describe(error)}); run it in this process (--executor local --workers 1), "
-                         "or load it from a state dict with --arch") from None
+    except Exception as error:
+        raise ValueError(
+            f"the model cannot be sent to {'Ray tasks' if ray else 'worker processes'}: it cannot "
+            f"be pickled ({_describe(error)}); run it in this process (--executor local --workers 1), "
+            "or load it from a state dict with --arch"
+        ) from None
 
 
 def _describe(error: BaseException) -> str:
@@ -107,13 +109,15 @@ def _source(dataset: str, data_dir: str | None) -> Any:
     return evaluate.streams_source(dataset, data_dir=data_dir)
 
 
-def run_unit(job: Job, unit: evaluate.Unit, *, source: Any = None,
-             on_batch: Callable[[dict[Any, Any]], None] | None = None) -> list[dict[str, Any]]:
+def run_unit(
+    job: Job, unit: evaluate.Unit, *, source: Any = None, on_batch: Callable[[dict[Any, Any]], None] | None = None
+) -> list[dict[str, Any]]:
     """The rows of ``unit`` (:func:`benchmarks.evaluate.run_unit` with the job's model, data and device)."""
     if source is None:
         source = job.images if job.images is not None else _source(job.config.dataset, job.data_dir)
-    return evaluate.run_unit(job.config, job.model, unit, source, cache_dir=job.cache_dir,
-                             device=_device(job.device), on_batch=on_batch)
+    return evaluate.run_unit(
+        job.config, job.model, unit, source, cache_dir=job.cache_dir, device=_device(job.device), on_batch=on_batch
+    )
 
 
 _worker_job: Job | None = None
@@ -149,17 +153,23 @@ def _run_ray_task(job: Job, unit: evaluate.Unit) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------- executors
 
 
-def run_here(job: Job, units: Iterable[evaluate.Unit], *, source: Any = None,
-             on_batch: Callable[[evaluate.Unit, dict[Any, Any]], None] | None = None) -> Iterator[Outcome]:
+def run_here(
+    job: Job,
+    units: Iterable[evaluate.Unit],
+    *,
+    source: Any = None,
+    on_batch: Callable[[evaluate.Unit, dict[Any, Any]], None] | None = None,
+) -> Iterator[Outcome]:
     """Run the units one after the other in this process; ``on_batch(unit, tallies)`` after each batch."""
     units = list(units)
     for index, unit in enumerate(units):
         running = int(index + 1 < len(units))
         for attempt in range(1, RETRIES + 2):
             try:
-                rows = run_unit(job, unit, source=source,
-                                on_batch=None if on_batch is None else functools.partial(on_batch, unit))
-            except Exception as error:  # noqa: BLE001 - a unit's failure is reported, the grid goes on
+                rows = run_unit(
+                    job, unit, source=source, on_batch=None if on_batch is None else functools.partial(on_batch, unit)
+                )
+            except Exception as error:
                 if _log_failure(unit, attempt, error):
                     yield Outcome(unit, [], _describe(error), running)
                 continue
@@ -179,8 +189,7 @@ def run_in_processes(job: Job, units: Iterable[evaluate.Unit], *, workers: int) 
     pools: list[ProcessPoolExecutor] = []
 
     def start() -> ProcessPoolExecutor:
-        pools.append(ProcessPoolExecutor(1, mp_context=context, initializer=_start_worker,
-                                         initargs=(job, os.getpid())))
+        pools.append(ProcessPoolExecutor(1, mp_context=context, initializer=_start_worker, initargs=(job, os.getpid())))
         return pools[-1]
 
     def submit(unit: evaluate.Unit, pool: ProcessPoolExecutor) -> None:
@@ -213,16 +222,23 @@ def run_in_processes(job: Job, units: Iterable[evaluate.Unit], *, workers: int) 
             pool.shutdown(wait=False, cancel_futures=True)
 
 
-def run_on_ray(job: Job, units: Iterable[evaluate.Unit], *, address: str | None = None,
-               cpus_per_task: float = 1, gpus_per_task: float = 0) -> Iterator[Outcome]:
+def run_on_ray(
+    job: Job,
+    units: Iterable[evaluate.Unit],
+    *,
+    address: str | None = None,
+    cpus_per_task: float = 1,
+    gpus_per_task: float = 0,
+) -> Iterator[Outcome]:
     """Run the units as Ray tasks, collected in completion order (``ray.wait``). Connects as Ray does
     (``address``, else ``RAY_ADDRESS``, else a new local cluster) unless Ray is already initialized in
     this process; Ray retries a failed task (``max_retries``, ``retry_exceptions``)."""
     ray = import_ray()
     if not ray.is_initialized():
         ray.init(address=address)
-    task = ray.remote(_run_ray_task).options(num_cpus=cpus_per_task, num_gpus=gpus_per_task,
-                                             max_retries=RETRIES, retry_exceptions=True)
+    task = ray.remote(_run_ray_task).options(
+        num_cpus=cpus_per_task, num_gpus=gpus_per_task, max_retries=RETRIES, retry_exceptions=True
+    )
     job_ref = ray.put(job)
     pending = {task.remote(job_ref, unit): unit for unit in units}
     slots = max(1, int(ray.cluster_resources().get("CPU", 1) // cpus_per_task))
@@ -245,8 +261,9 @@ def run_on_ray(job: Job, units: Iterable[evaluate.Unit], *, address: str | None 
 def _log_failure(unit: evaluate.Unit, attempt: int, error: BaseException) -> bool:
     """Log a failed attempt; True when it was the last one."""
     if attempt <= RETRIES:
-        log.warning("unit %s failed (attempt %d of %d), retrying: %s", unit.describe(), attempt, RETRIES + 1,
-                    _describe(error))
+        log.warning(
+            "unit %s failed (attempt %d of %d), retrying: %s", unit.describe(), attempt, RETRIES + 1, _describe(error)
+        )
         return False
     log.error("unit %s failed after %d attempts", unit.describe(), attempt, exc_info=error)
     return True

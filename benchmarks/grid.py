@@ -368,10 +368,21 @@ def make_config(
     its canonical name."""
     try:
         return _make_config(
-            dataset=dataset, model=model, policies=_comma_list(policies), settings=_comma_list(settings),
-            orders=_comma_list(orders), corruptions=_comma_list(corruptions), severities=_comma_list(severities),
-            seeds=_comma_list(seeds), batch_size=batch_size, n_examples=n_examples, options=_option_texts(options),
-            arch=arch, model_args=_assignments(model_args), table=table, methods=_comma_list(methods),
+            dataset=dataset,
+            model=model,
+            policies=_comma_list(policies),
+            settings=_comma_list(settings),
+            orders=_comma_list(orders),
+            corruptions=_comma_list(corruptions),
+            severities=_comma_list(severities),
+            seeds=_comma_list(seeds),
+            batch_size=batch_size,
+            n_examples=n_examples,
+            options=_option_texts(options),
+            arch=arch,
+            model_args=_assignments(model_args),
+            table=table,
+            methods=_comma_list(methods),
         )
     except ConfigError:
         raise

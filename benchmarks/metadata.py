@@ -34,14 +34,25 @@ def git_commit(repo: Path = _REPO) -> str:
     """The commit of the checkout this code runs from (``<hash>-dirty`` with local changes), or
     ``"unknown"`` outside a git checkout of the toolkit (e.g. an installed wheel)."""
     try:
-        top = subprocess.run(["git", "-C", str(repo), "rev-parse", "--show-toplevel"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        top = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--show-toplevel"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
         if Path(top).resolve() != repo:  # e.g. a virtual environment inside some other checkout
             return "unknown"
-        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"],
-                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return commit + ("-dirty" if dirty else "")

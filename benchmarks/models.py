@@ -115,7 +115,9 @@ def load_model(
     if looks_like_path and Path(spec).expanduser().is_dir():
         raise ValueError(f"{Path(spec).expanduser()} is a folder, not a model file; name the checkpoint file in it")
     if arch is not None and not is_file:
-        raise ValueError(f"--arch {arch!r} names the architecture of a state-dict file, but --model {spec!r} is not a file")
+        raise ValueError(
+            f"--arch {arch!r} names the architecture of a state-dict file, but --model {spec!r} is not a file"
+        )
     is_callable = not is_file and kind not in ("robustbench", "torchvision", "timm") and CALLABLE_SPEC.match(spec)
     if model_args and not is_callable and arch is None:
         raise ValueError(
@@ -185,7 +187,8 @@ def _load_torchvision(name: str) -> nn.Module:
     path = _hub_checkpoint(weights.url)
     if not path.is_file():
         raise _missing(
-            f"torchvision:{name} ({weights})", path,
+            f"torchvision:{name} ({weights})",
+            path,
             f"download {weights.url} into that folder (or set TORCH_HOME to a cache that has it)",
         )
     model = torchvision.models.get_model(name, weights="DEFAULT")
@@ -251,19 +254,16 @@ def _load_robustbench(name: str, dataset: str, model_dir: Path) -> nn.Module:
 
     zoo = model_dicts[BenchmarkDataset(dataset)][ThreatModel.corruptions]
     if name not in zoo:
-        raise ValueError(
-            f"RobustBench has no {dataset} corruptions model {name!r}; available: {', '.join(zoo)}"
-        )
+        raise ValueError(f"RobustBench has no {dataset} corruptions model {name!r}; available: {', '.join(zoo)}")
     for path in _robustbench_files(name, dataset, zoo[name], model_dir):
         if not path.is_file():
             raise _missing(
-                f"robustbench:{name} ({dataset}, corruptions)", path,
+                f"robustbench:{name} ({dataset}, corruptions)",
+                path,
                 "run robustbench.utils.load_model once where there is internet with the same model_dir "
                 f"(threat_model='corruptions') and copy {model_dir} here, or pass model_dir",
             )
-    return robustbench.utils.load_model(
-        name, model_dir=str(model_dir), dataset=dataset, threat_model="corruptions"
-    )
+    return robustbench.utils.load_model(name, model_dir=str(model_dir), dataset=dataset, threat_model="corruptions")
 
 
 def _robustbench_files(name: str, dataset: str, entry: dict, model_dir: Path) -> list[Path]:

@@ -31,8 +31,21 @@ CSV_NAME = "results.csv"
 PLOT_NAME = "errors.png"
 
 CSV_COLUMNS: tuple[str, ...] = (
-    "dataset", "model", "method", "policy", "setting", "order", "seed", "corruption", "severity",
-    "n", "errors", "error", "batch_size", "options", "method_options",
+    "dataset",
+    "model",
+    "method",
+    "policy",
+    "setting",
+    "order",
+    "seed",
+    "corruption",
+    "severity",
+    "n",
+    "errors",
+    "error",
+    "batch_size",
+    "options",
+    "method_options",
 )
 NO_METHOD = "none"
 
@@ -137,8 +150,11 @@ def mean_errors(rows: Rows, config: dict[str, Any] | None = None) -> dict[Cell, 
     means = {}
     for cell, seeds in errors.items():
         wanted = expected[cell]
-        complete = {seed: _mean(list(found.values())) for seed, found in seeds.items()
-                    if wanted.get(seed) is not None and wanted[seed] <= found.keys()}
+        complete = {
+            seed: _mean(list(found.values()))
+            for seed, found in seeds.items()
+            if wanted.get(seed) is not None and wanted[seed] <= found.keys()
+        }
         means[cell] = CellMeans(
             seeds=complete,
             expected_seeds=len(wanted),
@@ -184,16 +200,21 @@ def summary_table(
     if not has_methods(rows):
         single_setting = len({setting for setting, _ in columns}) == 1
         headers = ["policy"] + [order if single_setting else f"{setting} {order}" for setting, order in columns]
-        table = [[policy] + [_cell(means.get((NO_METHOD, policy, *column))) for column in columns]
-                 for policy in policy_names]
+        table = [
+            [policy] + [_cell(means.get((NO_METHOD, policy, *column))) for column in columns] for policy in policy_names
+        ]
         return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
     method_names = _ordered([key[0] for key in means], methods)
     parts = []
     for setting, order in columns:
-        table = [[method] + [_cell(means.get((method, policy, setting, order))) for policy in policy_names]
-                 for method in method_names]
-        parts.append(f"**{setting}, {order}**\n\n"
-                     + tabulate(table, headers=["method", *policy_names], tablefmt="github", disable_numparse=True))
+        table = [
+            [method] + [_cell(means.get((method, policy, setting, order))) for policy in policy_names]
+            for method in method_names
+        ]
+        parts.append(
+            f"**{setting}, {order}**\n\n"
+            + tabulate(table, headers=["method", *policy_names], tablefmt="github", disable_numparse=True)
+        )
     return "\n\n".join(parts)
 
 
@@ -299,9 +320,16 @@ def plot_errors(
                 if (method, policy) not in by_pair:
                     continue
                 y = [_mean(by_pair[(method, policy)].get(label, [])) for label in labels]
-                axis.plot(x, y, marker="o", markersize=3, linewidth=1.2, color=f"C{p % 10}",
-                          linestyle=styles[m % len(styles)],
-                          label=f"{method}/{policy}" if with_method else policy)
+                axis.plot(
+                    x,
+                    y,
+                    marker="o",
+                    markersize=3,
+                    linewidth=1.2,
+                    color=f"C{p % 10}",
+                    linestyle=styles[m % len(styles)],
+                    label=f"{method}/{policy}" if with_method else policy,
+                )
         axis.set_title(f"{setting}, {order}", fontsize=10)
         axis.set_ylabel("error (%)")
         axis.set_xticks(x)
@@ -317,7 +345,14 @@ def plot_errors(
 
 
 RUN_COLUMNS: tuple[str, ...] = (
-    "started", "seconds", "results_added", "tta_version", "git_commit", "torch_version", "device", "threads",
+    "started",
+    "seconds",
+    "results_added",
+    "tta_version",
+    "git_commit",
+    "torch_version",
+    "device",
+    "threads",
 )
 
 
@@ -326,8 +361,11 @@ def reproducibility(metadata: dict[str, Any]) -> list[str]:
     lines = ["## Reproducibility", ""]
     clean = metadata.get("clean_error")
     if isinstance(clean, dict) and "error" in clean:
-        lines += [f"Clean error of the unadapted model: {clean['error']:.1f}% ({clean['errors']} of {clean['n']} "
-                  "clean test images).", ""]
+        lines += [
+            f"Clean error of the unadapted model: {clean['error']:.1f}% ({clean['errors']} of {clean['n']} "
+            "clean test images).",
+            "",
+        ]
     elif isinstance(clean, dict) and "unavailable" in clean:
         lines += [f"Clean error of the unadapted model: not measured ({clean['unavailable']}).", ""]
     runs = metadata.get("runs") or []
@@ -385,8 +423,9 @@ def write_report(
         return {
             "report": report_path,
             "csv": write_csv(rows, folder / CSV_NAME),
-            "plot": plot_errors(rows, folder / PLOT_NAME, policies=policies, corruptions=corruptions, title=title,
-                                methods=methods),
+            "plot": plot_errors(
+                rows, folder / PLOT_NAME, policies=policies, corruptions=corruptions, title=title, methods=methods
+            ),
         }
     except OSError as error:
         raise folder_file_error(error.filename or folder, "cannot write", error) from None

@@ -42,7 +42,15 @@ RESULTS_NAME = "results.jsonl"
 LOCK_NAME = ".lock"
 LOCK_PID_NAME = ".lock.pid"
 REQUIRED_KEYS: tuple[str, ...] = (
-    "policy", "setting", "order", "seed", "corruption", "severity", "n", "errors", "error",
+    "policy",
+    "setting",
+    "order",
+    "seed",
+    "corruption",
+    "severity",
+    "n",
+    "errors",
+    "error",
 )
 
 
@@ -60,16 +68,34 @@ ROW_SCHEMA: dict[str, Any] = {
 """What a line of ``results.jsonl`` holds (other keys are free)."""
 CONFIG_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "required": ["dataset", "model", "policies", "settings", "orders", "corruptions", "severities", "seeds",
-                 "batch_size", "n_examples"],
+    "required": [
+        "dataset",
+        "model",
+        "policies",
+        "settings",
+        "orders",
+        "corruptions",
+        "severities",
+        "seeds",
+        "batch_size",
+        "n_examples",
+    ],
     "properties": {
-        "dataset": {"type": "string"}, "model": {"type": "string"},
-        "policies": {**_NAMES, "minItems": 1}, "methods": {**_NAMES, "minItems": 1},
-        "settings": _NAMES, "orders": _NAMES, "corruptions": _NAMES,
-        "severities": _INTEGERS, "seeds": _INTEGERS,
-        "batch_size": {"type": "integer", "minimum": 1}, "n_examples": {"type": ["integer", "null"]},
+        "dataset": {"type": "string"},
+        "model": {"type": "string"},
+        "policies": {**_NAMES, "minItems": 1},
+        "methods": {**_NAMES, "minItems": 1},
+        "settings": _NAMES,
+        "orders": _NAMES,
+        "corruptions": _NAMES,
+        "severities": _INTEGERS,
+        "seeds": _INTEGERS,
+        "batch_size": {"type": "integer", "minimum": 1},
+        "n_examples": {"type": ["integer", "null"]},
         "options": {"type": "object", "additionalProperties": {"type": "object"}},
-        "arch": {"type": ["string", "null"]}, "model_args": {"type": "object"}, "table": {"type": ["string", "null"]},
+        "arch": {"type": ["string", "null"]},
+        "model_args": {"type": "object"},
+        "table": {"type": ["string", "null"]},
         "images": {"type": ["string", "null"]},
     },
 }
@@ -196,8 +222,10 @@ def _check(data: Any, validator: jsonschema.Validator, where: str) -> None:
     problem = best_match(validator.iter_errors(data))
     if problem is not None:
         at = "".join(f"[{part!r}]" for part in problem.absolute_path)
-        raise FolderFileError(f"{where}: {f'value {at}: ' if at else ''}{problem.message}; this file was not "
-                              "written by tta-bench or was damaged: fix or delete it")
+        raise FolderFileError(
+            f"{where}: {f'value {at}: ' if at else ''}{problem.message}; this file was not "
+            "written by tta-bench or was damaged: fix or delete it"
+        )
 
 
 def _read_bytes(path: Path) -> bytes | None:
@@ -236,8 +264,12 @@ def read_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     (see :func:`read_results`)."""
     rows, duplicates = read_results(path)
     if duplicates:
-        log.warning("%s: %d result(s) stored more than once, each counted once: %s", path, len(duplicates),
-                    "; ".join(describe_key(row_key(row)) for row in duplicates))
+        log.warning(
+            "%s: %d result(s) stored more than once, each counted once: %s",
+            path,
+            len(duplicates),
+            "; ".join(describe_key(row_key(row)) for row in duplicates),
+        )
     return rows
 
 

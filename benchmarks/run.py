@@ -177,8 +177,15 @@ def unit_threads(threads: int | None, executor: str, cpus_per_task: float = 1.0)
     return 1
 
 
-def check_executor(executor: str, *, workers: int = 1, device: str = "auto", ray_address: str | None = None,
-                   cpus_per_task: float = 1.0, gpus_per_task: float = 0.0) -> None:
+def check_executor(
+    executor: str,
+    *,
+    workers: int = 1,
+    device: str = "auto",
+    ray_address: str | None = None,
+    cpus_per_task: float = 1.0,
+    gpus_per_task: float = 0.0,
+) -> None:
     """Refuse executor arguments that do not fit together (RunError), before anything is written."""
     if executor not in ("local", "ray"):
         raise RunError(f"--executor {executor!r}: choose local or ray")
@@ -186,23 +193,33 @@ def check_executor(executor: str, *, workers: int = 1, device: str = "auto", ray
         raise RunError(f"--workers must be >= 1, got {workers}")
     if executor == "ray":
         if workers != 1:
-            raise RunError("--workers is for --executor local; on Ray the cluster's CPUs and --cpus-per-task "
-                           "decide how many units run at once")
+            raise RunError(
+                "--workers is for --executor local; on Ray the cluster's CPUs and --cpus-per-task "
+                "decide how many units run at once"
+            )
         if cpus_per_task <= 0 or gpus_per_task < 0:
-            raise RunError(f"--cpus-per-task must be > 0 and --gpus-per-task >= 0, got {cpus_per_task} "
-                           f"and {gpus_per_task}")
+            raise RunError(
+                f"--cpus-per-task must be > 0 and --gpus-per-task >= 0, got {cpus_per_task} and {gpus_per_task}"
+            )
         if device not in ("auto", "cpu") and gpus_per_task == 0:
-            raise RunError(f"--device {device} with --executor ray needs --gpus-per-task (e.g. 1, or 0.5 to "
-                           "share a GPU): Ray hides the GPUs from tasks that do not ask for one")
+            raise RunError(
+                f"--device {device} with --executor ray needs --gpus-per-task (e.g. 1, or 0.5 to "
+                "share a GPU): Ray hides the GPUs from tasks that do not ask for one"
+            )
         try:
             executors.import_ray()
         except ImportError as error:
             raise RunError(str(error)) from None
     else:
-        given = [flag for flag, value, default in (("--ray-address", ray_address, None),
-                                                    ("--cpus-per-task", cpus_per_task, 1.0),
-                                                    ("--gpus-per-task", gpus_per_task, 0.0))
-                 if value != default]
+        given = [
+            flag
+            for flag, value, default in (
+                ("--ray-address", ray_address, None),
+                ("--cpus-per-task", cpus_per_task, 1.0),
+                ("--gpus-per-task", gpus_per_task, 0.0),
+            )
+            if value != default
+        ]
         if given:
             raise RunError(f"{', '.join(given)}: only with --executor ray")
 
@@ -271,16 +288,29 @@ def run_grid(
         # Everything that can fail on the arguments fails here, before anything is written into the folder.
         config = config if isinstance(config, GridConfig) else config()
         config, images = _with_images(config, images)
-        check_executor(executor, workers=workers, device=str(device), ray_address=ray_address,
-                       cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task)
+        check_executor(
+            executor,
+            workers=workers,
+            device=str(device),
+            ray_address=ray_address,
+            cpus_per_task=cpus_per_task,
+            gpus_per_task=gpus_per_task,
+        )
         per_unit = unit_threads(threads, executor, cpus_per_task)
         set_threads(per_unit)  # serial units run in this process
         torch_device = resolve_device(device)
         if model is None:
             from benchmarks.models import load_model
 
-            model = load_model(config.model, dataset=config.dataset, device=torch_device, model_dir=model_dir,
-                               arch=config.arch, model_args=config.model_args, trust_pickle=trust_pickle)
+            model = load_model(
+                config.model,
+                dataset=config.dataset,
+                device=torch_device,
+                model_dir=model_dir,
+                arch=config.arch,
+                model_args=config.model_args,
+                trust_pickle=trust_pickle,
+            )
         if executor == "ray" or workers > 1:
             try:
                 executors.check_sendable(model, ray=executor == "ray")
@@ -294,30 +324,62 @@ def run_grid(
         evaluate.check_model_and_policies(config, model, batch, device=torch_device)
         meta = metadata.read_meta(folder)
         store = results.ResultStore.open(folder, config)
-        run_entry: dict[str, Any] = {"started": started_at, **metadata.environment(torch_device),
-                                     "executor": executor, "workers": workers, "worker_threads": per_unit}
+        run_entry: dict[str, Any] = {
+            "started": started_at,
+            **metadata.environment(torch_device),
+            "executor": executor,
+            "workers": workers,
+            "worker_threads": per_unit,
+        }
         before = len(store.rows())
         try:
             status, failures, n_units = _run_units(
-                config, model, source, store, meta, torch_device, executor=executor, workers=workers,
-                threads=per_unit, device_name=str(device), images=images, data_dir=data_dir, cache_dir=cache_dir,
-                ray_address=ray_address, cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task,
-                progress=progress)
+                config,
+                model,
+                source,
+                store,
+                meta,
+                torch_device,
+                executor=executor,
+                workers=workers,
+                threads=per_unit,
+                device_name=str(device),
+                images=images,
+                data_dir=data_dir,
+                cache_dir=cache_dir,
+                ray_address=ray_address,
+                cpus_per_task=cpus_per_task,
+                gpus_per_task=gpus_per_task,
+                progress=progress,
+            )
         finally:
             run_entry["seconds"] = round(time.monotonic() - started, 1)
             run_entry["results_added"] = len(store.rows()) - before
             meta.setdefault("runs", []).append(run_entry)
             metadata.write_meta(folder, meta)
         rows = report.in_grid_order(store.rows(), config.to_json())
-        paths = report.write_report(store.folder, rows, config=config.to_json(), metadata=meta) \
-            if status == "complete" else {}
-        return RunResult(status=status, config=config, rows=rows, added=len(store.rows()) - before,
-                         total=len(grid.row_keys(config)), units=n_units, failures=failures,
-                         results_path=store.results_path, meta=meta, report=paths)
+        paths = (
+            report.write_report(store.folder, rows, config=config.to_json(), metadata=meta)
+            if status == "complete"
+            else {}
+        )
+        return RunResult(
+            status=status,
+            config=config,
+            rows=rows,
+            added=len(store.rows()) - before,
+            total=len(grid.row_keys(config)),
+            units=n_units,
+            failures=failures,
+            results_path=store.results_path,
+            meta=meta,
+            report=paths,
+        )
 
 
-def _with_images(config: GridConfig, images: ImageSet | str | os.PathLike[str] | None
-                 ) -> tuple[GridConfig, ImageSet | None]:
+def _with_images(
+    config: GridConfig, images: ImageSet | str | os.PathLike[str] | None
+) -> tuple[GridConfig, ImageSet | None]:
     """The config naming the fingerprint of ``images`` (read from their file if a path), and the set."""
     if images is None:
         if config.images is not None:
@@ -337,12 +399,26 @@ def _with_images(config: GridConfig, images: ImageSet | str | os.PathLike[str] |
     return dataclasses.replace(config, images=fingerprint), images
 
 
-def _run_units(config: GridConfig, model: nn.Module, source: Any, store: results.ResultStore, meta: dict[str, Any],
-               device: torch.device, *, executor: str, workers: int, threads: int, device_name: str,
-               images: ImageSet | None,
-               data_dir: str | os.PathLike[str] | None, cache_dir: str | os.PathLike[str] | None,
-               ray_address: str | None, cpus_per_task: float, gpus_per_task: float,
-               progress: Callable[[Event], None] | None) -> tuple[Status, list[executors.Outcome], int]:
+def _run_units(
+    config: GridConfig,
+    model: nn.Module,
+    source: Any,
+    store: results.ResultStore,
+    meta: dict[str, Any],
+    device: torch.device,
+    *,
+    executor: str,
+    workers: int,
+    threads: int,
+    device_name: str,
+    images: ImageSet | None,
+    data_dir: str | os.PathLike[str] | None,
+    cache_dir: str | os.PathLike[str] | None,
+    ray_address: str | None,
+    cpus_per_task: float,
+    gpus_per_task: float,
+    progress: Callable[[Event], None] | None,
+) -> tuple[Status, list[executors.Outcome], int]:
     """Run the grid's missing units into ``store``: the status, the failed units and the number of units."""
     notify = progress or (lambda event: None)
     keys = grid.row_keys(config)
@@ -367,14 +443,19 @@ def _run_units(config: GridConfig, model: nn.Module, source: Any, store: results
 
     serial = executor == "local" and workers == 1
     # workers get the model on the CPU (a Ray node may have no GPU) and move it to their own device
-    job = executors.Job(config, model if serial else copy.deepcopy(model).cpu(),
-                        data_dir=None if data_dir is None else os.fspath(data_dir),
-                        cache_dir=None if cache_dir is None else os.fspath(cache_dir),
-                        device="auto" if executor == "ray" and device_name == "auto" else str(device),
-                        threads=threads, images=images)
+    job = executors.Job(
+        config,
+        model if serial else copy.deepcopy(model).cpu(),
+        data_dir=None if data_dir is None else os.fspath(data_dir),
+        cache_dir=None if cache_dir is None else os.fspath(cache_dir),
+        device="auto" if executor == "ray" and device_name == "auto" else str(device),
+        threads=threads,
+        images=images,
+    )
     if executor == "ray":
-        outcomes = executors.run_on_ray(job, units, address=ray_address, cpus_per_task=cpus_per_task,
-                                        gpus_per_task=gpus_per_task)
+        outcomes = executors.run_on_ray(
+            job, units, address=ray_address, cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task
+        )
     elif serial:
         outcomes = executors.run_here(job, units, source=source, on_batch=on_batch)
     else:
@@ -392,4 +473,3 @@ def _run_units(config: GridConfig, model: nn.Module, source: Any, store: results
         except KeyboardInterrupt:
             return "interrupted", failed, len(units)
     return ("failed" if failed else "complete"), failed, len(units)
-

@@ -28,8 +28,8 @@ import copy
 import dataclasses
 import statistics
 import time
-from collections.abc import Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -85,8 +85,10 @@ def check_sizes(*, batch_size: int, warmup: int, repeats: int, batches_per_repea
     """Raise ValueError unless ``batch_size``, ``repeats`` and ``batches_per_repeat`` are >= 1 and
     ``warmup`` >= 0."""
     if batch_size < 1 or repeats < 1 or batches_per_repeat < 1 or warmup < 0:
-        raise ValueError(f"batch size, repeats and batches per repeat must be >= 1 and warm-up >= 0; got "
-                         f"{batch_size}, {repeats}, {batches_per_repeat} and {warmup}")
+        raise ValueError(
+            f"batch size, repeats and batches per repeat must be >= 1 and warm-up >= 0; got "
+            f"{batch_size}, {repeats}, {batches_per_repeat} and {warmup}"
+        )
 
 
 def measure_speed(
@@ -113,8 +115,9 @@ def measure_speed(
     names = list(dict.fromkeys([UNADAPTED, ("none", "source"), *wanted]))
     generator = torch.Generator().manual_seed(seed)
     x = torch.rand((batch_size, *input_shape), generator=generator).to(device)
-    other = torch.rand((max(1, batch_size // 2) if batch_size > 2 else batch_size + 1, *input_shape),
-                       generator=generator).to(device)
+    other = torch.rand(
+        (max(1, batch_size // 2) if batch_size > 2 else batch_size + 1, *input_shape), generator=generator
+    ).to(device)
     base = model.to(device).eval()
     models: dict[tuple[str, str], Callable[[torch.Tensor], Any]] = {}
     for method, policy in names:
@@ -159,19 +162,21 @@ def measure_speed(
     for name in wanted:
         to_unadapted = _ratios(timings[name], unadapted)
         quartiles = statistics.quantiles(to_unadapted, n=4) if repeats > 1 else [to_unadapted[0]] * 3
-        results.append(SpeedResult(
-            policy=name[1],
-            images_per_s=statistics.median(timings[name]),
-            ratio_to_source=statistics.median(_ratios(timings[name], source)),
-            runs=tuple(timings[name]),
-            method=name[0],
-            ratio_to_unadapted=statistics.median(to_unadapted),
-            spread=(quartiles[0], quartiles[2]),
-            unadapted_images_per_s=statistics.median(unadapted),
-            compile_s=first_call[name] if compile else None,
-            recompiles_on_batch_change=recompiles.get(name),
-            unadapted_compile_s=first_call[UNADAPTED] if compile else None,
-            unadapted_recompiles=recompiles.get(UNADAPTED),
-            other_batch_size=len(other) if compile else None,
-        ))
+        results.append(
+            SpeedResult(
+                policy=name[1],
+                images_per_s=statistics.median(timings[name]),
+                ratio_to_source=statistics.median(_ratios(timings[name], source)),
+                runs=tuple(timings[name]),
+                method=name[0],
+                ratio_to_unadapted=statistics.median(to_unadapted),
+                spread=(quartiles[0], quartiles[2]),
+                unadapted_images_per_s=statistics.median(unadapted),
+                compile_s=first_call[name] if compile else None,
+                recompiles_on_batch_change=recompiles.get(name),
+                unadapted_compile_s=first_call[UNADAPTED] if compile else None,
+                unadapted_recompiles=recompiles.get(UNADAPTED),
+                other_batch_size=len(other) if compile else None,
+            )
+        )
     return results

@@ -114,9 +114,7 @@ def train_source(
         nesterov=True,
     )
     steps_per_epoch = math.ceil(len(train.labels) / batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch
-    )
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch)
 
     start = time.perf_counter()
     for epoch in range(epochs):
@@ -138,7 +136,10 @@ def train_source(
             correct += int((logits.argmax(1) == y).sum())
         log.info(
             "epoch %d/%d: loss %.4f, train accuracy %.4f, %.0f s",
-            epoch + 1, epochs, total_loss / len(order), correct / len(order),
+            epoch + 1,
+            epochs,
+            total_loss / len(order),
+            correct / len(order),
             time.perf_counter() - start,
         )
     train_seconds = time.perf_counter() - start
@@ -155,8 +156,10 @@ def train_source(
         "threads": torch.get_num_threads(),
         "path": str(out_path),
     }
-    state = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
-             for k, v in model.state_dict().items()}
+    state = {
+        k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+        for k, v in model.state_dict().items()
+    }
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")
     torch.save(state, tmp)
@@ -188,8 +191,12 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     result = train_source(
-        args.out or default_out(), epochs=args.epochs, seed=args.seed, root=args.root,
-        batch_size=args.batch_size, lr=args.lr,
+        args.out or default_out(),
+        epochs=args.epochs,
+        seed=args.seed,
+        root=args.root,
+        batch_size=args.batch_size,
+        lr=args.lr,
     )
     print(json.dumps(result, indent=2))
 

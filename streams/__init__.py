@@ -1,5 +1,8 @@
-from streams.corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS, corrupt
+"""streams: reproducible test streams for test-time adaptation: a source of images, corruptions applied on
+the fly (or read precomputed), an order of the labels and a setting of the domains (``Stream``)."""
+
 from streams.corruption_sets import PrecomputedSource, cifar_c, cifar_c_source, imagenet_c, imagenet_c_source
+from streams.corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS, corrupt
 from streams.datasets import DatasetInfo, get_dataset, list_datasets, register_dataset
 from streams.fmnist import fashion_mnist
 from streams.imageset import ImageSet
@@ -7,3 +10,28 @@ from streams.orderings import ORDERS, LabelStats, label_stats
 from streams.parsing import parse_corruptions, parse_severities
 from streams.settings import SETTINGS
 from streams.stream import Batch, Stream
+
+__all__ = [
+    "CORRUPTIONS",
+    "EXTRA_CORRUPTIONS",
+    "ORDERS",
+    "SETTINGS",
+    "Batch",
+    "DatasetInfo",
+    "ImageSet",
+    "LabelStats",
+    "PrecomputedSource",
+    "Stream",
+    "cifar_c",
+    "cifar_c_source",
+    "corrupt",
+    "fashion_mnist",
+    "get_dataset",
+    "imagenet_c",
+    "imagenet_c_source",
+    "label_stats",
+    "list_datasets",
+    "parse_corruptions",
+    "parse_severities",
+    "register_dataset",
+]

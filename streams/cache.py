@@ -142,8 +142,10 @@ class DomainCache:
             if record.get("format") != _FORMAT:
                 return f"cannot be verified (its record {record_path} has format {record.get('format')!r})"
         except FileNotFoundError:
-            return (f"cannot be verified (no checksum record {record_path}: written before records were "
-                    "kept, or the record was deleted)")
+            return (
+                f"cannot be verified (no checksum record {record_path}: written before records were "
+                "kept, or the record was deleted)"
+            )
         except (OSError, ValueError, KeyError, TypeError) as error:  # UnicodeDecodeError is a ValueError
             return f"cannot be verified (unreadable checksum record {record_path}: {error})"
         path = self.path(key)
@@ -212,9 +214,7 @@ class DomainCache:
         log.info("cached domain %s", self.path(key))
         return np.load(self.path(key), mmap_mode="r", allow_pickle=False)
 
-    def get_or_create(
-        self, key: str, shape: tuple[int, ...], fill: Callable[[np.ndarray], None]
-    ) -> np.ndarray:
+    def get_or_create(self, key: str, shape: tuple[int, ...], fill: Callable[[np.ndarray], None]) -> np.ndarray:
         """:meth:`load`, or on a miss (or a damaged file) :meth:`store`; checks the cached array has the
         expected shape."""
         array = self.load(key)

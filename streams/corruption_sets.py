@@ -25,13 +25,15 @@ from streams.imageset import ImageSet
 __all__ = ["PrecomputedSource", "cifar_c", "cifar_c_source", "imagenet_c", "imagenet_c_source"]
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-CIFAR100_CLASSES = tuple("""apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus
+CIFAR100_CLASSES = tuple(
+    """apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus
 butterfly camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup
 dinosaur dolphin elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion
 lizard lobster man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear
 pickup_truck pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark
 shrew skunk skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table tank telephone
-television tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm""".split())
+television tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm""".split()
+)
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,12 @@ class PrecomputedSet:
 
 PRECOMPUTED_SETS: dict[str, PrecomputedSet] = {
     "cifar10-c": PrecomputedSet("CIFAR-10-C", "https://zenodo.org/records/2535967", CIFAR10_CLASSES, "load_cifar10c"),
-    "cifar100-c": PrecomputedSet("CIFAR-100-C", "https://zenodo.org/records/3555552", CIFAR100_CLASSES, "load_cifar100c"),
-    "imagenet-c": PrecomputedSet("ImageNet-C", "https://zenodo.org/records/2235448 (see https://github.com/hendrycks/robustness)"),
+    "cifar100-c": PrecomputedSet(
+        "CIFAR-100-C", "https://zenodo.org/records/3555552", CIFAR100_CLASSES, "load_cifar100c"
+    ),
+    "imagenet-c": PrecomputedSet(
+        "ImageNet-C", "https://zenodo.org/records/2235448 (see https://github.com/hendrycks/robustness)"
+    ),
 }
 """The sets read here, by dataset name (``streams.datasets`` registers each with these facts)."""
 _ROBUSTBENCH_LOADERS = [name for name, info in PRECOMPUTED_SETS.items() if info.loader is not None]
@@ -81,7 +87,9 @@ def _to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 def _cifar_files(name: str, corruption: str, data_dir: str | Path) -> tuple[Path, Path]:
     if name not in _ROBUSTBENCH_LOADERS:
-        raise ValueError(f"unknown precomputed set {name!r}; choose from: {', '.join(_ROBUSTBENCH_LOADERS)}, imagenet-c")
+        raise ValueError(
+            f"unknown precomputed set {name!r}; choose from: {', '.join(_ROBUSTBENCH_LOADERS)}, imagenet-c"
+        )
     info = PRECOMPUTED_SETS[name]
     folder, url = info.folder, info.url
     root = Path(data_dir).expanduser() / folder
@@ -94,9 +102,7 @@ def _cifar_files(name: str, corruption: str, data_dir: str | Path) -> tuple[Path
     return root / f"{corruption}.npy", root / "labels.npy"
 
 
-def cifar_c(
-    name: str, corruption: str, severity: int, data_dir: str | Path, n_examples: int | None = None
-) -> ImageSet:
+def cifar_c(name: str, corruption: str, severity: int, data_dir: str | Path, n_examples: int | None = None) -> ImageSet:
     """One domain of CIFAR-10-C (``name="cifar10-c"``) or CIFAR-100-C (``"cifar100-c"``): the first
     ``n_examples`` (default all 10,000) images of ``corruption`` at ``severity``, via robustbench. The
     set is marked ``precorrupted``; to stream it, use :func:`cifar_c_source`."""

@@ -45,9 +45,7 @@ class ImageSet:
             isinstance(marker, tuple) and len(marker) == 3 and isinstance(marker[0], str)
             and isinstance(marker[1], str) and isinstance(marker[2], int) and not isinstance(marker[2], bool)
         ):  # fmt: skip
-            raise ValueError(
-                f"ImageSet.precorrupted must be None or (set name, corruption, severity), got {marker!r}"
-            )
+            raise ValueError(f"ImageSet.precorrupted must be None or (set name, corruption, severity), got {marker!r}")
 
     @classmethod
     def from_tensors(cls, images: Any, labels: Any, classes: Sequence[str] | None = None) -> ImageSet:
@@ -83,8 +81,9 @@ class ImageSet:
         except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
             raise ValueError(f"{path}: not a set of images saved with torch.save ({error})") from None
         if not isinstance(data, dict) or not {"images", "labels"} <= set(data):
-            raise ValueError(f"{path}: expected a dict with 'images' and 'labels' (and optionally 'classes'), "
-                             f"saved with torch.save")
+            raise ValueError(
+                f"{path}: expected a dict with 'images' and 'labels' (and optionally 'classes'), saved with torch.save"
+            )
         return cls.from_tensors(data["images"], data["labels"], data.get("classes"))
 
     def save(self, path: str | os.PathLike[str]) -> None:

@@ -174,9 +174,7 @@ def dirichlet_order(
     """NOTE's non-i.i.d. order (spec S3 ``dirichlet(δ)``): chunk after chunk, inside a chunk the classes
     in a shuffled order, each as one contiguous run. Smaller ``delta`` means stronger label correlation."""
     rng = as_generator(rng)
-    chunks = dirichlet_chunks(
-        labels, delta, rng, n_chunks=n_chunks, min_per_chunk=min_per_chunk, max_tries=max_tries
-    )
+    chunks = dirichlet_chunks(labels, delta, rng, n_chunks=n_chunks, min_per_chunk=min_per_chunk, max_tries=max_tries)
     return _emit(chunks, rng, len(labels))
 
 

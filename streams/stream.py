@@ -157,8 +157,11 @@ class Stream(IterableDataset[Batch]):
         corruption_list = None if parsed == (CLEAN_NAME,) else list(parsed)
         severity_list = list(parse_severities(severities))
         if setting == "gradual" and severities != 5:
-            log.info("setting 'gradual' visits severities %s; severities=%r is not used",
-                     settings.GRADUAL_SEVERITIES, severities)
+            log.info(
+                "setting 'gradual' visits severities %s; severities=%r is not used",
+                settings.GRADUAL_SEVERITIES,
+                severities,
+            )
 
         self._source = open_source(source, n_examples=n_examples, seed=self.seed, table=table, cache=self._cache)
         self._source.check(corruption_list, settings.GRADUAL_SEVERITIES[:5] if setting == "gradual" else severity_list)

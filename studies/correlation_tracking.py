@@ -24,9 +24,16 @@ CORRUPTIONS = "gaussian_noise,defocus_blur,fog,contrast,jpeg_compression"
 
 def track(order: str, args: argparse.Namespace, models: dict[str, torch.nn.Module]) -> dict[str, float]:
     """Mean over the domains of the true measure, the meter on the labels and on each model's predictions."""
-    stream = streams.Stream("fmnist-c", corruptions=args.corruptions, severities=args.severity,
-                            order=order, setting="single", batch_size=args.batch_size,
-                            n_examples=args.n_examples, seed=args.seed)
+    stream = streams.Stream(
+        "fmnist-c",
+        corruptions=args.corruptions,
+        severities=args.severity,
+        order=order,
+        setting="single",
+        batch_size=args.batch_size,
+        n_examples=args.n_examples,
+        seed=args.seed,
+    )
     sums = {"labels": 0.0, **{name: 0.0 for name in models}, "error": 0.0}
     domains = 0
     for _, batches in stream.episodes():

@@ -18,12 +18,21 @@ from tabulate import tabulate
 from streams.corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS, corrupt
 from streams.parsing import parse_severity_list
 
-DETERMINISTIC = {"defocus_blur", "zoom_blur", "gaussian_blur", "brightness", "contrast", "pixelate",
-                 "jpeg_compression", "saturate"}
+DETERMINISTIC = {
+    "defocus_blur",
+    "zoom_blur",
+    "gaussian_blur",
+    "brightness",
+    "contrast",
+    "pixelate",
+    "jpeg_compression",
+    "saturate",
+}
 
 
-def sample_images(n: int = 16, size: int = 64, seed: int = 0, *, channels: int = 3,
-                  noise: float = 0.03) -> torch.Tensor:
+def sample_images(
+    n: int = 16, size: int = 64, seed: int = 0, *, channels: int = 3, noise: float = 0.03
+) -> torch.Tensor:
     """Smooth random images with a bright patch and mild noise, uint8 N x C x size x size: a stand-in
     for natural images (``noise=0`` draws no noise)."""
     g = torch.Generator().manual_seed(seed)
@@ -53,7 +62,13 @@ def compare(name: str, images: torch.Tensor, severity: int) -> list[str]:
         diff = np.abs(ours - ref)
         return [name, str(severity), "pixels", f"max |diff| {diff.max():.0f}", f"{100 * (diff > 0).mean():.1f}% differ"]
     mae_ours, mae_ref = np.abs(ours - clean).mean(), np.abs(ref - clean).mean()
-    return [name, str(severity), "mean |perturbation|", f"{mae_ours:.2f} vs {mae_ref:.2f}", f"ratio {mae_ours / mae_ref:.2f}"]
+    return [
+        name,
+        str(severity),
+        "mean |perturbation|",
+        f"{mae_ours:.2f} vs {mae_ref:.2f}",
+        f"ratio {mae_ours / mae_ref:.2f}",
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -63,8 +78,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     images = sample_images(args.n)
-    rows = [compare(name, images, s) for name in CORRUPTIONS + EXTRA_CORRUPTIONS
-            for s in parse_severity_list(args.severities)]
+    rows = [
+        compare(name, images, s)
+        for name in CORRUPTIONS + EXTRA_CORRUPTIONS
+        for s in parse_severity_list(args.severities)
+    ]
     print(tabulate(rows, headers=["corruption", "sev", "statistic", "ours vs corrupt-tta", ""], tablefmt="github"))
 
 

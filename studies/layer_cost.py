@@ -14,7 +14,7 @@ import argparse
 import copy
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -41,8 +41,11 @@ def microseconds(call: Callable[[], object], calls: int) -> float:
 def recorded_inputs(model: nn.Module, x: Tensor) -> list[tuple[nn.BatchNorm2d, Tensor]]:
     """Each BatchNorm layer of ``model`` with the input it receives in a forward of ``x``."""
     recorded: list[tuple[nn.BatchNorm2d, Tensor]] = []
-    handles = [m.register_forward_pre_hook(lambda m, args: recorded.append((m, args[0].clone())))
-               for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    handles = [
+        m.register_forward_pre_hook(lambda m, args: recorded.append((m, args[0].clone())))
+        for m in model.modules()
+        if isinstance(m, nn.BatchNorm2d)
+    ]
     with torch.inference_mode():
         model(x)
     for handle in handles:
@@ -55,12 +58,13 @@ def layer_costs(bn: nn.BatchNorm2d, x: Tensor, policies: list[str], calls: int) 
     costs = {
         "unadapted": microseconds(lambda: bn(x), calls),
         "F.batch_norm train": microseconds(
-            lambda: torch.batch_norm(x, bn.weight, bn.bias, None, None, True, 0.0, bn.eps, False), calls),
+            lambda: torch.batch_norm(x, bn.weight, bn.bias, None, None, True, 0.0, bn.eps, False), calls
+        ),
         "moments kernel": microseconds(lambda: torch.batch_norm_update_stats(x, None, None, 1.0), calls),
     }
     for policy in policies:
         layer = tta.adapt(nn.Sequential(copy.deepcopy(bn)), policy)[0]
-        costs[policy] = microseconds(lambda: layer(x), calls)
+        costs[policy] = microseconds(lambda layer=layer: layer(x), calls)
     return costs
 
 
@@ -77,8 +81,10 @@ def main(argv: list[str] | None = None) -> None:
     layers = recorded_inputs(model, x)
     with torch.inference_mode():
         forward = microseconds(lambda: model(x), max(1, args.calls // 4))
-        print(f"bundled model, batch {args.batch_size}, {args.threads} threads: whole unadapted forward "
-              f"{forward:,.0f} us, {len(layers)} BatchNorm layers; microseconds per call")
+        print(
+            f"bundled model, batch {args.batch_size}, {args.threads} threads: whole unadapted forward "
+            f"{forward:,.0f} us, {len(layers)} BatchNorm layers; microseconds per call"
+        )
         total: dict[str, float] = {}
         for index, (bn, inputs) in enumerate(layers):
             costs = layer_costs(bn, inputs, args.policies.split(","), args.calls)

@@ -19,9 +19,16 @@ import streams
 def time_stream(cache_dir: str, args: argparse.Namespace) -> tuple[float, float, int, dict[str, float]]:
     """(build seconds, build + iterate seconds, images, seconds per corruption) of one full pass."""
     start = time.perf_counter()
-    stream = streams.Stream("fmnist", corruptions="all", severities=args.severity, order=args.order,
-                            setting=args.setting, batch_size=args.batch_size, seed=args.seed,
-                            cache_dir=cache_dir)
+    stream = streams.Stream(
+        "fmnist",
+        corruptions="all",
+        severities=args.severity,
+        order=args.order,
+        setting=args.setting,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        cache_dir=cache_dir,
+    )
     built = time.perf_counter() - start
     per_domain: dict[str, float] = {}
     images, last = 0, time.perf_counter()

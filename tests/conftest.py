@@ -9,7 +9,7 @@ import torch
 torch.set_num_threads(1)
 
 
-TOY_DATASET = '''
+TOY_DATASET = """
 import torch
 
 from streams import DatasetInfo, ImageSet, register_dataset
@@ -22,7 +22,7 @@ def _load(data_dir):
 
 register_dataset(DatasetInfo(name="toy-c", aliases=("toy",), base="toy", input_shape=(3, 8, 8), num_classes=4,
                              classes=("a", "b", "c", "d"), load=_load, table="cifar"))
-'''
+"""
 
 
 @pytest.fixture

@@ -36,8 +36,9 @@ def test_no_tracked_file_refers_to_a_stop_or_an_issue_by_number() -> None:
 
 
 # built from parts, so that this file itself holds no reference for the first test to find
-@pytest.mark.parametrize("text", [f"since {STOP} 22", f"see {ISSUE} 12", f"as in this {STOP}", f"{ISSUE.title()} #7",
-                                  f"{STOP}s 3"])
+@pytest.mark.parametrize(
+    "text", [f"since {STOP} 22", f"see {ISSUE} 12", f"as in this {STOP}", f"{ISSUE.title()} #7", f"{STOP}s 3"]
+)
 def test_the_pattern_finds_work_log_references(text: str) -> None:
     assert WORK_LOG.search(text)
 

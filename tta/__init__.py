@@ -28,10 +28,10 @@ from tta.registry import (
 )
 
 __all__ = [
-    "__version__",
     "CorrelationMeter",
     "Method",
     "NormPolicy",
+    "__version__",
     "adapt",
     "attach_method",
     "check_method_options",

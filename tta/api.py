@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -35,9 +35,7 @@ def adapt(model: nn.Module, policy: str, **options: object) -> nn.Module:
         raise ValueError("model is already adapted; call tta.detach(model) before adapting it again")
     batchnorms = [(name, m) for name, m in model.named_modules() if is_batchnorm(m)]
     if not batchnorms:
-        raise ValueError(
-            f"{type(model).__name__} has no BatchNorm layer (BatchNorm1d/2d/3d or SyncBatchNorm) to adapt"
-        )
+        raise ValueError(f"{type(model).__name__} has no BatchNorm layer (BatchNorm1d/2d/3d or SyncBatchNorm) to adapt")
     for name, bn in batchnorms:
         check_replaceable(name, bn)
         post_norm_of(bn)  # refuse unknown subclasses before anything is swapped

@@ -72,6 +72,6 @@ def reduce_moments(
     mean64, var64 = mean.double(), var.double()
     count = torch.full((1,), float(n), dtype=torch.float64, device=mean.device)
     total = sum_across_processes(torch.cat([count, mean64 * n, (var64 + mean64.square()) * n]), group)
-    pooled_mean = total[1: 1 + channels] / total[0]
-    pooled_var = (total[1 + channels:] / total[0] - pooled_mean.square()).clamp_min(0)
+    pooled_mean = total[1 : 1 + channels] / total[0]
+    pooled_var = (total[1 + channels :] / total[0] - pooled_mean.square()).clamp_min(0)
     return pooled_mean.to(mean.dtype), pooled_var.to(mean.dtype), int(total[0])

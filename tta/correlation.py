@@ -1,8 +1,8 @@
 """A label-free measure of how label-correlated a test stream is, from the model's predictions alone.
 
-The true measure (``streams.Stream.label_stats().mean_tv_distance``, spec S3) is the mean over batches of the total variation
-distance between a batch's label histogram and its domain's label distribution: about 0.1-0.2 for i.i.d.
-batches of 64 (sampling noise alone), near 1 for a class-sorted stream. :class:`CorrelationMeter` computes
+The true measure (``streams.Stream.label_stats().mean_tv_distance``, spec S3) is the mean over batches of the
+total variation distance between a batch's label histogram and its domain's label distribution: about 0.1-0.2
+for i.i.d. batches of 64 (sampling noise alone), near 1 for a class-sorted stream. :class:`CorrelationMeter` computes
 the same quantity with the two things a user lacks replaced by what the model gives: each batch's labels
 by its predicted classes (argmax), and the domain's label distribution, known only in hindsight, by the
 running distribution of the classes predicted before this batch. It needs no stream object, so it works on
@@ -39,8 +39,11 @@ def expected_iid_distance(distribution: Tensor, batch_size: int) -> float:
         if 0.0 < q < 1.0:
             m = math.floor(batch_size * q)
             log_term = (
-                math.lgamma(batch_size + 1) - math.lgamma(m + 2) - math.lgamma(batch_size - m)
-                + (m + 1) * math.log(q) + (batch_size - m) * math.log1p(-q)
+                math.lgamma(batch_size + 1)
+                - math.lgamma(m + 2)
+                - math.lgamma(batch_size - m)
+                + (m + 1) * math.log(q)
+                + (batch_size - m) * math.log1p(-q)
             )
             total += 2 * (m + 1) * math.exp(log_term) / batch_size
     return 0.5 * total
@@ -70,7 +73,9 @@ class CorrelationMeter:
         if logits.dim() != 2 or logits.shape[0] == 0 or logits.shape[1] == 0:
             raise ValueError(f"CorrelationMeter needs (batch, classes) outputs, got shape {tuple(logits.shape)}")
         if not logits.dtype.is_floating_point:
-            raise TypeError(f"CorrelationMeter needs floating-point outputs (logits or probabilities), got {logits.dtype}")
+            raise TypeError(
+                f"CorrelationMeter needs floating-point outputs (logits or probabilities), got {logits.dtype}"
+            )
         classes = logits.shape[1]
         if self.counts is not None and len(self.counts) != classes:
             raise ValueError(f"CorrelationMeter saw {len(self.counts)} classes so far, now {classes}; reset() first")

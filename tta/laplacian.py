@@ -4,7 +4,8 @@ the method ``lame`` and by the policy ``rebalance``'s refinement."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -58,7 +59,9 @@ def linear_affinity(features: Tensor, knn: int, valid: Tensor | None = None) -> 
 
 
 AFFINITIES: dict[str, Callable[[Tensor, int, Tensor | None], Tensor]] = {
-    "rbf": rbf_affinity, "knn": knn_affinity, "linear": linear_affinity,
+    "rbf": rbf_affinity,
+    "knn": knn_affinity,
+    "linear": linear_affinity,
 }
 
 
@@ -88,9 +91,7 @@ def lame_refinement(
     return torch.where(valid[:, None], refined, logits)
 
 
-def laplacian_optimization(
-    unary: Tensor, kernel: Tensor, valid: Tensor | None = None, max_steps: int = 100
-) -> Tensor:
+def laplacian_optimization(unary: Tensor, kernel: Tensor, valid: Tensor | None = None, max_steps: int = 100) -> Tensor:
     """LAME's bound optimization: ``Y <- softmax(-unary + kernel Y)`` from ``Y = softmax(-unary)``, until the
     energy ``sum(unary Y - (kernel Y) Y + Y log Y)`` changes by at most 1e-8 of itself (checked from the
     third step on) or ``max_steps``; returns ``log Y`` (the official code returns ``Y``). Where reading the

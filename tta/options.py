@@ -18,8 +18,8 @@ import math
 import numbers
 import types
 import typing
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import numpy as np
 
@@ -108,9 +108,7 @@ def _checked(where: str, option: _Option, value: object) -> int | float | bool |
         return None
     if option.kind is bool:
         if not isinstance(value, (bool, np.bool_)):
-            raise TypeError(
-                f"{where} must be a bool (True or False){or_none}, got {value!r} ({type(value).__name__})"
-            )
+            raise TypeError(f"{where} must be a bool (True or False){or_none}, got {value!r} ({type(value).__name__})")
         return bool(value)
     if option.kind is str:
         if not isinstance(value, str):

@@ -4,7 +4,8 @@ class (spec M13). The library and the CLI share them."""
 from __future__ import annotations
 
 import types
-from typing import TYPE_CHECKING, Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from tta.options import closest, declared_options, validate_options
 

@@ -8,7 +8,6 @@ import math
 import torch
 from torch import Tensor
 
-
 # Devices whose ATen build has the fused BatchNorm statistics kernel used by batch_moments.
 _FUSED_STATS_DEVICES = frozenset({"cpu", "cuda"})
 
@@ -107,8 +106,8 @@ def _row_moments(rows: Tensor) -> tuple[Tensor, Tensor]:
     squares = torch.empty(b * c, dtype=rows.dtype, device=rows.device)
     step = max(1, _ROW_CHUNK // length)
     for start in range(0, b * c, step):
-        deviation = flat_rows[start: start + step] - flat_mean[start: start + step]
-        torch.linalg.vecdot(deviation, deviation, out=squares[start: start + step])
+        deviation = flat_rows[start : start + step] - flat_mean[start : start + step]
+        torch.linalg.vecdot(deviation, deviation, out=squares[start : start + step])
     return mean, squares.view(b, c).div_(length)
 
 
@@ -178,9 +177,7 @@ def merge_moments(
     return total, torch.addcmul(mean, delta, weight), torch.addcmul(m2, delta.square(), count * weight)
 
 
-def normalize(
-    x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
-) -> Tensor:
+def normalize(x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
     """``weight * (x - mean) / sqrt(var + eps) + bias`` with per-channel statistics; keeps ``x``'s dtype.
 
     Float32 statistics normalize low-precision inputs directly (the kernel accumulates in float32);

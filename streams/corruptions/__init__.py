@@ -52,21 +52,25 @@ def _validate(images: Tensor, corruption: str, severity: int, table: str | None)
     if isinstance(severity, bool) or not isinstance(severity, (int, np.integer)) or not 1 <= severity <= 5:
         raise ValueError(f"severity must be an integer in 1..5, got {severity!r}")
     if images.dtype != torch.uint8:
-        raise TypeError(f"images must be uint8 (0..255), got {images.dtype}; "
-                        "convert with (x * 255).round().to(torch.uint8)")
+        raise TypeError(
+            f"images must be uint8 (0..255), got {images.dtype}; convert with (x * 255).round().to(torch.uint8)"
+        )
     if images.dim() != 4:
         raise ValueError(f"images must be N x C x H x W (rank 4), got shape {tuple(images.shape)}")
     if images.shape[1] not in (1, 3):
-        raise ValueError(f"images must have 1 or 3 channels, got C = {images.shape[1]} "
-                         f"(shape {tuple(images.shape)}; channels-last input needs .permute(0, 3, 1, 2))")
+        raise ValueError(
+            f"images must have 1 or 3 channels, got C = {images.shape[1]} "
+            f"(shape {tuple(images.shape)}; channels-last input needs .permute(0, 3, 1, 2))"
+        )
     if images.shape[2] < 2 or images.shape[3] < 2:
         raise ValueError(f"images must be at least 2 x 2 pixels, got {tuple(images.shape[2:])}")
     if table is not None and table not in TABLE_NAMES:
         raise ValueError(f"unknown table {table!r}; valid: {', '.join(TABLE_NAMES)} or None (by size)")
 
 
-def corrupt(images: Tensor, corruption: str, severity: int, *, seed: int, table: str | None = None,
-            index_offset: int = 0) -> Tensor:
+def corrupt(
+    images: Tensor, corruption: str, severity: int, *, seed: int, table: str | None = None, index_offset: int = 0
+) -> Tensor:
     """Corrupt a uint8 N x C x H x W batch (C = 1 or 3) at severity 1..5 (spec S2).
 
     Returns uint8 of the same shape on the same device. ``table`` is "cifar" or "imagenet" (None: by

@@ -110,7 +110,7 @@ def filter2d(x: Tensor, kernel: Tensor, border: str = "reflect101") -> Tensor:
     size = tuple(y.shape[-2:])
     spectrum = torch.fft.rfft2(y, s=size) * torch.fft.rfft2(torch.flip(kernel, (0, 1)), s=size)
     full = torch.fft.irfft2(spectrum, s=size)  # circular convolution; the valid part is exact
-    return full[..., kh - 1: kh - 1 + h, kw - 1: kw - 1 + w].reshape(n, c, h, w)
+    return full[..., kh - 1 : kh - 1 + h, kw - 1 : kw - 1 + w].reshape(n, c, h, w)
 
 
 def bilinear_sample(x: Tensor, ys: Tensor, xs: Tensor, border: str) -> Tensor:
@@ -125,7 +125,7 @@ def bilinear_sample(x: Tensor, ys: Tensor, xs: Tensor, border: str) -> Tensor:
     ya, yb = border_index(y0, h, border), border_index(y0 + 1, h, border)
     xa, xb = border_index(x0, w, border), border_index(x0 + 1, w, border)
     flat = x.reshape(n, c, h * w)
-    out_shape = (n, c) + tuple(ys.shape[1:])
+    out_shape = (n, c, *ys.shape[1:])
 
     def at(yi: Tensor, xi: Tensor) -> Tensor:
         idx = (yi * w + xi).reshape(n, 1, -1).expand(n, c, -1)
@@ -172,8 +172,9 @@ def motion_blur(x: Tensor, radius: float, sigma: float, angle_deg: Tensor) -> Te
     width = k.numel()
     chunk = max(1, MOTION_CHUNK_ELEMENTS // (c * (h + 2 * width) * (w + 2 * width)))
     if n > chunk:  # the taps' gathers run 2x faster on a few MB at a time than on a whole big batch
-        return torch.cat([motion_blur(x[i: i + chunk], radius, sigma, angle_deg[i: i + chunk])
-                          for i in range(0, n, chunk)])
+        return torch.cat(
+            [motion_blur(x[i : i + chunk], radius, sigma, angle_deg[i : i + chunk]) for i in range(0, n, chunk)]
+        )
     a = angle_deg.to(torch.float64) * (math.pi / 180.0)
     i = torch.arange(width, dtype=torch.float64, device=x.device)
     # ImageMagick: offset.x = ceil(i*cos(a) - 0.5), offset.y = ceil(i*sin(a) - 0.5)
@@ -186,7 +187,7 @@ def motion_blur(x: Tensor, radius: float, sigma: float, angle_deg: Tensor) -> Te
     rows = torch.arange(h, device=x.device) + p
     cols = torch.arange(w, device=x.device) + p
     base = (rows[:, None] * wp + cols[None, :]).reshape(1, -1)
-    shifts = (oy * wp + ox)  # (n, width)
+    shifts = oy * wp + ox  # (n, width)
     out = torch.zeros(n, c, h * w, dtype=x.dtype, device=x.device)
     for j in range(width):
         idx = (base + shifts[:, j : j + 1]).unsqueeze(1).expand(n, c, -1)
@@ -200,15 +201,15 @@ def _zoom_1d(n: int, zoom: float) -> tuple[tuple[int, ...], tuple[int, ...], tup
 
     Returns per output position the two source indices and the weight of the second one.
     """
-    crop = int(math.ceil(n / zoom))
+    crop = math.ceil(n / zoom)
     top = (n - crop) // 2
-    out_len = int(round(crop * zoom))
+    out_len = round(crop * zoom)
     trim = (out_len - n) // 2
     step = (crop - 1) / (out_len - 1) if out_len > 1 else 0.0
     i0s, i1s, fs = [], [], []
     for r in range(n):
         pos = (r + trim) * step
-        i0 = min(int(math.floor(pos)), crop - 1)
+        i0 = min(math.floor(pos), crop - 1)
         f = pos - i0
         i1 = min(i0 + 1, crop - 1)
         i0s.append(top + i0)
@@ -237,8 +238,9 @@ def clipped_zoom_matrix(h: int, w: int, zooms: tuple[float, ...], include_identi
         cols.append(out_idx.reshape(-1))
         vals.append(torch.ones(h * w, dtype=torch.float64))
     count = len(zooms) + (1 if include_identity else 0)
-    m = torch.sparse_coo_tensor(torch.stack([torch.cat(rows), torch.cat(cols)]),
-                                torch.cat(vals) / count, (h * w, h * w), check_invariants=True)
+    m = torch.sparse_coo_tensor(
+        torch.stack([torch.cat(rows), torch.cat(cols)]), torch.cat(vals) / count, (h * w, h * w), check_invariants=True
+    )
     with warnings.catch_warnings():  # "sparse CSR support is in beta": the one kernel we use is stable
         warnings.simplefilter("ignore", UserWarning)
         return m.coalesce().to(torch.float32).to_sparse_csr()

@@ -70,7 +70,7 @@ class ImageRNG:
         """The same images' draws in consecutive groups of ``size`` images (for cache-sized work)."""
         for start in range(0, self.n, size):
             part = copy.copy(self)
-            part.keys = self.keys[start: start + size]
+            part.keys = self.keys[start : start + size]
             part.n = int(part.keys.numel())
             yield part
 

@@ -25,14 +25,13 @@ def disk_kernel(radius: float, alias_blur: float) -> Tensor:
     t = torch.arange(-half, half + 1, dtype=torch.float64)
     disk = ((t[:, None] ** 2 + t[None, :] ** 2) <= radius**2).to(torch.float64)
     disk /= disk.sum()
-    g = torch.exp(-((torch.arange(ksize, dtype=torch.float64) - (ksize - 1) / 2) ** 2)
-                  / (2 * alias_blur**2))
+    g = torch.exp(-((torch.arange(ksize, dtype=torch.float64) - (ksize - 1) / 2) ** 2) / (2 * alias_blur**2))
     g /= g.sum()
     k = _ops.separable_filter(disk[None, None], g, g, "reflect101")[0, 0]
     nonzero = torch.nonzero(k.abs().sum(0) > 0)
     margin = int(nonzero.min()) if nonzero.numel() else half
     margin = min(margin, half)
-    return k[margin: k.shape[0] - margin, margin: k.shape[1] - margin].contiguous()
+    return k[margin : k.shape[0] - margin, margin : k.shape[1] - margin].contiguous()
 
 
 def defocus_blur(x: Tensor, rng: ImageRNG, radius: float, alias_blur: float) -> Tensor:

@@ -133,7 +133,7 @@ def elastic_transform(x: Tensor, rng: ImageRNG, alpha: float, sigma: float, jitt
     """Random affine warp (3 jittered points, reflect-101 border), then a smooth random displacement
     field (uniform noise smoothed with sigma, truncate 3, scaled by alpha), bilinear with symmetric
     border. Keeps the reference's quirk of passing (row, col) centre points as (x, y)."""
-    n, c, h, w = x.shape
+    n, _, h, w = x.shape
     dev = x.device
     centre = torch.tensor([h // 2, w // 2], dtype=torch.float64)
     size = min(h, w) // 3
@@ -141,8 +141,11 @@ def elastic_transform(x: Tensor, rng: ImageRNG, alpha: float, sigma: float, jitt
     pts1 = pts1.to(dev)
     pts2 = pts1[None] + rng.uniform("affine", (3, 2), -jitter, jitter).to(torch.float64)
     inv = _affine_inverse(pts1[None].expand(n, -1, -1), pts2)
-    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64, device=dev),
-                            torch.arange(w, dtype=torch.float64, device=dev), indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(h, dtype=torch.float64, device=dev),
+        torch.arange(w, dtype=torch.float64, device=dev),
+        indexing="ij",
+    )
     src_x = inv[:, 0, 0, None, None] * xx + inv[:, 0, 1, None, None] * yy + inv[:, 0, 2, None, None]
     src_y = inv[:, 1, 0, None, None] * xx + inv[:, 1, 1, None, None] * yy + inv[:, 1, 2, None, None]
     warped = _ops.bilinear_sample(x, src_y.float(), src_x.float(), "reflect101")

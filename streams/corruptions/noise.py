@@ -43,7 +43,7 @@ def _poisson_cdf_table(photons: float) -> tuple[Tensor, int]:
     Inverting the CDF is exact sampling; the table goes 12 standard deviations past the largest mean.
     """
     lam_max = photons
-    k_max = int(math.ceil(lam_max + 12 * math.sqrt(lam_max) + 20))
+    k_max = math.ceil(lam_max + 12 * math.sqrt(lam_max) + 20)
     k = torch.arange(k_max, dtype=torch.float64)
     lam = torch.arange(256, dtype=torch.float64)[:, None] / 255.0 * photons
     logp = k * torch.log(lam.clamp_min(1e-300)) - lam - torch.lgamma(k + 1)

@@ -16,7 +16,6 @@ from torch import Tensor
 from streams.corruptions import _ops
 from streams.corruptions._rng import ImageRNG
 
-
 # ----------------------------------------------------------------------------------------------- fog
 PLASMA_CHUNK_ELEMENTS = 1 << 21  # map entries per pass of the diamond-square algorithm (8 MB)
 
@@ -33,8 +32,7 @@ def plasma_fractal(rng: ImageRNG, size: int, wibble_decay: float, device: torch.
         raise ValueError(f"plasma fractal size must be a power of two, got {size}")
     chunk = max(1, PLASMA_CHUNK_ELEMENTS // (size * size))
     if rng.n > chunk:  # a few MB of maps at a time stay in cache: 1.5x faster at size 256
-        return torch.cat([plasma_fractal(part, size, wibble_decay, device)
-                          for part in rng.chunks(chunk)])
+        return torch.cat([plasma_fractal(part, size, wibble_decay, device) for part in rng.chunks(chunk)])
     n = rng.n
     grid = torch.zeros(n, 1, 1, dtype=torch.float32, device=device)  # the corners at step = size
     wibble, level = 100.0, 0
@@ -92,7 +90,8 @@ def frost_texture_files() -> list:
     except ModuleNotFoundError as exc:
         raise ImportError(
             "the frost corruption needs the frost texture images shipped by the corrupt-tta package, which "
-            "is not installed: pip install corrupt-tta") from exc
+            "is not installed: pip install corrupt-tta"
+        ) from exc
     return [folder.joinpath(name) for name in FROST_TEXTURES]
 
 
@@ -120,7 +119,7 @@ def frost_textures(scale: float, min_h: int, min_w: int) -> tuple[Tensor, ...]:
     return tuple(out)
 
 
-def _pil_to_array(im):  # noqa: ANN001, ANN202 - PIL image to numpy uint8 H x W x 3
+def _pil_to_array(im):
     import numpy as np
 
     return np.asarray(im, dtype=np.uint8).copy()
@@ -141,7 +140,7 @@ def _cv2_linear_resize(img: Tensor, out_h: int, out_w: int, scale: float) -> Ten
 def frost(x: Tensor, rng: ImageRNG, image_weight: float, frost_weight: float, *, texture_scale: float) -> Tensor:
     """Blend with a random crop of one of five frost textures (chosen uniformly per image), resized by
     ``texture_scale`` first."""
-    n, c, h, w = x.shape
+    n, _, h, w = x.shape
     textures = frost_textures(texture_scale, h, w)
     choice = rng.integers("texture", (), 0, len(textures)).cpu()
     u_row = rng.uniform("row", ()).cpu()
@@ -163,11 +162,20 @@ def frost(x: Tensor, rng: ImageRNG, image_weight: float, frost_weight: float, *,
 
 
 # ---------------------------------------------------------------------------------------------- snow
-def snow(x: Tensor, rng: ImageRNG, loc: float, scale: float, zoom: float, threshold: float,
-         radius: float, sigma: float, blend: float) -> Tensor:
+def snow(
+    x: Tensor,
+    rng: ImageRNG,
+    loc: float,
+    scale: float,
+    zoom: float,
+    threshold: float,
+    radius: float,
+    sigma: float,
+    blend: float,
+) -> Tensor:
     """Zoomed, thresholded Gaussian flakes streaked by ImageMagick's motion blur (angle in
     [-135, -45)), added twice (the layer and its 180-degree rotation) to a whitened image."""
-    n, c, h, w = x.shape
+    h, w = x.shape[-2:]
     layer = rng.normal("flakes", (1, h, w), loc=loc, scale=scale)
     layer = _ops.clipped_zoom(layer, float(zoom))
     layer = torch.where(layer < threshold, torch.zeros_like(layer), layer)
@@ -200,7 +208,7 @@ def _canny(img: Tensor, low: float, high: float) -> Tensor:
 
     def nb(dy: int, dx: int) -> Tensor:
         h, w = mag.shape[-2:]
-        return mp[..., 1 + dy: 1 + dy + h, 1 + dx: 1 + dx + w]
+        return mp[..., 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
 
     ax, ay = gx.abs(), gy.abs()
     tg22, tg67 = math.tan(math.radians(22.5)), math.tan(math.radians(67.5))
@@ -209,8 +217,7 @@ def _canny(img: Tensor, low: float, high: float) -> Tensor:
     same_sign = (gx * gy) >= 0
     keep_h = (mag > nb(0, -1)) & (mag >= nb(0, 1))
     keep_v = (mag > nb(-1, 0)) & (mag >= nb(1, 0))
-    keep_d = torch.where(same_sign, (mag > nb(-1, -1)) & (mag > nb(1, 1)),
-                         (mag > nb(-1, 1)) & (mag > nb(1, -1)))
+    keep_d = torch.where(same_sign, (mag > nb(-1, -1)) & (mag > nb(1, 1)), (mag > nb(-1, 1)) & (mag > nb(1, -1)))
     keep = torch.where(horizontal, keep_h, torch.where(vertical, keep_v, keep_d)) & (mag > low)
     edges = keep & (mag > high)
     weak = keep
@@ -230,12 +237,12 @@ def _distance_to_edges(edges: Tensor, cap: int) -> Tensor:
     ep = F.pad(edges.float(), (cap, cap, 0, 0))
     g = torch.full(edges.shape, inf, dtype=torch.float32, device=edges.device)
     for k in range(-cap, cap + 1):
-        hit = ep[..., cap + k: cap + k + w] > 0
+        hit = ep[..., cap + k : cap + k + w] > 0
         g = torch.where(hit, torch.minimum(g, torch.full_like(g, float(k * k))), g)
     gp = F.pad(g, (0, 0, cap, cap), value=inf)
     d2 = torch.full(edges.shape, inf, dtype=torch.float32, device=edges.device)
     for k in range(-cap, cap + 1):
-        d2 = torch.minimum(d2, gp[..., cap + k: cap + k + h, :] + k * k)
+        d2 = torch.minimum(d2, gp[..., cap + k : cap + k + h, :] + k * k)
     return torch.sqrt(d2).clamp_(max=float(cap))
 
 
@@ -261,15 +268,16 @@ _WATER = (175 / 255, 238 / 255, 238 / 255)  # the reference's "pale turquoise", 
 _MUD = (63 / 255, 42 / 255, 20 / 255)
 
 
-def spatter(x: Tensor, rng: ImageRNG, loc: float, scale: float, sigma: float, threshold: float,
-            intensity: float, mode: int) -> Tensor:
+def spatter(
+    x: Tensor, rng: ImageRNG, loc: float, scale: float, sigma: float, threshold: float, intensity: float, mode: int
+) -> Tensor:
     """Water drops (mode 0: edges of a thresholded smooth noise layer, distance-transformed, equalized
     and embossed) or mud (mode 1: a blurred binary mask of the layer), after the reference.
 
     Departures, all in mode 0 helpers: the distance is exact Euclidean (cv2 uses its 5x5 mask
     approximation) and values of the layer above 1 saturate at 255 instead of wrapping modulo 256.
     """
-    n, c, h, w = x.shape
+    h, w = x.shape[-2:]
     liquid = rng.normal("liquid", (1, h, w), loc=loc, scale=scale)
     liquid = _ops.gaussian_filter(liquid, float(sigma))
     liquid = torch.where(liquid < threshold, torch.zeros_like(liquid), liquid)

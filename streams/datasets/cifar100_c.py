@@ -12,15 +12,17 @@ def _load(data_dir: Path | None) -> PrecomputedSource:
     return cifar_c_source("cifar100-c", data_dir)
 
 
-INFO = register_dataset(DatasetInfo(
-    name="cifar100-c",
-    aliases=("cifar100",),
-    base="cifar100",
-    input_shape=(3, 32, 32),
-    num_classes=100,
-    classes=PRECOMPUTED_SETS["cifar100-c"].classes,
-    load=_load,
-    table="cifar",
-    folder=PRECOMPUTED_SETS["cifar100-c"].folder,
-    url=PRECOMPUTED_SETS["cifar100-c"].url,
-))
+INFO = register_dataset(
+    DatasetInfo(
+        name="cifar100-c",
+        aliases=("cifar100",),
+        base="cifar100",
+        input_shape=(3, 32, 32),
+        num_classes=100,
+        classes=PRECOMPUTED_SETS["cifar100-c"].classes,
+        load=_load,
+        table="cifar",
+        folder=PRECOMPUTED_SETS["cifar100-c"].folder,
+        url=PRECOMPUTED_SETS["cifar100-c"].url,
+    )
+)

@@ -12,15 +12,17 @@ def _load(data_dir: Path | None) -> PrecomputedSource:
     return cifar_c_source("cifar10-c", data_dir)
 
 
-INFO = register_dataset(DatasetInfo(
-    name="cifar10-c",
-    aliases=("cifar10",),
-    base="cifar10",
-    input_shape=(3, 32, 32),
-    num_classes=10,
-    classes=PRECOMPUTED_SETS["cifar10-c"].classes,
-    load=_load,
-    table="cifar",
-    folder=PRECOMPUTED_SETS["cifar10-c"].folder,
-    url=PRECOMPUTED_SETS["cifar10-c"].url,
-))
+INFO = register_dataset(
+    DatasetInfo(
+        name="cifar10-c",
+        aliases=("cifar10",),
+        base="cifar10",
+        input_shape=(3, 32, 32),
+        num_classes=10,
+        classes=PRECOMPUTED_SETS["cifar10-c"].classes,
+        load=_load,
+        table="cifar",
+        folder=PRECOMPUTED_SETS["cifar10-c"].folder,
+        url=PRECOMPUTED_SETS["cifar10-c"].url,
+    )
+)

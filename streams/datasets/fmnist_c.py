@@ -13,13 +13,15 @@ def _load(data_dir: Path | None) -> ImageSet:
     return fashion_mnist("test")
 
 
-INFO = register_dataset(DatasetInfo(
-    name="fmnist-c",
-    aliases=("fmnist", "fashion-mnist", "fashion-mnist-c"),
-    base="fmnist",
-    input_shape=(1, 28, 28),
-    num_classes=10,
-    classes=tuple(CLASSES),
-    load=_load,
-    table="cifar",
-))
+INFO = register_dataset(
+    DatasetInfo(
+        name="fmnist-c",
+        aliases=("fmnist", "fashion-mnist", "fashion-mnist-c"),
+        base="fmnist",
+        input_shape=(1, 28, 28),
+        num_classes=10,
+        classes=tuple(CLASSES),
+        load=_load,
+        table="cifar",
+    )
+)

@@ -15,14 +15,16 @@ def _load(data_dir: Path | None) -> PrecomputedSource:
     return imagenet_c_source(data_dir)
 
 
-INFO = register_dataset(DatasetInfo(
-    name="imagenet-c",
-    aliases=("imagenet",),
-    base="imagenet",
-    input_shape=(3, 224, 224),
-    num_classes=1000,
-    load=_load,
-    table="imagenet",
-    folder=PRECOMPUTED_SETS["imagenet-c"].folder,
-    url=PRECOMPUTED_SETS["imagenet-c"].url,
-))
+INFO = register_dataset(
+    DatasetInfo(
+        name="imagenet-c",
+        aliases=("imagenet",),
+        base="imagenet",
+        input_shape=(3, 224, 224),
+        num_classes=1000,
+        load=_load,
+        table="imagenet",
+        folder=PRECOMPUTED_SETS["imagenet-c"].folder,
+        url=PRECOMPUTED_SETS["imagenet-c"].url,
+    )
+)

@@ -21,8 +21,8 @@ import contextlib
 import importlib
 import random
 import sys
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
-from typing import Callable, Iterator
 
 import torch
 import torchvision.transforms as transforms
@@ -44,7 +44,9 @@ class RenamedRandomAffine(transforms.RandomAffine):
     ``fillcolor``; removed from torchvision since), with the same meaning."""
 
     def __init__(self, *args: object, resample: object = None, fillcolor: object = None, **kwargs: object) -> None:
-        interpolation = transforms.InterpolationMode.BILINEAR if resample is not None else transforms.InterpolationMode.NEAREST
+        interpolation = (
+            transforms.InterpolationMode.BILINEAR if resample is not None else transforms.InterpolationMode.NEAREST
+        )
         super().__init__(*args, interpolation=interpolation, fill=0 if fillcolor is None else fillcolor, **kwargs)
 
 
@@ -62,8 +64,9 @@ def official_learner(official: object, model: nn.Module, augment: Callable | Non
     """The official adapter on ``model``; ``augment`` replaces its strong augmentation, None keeps it."""
     official.timeliness_reweighting = cpu_timeliness_reweighting
     config = SimpleNamespace(
-        ADAPTER=SimpleNamespace(RoTTA=SimpleNamespace(
-            MEMORY_SIZE=64, UPDATE_FREQUENCY=64, NU=0.001, ALPHA=0.05, LAMBDA_T=1.0, LAMBDA_U=1.0)),
+        ADAPTER=SimpleNamespace(
+            RoTTA=SimpleNamespace(MEMORY_SIZE=64, UPDATE_FREQUENCY=64, NU=0.001, ALPHA=0.05, LAMBDA_T=1.0, LAMBDA_U=1.0)
+        ),
         CORRUPTION=SimpleNamespace(NUM_CLASS=10),
         OPTIM=SimpleNamespace(STEPS=1),
         INPUT=SimpleNamespace(SIZE=(image_size, image_size)),
@@ -82,8 +85,9 @@ def compare_logits(official: object, flip: bool) -> None:
     ours = tta.attach_method(tta.adapt(load_bundled_model(), "rbn"), "rotta", augment="none")
     if flip:
         ours.augmented = augment
-    stream = streams.Stream("fmnist", corruptions=["fog"], severities=5, order="dirichlet:0.1",
-                            n_examples=1000, batch_size=64, seed=0)
+    stream = streams.Stream(
+        "fmnist", corruptions=["fog"], severities=5, order="dirichlet:0.1", n_examples=1000, batch_size=64, seed=0
+    )
     worst, worst_10 = 0.0, 0.0
     with torch.no_grad():
         for x, _, _ in stream:
@@ -93,8 +97,10 @@ def compare_logits(official: object, flip: bool) -> None:
                 worst_10 = max(worst_10, gap)
     student = [p for p in reference.model.parameters() if p.requires_grad]
     student_gap = max((a - b).abs().max().item() for a, b in zip(ours.params, student))
-    print(f"teacher logits, largest difference over the first 10 memory updates: {worst_10:.3g}; "
-          f"over all {int(ours.updates)}: {worst:.3g}; student affine parameters: {student_gap:.3g}")
+    print(
+        f"teacher logits, largest difference over the first 10 memory updates: {worst_10:.3g}; "
+        f"over all {int(ours.updates)}: {worst:.3g}; student affine parameters: {student_gap:.3g}"
+    )
 
 
 def compare_errors(official: object, order: str, n_examples: int | None, seed: int) -> None:
@@ -104,8 +110,9 @@ def compare_errors(official: object, order: str, n_examples: int | None, seed: i
         "official": official_learner(official, load_bundled_model(), None, 28),
         "tta": tta.attach_method(tta.adapt(load_bundled_model(), "rbn"), "rotta", seed=seed),
     }
-    stream = streams.Stream("fmnist", severities=5, order=order, setting="continual",
-                            n_examples=n_examples, batch_size=64, seed=seed)
+    stream = streams.Stream(
+        "fmnist", severities=5, order=order, setting="continual", n_examples=n_examples, batch_size=64, seed=seed
+    )
     wrong = {name: {} for name in learners}
     counts: dict[str, int] = {}
     with torch.no_grad():
@@ -121,7 +128,8 @@ def compare_errors(official: object, order: str, n_examples: int | None, seed: i
     for domain, count in counts.items():
         print(f"{domain:<20} {100 * wrong['official'][domain] / count:9.2f} {100 * wrong['tta'][domain] / count:9.2f}")
     means = {name: sum(100 * w[d] / counts[d] for d in counts) / len(counts) for name, w in wrong.items()}
-    print(f"{'mean':<20} {means['official']:9.2f} {means['tta']:9.2f}   difference {means['tta'] - means['official']:+.2f}")
+    difference = means["tta"] - means["official"]
+    print(f"{'mean':<20} {means['official']:9.2f} {means['tta']:9.2f}   difference {difference:+.2f}")
 
 
 def main() -> None:

@@ -41,8 +41,10 @@ def main() -> None:
     learner = tta.attach_method(tta.adapt(load_bundled_model(), "tbn"), "tent")
     worst = max((learner(x) - reference(x).detach()).abs().max().item() for x in batches)
     params_gap = max((p - q).abs().max().item() for p, q in zip(reference_params, learner.params))
-    print(f"largest logit difference over {len(batches)} batches: {worst:.3e}; "
-          f"largest affine-parameter difference: {params_gap:.3e}")
+    print(
+        f"largest logit difference over {len(batches)} batches: {worst:.3e}; "
+        f"largest affine-parameter difference: {params_gap:.3e}"
+    )
 
     # The gradient through the batch statistics matters: without it the two drift apart.
     detached = tta.attach_method(tta.adapt(load_bundled_model(), "tbn"), "tent")

@@ -74,8 +74,16 @@ def test_run_writes_one_row_per_grid_cell_and_the_report(finished):
 def test_source_rows_match_the_unadapted_model_evaluated_by_hand(finished, cache_dir):
     # spec M1: `source` is the original model; its errors do not depend on the label order.
     model = load_bundled_model().eval()
-    stream = streams.Stream(streams.fashion_mnist("test"), corruptions=["brightness"], severities=5,
-                            order="iid", batch_size=50, n_examples=200, seed=0, cache_dir=cache_dir)
+    stream = streams.Stream(
+        streams.fashion_mnist("test"),
+        corruptions=["brightness"],
+        severities=5,
+        order="iid",
+        batch_size=50,
+        n_examples=200,
+        seed=0,
+        cache_dir=cache_dir,
+    )
     with torch.no_grad():
         expected = sum(int((model(b.x).argmax(1) != b.y).sum()) for b in stream)
     rows = {grid.row_key(r): r for r in read_rows(finished / "results.jsonl")}
@@ -123,8 +131,13 @@ def test_results_of_other_arguments_are_refused_not_mixed(finished, cache_dir, c
 
 @pytest.mark.parametrize(
     ("flag", "value"),
-    [("--policies", "source,no_such_policy"), ("--corruptions", "brightness,no_such_corruption"),
-     ("--dataset", "no_such_dataset"), ("--order", "iid,no_such_order"), ("--setting", "no_such_setting")],
+    [
+        ("--policies", "source,no_such_policy"),
+        ("--corruptions", "brightness,no_such_corruption"),
+        ("--dataset", "no_such_dataset"),
+        ("--order", "iid,no_such_order"),
+        ("--setting", "no_such_setting"),
+    ],
 )
 def test_unknown_names_are_refused_before_anything_is_written(tmp_path, capsys, flag, value):
     args = list(SMALL)
@@ -144,8 +157,14 @@ def test_a_killed_run_resumes_without_losing_or_repeating_a_row(tmp_path, cache_
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
     def start() -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "benchmarks.cli", "run", *args], cwd=REPO, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.cli", "run", *args],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     def wait_for_lines(process: subprocess.Popen, count: int) -> None:
         deadline = time.monotonic() + 120
@@ -210,11 +229,27 @@ def test_run_on_a_malicious_model_file_runs_none_of_its_code(tmp_path, capsys):
 
 def test_run_on_a_state_dict_with_arch_gives_the_bundled_models_rows(tmp_path, finished, cache_dir):
     torch.save(load_bundled_model().state_dict(), tmp_path / "weights.pt")
-    args = [*SMALL, "--model", str(tmp_path / "weights.pt"), "--arch", "bundled", "--policies", "source",
-            "--order", "iid", "--cache-dir", str(cache_dir), "--out", str(tmp_path / "out")]
+    args = [
+        *SMALL,
+        "--model",
+        str(tmp_path / "weights.pt"),
+        "--arch",
+        "bundled",
+        "--policies",
+        "source",
+        "--order",
+        "iid",
+        "--cache-dir",
+        str(cache_dir),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     assert cli.main(["run", *args]) == 0
-    expected = {grid.row_key(r): r["errors"] for r in read_rows(finished / "results.jsonl") if r["policy"] == "source"
-                and r["order"] == "iid"}
+    expected = {
+        grid.row_key(r): r["errors"]
+        for r in read_rows(finished / "results.jsonl")
+        if r["policy"] == "source" and r["order"] == "iid"
+    }
     got = {grid.row_key(r): r["errors"] for r in read_rows(tmp_path / "out" / "results.jsonl")}
     assert got == expected
     assert json.loads((tmp_path / "out" / "config.json").read_text())["arch"] == "bundled"
@@ -238,8 +273,17 @@ def test_a_bad_option_value_is_one_error_before_anything_is_written(tmp_path, ca
 
 def test_a_model_for_other_images_is_refused_before_the_grid_starts(tmp_path, cache_dir, capsys):
     # A 3-channel ImageNet architecture (built with 10 classes) cannot read 1-channel Fashion-MNIST.
-    args = [*SMALL, "--model", "torchvision.models:resnet18", "--model-arg", "num_classes=10",
-            "--cache-dir", str(cache_dir), "--out", str(tmp_path / "out")]
+    args = [
+        *SMALL,
+        "--model",
+        "torchvision.models:resnet18",
+        "--model-arg",
+        "num_classes=10",
+        "--cache-dir",
+        str(cache_dir),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     assert cli.main(["run", *args]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "cannot process the fmnist-c images" in err and "(50, 1, 28, 28)" in err
@@ -278,10 +322,24 @@ def _subprocess_env() -> dict[str, str]:
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_a_second_run_into_a_folder_in_use_fails_at_once_naming_the_holder(tmp_path, cache_dir, capsys):
-    args = [*SMALL, "--order", "iid,sorted,dirichlet:1.0", "--cache-dir", str(cache_dir), "--out", str(tmp_path / "out")]
+    args = [
+        *SMALL,
+        "--order",
+        "iid,sorted,dirichlet:1.0",
+        "--cache-dir",
+        str(cache_dir),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     results = tmp_path / "out" / "results.jsonl"
-    holder = subprocess.Popen([sys.executable, "-m", "benchmarks.cli", "run", *args], cwd=REPO,
-                              env=_subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.cli", "run", *args],
+        cwd=REPO,
+        env=_subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not (results.exists() and results.read_bytes().count(b"\n") >= 1):
@@ -326,9 +384,17 @@ def test_two_runs_started_together_on_a_new_folder_one_is_refused_at_once(tmp_pa
     go = tmp_path / "go"
     out = tmp_path / "new" / "out"
     args = [*SMALL, "--order", "iid", "--cache-dir", str(cache_dir), "--out", str(out)]
-    runs = [subprocess.Popen([sys.executable, "-c", _AT_THE_SIGNAL, str(tmp_path / f"ready{i}"), str(go), "run",
-                              *args, "--seeds", seed], cwd=REPO, env=_subprocess_env(), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True) for i, seed in enumerate(seeds)]
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _AT_THE_SIGNAL, str(tmp_path / f"ready{i}"), str(go), "run", *args, "--seeds", seed],
+            cwd=REPO,
+            env=_subprocess_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i, seed in enumerate(seeds)
+    ]
     deadline = time.monotonic() + 120
     while not all((tmp_path / f"ready{i}").exists() for i in range(2)):
         assert time.monotonic() < deadline and all(run.poll() is None for run in runs)
@@ -364,8 +430,9 @@ def test_report_counts_a_duplicated_result_once_and_says_so(finished, tmp_path, 
     with open(folder / "results.csv", newline="") as file:
         assert len(list(csv.DictReader(file))) == len(rows)
     same = [r["error"] for r in rows if (r["policy"], r["order"]) == (first["policy"], first["order"])]
-    line = next(line for line in (folder / "report.md").read_text().splitlines()
-                if line.startswith(f"| {first['policy']} "))
+    line = next(
+        line for line in (folder / "report.md").read_text().splitlines() if line.startswith(f"| {first['policy']} ")
+    )
     assert f"{sum(same) / len(same):.1f}" in line
 
 
@@ -399,8 +466,10 @@ DAMAGE = {  # how a folder is damaged, and what the error must name
     "a line that is not UTF-8": (lambda f: _append_line(f, b"\xff\xfe"), "results.jsonl, line 9"),
     "results.jsonl a folder": (_results_as_folder, "results.jsonl"),
     "a config that is a list": (lambda f: (f / "config.json").write_text("[1, 2]"), "config.json"),
-    "a truncated config": (lambda f: (f / "config.json").write_text((f / "config.json").read_text()[:50]),
-                           "config.json, line 4"),
+    "a truncated config": (
+        lambda f: (f / "config.json").write_text((f / "config.json").read_text()[:50]),
+        "config.json, line 4",
+    ),
     "a config without policies": (_drop_policies, "config.json: 'policies'"),
     "a meta that is a list": (lambda f: (f / "meta.json").write_text("[]"), "meta.json"),
     "a truncated meta": (lambda f: (f / "meta.json").write_text((f / "meta.json").read_text()[:30]), "meta.json, line"),
@@ -410,7 +479,8 @@ DAMAGE = {  # how a folder is damaged, and what the error must name
 @pytest.mark.parametrize("command", ["report", "run"])
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_a_damaged_folder_is_one_error_naming_the_file_and_line_and_is_left_as_it_was(
-        finished, cache_dir, tmp_path, capsys, command, damage):
+    finished, cache_dir, tmp_path, capsys, command, damage
+):
     import shutil
 
     folder = tmp_path / "copy"
@@ -418,8 +488,11 @@ def test_a_damaged_folder_is_one_error_naming_the_file_and_line_and_is_left_as_i
     damaged, named = DAMAGE[damage]
     damaged(folder)
     before = {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()}
-    argv = ["report", str(folder)] if command == "report" else \
-        ["run", *SMALL, "--cache-dir", str(cache_dir), "--out", str(folder)]
+    argv = (
+        ["report", str(folder)]
+        if command == "report"
+        else ["run", *SMALL, "--cache-dir", str(cache_dir), "--out", str(folder)]
+    )
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and named in err and "Traceback" not in err, err
@@ -437,7 +510,8 @@ def test_a_model_path_that_holds_no_model_is_one_error_naming_it(tmp_path, capsy
 
 
 def test_a_corruption_whose_package_is_missing_is_one_error_naming_both_before_anything_is_written(
-        tmp_path, cache_dir, capsys, monkeypatch):
+    tmp_path, cache_dir, capsys, monkeypatch
+):
     for module in ("corrupt_tta", "corrupt_tta.assets", "corrupt_tta.assets.frost"):
         monkeypatch.setitem(sys.modules, module, None)  # importing it raises ImportError
     args = [*SMALL, "--policies", "source", "--order", "iid", "--corruptions", "brightness,frost"]
@@ -501,8 +575,15 @@ def test_report_warns_once_about_a_duplicated_result(finished, tmp_path):
     shutil.copytree(finished, folder)
     lines = (folder / "results.jsonl").read_text().splitlines()
     (folder / "results.jsonl").write_text("\n".join([*lines, lines[0]]) + "\n")
-    done = subprocess.run([sys.executable, "-m", "benchmarks.cli", "report", str(folder)], cwd=REPO,
-                          env=_subprocess_env(), capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.cli", "report", str(folder)],
+        cwd=REPO,
+        env=_subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0 and done.stderr.count("stored more than once") == 1, done.stderr
 
 
@@ -512,8 +593,17 @@ def test_report_warns_once_about_a_duplicated_result(finished, tmp_path):
 def _source_errors(cache_dir: Path, corruptions: list[str] | None, **stream_options) -> int:
     """Misclassified images of the unadapted bundled model on a stream built by hand."""
     model = load_bundled_model().eval()
-    stream = streams.Stream(streams.fashion_mnist("test"), corruptions=corruptions, severities=5, order="iid",
-                            batch_size=50, n_examples=200, seed=0, cache_dir=cache_dir, **stream_options)
+    stream = streams.Stream(
+        streams.fashion_mnist("test"),
+        corruptions=corruptions,
+        severities=5,
+        order="iid",
+        batch_size=50,
+        n_examples=200,
+        seed=0,
+        cache_dir=cache_dir,
+        **stream_options,
+    )
     with torch.no_grad():
         return sum(int((model(b.x).argmax(1) != b.y).sum()) for b in stream)
 
@@ -558,16 +648,32 @@ def test_without_a_terminal_each_result_is_one_line_and_threads_are_recorded(tmp
     captured = capsys.readouterr()
     rows = read_rows(tmp_path / "results.jsonl")
     # two units (a domain episode each) of two results, one after the other
-    expected = [f"[{i}/4] {r['policy']} single iid seed 0 {r['corruption']}-5: error {r['error']:.1f}% "
-                f"(units: {int(i <= 2)} running, {(i + 1) // 2}/2 done)" for i, r in enumerate(rows, start=1)]
+    expected = [
+        f"[{i}/4] {r['policy']} single iid seed 0 {r['corruption']}-5: error {r['error']:.1f}% "
+        f"(units: {int(i <= 2)} running, {(i + 1) // 2}/2 done)"
+        for i, r in enumerate(rows, start=1)
+    ]
     assert [line for line in captured.out.splitlines() if line.startswith("[")] == expected
     assert "\r" not in captured.out + captured.err
     assert json.loads((tmp_path / "meta.json").read_text())["runs"][0]["threads"] == 2
 
 
 def test_table_is_given_to_the_stream_and_recorded(tmp_path, cache_dir):
-    args = [*SMALL, "--policies", "source", "--order", "iid", "--corruptions", "contrast", "--table", "imagenet",
-            "--cache-dir", str(cache_dir), "--out", str(tmp_path)]
+    args = [
+        *SMALL,
+        "--policies",
+        "source",
+        "--order",
+        "iid",
+        "--corruptions",
+        "contrast",
+        "--table",
+        "imagenet",
+        "--cache-dir",
+        str(cache_dir),
+        "--out",
+        str(tmp_path),
+    ]
     assert cli.main(["run", *args]) == 0
     (row,) = read_rows(tmp_path / "results.jsonl")
     assert row["errors"] == _source_errors(cache_dir, ["contrast"], table="imagenet")
@@ -643,14 +749,27 @@ def with_methods(tmp_path_factory, cache_dir) -> tuple[Path, str]:
     return out, printed.getvalue()
 
 
-def _hand_built_errors(cache_dir: Path, method: str, policy: str,
-                       corruptions: tuple[str, ...] = ("brightness", "contrast"), **options: object) -> dict[str, int]:
+def _hand_built_errors(
+    cache_dir: Path,
+    method: str,
+    policy: str,
+    corruptions: tuple[str, ...] = ("brightness", "contrast"),
+    **options: object,
+) -> dict[str, int]:
     """Misclassified images per corruption of ``method`` over ``policy``, by hand: adapt, attach, and walk
     the stream's episodes resetting the learner before each (no benchmark code, no no_grad)."""
     learner = tta.attach_method(tta.adapt(load_bundled_model().eval(), policy), method, **options)
-    stream = streams.Stream(streams.fashion_mnist("test"), corruptions=list(corruptions), severities=5,
-                            order="iid", setting="single", batch_size=50, n_examples=200, seed=0,
-                            cache_dir=cache_dir)
+    stream = streams.Stream(
+        streams.fashion_mnist("test"),
+        corruptions=list(corruptions),
+        severities=5,
+        order="iid",
+        setting="single",
+        batch_size=50,
+        n_examples=200,
+        seed=0,
+        cache_dir=cache_dir,
+    )
     errors = {}
     for domain, batches in stream.episodes():
         tta.reset(learner)
@@ -678,18 +797,31 @@ def test_the_none_rows_of_a_method_grid_are_the_rows_of_a_run_without_methods(wi
 @pytest.mark.parametrize("policy", ["source", "tbn"])
 def test_the_tent_rows_equal_a_hand_built_tent_loop_on_the_same_stream(with_methods, cache_dir, policy):
     out, _ = with_methods
-    got = {r["corruption"]: r["errors"] for r in read_rows(out / "results.jsonl")
-           if (r["method"], r["policy"]) == ("tent", policy)}
+    got = {
+        r["corruption"]: r["errors"]
+        for r in read_rows(out / "results.jsonl")
+        if (r["method"], r["policy"]) == ("tent", policy)
+    }
     assert got == _hand_built_errors(cache_dir, "tent", policy)
 
 
 def test_dua_runs_in_the_grid_with_its_options_as_a_hand_built_loop(tmp_path, cache_dir):
-    args = [*SMALL, "--order", "iid", "--corruptions", "brightness", "--policies", "momentum_decay",
-            "--methods", "dua", "--option", "dua.copies=4"]
+    args = [
+        *SMALL,
+        "--order",
+        "iid",
+        "--corruptions",
+        "brightness",
+        "--policies",
+        "momentum_decay",
+        "--methods",
+        "dua",
+        "--option",
+        "dua.copies=4",
+    ]
     assert cli.main(["run", *args, "--cache-dir", str(cache_dir), "--out", str(tmp_path / "out")]) == 0
     rows = read_rows(tmp_path / "out" / "results.jsonl")
-    assert [(r["method"], r["policy"], r["method_options"]) for r in rows] == [
-        ("dua", "momentum_decay", {"copies": 4})]
+    assert [(r["method"], r["policy"], r["method_options"]) for r in rows] == [("dua", "momentum_decay", {"copies": 4})]
     expected = _hand_built_errors(cache_dir, "dua", "momentum_decay", ("brightness",), copies=4, seed=0)
     assert {rows[0]["corruption"]: rows[0]["errors"]} == expected
 
@@ -697,14 +829,20 @@ def test_dua_runs_in_the_grid_with_its_options_as_a_hand_built_loop(tmp_path, ca
 def test_a_method_grid_names_the_method_in_each_line_and_reports_a_line_per_method(with_methods, capsys):
     out, printed = with_methods
     rows = read_rows(out / "results.jsonl")
-    expected = [f"[{i}/8] {r['method']}/{r['policy']} single iid seed 0 {r['corruption']}-5: error {r['error']:.1f}% "
-                f"(units: {int(i <= 4)} running, {(i + 3) // 4}/2 done)" for i, r in enumerate(rows, start=1)]
+    expected = [
+        f"[{i}/8] {r['method']}/{r['policy']} single iid seed 0 {r['corruption']}-5: error {r['error']:.1f}% "
+        f"(units: {int(i <= 4)} running, {(i + 3) // 4}/2 done)"
+        for i, r in enumerate(rows, start=1)
+    ]
     assert [line for line in printed.splitlines() if line.startswith("[")] == expected
     assert "(2 methods x 2 policies x 1 streams)" in printed
     report_md = (out / "report.md").read_text()
-    summary = report_md[report_md.index("**single, iid**"):report_md.index("## Error (%) per domain")]
+    summary = report_md[report_md.index("**single, iid**") : report_md.index("## Error (%) per domain")]
     assert [line.split("|")[1].strip() for line in summary.splitlines() if line.startswith("| ")] == [
-        "method", "none", "tent"]
+        "method",
+        "none",
+        "tent",
+    ]
     assert [c.strip() for c in summary.splitlines()[2].split("|")[1:-1]] == ["method", "source", "tbn"]
     with open(out / "results.csv", newline="") as file:
         assert sorted(line["method"] for line in csv.DictReader(file)) == ["none"] * 4 + ["tent"] * 4
@@ -736,7 +874,7 @@ def test_an_old_folder_without_methods_resumes_with_the_old_command_as_none(fini
     assert cli.main(["report", str(folder)]) == 0
 
     def summary(text: str) -> str:
-        return text[text.index("## Mean error"):text.index("## Error (%) per domain")]
+        return text[text.index("## Mean error") : text.index("## Error (%) per domain")]
 
     assert summary((folder / "report.md").read_text()) == summary((finished / "report.md").read_text())
     with open(folder / "results.csv", newline="") as file:
@@ -745,13 +883,16 @@ def test_an_old_folder_without_methods_resumes_with_the_old_command_as_none(fini
 
 @pytest.mark.parametrize(
     ("extra", "needle"),
-    [(["--option", "tent.lr=-1"], "method tent with options {'lr': -1}"),
-     (["--option", "tent.steps=1.5"], "must be an integer"),
-     (["--methods", "none,warp"], "unknown method 'warp'"),
-     (["--methods", "none", "--option", "tent.lr=0.1"], "not among --methods")],
+    [
+        (["--option", "tent.lr=-1"], "method tent with options {'lr': -1}"),
+        (["--option", "tent.steps=1.5"], "must be an integer"),
+        (["--methods", "none,warp"], "unknown method 'warp'"),
+        (["--methods", "none", "--option", "tent.lr=0.1"], "not among --methods"),
+    ],
 )
-def test_a_bad_method_or_method_option_is_one_error_before_anything_is_written(tmp_path, cache_dir, capsys,
-                                                                                extra, needle):
+def test_a_bad_method_or_method_option_is_one_error_before_anything_is_written(
+    tmp_path, cache_dir, capsys, extra, needle
+):
     args = [*METHODS, *extra, "--cache-dir", str(cache_dir), "--out", str(tmp_path / "out")]
     assert cli.main(["run", *args]) == 2
     err = capsys.readouterr().err
@@ -764,8 +905,14 @@ def test_a_bad_method_or_method_option_is_one_error_before_anything_is_written(t
 def test_a_killed_method_grid_resumes_to_the_rows_of_an_uninterrupted_run(tmp_path, cache_dir, with_methods):
     args = [*METHODS, "--order", "iid,sorted", "--cache-dir", str(cache_dir), "--out", str(tmp_path / "out")]
     results = tmp_path / "out" / "results.jsonl"
-    process = subprocess.Popen([sys.executable, "-m", "benchmarks.cli", "run", *args], cwd=REPO,
-                               env=_subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.cli", "run", *args],
+        cwd=REPO,
+        env=_subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not (results.exists() and results.read_bytes().count(b"\n") >= 1):
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
@@ -782,8 +929,7 @@ def test_a_killed_method_grid_resumes_to_the_rows_of_an_uninterrupted_run(tmp_pa
     assert {grid.row_key(r): r["errors"] for r in rows if r["order"] == "iid"} == uninterrupted
 
 
-def test_the_progress_bar_of_a_method_grid_shows_each_learners_running_error(tmp_path, cache_dir, capsys,
-                                                                              monkeypatch):
+def test_the_progress_bar_of_a_method_grid_shows_each_learners_running_error(tmp_path, cache_dir, capsys, monkeypatch):
     args = [a for a in METHODS if a != "--no-progress"] + ["--corruptions", "brightness"]
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     assert cli.main(["run", *args, "--cache-dir", str(cache_dir), "--out", str(tmp_path)]) == 0

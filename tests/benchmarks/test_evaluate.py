@@ -14,8 +14,15 @@ from benchmarks.models import load_bundled_model
 
 def small_config(setting: str, methods: str, policies: str) -> grid.GridConfig:
     return grid.make_config(
-        dataset="fmnist-c", policies=policies, methods=methods, settings=setting, orders="dirichlet:0.1",
-        corruptions="fog,contrast", n_examples=120, batch_size=20, seeds="0",
+        dataset="fmnist-c",
+        policies=policies,
+        methods=methods,
+        settings=setting,
+        orders="dirichlet:0.1",
+        corruptions="fog,contrast",
+        n_examples=120,
+        batch_size=20,
+        seeds="0",
     )
 
 
@@ -33,11 +40,15 @@ def test_a_policy_alone_scored_from_lames_forward_has_the_rows_of_its_own_learne
         return learner_copy(*args, **kw)
 
     monkeypatch.setattr(evaluate, "learner_copy", counted_learner_copy)
-    shared = evaluate.run_unit(config, model, evaluate.Unit(run, (("none", policy), ("lame", policy))), source,
-                               cache_dir=tmp_path)
+    shared = evaluate.run_unit(
+        config, model, evaluate.Unit(run, (("none", policy), ("lame", policy))), source, cache_dir=tmp_path
+    )
     assert built == ["lame"]  # one learner, one forward per batch
-    apart = [row for pair in (("none", policy), ("lame", policy))
-             for row in evaluate.run_unit(config, model, evaluate.Unit(run, (pair,)), source, cache_dir=tmp_path)]
+    apart = [
+        row
+        for pair in (("none", policy), ("lame", policy))
+        for row in evaluate.run_unit(config, model, evaluate.Unit(run, (pair,)), source, cache_dir=tmp_path)
+    ]
     assert sorted(shared, key=grid.row_key) == sorted(apart, key=grid.row_key) and len(shared) == 4
     none = {r["corruption"]: r["errors"] for r in shared if r["method"] == "none"}
     lame = {r["corruption"]: r["errors"] for r in shared if r["method"] == "lame"}
@@ -55,7 +66,10 @@ def test_continual_units_put_each_policy_alone_with_lame_over_it_and_other_metho
     ]
     lame_tbn_done = lambda key: key[:2] == ("lame", "tbn")  # noqa: E731  (a resumed grid)
     assert [u.pairs for u in evaluate.units(config, lame_tbn_done)] == [
-        (("none", "source"), ("lame", "source")), (("none", "tbn"),), (("tent", "source"),), (("tent", "tbn"),),
+        (("none", "source"), ("lame", "source")),
+        (("none", "tbn"),),
+        (("tent", "source"),),
+        (("tent", "tbn"),),
     ]
     assert all(u.run == run for u in evaluate.units(config, lame_tbn_done))
 

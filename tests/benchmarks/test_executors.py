@@ -70,9 +70,12 @@ def hand_keys(args: list[str]) -> set[tuple]:
     value = {args[i]: args[i + 1] for i in range(len(args) - 1) if args[i].startswith("--")}
     return {
         (method, policy, setting, order, int(seed), corruption, 5)
-        for method in value["--methods"].split(",") for policy in value["--policies"].split(",")
-        for setting in value["--setting"].split(",") for order in value["--order"].split(",")
-        for seed in value["--seeds"].split(",") for corruption in value["--corruptions"].split(",")
+        for method in value["--methods"].split(",")
+        for policy in value["--policies"].split(",")
+        for setting in value["--setting"].split(",")
+        for order in value["--order"].split(",")
+        for seed in value["--seeds"].split(",")
+        for corruption in value["--corruptions"].split(",")
     }
 
 
@@ -117,8 +120,14 @@ def test_a_driver_killed_mid_grid_resumes_to_every_row_exactly_once(tmp_path, ca
         flags = [*flags, "--ray-address", request.getfixturevalue("ray_cluster")]
     args = [*KILLED, *flags, "--cache-dir", str(cache_dir), "--out", str(tmp_path / "out")]
     results = tmp_path / "out" / "results.jsonl"
-    driver = subprocess.Popen([sys.executable, "-m", "benchmarks.cli", "run", *args], cwd=REPO, env=_env(),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.cli", "run", *args],
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 180
     while not (results.exists() and results.read_bytes().count(b"\n") >= 1):
         assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()
@@ -146,8 +155,18 @@ def flaky_args(tmp_path: Path, cache_dir: Path, flags: list[str], *model_args: s
     ``model_args`` one ``--model-arg``, after its folder of attempts), and that folder."""
     attempts = tmp_path / "attempts"
     attempts.mkdir()
-    args = [*GRID, *flags, "--methods", "none", "--corruptions", "contrast,brightness",
-            "--model", "tests.benchmarks.flaky_model:build", "--model-arg", f"attempts_dir={str(attempts)!r}"]
+    args = [
+        *GRID,
+        *flags,
+        "--methods",
+        "none",
+        "--corruptions",
+        "contrast,brightness",
+        "--model",
+        "tests.benchmarks.flaky_model:build",
+        "--model-arg",
+        f"attempts_dir={str(attempts)!r}",
+    ]
     for model_arg in model_args:
         args += ["--model-arg", model_arg]
     return [*args, "--cache-dir", str(cache_dir), "--out", str(tmp_path / "out")], attempts
@@ -155,14 +174,17 @@ def flaky_args(tmp_path: Path, cache_dir: Path, flags: list[str], *model_args: s
 
 @pytest.mark.parametrize("executor", ["serial", "workers", pytest.param("ray", marks=pytest.mark.ray)])
 def test_a_unit_that_keeps_failing_is_tried_twice_then_reported_and_the_rest_is_kept(
-        tmp_path, cache_dir, request, executor, capsys):
+    tmp_path, cache_dir, request, executor, capsys
+):
     # The flaky model raises on every bright (brightness-5) batch: the single-setting unit of brightness
     # fails, the one of contrast (first, so the probe batch passes) does not.
     args, attempts = flaky_args(tmp_path, cache_dir, [*_needs(executor, request), "--setting", "single"])
     assert cli.main(["run", *args]) == 1
     assert len(list(attempts.iterdir())) == 2
     rows = read_rows(tmp_path / "out" / "results.jsonl")
-    assert {grid.row_key(r) for r in rows} == {("none", p, "single", "iid", 0, "contrast", 5) for p in ("source", "tbn")}
+    assert {grid.row_key(r) for r in rows} == {
+        ("none", p, "single", "iid", 0, "contrast", 5) for p in ("source", "tbn")
+    }
     err = capsys.readouterr().err
     assert "the grid is incomplete: 1 of 2 units failed after 2 attempts" in err
     assert "single iid seed 0 brightness-5 (source, tbn): RuntimeError: injected failure on a bright batch" in err
@@ -170,7 +192,8 @@ def test_a_unit_that_keeps_failing_is_tried_twice_then_reported_and_the_rest_is_
 
 @pytest.mark.parametrize("executor", ["serial", "workers", pytest.param("ray", marks=pytest.mark.ray)])
 def test_a_unit_that_fails_once_is_retried_and_gives_the_rows_of_a_run_without_failure(
-        tmp_path, cache_dir, serial_rows, request, executor):
+    tmp_path, cache_dir, serial_rows, request, executor
+):
     args, attempts = flaky_args(tmp_path, cache_dir, _needs(executor, request), "always=False")
     assert cli.main(["run", *args]) == 0
     assert [p.name for p in attempts.iterdir()] == ["failed-once"]
@@ -193,10 +216,29 @@ def test_a_worker_that_dies_charges_only_its_own_unit_and_the_others_finish(tmp_
     # Every rbn unit ends its worker process at once; the tbn units run beside them in the other worker.
     attempts = tmp_path / "attempts"
     attempts.mkdir()
-    args = [*GRID, "--methods", "none", "--policies", "tbn,rbn", "--setting", "continual", "--order", "iid,sorted",
-            "--seeds", "0,1", "--workers", "2", "--model", "tests.benchmarks.worker_models:crash_under_rbn",
-            "--model-arg", f"attempts_dir={str(attempts)!r}", "--cache-dir", str(cache_dir),
-            "--out", str(tmp_path / "out")]
+    args = [
+        *GRID,
+        "--methods",
+        "none",
+        "--policies",
+        "tbn,rbn",
+        "--setting",
+        "continual",
+        "--order",
+        "iid,sorted",
+        "--seeds",
+        "0,1",
+        "--workers",
+        "2",
+        "--model",
+        "tests.benchmarks.worker_models:crash_under_rbn",
+        "--model-arg",
+        f"attempts_dir={str(attempts)!r}",
+        "--cache-dir",
+        str(cache_dir),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     assert cli.main(["run", *args]) == 1
     rows = read_rows(tmp_path / "out" / "results.jsonl")
     assert {grid.row_key(r) for r in rows} == {key for key in hand_keys(args) if key[1] == "tbn"}
@@ -205,8 +247,17 @@ def test_a_worker_that_dies_charges_only_its_own_unit_and_the_others_finish(tmp_
 
 
 def test_a_model_that_cannot_be_pickled_is_one_error_before_anything_is_written(tmp_path, cache_dir, capsys):
-    args = [*GRID, "--workers", "2", "--model", "tests.benchmarks.worker_models:unpicklable",
-            "--cache-dir", str(cache_dir), "--out", str(tmp_path / "out")]
+    args = [
+        *GRID,
+        "--workers",
+        "2",
+        "--model",
+        "tests.benchmarks.worker_models:unpicklable",
+        "--cache-dir",
+        str(cache_dir),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     assert cli.main(["run", *args]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "cannot be pickled" in err and "Traceback" not in err
@@ -223,10 +274,12 @@ def test_ray_missing_is_one_error_naming_the_extra_before_anything_is_written(tm
 
 @pytest.mark.parametrize(
     ("flags", "needle"),
-    [(["--workers", "0"], "--workers must be >= 1"),
-     (["--ray-address", "auto"], "--ray-address: only with --executor ray"),
-     (["--executor", "ray", "--workers", "2"], "--workers is for --executor local"),
-     (["--executor", "ray", "--device", "cuda"], "needs --gpus-per-task")],
+    [
+        (["--workers", "0"], "--workers must be >= 1"),
+        (["--ray-address", "auto"], "--ray-address: only with --executor ray"),
+        (["--executor", "ray", "--workers", "2"], "--workers is for --executor local"),
+        (["--executor", "ray", "--device", "cuda"], "needs --gpus-per-task"),
+    ],
 )
 def test_executor_flags_that_do_not_fit_are_one_error(tmp_path, capsys, flags, needle):
     assert cli.main(["run", *GRID, *flags, "--out", str(tmp_path / "out")]) == 2

@@ -12,8 +12,13 @@ from benchmarks import grid
 
 
 def small(**overrides):
-    args = dict(dataset="fmnist-c", policies="source,tbn", orders="iid,dirichlet:0.1",
-                corruptions="brightness,contrast", seeds="0,1")
+    args = dict(
+        dataset="fmnist-c",
+        policies="source,tbn",
+        orders="iid,dirichlet:0.1",
+        corruptions="brightness,contrast",
+        seeds="0,1",
+    )
     args.update(overrides)
     return grid.make_config(**args)
 
@@ -55,8 +60,10 @@ def test_duplicates_and_clean_mixed_with_corruptions_are_refused():
 
 
 def test_options_values_are_python_literals_grouped_by_policy():
-    config = small(policies="alpha_bn,unmix_tns",
-                   options=["alpha_bn.alpha=0.2", "unmix_tns.num_components=4", "unmix_tns.temperature=1e-1"])
+    config = small(
+        policies="alpha_bn,unmix_tns",
+        options=["alpha_bn.alpha=0.2", "unmix_tns.num_components=4", "unmix_tns.temperature=1e-1"],
+    )
     assert config.options == {"alpha_bn": {"alpha": 0.2}, "unmix_tns": {"num_components": 4, "temperature": 0.1}}
     assert isinstance(config.options["unmix_tns"]["num_components"], int)
 
@@ -64,10 +71,10 @@ def test_options_values_are_python_literals_grouped_by_policy():
 @pytest.mark.parametrize(
     ("option", "needle"),
     [
-        ("alpha_bn.alpah=0.2", "alpah"),      # not an option of the policy
-        ("rbn.alpha=0.2", "not among"),        # policy not in the grid
+        ("alpha_bn.alpah=0.2", "alpah"),  # not an option of the policy
+        ("rbn.alpha=0.2", "not among"),  # policy not in the grid
         ("alpha_bn=0.2", "policy.key=value"),  # malformed
-        ("nope.alpha=1", "nope"),              # unknown policy
+        ("nope.alpha=1", "nope"),  # unknown policy
     ],
 )
 def test_bad_options_are_refused(option, needle):
@@ -121,7 +128,10 @@ def test_option_values_nan_and_inf_are_floats_and_other_words_stay_strings():
 
 def test_model_args_are_literal_keyword_arguments():
     assert grid.parse_model_args(["num_classes=10", "name='x'", "variant=small"]) == {
-        "num_classes": 10, "name": "x", "variant": "small"}
+        "num_classes": 10,
+        "name": "x",
+        "variant": "small",
+    }
     with pytest.raises(ValueError, match="key=value"):
         grid.parse_model_args(["10"])
     with pytest.raises(ValueError, match="twice"):
@@ -146,10 +156,12 @@ def test_methods_are_an_axis_of_the_row_keys_outside_the_policies():
     keys = grid.row_keys(config)
     # 2 methods x 2 policies x 2 corruptions
     assert len(keys) == len(set(keys)) == 8
-    assert keys[:4] == [("none", "source", "single", "iid", 0, "brightness", 5),
-                        ("none", "tbn", "single", "iid", 0, "brightness", 5),
-                        ("tent", "source", "single", "iid", 0, "brightness", 5),
-                        ("tent", "tbn", "single", "iid", 0, "brightness", 5)]
+    assert keys[:4] == [
+        ("none", "source", "single", "iid", 0, "brightness", 5),
+        ("none", "tbn", "single", "iid", 0, "brightness", 5),
+        ("tent", "source", "single", "iid", 0, "brightness", 5),
+        ("tent", "tbn", "single", "iid", 0, "brightness", 5),
+    ]
     assert small(methods="all").methods == tuple(tta.list_methods())
 
 
@@ -172,22 +184,26 @@ def test_a_row_without_method_is_the_none_methods_row():
 def test_dua_is_a_method_of_the_grid_and_momentum_decay_augment_names_it():
     config = small(methods="none,dua", policies="momentum_decay", options=["dua.copies=4", "dua.seed=2"])
     assert config.methods == ("none", "dua") and config.options == {"dua": {"copies": 4, "seed": 2}}
-    with pytest.raises(ValueError, match=r"'momentum_decay.augment=8': momentum_decay no longer takes augment=8; "
-                                         r"DUA is a method: .* --methods dua --option dua.copies=N"):
+    with pytest.raises(
+        ValueError,
+        match=r"'momentum_decay.augment=8': momentum_decay no longer takes augment=8; "
+        r"DUA is a method: .* --methods dua --option dua.copies=N",
+    ):
         small(policies="momentum_decay", options=["momentum_decay.augment=8"])
 
 
 def test_method_options_share_the_policies_namespace():
-    config = small(methods="none,tent", options=["tent.lr=1e-4", "tent.steps=2", "alpha_bn.alpha=0.2"],
-                   policies="tbn,alpha_bn")
+    config = small(
+        methods="none,tent", options=["tent.lr=1e-4", "tent.steps=2", "alpha_bn.alpha=0.2"], policies="tbn,alpha_bn"
+    )
     assert config.options == {"tent": {"lr": 1e-4, "steps": 2}, "alpha_bn": {"alpha": 0.2}}
 
 
 @pytest.mark.parametrize(
     ("methods", "option", "needle"),
     [
-        ("none", "tent.lr=1e-4", "not among --methods"),          # method not in the grid
-        ("none,tent", "tent.lrr=1e-4", "has no option 'lrr'"),    # not an option of the method
+        ("none", "tent.lr=1e-4", "not among --methods"),  # method not in the grid
+        ("none,tent", "tent.lrr=1e-4", "has no option 'lrr'"),  # not an option of the method
         ("none,tent", "nope.lr=1", "unknown policy or method 'nope'"),
         ("none,warp", "tent.lr=1", "unknown method 'warp'"),
         ("tent,tent", "tent.lr=1", "twice"),

@@ -191,7 +191,7 @@ def test_a_malicious_pickle_runs_nothing_without_trust_pickle(tmp_path):
     marker = tmp_path / "marker"
     torch.save({"weight": _WritesMarker(str(marker))}, tmp_path / "evil.pt")
     for extra in ({}, {"arch": "bundled"}):
-        with pytest.raises(ValueError, match="not a plain state dict.*--trust-pickle"):
+        with pytest.raises(ValueError, match=r"not a plain state dict.*--trust-pickle"):
             try:
                 load_model(str(tmp_path / "evil.pt"), dataset="fmnist", **extra)
             finally:
@@ -200,7 +200,7 @@ def test_a_malicious_pickle_runs_nothing_without_trust_pickle(tmp_path):
 
 def test_state_dict_without_arch_asks_for_arch(tmp_path):
     torch.save(nn.BatchNorm2d(3).state_dict(), tmp_path / "sd.pt")
-    with pytest.raises(ValueError, match="state dict.*--arch"):
+    with pytest.raises(ValueError, match=r"state dict.*--arch"):
         load_model(str(tmp_path / "sd.pt"), dataset="fmnist")
 
 
@@ -222,8 +222,9 @@ def test_state_dict_of_another_architecture_is_a_clear_error(tmp_path):
 def test_state_dict_into_a_torchvision_architecture_with_arguments(tmp_path):
     reference = torchvision.models.resnet18(num_classes=10).eval()
     torch.save(reference.state_dict(), tmp_path / "sd.pt")
-    model = load_model(str(tmp_path / "sd.pt"), dataset="imagenet", arch="torchvision:resnet18",
-                       model_args={"num_classes": 10})
+    model = load_model(
+        str(tmp_path / "sd.pt"), dataset="imagenet", arch="torchvision:resnet18", model_args={"num_classes": 10}
+    )
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference((x - IMAGENET_MEAN) / IMAGENET_STD))
@@ -233,12 +234,12 @@ def test_torchscript_archive_is_refused_with_a_reason(tmp_path):
     net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)).eval()
     with pytest.warns(FutureWarning):
         torch.jit.script(net).save(str(tmp_path / "net.pt"))
-    with pytest.raises(ValueError, match="TorchScript archive.*state_dict"):
+    with pytest.raises(ValueError, match=r"TorchScript archive.*state_dict"):
         load_model(str(tmp_path / "net.pt"), dataset="fmnist")
 
 
 def test_missing_checkpoint_path_is_a_file_not_found_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nothing.pt"):
+    with pytest.raises(FileNotFoundError, match=r"nothing.pt"):
         load_model(str(tmp_path / "nothing.pt"), dataset="fmnist")
 
 
@@ -253,7 +254,11 @@ def test_module_callable_spec_takes_keyword_arguments():
 
 
 def test_model_arguments_where_nothing_takes_them_are_refused():
-    for spec, dataset in (("bundled", "fmnist"), ("torchvision:resnet18", "imagenet"), ("robustbench:Standard", "cifar10")):
+    for spec, dataset in (
+        ("bundled", "fmnist"),
+        ("torchvision:resnet18", "imagenet"),
+        ("robustbench:Standard", "cifar10"),
+    ):
         with pytest.raises(ValueError, match="takes none"):
             load_model(spec, dataset=dataset, model_args={"num_classes": 7})
 

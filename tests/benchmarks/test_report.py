@@ -10,15 +10,28 @@ from benchmarks import report
 
 
 def row(policy, corruption, error, *, seed=0, order="iid", severity=5):
-    return {"policy": policy, "setting": "single", "order": order, "seed": seed, "corruption": corruption,
-            "severity": severity, "n": 100, "errors": int(error), "error": float(error)}
+    return {
+        "policy": policy,
+        "setting": "single",
+        "order": order,
+        "seed": seed,
+        "corruption": corruption,
+        "severity": severity,
+        "n": 100,
+        "errors": int(error),
+        "error": float(error),
+    }
 
 
 ROWS = [
-    row("source", "fog", 10), row("source", "snow", 20),   # seed 0: mean 15
-    row("source", "fog", 30, seed=1), row("source", "snow", 40, seed=1),  # seed 1: mean 35
-    row("tbn", "fog", 5), row("tbn", "snow", 6),
-    row("tbn", "fog", 50, order="sorted"), row("tbn", "snow", 70, order="sorted"),
+    row("source", "fog", 10),
+    row("source", "snow", 20),  # seed 0: mean 15
+    row("source", "fog", 30, seed=1),
+    row("source", "snow", 40, seed=1),  # seed 1: mean 35
+    row("tbn", "fog", 5),
+    row("tbn", "snow", 6),
+    row("tbn", "fog", 50, order="sorted"),
+    row("tbn", "snow", 70, order="sorted"),
 ]
 
 
@@ -74,8 +87,10 @@ def with_method(method, r):
 
 METHOD_ROWS = [
     *[with_method("none", r) for r in ROWS],
-    with_method("tent", row("source", "fog", 8)), with_method("tent", row("source", "snow", 12)),  # mean 10
-    with_method("tent", row("tbn", "fog", 4)), with_method("tent", row("tbn", "snow", 5)),  # mean 4.5
+    with_method("tent", row("source", "fog", 8)),
+    with_method("tent", row("source", "snow", 12)),  # mean 10
+    with_method("tent", row("tbn", "fog", 4)),
+    with_method("tent", row("tbn", "snow", 5)),  # mean 4.5
     with_method("tent", row("tbn", "fog", 40, order="sorted")),
     with_method("tent", row("tbn", "snow", 44, order="sorted")),
 ]
@@ -85,20 +100,22 @@ def test_with_methods_the_summary_is_a_table_per_order_with_a_line_per_method():
     text = report.summary_table(METHOD_ROWS, policies=["source", "tbn"], methods=["none", "tent"])
     iid, sorted_ = text.split("**single, sorted**")
     assert iid.startswith("**single, iid**")
-    assert cells(iid) == [["method", "source", "tbn"],
-                          ["none", "25.0 ± 14.1", "5.5"],
-                          ["tent", "10.0", "4.5"]]
+    assert cells(iid) == [["method", "source", "tbn"], ["none", "25.0 ± 14.1", "5.5"], ["tent", "10.0", "4.5"]]
     assert cells(sorted_) == [["method", "source", "tbn"], ["none", "", "60.0"], ["tent", "", "42.0"]]
 
 
 def test_with_methods_the_domain_table_and_csv_name_the_method(tmp_path):
-    table = cells(report.domain_table(METHOD_ROWS, policies=["source", "tbn"], methods=["tent", "none"],
-                                      corruptions=["fog", "snow"]))
+    table = cells(
+        report.domain_table(
+            METHOD_ROWS, policies=["source", "tbn"], methods=["tent", "none"], corruptions=["fog", "snow"]
+        )
+    )
     assert table[0] == ["method", "policy", "setting", "order", "fog", "snow", "mean"]
     assert table[1] == ["tent", "source", "single", "iid", "8.0", "12.0", "10.0"]
     assert [line[0] for line in table[1:]] == ["tent"] * 3 + ["none"] * 3
-    paths = report.write_report(tmp_path, METHOD_ROWS, config={"policies": ["source", "tbn"],
-                                                                "methods": ["none", "tent"]})
+    paths = report.write_report(
+        tmp_path, METHOD_ROWS, config={"policies": ["source", "tbn"], "methods": ["none", "tent"]}
+    )
     with open(paths["csv"], newline="") as file:
         lines = list(csv.DictReader(file))
     assert [line["method"] for line in lines] == [r["method"] for r in METHOD_ROWS]
@@ -113,27 +130,47 @@ def test_rows_of_none_alone_keep_the_policy_tables_with_or_without_a_method_key(
     assert cells(report.summary_table(marked))[0] == ["policy", "iid", "sorted"]
 
 
-GRID = {"dataset": "fmnist-c", "model": "bundled", "policies": ["source", "tbn"], "settings": ["single"],
-        "orders": ["iid"], "corruptions": ["fog", "snow"], "severities": [5], "seeds": [0, 1], "batch_size": 64,
-        "n_examples": None}
+GRID = {
+    "dataset": "fmnist-c",
+    "model": "bundled",
+    "policies": ["source", "tbn"],
+    "settings": ["single"],
+    "orders": ["iid"],
+    "corruptions": ["fog", "snow"],
+    "severities": [5],
+    "seeds": [0, 1],
+    "batch_size": 64,
+    "n_examples": None,
+}
 
 
 def test_a_seed_short_of_a_domain_of_the_grid_is_left_out_of_the_mean_and_the_cell_says_so():
     """A running or interrupted grid: source has both domains at seed 0 (mean 15) but only fog at seed 1,
     so its mean is seed 0's alone, not (15 + 30) / 2 nor the mean of the three rows; tbn has no seed with
     both domains: the cell counts its results instead of averaging some of the corruptions."""
-    rows = [row("source", "fog", 10), row("source", "snow", 20), row("source", "fog", 30, seed=1),
-            row("tbn", "fog", 5, seed=1)]
+    rows = [
+        row("source", "fog", 10),
+        row("source", "snow", 20),
+        row("source", "fog", 30, seed=1),
+        row("tbn", "fog", 5, seed=1),
+    ]
     table = cells(report.summary_table(rows, policies=["source", "tbn"], config=GRID))
     assert table[1:] == [["source", "15.0 (1 of 2 seeds)"], ["tbn", "(1 of 4 results)"]]
     lines = cells(report.domain_table(rows, policies=["source", "tbn"], config=GRID))
     assert [line[-1] for line in lines[1:]] == ["15.0 (1 of 2 seeds)", "(1 of 4 results)"]
-    complete = rows + [row("source", "snow", 40, seed=1)]
+    complete = [*rows, row("source", "snow", 40, seed=1)]
     assert cells(report.summary_table(complete, policies=["source"], config=GRID))[1] == ["source", "25.0 ± 14.1"]
 
 
 def test_without_a_grid_a_seed_lacking_a_domain_its_setting_has_elsewhere_is_left_out():
-    rows = [row("source", "fog", 10), row("source", "snow", 20), row("tbn", "fog", 5), row("tbn", "snow", 7),
-            row("tbn", "fog", 50, seed=1)]
+    rows = [
+        row("source", "fog", 10),
+        row("source", "snow", 20),
+        row("tbn", "fog", 5),
+        row("tbn", "snow", 7),
+        row("tbn", "fog", 50, seed=1),
+    ]
     assert cells(report.summary_table(rows, policies=["source", "tbn"]))[1:] == [
-        ["source", "15.0"], ["tbn", "6.0 (1 of 2 seeds)"]]
+        ["source", "15.0"],
+        ["tbn", "6.0 (1 of 2 seeds)"],
+    ]

@@ -17,8 +17,17 @@ def config(**overrides):
 
 
 def row(policy="tbn", corruption="brightness", errors=3, n=10, seed=0):
-    return {"policy": policy, "setting": "single", "order": "iid", "seed": seed, "corruption": corruption,
-            "severity": 5, "n": n, "errors": errors, "error": 100.0 * errors / n}
+    return {
+        "policy": policy,
+        "setting": "single",
+        "order": "iid",
+        "seed": seed,
+        "corruption": corruption,
+        "severity": 5,
+        "n": n,
+        "errors": errors,
+        "error": 100.0 * errors / n,
+    }
 
 
 def test_rows_survive_reopening_and_count_as_done(tmp_path):
@@ -73,7 +82,7 @@ def test_results_of_other_arguments_are_refused_naming_the_difference(tmp_path):
 def test_results_without_their_config_are_refused(tmp_path):
     ResultStore.open(tmp_path, config()).append([row()])
     (tmp_path / "config.json").unlink()
-    with pytest.raises(ConfigMismatchError, match="config.json"):
+    with pytest.raises(ConfigMismatchError, match=r"config.json"):
         ResultStore.open(tmp_path, config())
 
 
@@ -95,7 +104,7 @@ def test_rows_missing_required_keys_are_rejected(tmp_path):
 def test_a_failed_append_marks_no_row_done(tmp_path):
     store = ResultStore.open(tmp_path, config())
     (tmp_path / "results.jsonl").mkdir()  # every write to it fails
-    with pytest.raises(ValueError, match="results.jsonl"):
+    with pytest.raises(ValueError, match=r"results.jsonl"):
         store.append([row()])
     assert not store.done(grid.row_key(row())) and store.rows() == []
 

@@ -11,16 +11,32 @@ from benchmarks import cli, grid, results, run
 from benchmarks.results import read_rows
 from streams import ImageSet
 
-CONFIG = {"dataset": "fmnist-c", "policies": ["source", "tbn"], "orders": ["iid", "sorted"],
-          "corruptions": ["brightness", "contrast"], "severities": [5], "seeds": [0], "n_examples": 200,
-          "batch_size": 50}
-FLAGS = {"dataset": "--dataset", "policies": "--policies", "settings": "--setting", "orders": "--order",
-         "corruptions": "--corruptions", "severities": "--severity", "seeds": "--seeds", "n_examples": "--n-examples",
-         "batch_size": "--batch-size"}
+CONFIG = {
+    "dataset": "fmnist-c",
+    "policies": ["source", "tbn"],
+    "orders": ["iid", "sorted"],
+    "corruptions": ["brightness", "contrast"],
+    "severities": [5],
+    "seeds": [0],
+    "n_examples": 200,
+    "batch_size": 50,
+}
+FLAGS = {
+    "dataset": "--dataset",
+    "policies": "--policies",
+    "settings": "--setting",
+    "orders": "--order",
+    "corruptions": "--corruptions",
+    "severities": "--severity",
+    "seeds": "--seeds",
+    "n_examples": "--n-examples",
+    "batch_size": "--batch-size",
+}
 
 
 def cli_args(config: dict) -> list[str]:
     """The ``tta-bench run`` flags of the ``make_config`` arguments ``config`` (lists as comma lists)."""
+
     def text(value: object) -> str:
         return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
@@ -44,9 +60,16 @@ def finished(tmp_path_factory, cache_dir, config) -> tuple[Path, run.RunResult]:
 
 
 def test_make_config_takes_lists_as_the_command_line_takes_comma_strings(config):
-    assert config == grid.make_config(dataset="fmnist-c", policies="source,tbn", orders="iid,sorted",
-                                      corruptions="brightness,contrast", severities="5", seeds="0",
-                                      n_examples=200, batch_size=50)
+    assert config == grid.make_config(
+        dataset="fmnist-c",
+        policies="source,tbn",
+        orders="iid,sorted",
+        corruptions="brightness,contrast",
+        severities="5",
+        seeds="0",
+        n_examples=200,
+        batch_size=50,
+    )
 
 
 def test_run_grid_stores_every_row_of_the_grid_and_writes_the_report(finished, config):
@@ -134,8 +157,13 @@ def user_images(seed: int = 0) -> ImageSet:
     return ImageSet.from_tensors(torch.rand(64, 1, 28, 28, generator=generator), torch.arange(64) % 10)
 
 
-USER_GRID = {"dataset": "fmnist-c", "policies": ["source", "tbn"], "settings": ["single"], "corruptions": ["none"],
-             "batch_size": 16}
+USER_GRID = {
+    "dataset": "fmnist-c",
+    "policies": ["source", "tbn"],
+    "settings": ["single"],
+    "corruptions": ["none"],
+    "batch_size": 16,
+}
 
 
 @pytest.mark.parametrize("corruptions", [["fog", "gaussian_noise"], ["none"]])
@@ -149,8 +177,20 @@ def test_a_users_images_give_the_rows_of_the_command_line_on_their_file(tmp_path
     assert {row["images"] for row in result.rows} == {grid.fingerprint_images(images)}
     assert {row["n"] for row in result.rows} == {64}
     images.save(tmp_path / "images.pt")
-    assert cli.main([*cli_args(arguments), "--images", str(tmp_path / "images.pt"), "--cache-dir", str(cache_dir),
-                     "--out", str(tmp_path / "cli")]) == 0
+    assert (
+        cli.main(
+            [
+                *cli_args(arguments),
+                "--images",
+                str(tmp_path / "images.pt"),
+                "--cache-dir",
+                str(cache_dir),
+                "--out",
+                str(tmp_path / "cli"),
+            ]
+        )
+        == 0
+    )
     assert read_rows(tmp_path / "cli" / results.RESULTS_NAME) == read_rows(tmp_path / "notebook" / results.RESULTS_NAME)
 
 
@@ -180,6 +220,7 @@ def test_an_images_file_that_is_no_set_of_images_is_one_error(tmp_path, capsys):
 def test_worker_processes_stream_the_users_images_to_the_rows_of_a_serial_run(tmp_path, cache_dir):
     config = grid.make_config(**{**USER_GRID, "corruptions": ["fog"], "settings": ["single", "continual"]})
     serial = run.run_grid(config, tmp_path / "serial", device="cpu", cache_dir=cache_dir, images=user_images())
-    parallel = run.run_grid(config, tmp_path / "parallel", device="cpu", cache_dir=cache_dir, images=user_images(),
-                            workers=2)
+    parallel = run.run_grid(
+        config, tmp_path / "parallel", device="cpu", cache_dir=cache_dir, images=user_images(), workers=2
+    )
     assert parallel.status == "complete" and parallel.rows == serial.rows

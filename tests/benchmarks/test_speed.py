@@ -21,8 +21,9 @@ def tiny_model() -> nn.Module:
 def test_every_policy_gets_a_positive_throughput_and_source_has_ratio_one():
     model = tiny_model()
     model(torch.rand(2, 1, 8, 8))  # materialize the lazy layer
-    results = measure_speed(model, tta.list_policies(), input_shape=(1, 8, 8), batch_size=4,
-                            warmup=1, repeats=2, batches_per_repeat=1)
+    results = measure_speed(
+        model, tta.list_policies(), input_shape=(1, 8, 8), batch_size=4, warmup=1, repeats=2, batches_per_repeat=1
+    )
     assert [r.policy for r in results] == tta.list_policies()
     for r in results:
         assert r.images_per_s > 0 and len(r.runs) == 2 and math.isfinite(r.ratio_to_source)
@@ -52,8 +53,15 @@ def test_ratios_are_images_per_second_relative_to_the_unadapted_model_and_to_sou
     costs = {"source": 0.5, "tbn": 2.0, "rbn": 3.0}  # on top of the model's own 2 s
     monkeypatch.setattr(speed.time, "perf_counter", lambda: FakeClock.now)
     monkeypatch.setattr(speed.tta, "adapt", lambda model, policy, **_: nn.Sequential(model, Costly(costs[policy])))
-    results = measure_speed(nn.Sequential(Costly(2.0)), ["tbn", "rbn"], input_shape=(1,), batch_size=8,
-                            warmup=1, repeats=3, batches_per_repeat=2)
+    results = measure_speed(
+        nn.Sequential(Costly(2.0)),
+        ["tbn", "rbn"],
+        input_shape=(1,),
+        batch_size=8,
+        warmup=1,
+        repeats=3,
+        batches_per_repeat=2,
+    )
     tbn, rbn = results
     assert tbn.images_per_s == pytest.approx(8 / 4.0) and rbn.images_per_s == pytest.approx(8 / 5.0)
     assert tbn.unadapted_images_per_s == pytest.approx(8 / 2.0)
@@ -67,8 +75,17 @@ def test_compiled_models_report_the_first_call_and_do_not_recompile_for_another_
     torch._dynamo.reset()
     model = tiny_model()
     model(torch.rand(2, 1, 8, 8))
-    results = measure_speed(model, ["rbn"], input_shape=(1, 8, 8), batch_size=4, warmup=1, repeats=1,
-                            batches_per_repeat=1, compile=True, methods=("none", "tent"))
+    results = measure_speed(
+        model,
+        ["rbn"],
+        input_shape=(1, 8, 8),
+        batch_size=4,
+        warmup=1,
+        repeats=1,
+        batches_per_repeat=1,
+        compile=True,
+        methods=("none", "tent"),
+    )
     for result in results:  # a method is attached to the compiled adapted model
         assert result.compile_s > 0 and result.images_per_s > 0 and math.isfinite(result.ratio_to_unadapted)
         assert result.recompiles_on_batch_change is False
@@ -87,8 +104,9 @@ def test_a_recompile_caused_by_the_model_itself_is_reported_for_the_unadapted_mo
     torch._dynamo.reset()
     model = nn.Sequential(tiny_model(), BranchOnBatchSize())
     model(torch.rand(2, 1, 8, 8))
-    (result,) = measure_speed(model, ["tbn"], input_shape=(1, 8, 8), batch_size=4, warmup=1, repeats=1,
-                              batches_per_repeat=1, compile=True)
+    (result,) = measure_speed(
+        model, ["tbn"], input_shape=(1, 8, 8), batch_size=4, warmup=1, repeats=1, batches_per_repeat=1, compile=True
+    )
     assert result.unadapted_recompiles is True and result.recompiles_on_batch_change is True
 
 
@@ -101,12 +119,35 @@ def test_the_input_model_is_left_unadapted():
 
 
 def test_speed_command_prints_a_row_per_policy(capsys):
-    assert cli.main(["speed", "--policies", "tbn,rbn", "--batch-size", "8", "--warmup", "0",
-                     "--repeats", "1", "--batches-per-repeat", "1", "--device", "cpu"]) == 0
+    assert (
+        cli.main(
+            [
+                "speed",
+                "--policies",
+                "tbn,rbn",
+                "--batch-size",
+                "8",
+                "--warmup",
+                "0",
+                "--repeats",
+                "1",
+                "--batches-per-repeat",
+                "1",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert [line.split("|")[1].strip() for line in lines] == ["policy", "tbn", "rbn"]
     assert [c.strip() for c in lines[0].split("|")[1:-1]] == [
-        "policy", "images/s", "x unadapted", "spread (IQR)", "x source"]
+        "policy",
+        "images/s",
+        "x unadapted",
+        "spread (IQR)",
+        "x source",
+    ]
 
 
 def test_speed_refuses_an_unknown_policy(capsys):
@@ -117,20 +158,57 @@ def test_speed_refuses_an_unknown_policy(capsys):
 def test_methods_are_timed_over_every_policy_against_source_under_none():
     model = tiny_model()
     model(torch.rand(2, 1, 8, 8))
-    results = measure_speed(model, ["tbn", "rbn"], methods=["none", "tent"], input_shape=(1, 8, 8), batch_size=4,
-                            warmup=1, repeats=2, batches_per_repeat=1)
+    results = measure_speed(
+        model,
+        ["tbn", "rbn"],
+        methods=["none", "tent"],
+        input_shape=(1, 8, 8),
+        batch_size=4,
+        warmup=1,
+        repeats=2,
+        batches_per_repeat=1,
+    )
     assert [(r.method, r.policy) for r in results] == [
-        ("none", "tbn"), ("none", "rbn"), ("tent", "tbn"), ("tent", "rbn")]
+        ("none", "tbn"),
+        ("none", "rbn"),
+        ("tent", "tbn"),
+        ("tent", "rbn"),
+    ]
     assert all(r.images_per_s > 0 and math.isfinite(r.ratio_to_source) for r in results)
     assert tta.policy_layers(model) == []
 
 
 def test_speed_command_with_methods_prints_a_row_per_method_and_policy(capsys):
-    assert cli.main(["speed", "--methods", "none,tent", "--policies", "source,tbn", "--batch-size", "8",
-                     "--warmup", "0", "--repeats", "1", "--batches-per-repeat", "1", "--device", "cpu"]) == 0
+    assert (
+        cli.main(
+            [
+                "speed",
+                "--methods",
+                "none,tent",
+                "--policies",
+                "source,tbn",
+                "--batch-size",
+                "8",
+                "--warmup",
+                "0",
+                "--repeats",
+                "1",
+                "--batches-per-repeat",
+                "1",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert [[c.strip() for c in line.split("|")[1:3]] for line in lines] == [
-        ["method", "policy"], ["none", "source"], ["none", "tbn"], ["tent", "source"], ["tent", "tbn"]]
+        ["method", "policy"],
+        ["none", "source"],
+        ["none", "tbn"],
+        ["tent", "source"],
+        ["tent", "tbn"],
+    ]
     source = lines[1].split("|")
     assert source[6].strip() == "1.00"
 
@@ -143,12 +221,35 @@ def test_speed_refuses_an_unknown_method_and_an_option_of_a_method_not_timed(cap
 
 
 def test_speed_times_dua_with_its_options(capsys):
-    assert cli.main(["speed", "--methods", "dua", "--policies", "momentum_decay", "--option", "dua.copies=2",
-                     "--batch-size", "4", "--warmup", "0", "--repeats", "1", "--batches-per-repeat", "1",
-                     "--device", "cpu"]) == 0
+    assert (
+        cli.main(
+            [
+                "speed",
+                "--methods",
+                "dua",
+                "--policies",
+                "momentum_decay",
+                "--option",
+                "dua.copies=2",
+                "--batch-size",
+                "4",
+                "--warmup",
+                "0",
+                "--repeats",
+                "1",
+                "--batches-per-repeat",
+                "1",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert [[c.strip() for c in line.split("|")[1:3]] for line in lines] == [
-        ["method", "policy"], ["dua", "momentum_decay"]]
+        ["method", "policy"],
+        ["dua", "momentum_decay"],
+    ]
 
 
 @pytest.mark.parametrize("flag", ["--batch-size", "--repeats", "--batches-per-repeat"])

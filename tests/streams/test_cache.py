@@ -23,8 +23,15 @@ CORRUPTION, SEVERITY, SEED = "gaussian_noise", 3, 4
 
 def build(cache_dir) -> list:
     """Iterate a one-domain stream over the first N embedded images; its batches."""
-    stream = streams.Stream("fmnist", corruptions=[CORRUPTION], severities=SEVERITY, n_examples=N, batch_size=64,
-                            seed=SEED, cache_dir=cache_dir)
+    stream = streams.Stream(
+        "fmnist",
+        corruptions=[CORRUPTION],
+        severities=SEVERITY,
+        n_examples=N,
+        batch_size=64,
+        seed=SEED,
+        cache_dir=cache_dir,
+    )
     return list(stream)
 
 
@@ -78,10 +85,13 @@ def test_a_damaged_cache_file_is_detected_logged_and_rebuilt(tmp_path, caplog, d
     assert not caplog.records
 
 
-@pytest.mark.parametrize("spoil, message", [
-    (lambda record: record.unlink(), "no checksum record"),
-    (lambda record: record.write_text("{not json"), "unreadable checksum record"),
-])
+@pytest.mark.parametrize(
+    "spoil, message",
+    [
+        (lambda record: record.unlink(), "no checksum record"),
+        (lambda record: record.write_text("{not json"), "unreadable checksum record"),
+    ],
+)
 def test_a_cache_file_whose_checksum_record_is_missing_or_unreadable_is_rebuilt(tmp_path, caplog, spoil, message):
     build(tmp_path)
     (record,) = (tmp_path / "domains").glob("*.json")
@@ -165,8 +175,10 @@ print(digest.hexdigest())
 
 @pytest.mark.multiprocess
 def test_concurrent_processes_building_the_same_domains_end_with_one_correct_file_each(tmp_path, caplog):
-    runs = [subprocess.Popen([sys.executable, "-c", SCRIPT, str(tmp_path)], stdout=subprocess.PIPE, text=True)
-            for _ in range(3)]
+    runs = [
+        subprocess.Popen([sys.executable, "-c", SCRIPT, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
     digests = [run.communicate(timeout=300)[0].strip() for run in runs]
     assert all(run.returncode == 0 for run in runs) and len(set(digests)) == 1
     domains = tmp_path / "domains"
@@ -202,12 +214,16 @@ print(hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest(), (root /
 def test_two_processes_building_the_same_domain_at_once_both_end_with_the_valid_cached_data(tmp_path, caplog):
     # Both miss the cache and write their own temporary file at the same time (each waits inside its fill
     # for the other), then both rename into place: each gets the data, and the file left matches its record.
-    runs = [subprocess.Popen([sys.executable, "-c", BUILDER, str(tmp_path), name], stdout=subprocess.PIPE, text=True)
-            for name in ("a", "b")]
+    runs = [
+        subprocess.Popen([sys.executable, "-c", BUILDER, str(tmp_path), name], stdout=subprocess.PIPE, text=True)
+        for name in ("a", "b")
+    ]
     printed = [run.communicate(timeout=300)[0].split() for run in runs]
     assert all(run.returncode == 0 for run in runs)
     expected = (np.arange(40 * 28 * 28) % 251).astype(np.uint8).reshape(40, 1, 28, 28)
-    assert printed == [[hashlib.sha256(expected.tobytes()).hexdigest(), "True"]] * 2  # both built it, both read it back whole
+    assert (
+        printed == [[hashlib.sha256(expected.tobytes()).hexdigest(), "True"]] * 2
+    )  # both built it, both read it back whole
     with caplog.at_level(logging.WARNING, logger="streams.cache"):
         cached = DomainCache(tmp_path).load("k")
     assert cached is not None and np.array_equal(cached, expected) and not caplog.records
@@ -241,8 +257,9 @@ def test_a_checksum_record_that_is_not_a_small_regular_file_is_refused_unread(tm
     else:
         record.mkdir()
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    reader = subprocess.run([sys.executable, "-c", READER, str(tmp_path), "k"], capture_output=True, text=True,
-                            timeout=120, env=env)
+    reader = subprocess.run(
+        [sys.executable, "-c", READER, str(tmp_path), "k"], capture_output=True, text=True, timeout=120, env=env
+    )
     assert reader.returncode == 0, reader.stderr
     assert reader.stdout.strip() == "miss"
     assert "unreadable checksum record" in reader.stderr and str(record) in reader.stderr

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
-import pytest
 import numpy as np
+import pytest
 import torch
 
-from studies.corruption_reference import sample_images
 from streams.corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS, corrupt, default_table
 from streams.corruptions._rng import ImageRNG, hash32, hash32_int
+from studies.corruption_reference import sample_images
 
 ALL = CORRUPTIONS + EXTRA_CORRUPTIONS
-RANDOM = {"gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "glass_blur", "motion_blur",
-          "snow", "frost", "fog", "spatter", "elastic_transform"}
+RANDOM = {
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "speckle_noise",
+    "glass_blur",
+    "motion_blur",
+    "snow",
+    "frost",
+    "fog",
+    "spatter",
+    "elastic_transform",
+}
 
 
 def smooth_images(n: int, channels: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -32,9 +43,22 @@ def gray() -> torch.Tensor:
 
 def test_lists_are_the_standard_fifteen_and_four_extras():
     assert CORRUPTIONS == (
-        "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
-        "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
-        "jpeg_compression")
+        "gaussian_noise",
+        "shot_noise",
+        "impulse_noise",
+        "defocus_blur",
+        "glass_blur",
+        "motion_blur",
+        "zoom_blur",
+        "snow",
+        "frost",
+        "fog",
+        "brightness",
+        "contrast",
+        "elastic_transform",
+        "pixelate",
+        "jpeg_compression",
+    )
     assert EXTRA_CORRUPTIONS == ("speckle_noise", "gaussian_blur", "spatter", "saturate")
 
 
@@ -70,8 +94,11 @@ def test_same_call_twice_gives_identical_bytes(name, rgb):
 @pytest.mark.parametrize("name", ALL)
 def test_batch_split_with_index_offset_gives_the_same_images(name, rgb):
     whole = corrupt(rgb, name, 5, seed=7)
-    parts = [corrupt(rgb[:3], name, 5, seed=7), corrupt(rgb[3:4], name, 5, seed=7, index_offset=3),
-             corrupt(rgb[4:], name, 5, seed=7, index_offset=4)]
+    parts = [
+        corrupt(rgb[:3], name, 5, seed=7),
+        corrupt(rgb[3:4], name, 5, seed=7, index_offset=3),
+        corrupt(rgb[4:], name, 5, seed=7, index_offset=4),
+    ]
     assert torch.equal(torch.cat(parts), whole)
 
 
@@ -144,8 +171,14 @@ def severity_distance(name: str, clean: torch.Tensor, out: torch.Tensor) -> floa
 #   glass_blur (CIFAR): severity 3 and 5 blur more than 2 and 4, which smooths the swaps away
 #     (checked below through the parameter that does grow: the number of swap passes);
 #   spatter (CIFAR): severity 4 switches from water drops to a smaller mud mask.
-NOT_MONOTONE = {("cifar", "saturate"), ("imagenet", "saturate"), ("cifar", "elastic_transform"),
-                ("imagenet", "elastic_transform"), ("cifar", "glass_blur"), ("cifar", "spatter")}
+NOT_MONOTONE = {
+    ("cifar", "saturate"),
+    ("imagenet", "saturate"),
+    ("cifar", "elastic_transform"),
+    ("imagenet", "elastic_transform"),
+    ("cifar", "glass_blur"),
+    ("cifar", "spatter"),
+}
 
 
 @pytest.mark.parametrize("table,size", [("cifar", 32), ("imagenet", 64)])
@@ -162,8 +195,7 @@ def test_distance_from_clean_grows_with_severity(name, table, size):
 
 def test_glass_blur_grows_with_swap_passes_at_fixed_sigma():
     x = smooth_images(12, 3, 32, seed=4)
-    d = [severity_distance("glass_blur", x, corrupt(x, "glass_blur", s, seed=0, table="cifar"))
-         for s in range(1, 6)]
+    d = [severity_distance("glass_blur", x, corrupt(x, "glass_blur", s, seed=0, table="cifar")) for s in range(1, 6)]
     assert d[3] > d[1] and d[4] > d[2]  # (0.25, 1, 1) -> (0.25, 1, 2) and (0.4, 1, 1) -> (0.4, 1, 2)
 
 
@@ -193,16 +225,19 @@ def test_empty_batch_is_returned_unchanged():
     assert corrupt(x, "fog", 3, seed=0).shape == x.shape
 
 
-@pytest.mark.parametrize("images,name,severity,message", [
-    (torch.zeros(2, 3, 8, 8, dtype=torch.uint8), "rain", 1, "valid names: gaussian_noise"),
-    (torch.zeros(2, 3, 8, 8, dtype=torch.uint8), "fog", 0, "severity must be an integer in 1..5"),
-    (torch.zeros(2, 3, 8, 8, dtype=torch.uint8), "fog", 6, "severity must be an integer in 1..5"),
-    (torch.zeros(2, 3, 8, 8, dtype=torch.uint8), "fog", 2.0, "severity must be an integer in 1..5"),
-    (torch.zeros(2, 3, 8, 8), "fog", 1, "must be uint8"),
-    (torch.zeros(3, 8, 8, dtype=torch.uint8), "fog", 1, "rank 4"),
-    (torch.zeros(2, 8, 8, 3, dtype=torch.uint8), "fog", 1, "1 or 3 channels"),
-    (torch.zeros(2, 4, 8, 8, dtype=torch.uint8), "fog", 1, "1 or 3 channels"),
-])
+@pytest.mark.parametrize(
+    "images,name,severity,message",
+    [
+        (torch.zeros(2, 3, 8, 8, dtype=torch.uint8), "rain", 1, "valid names: gaussian_noise"),
+        (torch.zeros(2, 3, 8, 8, dtype=torch.uint8), "fog", 0, "severity must be an integer in 1..5"),
+        (torch.zeros(2, 3, 8, 8, dtype=torch.uint8), "fog", 6, "severity must be an integer in 1..5"),
+        (torch.zeros(2, 3, 8, 8, dtype=torch.uint8), "fog", 2.0, "severity must be an integer in 1..5"),
+        (torch.zeros(2, 3, 8, 8), "fog", 1, "must be uint8"),
+        (torch.zeros(3, 8, 8, dtype=torch.uint8), "fog", 1, "rank 4"),
+        (torch.zeros(2, 8, 8, 3, dtype=torch.uint8), "fog", 1, "1 or 3 channels"),
+        (torch.zeros(2, 4, 8, 8, dtype=torch.uint8), "fog", 1, "1 or 3 channels"),
+    ],
+)
 def test_bad_input_gives_a_clear_error(images, name, severity, message):
     with pytest.raises((ValueError, TypeError), match=message):
         corrupt(images, name, severity, seed=0)
@@ -211,7 +246,6 @@ def test_bad_input_gives_a_clear_error(images, name, severity, message):
 def test_unknown_table_is_rejected():
     with pytest.raises(ValueError, match="cifar, imagenet"):
         corrupt(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), "fog", 1, seed=0, table="tiny")
-
 
 
 def test_numpy_integer_severity_and_offset_equal_python_ints_and_a_float_offset_is_refused():

@@ -11,14 +11,22 @@ import numpy as np
 import pytest
 import torch
 
-from studies.corruption_reference import reference_corrupt, sample_images
 from streams.corruptions import corrupt
+from studies.corruption_reference import reference_corrupt, sample_images
 
 reference = pytest.importorskip("corrupt_tta.corruptions")
 
 SIZE = 64
-DETERMINISTIC = ["defocus_blur", "zoom_blur", "gaussian_blur", "brightness", "contrast", "pixelate",
-                 "jpeg_compression", "saturate"]
+DETERMINISTIC = [
+    "defocus_blur",
+    "zoom_blur",
+    "gaussian_blur",
+    "brightness",
+    "contrast",
+    "pixelate",
+    "jpeg_compression",
+    "saturate",
+]
 NOISE = ["gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise"]
 
 
@@ -50,8 +58,7 @@ def test_noise_perturbation_has_the_reference_distribution(name, severity, image
     ours = run_ours(name, images, severity) - clean
     ref = run_reference(name, images, severity) - clean
     n = ours.size
-    for values_ours, values_ref in ((ours, ref), (np.abs(ours), np.abs(ref)),
-                                    ((ours != 0) * 1.0, (ref != 0) * 1.0)):
+    for values_ours, values_ref in ((ours, ref), (np.abs(ours), np.abs(ref)), ((ours != 0) * 1.0, (ref != 0) * 1.0)):
         a, b = values_ours.mean(), values_ref.mean()
         stderr = np.sqrt((values_ours.var() + values_ref.var()) / n)
         assert abs(a - b) <= 5 * stderr + 0.02 * abs(b), (a, b, stderr)
@@ -62,10 +69,10 @@ def test_noise_perturbation_has_the_reference_distribution(name, severity, image
 
 # Random corruptions with a random field or texture: the mean absolute perturbation and the mean
 # intensity agree within a relative tolerance. Wider where we follow the original scripts and
-# corrupt-tta does not: elastic (the original scales by 244, corrupt-tta by 224), motion blur (the original's ImageMagick streak is
-# one-sided with Gaussian weights, corrupt-tta's a centred uniform line, so it moves the image more).
-RANDOM_FIELD_TOLERANCE = {"glass_blur": 0.08, "snow": 0.15, "fog": 0.25,
-                          "elastic_transform": 0.3, "motion_blur": 0.6}
+# corrupt-tta does not: elastic (the original scales by 244, corrupt-tta by 224), motion blur (the original's
+# ImageMagick streak is one-sided with Gaussian weights, corrupt-tta's a centred uniform line, so it moves the
+# image more).
+RANDOM_FIELD_TOLERANCE = {"glass_blur": 0.08, "snow": 0.15, "fog": 0.25, "elastic_transform": 0.3, "motion_blur": 0.6}
 
 
 @pytest.mark.parametrize("severity", [1, 3, 5])
@@ -82,13 +89,13 @@ def test_random_field_corruptions_match_in_distribution(name, severity, images):
 def test_frost_layer_mean_is_the_texture_mean_of_the_original_five_textures():
     # On black images the output is frost_weight * crop. The original draws randint(5) (frost1..5),
     # corrupt-tta randint(1, 7) (all six); each must match its own texture set's mean intensity.
-    from PIL import Image
     from importlib import resources
+
+    from PIL import Image
 
     folder = resources.files("corrupt_tta.assets.frost")
     names = ["frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg", "frost6.jpg"]
-    means = [np.asarray(Image.open(folder.joinpath(f)).convert("RGB"), dtype=np.float64).mean()
-             for f in names]
+    means = [np.asarray(Image.open(folder.joinpath(f)).convert("RGB"), dtype=np.float64).mean() for f in names]
     x = torch.zeros(300, 3, 32, 32, dtype=torch.uint8)
     weight = 0.4  # ImageNet table, severity 1
     ours = corrupt(x, "frost", 1, seed=0, table="imagenet").double().mean().item()

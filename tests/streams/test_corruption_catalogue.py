@@ -44,7 +44,9 @@ def test_params_are_a_tuple_of_the_severitys_row():
 
 
 def test_unknown_corruption_names_the_valid_ones_and_the_nearest():
-    with pytest.raises(ValueError, match=r"unknown corruption 'fogg' \(did you mean 'fog'\?\); valid names: gaussian_noise"):
+    with pytest.raises(
+        ValueError, match=r"unknown corruption 'fogg' \(did you mean 'fog'\?\); valid names: gaussian_noise"
+    ):
         get_corruption("fogg")
 
 
@@ -57,9 +59,17 @@ def test_a_record_needs_five_severities_and_a_name_is_registered_once():
 
 def test_a_registered_corruption_is_served_by_corrupt(monkeypatch):
     monkeypatch.setattr(catalogue, "_CATALOGUE", dict(catalogue._CATALOGUE))
-    catalogue.register_corruption(Corruption(
-        "invert", lambda x, rng, scale: (1 - x) * scale, cifar=[255] * 5, imagenet=[255] * 5, standard=False,
-    ))
+    catalogue.register_corruption(
+        Corruption(
+            "invert",
+            lambda x, rng, scale: (1 - x) * scale,
+            cifar=[255] * 5,
+            imagenet=[255] * 5,
+            standard=False,
+        )
+    )
     x = torch.arange(4, dtype=torch.uint8).reshape(1, 1, 2, 2)
     assert corrupt(x, "invert", 3, seed=0).flatten().tolist() == [255, 254, 253, 252]
-    assert "invert" in corruptions.list_corruptions() and "invert" not in corruptions.list_corruptions(standard_only=True)
+    assert "invert" in corruptions.list_corruptions() and "invert" not in corruptions.list_corruptions(
+        standard_only=True
+    )

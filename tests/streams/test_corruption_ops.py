@@ -19,9 +19,8 @@ def reference_plasma(rng: ImageRNG, size: int, wibble_decay: float) -> torch.Ten
     while step >= 2:
         half = step // 2
 
-        def wibbled(total: torch.Tensor, tag: str) -> torch.Tensor:
-            return total / 4 + wibble * rng.uniform(f"{tag}{level}", tuple(total.shape[1:]),
-                                                    -wibble, wibble)
+        def wibbled(total: torch.Tensor, tag: str, wibble: float = wibble, level: int = level) -> torch.Tensor:
+            return total / 4 + wibble * rng.uniform(f"{tag}{level}", tuple(total.shape[1:]), -wibble, wibble)
 
         ul = m[:, 0:size:step, 0:size:step]
         sq = ul + torch.roll(ul, -1, dims=1)
@@ -73,8 +72,9 @@ def test_filter2d_is_correlation_with_reflect101_borders(k):
     kernel = torch.rand(k, k, generator=g)
     kernel /= kernel.sum()
     padded = np.pad(x.numpy(), ((0, 0), (0, 0), (k // 2, k // 2), (k // 2, k // 2)), mode="reflect")
-    expected = F.conv2d(torch.from_numpy(padded).reshape(8, 1, 17 + k - 1, 23 + k - 1).double(),
-                        kernel.double()[None, None]).reshape(4, 2, 17, 23)
+    expected = F.conv2d(
+        torch.from_numpy(padded).reshape(8, 1, 17 + k - 1, 23 + k - 1).double(), kernel.double()[None, None]
+    ).reshape(4, 2, 17, 23)
     assert torch.allclose(_ops.filter2d(x, kernel).double(), expected, atol=1e-5)
 
 
@@ -88,8 +88,7 @@ def test_separable_filter_matches_scipy_correlate1d(border, shape):
 
     g = torch.Generator().manual_seed(1)
     x = torch.rand(*shape, generator=g)
-    kh, kw = torch.rand(7, generator=g, dtype=torch.float64), torch.rand(25, generator=g,
-                                                                         dtype=torch.float64)
+    kh, kw = torch.rand(7, generator=g, dtype=torch.float64), torch.rand(25, generator=g, dtype=torch.float64)
     expected = ndimage.correlate1d(x.double().numpy(), kh.numpy(), axis=2, mode=SCIPY_MODE[border])
     expected = ndimage.correlate1d(expected, kw.numpy(), axis=3, mode=SCIPY_MODE[border])
     ours = _ops.separable_filter(x, kh, kw, border)

@@ -24,16 +24,24 @@ def test_each_entry_is_consistent(name):
 
 @pytest.mark.parametrize(
     ("spelling", "name", "base"),
-    [("fmnist", "fmnist-c", "fmnist"), ("Fashion_MNIST", "fmnist-c", "fmnist"), ("CIFAR-10-C", "cifar10-c", "cifar10"),
-     ("cifar100", "cifar100-c", "cifar100"), ("imagenet", "imagenet-c", "imagenet")],
+    [
+        ("fmnist", "fmnist-c", "fmnist"),
+        ("Fashion_MNIST", "fmnist-c", "fmnist"),
+        ("CIFAR-10-C", "cifar10-c", "cifar10"),
+        ("cifar100", "cifar100-c", "cifar100"),
+        ("imagenet", "imagenet-c", "imagenet"),
+    ],
 )
 def test_spellings_find_the_canonical_entry(spelling, name, base):
     assert get_dataset(spelling).name == name and get_dataset(spelling).base == base
 
 
 def test_unknown_dataset_names_the_known_ones_and_the_nearest():
-    with pytest.raises(ValueError, match=r"unknown dataset 'mnist-c' \(did you mean 'fmnist-c'\?\); choose from: "
-                                         r"fmnist-c, cifar10-c, cifar100-c, imagenet-c"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown dataset 'mnist-c' \(did you mean 'fmnist-c'\?\); choose from: "
+        r"fmnist-c, cifar10-c, cifar100-c, imagenet-c",
+    ):
         get_dataset("mnist-c")
 
 
@@ -50,20 +58,38 @@ def test_the_fmnist_entry_serves_the_embedded_test_split():
 def test_registration_refuses_a_taken_name_or_alias_and_an_entry_that_contradicts_itself():
     fmnist = get_dataset("fmnist-c")
     with pytest.raises(ValueError, match="the name 'FASHION-MNIST' is taken by dataset 'fmnist-c'"):
-        register_dataset(DatasetInfo(name="other", aliases=("FASHION-MNIST",), base="x", input_shape=(1, 2, 2),
-                                     num_classes=2, load=fmnist.load, table="cifar"))
+        register_dataset(
+            DatasetInfo(
+                name="other",
+                aliases=("FASHION-MNIST",),
+                base="x",
+                input_shape=(1, 2, 2),
+                num_classes=2,
+                load=fmnist.load,
+                table="cifar",
+            )
+        )
     with pytest.raises(ValueError, match="3 class names for 2 classes"):
-        DatasetInfo(name="x", base="x", input_shape=(1, 2, 2), num_classes=2, classes=("a", "b", "c"),
-                    load=fmnist.load, table="cifar")
+        DatasetInfo(
+            name="x",
+            base="x",
+            input_shape=(1, 2, 2),
+            num_classes=2,
+            classes=("a", "b", "c"),
+            load=fmnist.load,
+            table="cifar",
+        )
     with pytest.raises(ValueError, match="needs the url"):
-        DatasetInfo(name="x", base="x", input_shape=(1, 2, 2), num_classes=2, load=fmnist.load, table="cifar",
-                    folder="X")
+        DatasetInfo(
+            name="x", base="x", input_shape=(1, 2, 2), num_classes=2, load=fmnist.load, table="cifar", folder="X"
+        )
 
 
 def test_a_dataset_registered_by_its_own_module_is_served_by_a_stream(toy_dataset, tmp_path):
     assert toy_dataset in streams.list_datasets()
-    stream = streams.Stream("toy", corruptions="fog,contrast", severities=2, setting="continual", batch_size=16,
-                            cache_dir=tmp_path)
+    stream = streams.Stream(
+        "toy", corruptions="fog,contrast", severities=2, setting="continual", batch_size=16, cache_dir=tmp_path
+    )
     batches = list(stream)
     assert len(batches) == 6 and all(b.x.shape[1:] == (3, 8, 8) for b in batches)
     assert sorted(torch.cat([b.y for b in batches]).tolist()) == sorted((torch.arange(48) % 4).tolist() * 2)
@@ -71,9 +97,15 @@ def test_a_dataset_registered_by_its_own_module_is_served_by_a_stream(toy_datase
 
 
 def test_a_stream_names_only_datasets_that_need_no_files_and_says_how_to_read_the_others():
-    with pytest.raises(ValueError, match=r"unknown source 'CIFAR-10-C': cifar10-c is read from files, so pass "
-                                         r"streams\.get_dataset\('cifar10-c'\)\.source\(data_dir\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown source 'CIFAR-10-C': cifar10-c is read from files, so pass "
+        r"streams\.get_dataset\('cifar10-c'\)\.source\(data_dir\)",
+    ):
         streams.Stream("CIFAR-10-C")
-    with pytest.raises(ValueError, match=r"unknown source 'mnist'; pass the name of a dataset that needs no files "
-                                         r"\(fmnist-c\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown source 'mnist'; pass the name of a dataset that needs no files "
+        r"\(fmnist-c\)",
+    ):
         streams.Stream("mnist")

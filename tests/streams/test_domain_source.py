@@ -41,8 +41,9 @@ def test_both_sources_serve_the_same_images_and_labels(clean, tmp_path):
 @pytest.mark.parametrize("setting", ["single", "continual", "mixed", "gradual"])
 def test_streams_over_either_source_give_the_same_batches(clean, tmp_path, setting):
     on_the_fly = CleanImages(clean, seed=3, table=None, cache=DomainCache(tmp_path))
-    options = dict(corruptions=["fog", "saturate"], severities=[2, 5], setting=setting, batch_size=16, seed=3,
-                   cache_dir=tmp_path)
+    options = dict(
+        corruptions=["fog", "saturate"], severities=[2, 5], setting=setting, batch_size=16, seed=3, cache_dir=tmp_path
+    )
     a = list(streams.Stream(clean, **options).episodes())
     b = list(streams.Stream(stored_copy(on_the_fly, clean), **options).episodes())
     assert [label for label, _ in a] == [label for label, _ in b]
@@ -54,10 +55,17 @@ def test_streams_over_either_source_give_the_same_batches(clean, tmp_path, setti
 def test_each_source_refuses_what_it_cannot_serve(clean, tmp_path):
     cache = DomainCache(tmp_path)
     with pytest.raises(ValueError, match="has no clean domain"):
-        open_source(stored_copy(CleanImages(clean, seed=0, table=None, cache=cache), clean), n_examples=None, seed=0,
-                    table=None, cache=cache).check(None, [5])
+        open_source(
+            stored_copy(CleanImages(clean, seed=0, table=None, cache=cache), clean),
+            n_examples=None,
+            seed=0,
+            table=None,
+            cache=cache,
+        ).check(None, [5])
     with pytest.raises(ValueError, match="already corrupted"):
-        open_source(streams.PrecomputedSource("x", lambda *a: clean), n_examples=None, seed=0, table="cifar", cache=cache)
+        open_source(
+            streams.PrecomputedSource("x", lambda *a: clean), n_examples=None, seed=0, table="cifar", cache=cache
+        )
     with pytest.raises(ValueError, match="unknown table 'tiny'"):
         open_source(clean, n_examples=None, seed=0, table="tiny", cache=cache).check(["fog"], [5])
     with pytest.raises(TypeError, match="source must be"):

@@ -39,7 +39,7 @@ ORDER_CALLS = {
 @pytest.mark.parametrize("call", ORDER_CALLS, ids=str)
 @pytest.mark.parametrize("seed", NOT_INTEGERS, ids=repr)
 def test_orderings_refuse_a_seed_that_is_not_an_integer(call, seed):
-    with pytest.raises(TypeError, match="rng must be a numpy.random.Generator or an integer seed"):
+    with pytest.raises(TypeError, match=r"rng must be a numpy.random.Generator or an integer seed"):
         ORDER_CALLS[call](np.repeat(np.arange(3), 4), seed)
 
 

@@ -39,7 +39,11 @@ def test_mixed_is_one_episode_over_the_union():
 
 def test_mixed_stream_mixes_domains_inside_batches(tmp_path):
     stream = streams.Stream(
-        "fmnist", corruptions=["brightness", "contrast"], setting="mixed", n_examples=100, batch_size=20,
+        "fmnist",
+        corruptions=["brightness", "contrast"],
+        setting="mixed",
+        n_examples=100,
+        batch_size=20,
         cache_dir=tmp_path,
     )
     batches = list(stream)
@@ -63,7 +67,7 @@ def test_gradual_stream_repeats_domains_with_fresh_label_orders(tmp_path):
 
 
 def test_unknown_setting_and_clean_gradual_are_errors():
-    with pytest.raises(ValueError, match="unknown setting 'episodic'.*single, continual, mixed, gradual"):
+    with pytest.raises(ValueError, match=r"unknown setting 'episodic'.*single, continual, mixed, gradual"):
         plan("episodic", ["fog"], [5])
     with pytest.raises(ValueError, match="gradual"):
         streams.Stream("fmnist", corruptions=None, setting="gradual")

@@ -59,7 +59,7 @@ def test_train_split_is_read_from_root_in_both_layouts(tmp_path, layout):
 
 def test_missing_train_split_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(fm, "_debian_dirs", lambda: [])
-    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte.gz.*dataset-fashion-mnist"):
+    with pytest.raises(FileNotFoundError, match=r"train-images-idx3-ubyte.gz.*dataset-fashion-mnist"):
         streams.fashion_mnist("train", root=tmp_path, download=False)
     with pytest.raises(ValueError, match="unknown split"):
         streams.fashion_mnist("val")
@@ -136,7 +136,9 @@ def test_imagenet_c_domain_is_loaded_through_robustbench(tmp_path):
     assert np.array_equal(data.images.numpy(), np.stack(decoded).transpose(0, 3, 1, 2))
     ids, _ = _imagenet_helper_files()
     class_index = json.loads(
-        (Path(sys.modules["robustbench"].__file__).parent / "helper_files" / "imagenet_class_to_id_map.json").read_text()
+        (
+            Path(sys.modules["robustbench"].__file__).parent / "helper_files" / "imagenet_class_to_id_map.json"
+        ).read_text()
     )
     assert data.labels.tolist() == [class_index[i.split("/")[0]] for i in ids[:3]]
     assert len(data.classes) == 1000
@@ -158,13 +160,20 @@ def test_stream_over_a_precomputed_source_never_corrupts_again(tmp_path, monkeyp
     source = streams.cifar_c_source("cifar10-c", tmp_path)
     for setting in ["continual", "mixed"]:
         stream = streams.Stream(
-            source, corruptions=["fog", "snow"], severities=[1, 4], setting=setting, batch_size=16,
-            n_examples=30, cache_dir=tmp_path / "cache",
+            source,
+            corruptions=["fog", "snow"],
+            severities=[1, 4],
+            setting=setting,
+            batch_size=16,
+            n_examples=30,
+            cache_dir=tmp_path / "cache",
         )
         seen = {}
         for batch in stream:
             for x, y, domain in zip(batch.x, batch.y, batch.domain):
-                seen.setdefault(domain, []).append((tuple((x * 255).round().to(torch.uint8).flatten().tolist()), int(y)))
+                seen.setdefault(domain, []).append(
+                    (tuple((x * 255).round().to(torch.uint8).flatten().tolist()), int(y))
+                )
         assert sorted(seen) == [("fog", 1), ("fog", 4), ("snow", 1), ("snow", 4)]
         for (c, s), items in seen.items():
             block = files[c][(s - 1) * 10_000 : (s - 1) * 10_000 + 30].transpose(0, 3, 1, 2)
@@ -182,8 +191,11 @@ def test_a_loaded_cifar_c_domain_is_refused_as_a_stream_source(tmp_path, monkeyp
     loaded = streams.cifar_c("cifar10-c", "fog", 3, tmp_path, n_examples=30)
     assert loaded.precorrupted == ("cifar10-c", "fog", 3) and loaded.head(10).precorrupted == loaded.precorrupted
     for corruptions in (["snow"], None):  # corrupted again, or labelled clean: both wrong
-        with pytest.raises(ValueError, match=r"cifar10-c fog at severity 3.*already corrupted.*"
-                                             r"streams\.cifar_c_source\('cifar10-c', data_dir\)"):
+        with pytest.raises(
+            ValueError,
+            match=r"cifar10-c fog at severity 3.*already corrupted.*"
+            r"streams\.cifar_c_source\('cifar10-c', data_dir\)",
+        ):
             streams.Stream(loaded, corruptions=corruptions, cache_dir=tmp_path / "cache")
     assert not (tmp_path / "cache").exists()
 

@@ -80,7 +80,9 @@ def test_continual_is_the_concatenation_of_the_single_episodes(tmp_path):
     single = [b for _, batches in small(tmp_path).episodes() for b in batches]
     continual = list(small(tmp_path, setting="continual"))
     assert all(torch.equal(a.x, b.x) and torch.equal(a.y, b.y) for a, b in zip(single, continual, strict=True))
-    assert len(list(small(tmp_path).episodes())) == 2 and len(list(small(tmp_path, setting="continual").episodes())) == 1
+    assert (
+        len(list(small(tmp_path).episodes())) == 2 and len(list(small(tmp_path, setting="continual").episodes())) == 1
+    )
 
 
 def test_label_stats_measure_how_non_iid_the_stream_is(tmp_path):
@@ -98,7 +100,7 @@ def test_corrupted_domains_are_cached_on_disk_and_reused(tmp_path, monkeypatch):
     iterator = iter(stream)
     next(iterator)  # domains are produced lazily: one domain at a time
     assert len(list((tmp_path / "domains").glob("*.npy"))) == 1
-    first = [next(iterator)] + list(iterator)
+    first = [next(iterator), *iterator]
     assert len(list((tmp_path / "domains").glob("*.npy"))) == 2
     assert not list((tmp_path / "domains").glob(".*"))  # no temporary files left
     real_corrupt = corrupt
@@ -170,7 +172,7 @@ def test_bad_sources_are_clear_errors():
         streams.Stream("cifar10")
     with pytest.raises(TypeError, match="source must be"):
         streams.Stream(np.zeros((3, 1, 28, 28)))
-    with pytest.raises(ValueError, match="dirichlet:0.1: 50 samples cannot fill 10 chunks"):
+    with pytest.raises(ValueError, match=r"dirichlet:0.1: 50 samples cannot fill 10 chunks"):
         streams.Stream("fmnist", corruptions=["fog"], n_examples=50, order="dirichlet:0.1")
 
 
@@ -186,10 +188,10 @@ def test_batch_unpacks_as_x_y_domain_and_keeps_its_fields(tmp_path):
     with pytest.raises(ValueError, match=r"unpacks into three values, x, y and domain, not 2.*for x, y, _ in stream"):
         x, y = batches[0]  # the 2-tuple form is not offered: write `x, y, _ = batch`
     with pytest.raises(ValueError, match="unpacks into three values, x, y and domain, not 2"):
-        for x, y in stream:
+        for _x, _y in stream:
             pass
     with pytest.raises(ValueError, match="unpacks into three values, x, y and domain, not 4"):
-        x, y, domain, extra = batches[0]
+        x, y, domain, _extra = batches[0]
     x, *rest = batches[0]  # every other way of iterating is untouched
     assert rest[1] == batches[0].domain and len(list(batches[0])) == 3
 

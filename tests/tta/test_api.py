@@ -38,10 +38,16 @@ def test_options_and_defaults_are_those_of_the_spec() -> None:
     assert tta.policy_options("alpha_bn") == {"alpha": 0.1}
     assert tta.policy_options("rbn") == {"alpha": 0.05}
     assert tta.policy_options("momentum_decay") == {
-        "momentum": 0.1, "decay": 0.94, "min_momentum": 0.005,
+        "momentum": 0.1,
+        "decay": 0.94,
+        "min_momentum": 0.005,
     }
     assert tta.policy_options("unmix_tns") == {
-        "num_components": 16, "temperature": 0.07, "init_spread": 0.5, "batch_size_max": 64, "seed": 0,
+        "num_components": 16,
+        "temperature": 0.07,
+        "init_spread": 0.5,
+        "batch_size_max": 64,
+        "seed": 0,
     }
     assert tta.policy_options("adab2n") == {"momentum": None, "kappa": 0.4}
     assert tta.policy_options("balanced") == {"num_classes": None, "eta": None, "gamma": None}
@@ -60,7 +66,7 @@ def test_every_batchnorm_is_replaced_and_listed() -> None:
 
 
 def test_unknown_policy_lists_the_known_ones() -> None:
-    with pytest.raises(ValueError, match="unknown policy 'tent'.*source, tbn, adabn"):
+    with pytest.raises(ValueError, match=r"unknown policy 'tent'.*source, tbn, adabn"):
         tta.adapt(build("small_cnn"), "tent")
 
 
@@ -176,7 +182,9 @@ def test_adapted_stats_start_at_the_source_statistics() -> None:
         assert torch.equal(mean, layer.source_mean) and torch.equal(var, layer.source_var)
     with torch.no_grad():
         model(inputs("small_cnn", 8, 0))
-    assert not torch.equal(tta.policy_layers(model)[0][1].adapted_stats()[0], tta.policy_layers(model)[0][1].source_mean)
+    assert not torch.equal(
+        tta.policy_layers(model)[0][1].adapted_stats()[0], tta.policy_layers(model)[0][1].source_mean
+    )
 
 
 @pytest.mark.parametrize(
@@ -243,8 +251,11 @@ def test_adabn_skips_batches_with_one_value_per_channel() -> None:
 def test_a_number_of_classes_the_model_does_not_output_is_named_before_any_state_changes(policy: str) -> None:
     model = tta.adapt(build("small_cnn"), policy, num_classes=5)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match=rf"{policy} learns from the model's predicted classes and needs \(batch, 5\) "
-                                         r"logits from the model; it returned \(4, 10\)"):
+    with pytest.raises(
+        ValueError,
+        match=rf"{policy} learns from the model's predicted classes and needs \(batch, 5\) "
+        r"logits from the model; it returned \(4, 10\)",
+    ):
         with torch.no_grad():
             model(inputs("small_cnn", 4))
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())

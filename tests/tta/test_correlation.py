@@ -39,7 +39,7 @@ def test_the_argmax_of_logits_is_the_predicted_class() -> None:
 def synthetic(labels: np.ndarray, batch: int) -> float:
     meter = CorrelationMeter()
     for start in range(0, len(labels), batch):
-        meter.update(one_hot(labels[start:start + batch].tolist(), 10))
+        meter.update(one_hot(labels[start : start + batch].tolist(), 10))
     return meter.value
 
 
@@ -66,14 +66,17 @@ def test_bad_outputs_are_named() -> None:
         meter.update(torch.zeros(4, 5))
 
 
-@pytest.mark.parametrize("outputs, error, message", [
-    (torch.zeros(4, 0), ValueError, r"got shape \(4, 0\)"),
-    (torch.zeros(0, 3), ValueError, r"got shape \(0, 3\)"),
-    (torch.zeros(4, 3, dtype=torch.bool), TypeError, "floating-point outputs.*torch.bool"),
-    (torch.zeros(4, 3, dtype=torch.complex64), TypeError, "floating-point outputs.*torch.complex64"),
-    (torch.zeros(4, 3, dtype=torch.int64), TypeError, "floating-point outputs.*torch.int64"),
-    ([[0.0, 1.0]], TypeError, "needs a tensor"),
-])
+@pytest.mark.parametrize(
+    "outputs, error, message",
+    [
+        (torch.zeros(4, 0), ValueError, r"got shape \(4, 0\)"),
+        (torch.zeros(0, 3), ValueError, r"got shape \(0, 3\)"),
+        (torch.zeros(4, 3, dtype=torch.bool), TypeError, "floating-point outputs.*torch.bool"),
+        (torch.zeros(4, 3, dtype=torch.complex64), TypeError, "floating-point outputs.*torch.complex64"),
+        (torch.zeros(4, 3, dtype=torch.int64), TypeError, "floating-point outputs.*torch.int64"),
+        ([[0.0, 1.0]], TypeError, "needs a tensor"),
+    ],
+)
 def test_outputs_that_are_not_a_batch_of_real_scores_are_refused_before_counting(outputs, error, message) -> None:
     meter = CorrelationMeter()
     meter.update(one_hot([0, 1, 2], 3))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+
 import pytest
 import torch
 
@@ -15,7 +16,6 @@ pytestmark = [
     pytest.mark.usefixtures("full_float32_precision"),  # tests/tta/conftest.py
 ]
 POLICIES = tta.list_policies()
-
 
 
 def batches(model_name: str) -> list[torch.Tensor]:

@@ -27,7 +27,9 @@ pytestmark = pytest.mark.multiprocess
 # that keep the test small.
 OPTIONS: dict[str, dict[str, object]] = {"unmix_tns": {"num_components": 4}}
 CASES: dict[str, dict[str, object]] = {
-    policy: OPTIONS.get(policy, {}) for policy in tta.list_policies() if tta.get_policy(policy).combines_across_processes
+    policy: OPTIONS.get(policy, {})
+    for policy in tta.list_policies()
+    if tta.get_policy(policy).combines_across_processes
 }
 # Samples of each batch held by process 0 and process 1; in the second batch process 0 holds one
 # sample, so its BatchNorm1d layer has n = 1 on its own and n = 8 together.
@@ -43,8 +45,14 @@ def base_model() -> nn.Module:
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = nn.Sequential(
-            nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
-            nn.Conv2d(4, 6, 3, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 5), nn.BatchNorm1d(5),
+            nn.Conv2d(3, 4, 3),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.Conv2d(4, 6, 3, stride=2),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(6, 5),
+            nn.BatchNorm1d(5),
         )
     return give_source_statistics(model)
 
@@ -61,7 +69,7 @@ def batches() -> list[torch.Tensor]:
 
 def shard(x: torch.Tensor, sizes: tuple[int, ...], rank: int) -> torch.Tensor:
     start = sum(sizes[:rank])
-    return x[start: start + sizes[rank]]
+    return x[start : start + sizes[rank]]
 
 
 def loss_weights() -> torch.Tensor:
@@ -71,8 +79,9 @@ def loss_weights() -> torch.Tensor:
 
 def _worker(rank: int, store: str, out: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
-                            timeout=timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=2, timeout=timedelta(seconds=60)
+    )
     try:
         xs = [shard(x, sizes, rank) for x, sizes in zip(batches(), SHARDS)]
         results: dict[str, object] = {}
@@ -90,7 +99,9 @@ def _worker(rank: int, store: str, out: str) -> None:
             output = model(x)
             (shard(loss_weights(), SHARDS[1], rank) * output).sum().backward()
             results[f"stats_grad {policy}"] = {
-                "output": output.detach(), "input_grad": x.grad, "param_grads": [p.grad for p in model.parameters()]
+                "output": output.detach(),
+                "input_grad": x.grad,
+                "param_grads": [p.grad for p in model.parameters()],
             }
 
         # SyncBatchNorm layers whose own process group holds one process: per-process statistics.

@@ -76,7 +76,7 @@ def test_adapt_inside_inference_mode_leaves_a_model_usable_outside(policy: str) 
 def test_jit_trace_is_refused_and_changes_no_state(policy: str) -> None:
     model = tta.adapt(build("small_cnn"), policy)
     state = snapshot(model)
-    with pytest.raises(RuntimeError, match="torch.jit.trace cannot record an adapted model.*keep_adapted"):
+    with pytest.raises(RuntimeError, match=r"torch.jit.trace cannot record an adapted model.*keep_adapted"):
         torch.jit.trace(model, inputs("small_cnn", 4))
     assert_same_state(snapshot(model), state)
 
@@ -144,6 +144,7 @@ def test_a_parametrized_weight_is_read_at_every_forward(policy: str) -> None:
     original = build("small_cnn")
     parametrize.register_parametrization(original[1], "weight", Doubled())
     model = tta.adapt(copy.deepcopy(original), policy)
+
     def parametrized_keys(m: nn.Module) -> set[str]:
         return {key for key in m.state_dict() if "parametrizations" in key}
 
@@ -164,7 +165,9 @@ def test_a_parametrized_weight_is_read_at_every_forward(policy: str) -> None:
         plain = build("small_cnn")
         plain[1].weight.copy_(2 * underlying)
         plain = tta.adapt(plain, policy)
-        plain.load_state_dict({k: v for k, v in model.state_dict().items() if "parametrizations" not in k}, strict=False)
+        plain.load_state_dict(
+            {k: v for k, v in model.state_dict().items() if "parametrizations" not in k}, strict=False
+        )
         with tta.paused(plain):
             expected = plain[1](plain[0](x))
     torch.testing.assert_close(out, expected)

@@ -82,7 +82,7 @@ def test_momentum_decay_augment_is_refused_naming_the_dua_method(value: object) 
     )
     with pytest.raises(ValueError, match=re.escape(expected)):
         tta.adapt(model, "momentum_decay", augment=value)
-    with pytest.raises(ValueError, match="augment=0 .* drop it"):
+    with pytest.raises(ValueError, match=r"augment=0 .* drop it"):
         tta.adapt(model, "momentum_decay", augment=0)
     assert not tta.policy_layers(model)
 
@@ -98,7 +98,7 @@ def test_an_option_declared_with_none_takes_none_and_the_policy_says_what_it_mea
     model[1].momentum, model[4].momentum = 0.3, None  # None: PyTorch's cumulative average; taken as 0.1
     tta.adapt(model, "adab2n", momentum=None)
     assert (model[1].momentum, model[4].momentum) == (0.3, 0.1)
-    with pytest.raises(TypeError, match="option 'momentum' must be a real number or None, got '0.1'"):
+    with pytest.raises(TypeError, match=r"option 'momentum' must be a real number or None, got '0.1'"):
         tta.adapt(build("small_cnn"), "adab2n", momentum="0.1")
     with pytest.raises(TypeError, match="option 'kappa' must be a real number, got None"):
         tta.adapt(build("small_cnn"), "adab2n", kappa=None)
@@ -136,7 +136,7 @@ def test_optional_int_and_optional_choice_are_checked_like_their_type() -> None:
 
     assert validate_options("p", constructor, {"count": None, "mode": None}) == {"count": None, "mode": None}
     assert validate_options("p", constructor, {"count": np.int64(3), "mode": "b"}) == {"count": 3, "mode": "b"}
-    with pytest.raises(TypeError, match="option 'count' must be an integer or None, got 1.5"):
+    with pytest.raises(TypeError, match=r"option 'count' must be an integer or None, got 1.5"):
         validate_options("p", constructor, {"count": 1.5})
     with pytest.raises(ValueError, match="option 'count' must lie in"):
         validate_options("p", constructor, {"count": 0})

@@ -16,7 +16,9 @@ from tta.stats import all_finite, batch_moments, instance_moments, merge_moments
     shifts=st.lists(st.floats(-100, 100), min_size=6, max_size=6),
     seed=st.integers(0, 2**16),
 )
-def test_merging_batches_gives_the_moments_of_their_concatenation(sizes: list[int], shifts: list[float], seed: int) -> None:
+def test_merging_batches_gives_the_moments_of_their_concatenation(
+    sizes: list[int], shifts: list[float], seed: int
+) -> None:
     generator = torch.Generator().manual_seed(seed)
     batches = [torch.randn(b, 3, 2, 2, generator=generator, dtype=torch.float64) + s for b, s in zip(sizes, shifts)]
     count = torch.zeros((), dtype=torch.int64)
@@ -33,8 +35,16 @@ def test_merging_batches_gives_the_moments_of_their_concatenation(sizes: list[in
 
 @pytest.mark.parametrize(
     ("shape", "channels_last"),
-    [((64, 5), False), ((9, 4, 11), False), ((3, 6, 7, 5), False), ((3, 6, 7, 5), True),
-     ((10, 64, 32, 32), False), ((2, 3, 4, 5, 6), False), ((5, 8, 1, 1), False), ((4, 3, 31, 33), False)],
+    [
+        ((64, 5), False),
+        ((9, 4, 11), False),
+        ((3, 6, 7, 5), False),
+        ((3, 6, 7, 5), True),
+        ((10, 64, 32, 32), False),
+        ((2, 3, 4, 5, 6), False),
+        ((5, 8, 1, 1), False),
+        ((4, 3, 31, 33), False),
+    ],
 )  # rows of 1,024 values and more: deviations in slices; shorter: matrix-vector products; 1x1: variance 0
 def test_batch_and_instance_moments_equal_float64_moments_on_every_path(shape, channels_last) -> None:
     g = torch.Generator().manual_seed(0)
@@ -49,8 +59,7 @@ def test_batch_and_instance_moments_equal_float64_moments_on_every_path(shape, c
     if x.dim() > 2:
         inst_mean, inst_var = instance_moments(x)
         torch.testing.assert_close(inst_mean.double(), x.double().mean(dims[1:]), rtol=1e-6, atol=1e-6)
-        torch.testing.assert_close(inst_var.double(), x.double().var(dims[1:], unbiased=False),
-                                   rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(inst_var.double(), x.double().var(dims[1:], unbiased=False), rtol=1e-5, atol=1e-7)
 
 
 def test_moments_are_float32_for_low_precision_inputs() -> None:
@@ -86,8 +95,12 @@ def test_all_finite_is_false_exactly_when_a_value_is_nan_or_inf(values, specials
 
 def test_all_finite_is_a_zero_dim_bool_tensor_on_the_host_on_another_device_and_under_compile() -> None:
     tensors = (torch.ones(3), torch.tensor([1.0, float("nan"), 2.0]))
-    results = [all_finite(tensors[0]), all_finite(*tensors), all_finite(*(t.to("meta") for t in tensors)),
-               torch.compile(all_finite, backend="eager", fullgraph=True)(*tensors)]
+    results = [
+        all_finite(tensors[0]),
+        all_finite(*tensors),
+        all_finite(*(t.to("meta") for t in tensors)),
+        torch.compile(all_finite, backend="eager", fullgraph=True)(*tensors),
+    ]
     for result in results:
         assert isinstance(result, torch.Tensor) and result.dtype == torch.bool and result.dim() == 0
     assert [bool(result) for result in (results[0], results[1], results[3])] == [True, False, False]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -31,7 +31,10 @@ def transposed(x: torch.Tensor) -> torch.Tensor:
 
 
 LAYOUTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "sliced": sliced, "expanded": expanded, "channels_last": channels_last, "transposed": transposed,
+    "sliced": sliced,
+    "expanded": expanded,
+    "channels_last": channels_last,
+    "transposed": transposed,
 }
 
 
@@ -48,7 +51,10 @@ def test_output_and_state_are_those_of_the_contiguous_copy(policy: str, layout: 
     shape = (6, 3, 5, 7) if dims == 2 else (6, 3, 4, 5, 3)
     batches = [LAYOUTS[layout](torch.randn(shape, generator=generator) * 2 + 1) for _ in range(2)]
     assert not batches[0].is_contiguous()
-    strided_model, contiguous_model = tta.adapt(bn_model(dims, policy), policy), tta.adapt(bn_model(dims, policy), policy)
+    strided_model, contiguous_model = (
+        tta.adapt(bn_model(dims, policy), policy),
+        tta.adapt(bn_model(dims, policy), policy),
+    )
     with torch.no_grad():
         for x in batches:
             torch.testing.assert_close(strided_model(x), contiguous_model(x.contiguous()), rtol=1e-4, atol=1e-4)

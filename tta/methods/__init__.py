@@ -3,9 +3,13 @@
 
 import sys
 
-from tta.registry import ListingPackage
 from tta.methods.base import GradientMethod, Method
-from tta.methods import none, tent, rotta, dua, lame  # noqa: F401  (registers the methods)
+from tta.registry import ListingPackage
+
+# the import order is the registration order: tta.list_methods()
+# isort: off
+from tta.methods import none, tent, rotta, dua, lame  # noqa: F401
+# isort: on
 
 LISTING = "list_methods"
 sys.modules[__name__].__class__ = ListingPackage

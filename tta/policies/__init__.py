@@ -2,9 +2,14 @@
 
 import sys
 
-from tta.registry import ListingPackage
-from tta.policies import source, tbn, adabn, alpha_bn, momentum_decay, rbn, unmix_tns, adab2n, balanced, iabn, rebalance  # noqa: F401
 from tta.policies.base import NormPolicy
+from tta.registry import ListingPackage
+
+# the import order is the registration order: tta.list_policies()
+# isort: off
+from tta.policies import source, tbn, adabn, alpha_bn, momentum_decay, rbn, unmix_tns  # noqa: F401
+from tta.policies import adab2n, balanced, iabn, rebalance  # noqa: F401
+# isort: on
 
 LISTING = "list_policies"
 sys.modules[__name__].__class__ = ListingPackage

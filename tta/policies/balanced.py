@@ -10,10 +10,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from tta.collectives import sum_across_processes
 from tta.options import Range
 from tta.policies.base import ModelHook, NormPolicy, check_logits
 from tta.registry import register_policy
-from tta.collectives import sum_across_processes
 from tta.stats import all_finite, instance_moments
 from tta.surgery import with_num_classes
 
@@ -167,6 +167,7 @@ class BalancedBatchNorm(NormPolicy):
 
     def adapted_stats(self) -> tuple[Tensor, Tensor]:
         return self.mixture()
+
 
 class PredictThenUpdate(ModelHook):
     """Forward hook on the model's root: after the model's forward (the prediction, no update), label the

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any, Callable, ClassVar, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, ClassVar
 
 import torch
 import torch.distributed as dist
@@ -48,7 +49,9 @@ def source_var(layer: NormPolicy) -> Tensor:
 
 
 def _filled(shape: tuple[int, ...], value: float, dtype: torch.dtype | None, layer: NormPolicy) -> Tensor:
-    return torch.full(shape, value, dtype=layer.stats_dtype if dtype is None else dtype, device=layer.source_mean.device)
+    return torch.full(
+        shape, value, dtype=layer.stats_dtype if dtype is None else dtype, device=layer.source_mean.device
+    )
 
 
 def filled(shape: tuple[int, ...], value: float, dtype: torch.dtype | None = None) -> StateInit:

@@ -53,7 +53,7 @@ class MomentumDecayBatchNorm(RunningStatsPolicy):
         """``m_t`` for the t-th update (t = 1, 2, ...) in float64; a Python float for a step read on the
         host (:func:`tta.stats.on_host`: five fewer small kernels per layer)."""
         t = step if isinstance(step, int) else step.double()
-        return self.momentum * self.decay ** t + self.min_momentum
+        return self.momentum * self.decay**t + self.min_momentum
 
     def update(self, mean: Tensor, var: Tensor, n: int) -> dict[str, Tensor | int]:
         step = self.step + 1

@@ -10,11 +10,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from tta.collectives import gather_rows, sum_across_processes
 from tta.laplacian import lame_refinement
 from tta.options import Choice, Range
 from tta.policies.base import ModelHook, NormPolicy, check_logits, filled, source_mean
 from tta.registry import register_policy
-from tta.collectives import gather_rows, sum_across_processes
 from tta.stats import all_finite, instance_moments, on_host, select
 from tta.surgery import last_linear, with_num_classes
 
@@ -215,7 +215,11 @@ class RebalancedBatchNorm(NormPolicy):
             moment1, moment2 = select(ok, new1, moment1), select(ok, new2, moment2)  # grad: the batch's share
             pooled = select(ok, new_pooled, pooled)
             self.commit(
-                ok, moment1=new1, moment2=new2, pooled_composition=new_pooled, steps=self.steps + 1,
+                ok,
+                moment1=new1,
+                moment2=new2,
+                pooled_composition=new_pooled,
+                steps=self.steps + 1,
                 pool_age=self.pool_age + 1,
             )
             mean, var = self.balanced_stats(moment1, moment2, pooled)
@@ -235,7 +239,7 @@ class RebalancedBatchNorm(NormPolicy):
         count = torch.full((1,), float(len(sample_mean)), dtype=square.dtype, device=square.device)
         total = self.summed(torch.cat([count, sample_mean.sum(0), square.sum(0)]))
         batch = int(total[0])
-        return total[1: 1 + self.num_features] / batch, total[1 + self.num_features:] / batch, batch
+        return total[1 : 1 + self.num_features] / batch, total[1 + self.num_features :] / batch, batch
 
     def summed(self, values: Tensor) -> Tensor:
         """``values`` summed over the processes where the layer combines them (:meth:`syncing`), else as given."""
@@ -249,7 +253,11 @@ class RebalancedBatchNorm(NormPolicy):
         if batch is not None:
             moment1, moment2, pooled = batch[7]
             self.commit(
-                batch[6], moment1=moment1, moment2=moment2, pooled_composition=pooled, steps=self.steps - 1,
+                batch[6],
+                moment1=moment1,
+                moment2=moment2,
+                pooled_composition=pooled,
+                steps=self.steps - 1,
                 pool_age=self.pool_age - 1,
             )
 
@@ -367,8 +375,9 @@ class RebalancedBatchNorm(NormPolicy):
         old_count = first.class_count[classes]
         total = old_count.clamp_max(first.class_memory) + counts
         rate = (counts / total.clamp_min(1e-12))[:, None]
-        old = torch.cat([layer.class_offset[classes] for layer in layers]
-                        + [layer.class_square[classes] for layer in layers], 1)
+        old = torch.cat(
+            [layer.class_offset[classes] for layer in layers] + [layer.class_square[classes] for layer in layers], 1
+        )
         new = torch.lerp(old, sums / counts.clamp_min(1)[:, None], rate)
         ok = functools.reduce(operator.and_, [batch[6] for _, batch in group], all_finite(new, shared["composition"]))
         if on_host(ok) and not ok:
@@ -410,8 +419,13 @@ class RebalancedBatchNorm(NormPolicy):
         if self.prior == "uniform":
             guess = torch.full_like(guess, uniform)
         return {
-            "counts": counts, "composition": composition, "usual_composition": usual, "lag_products": lag,
-            "guess": guess, "deviation": deviation / deviation.sum(), "rho": rho,
+            "counts": counts,
+            "composition": composition,
+            "usual_composition": usual,
+            "lag_products": lag,
+            "guess": guess,
+            "deviation": deviation / deviation.sum(),
+            "rho": rho,
         }
 
     def reset(self) -> None:
@@ -498,7 +512,7 @@ def refined(layer: RebalancedBatchNorm, logits: Tensor, features: Tensor, weight
         features, _ = gather_rows(features.detach().flatten(1).float(), group)
     if len(logits) > 1:
         logits = lame_refinement(logits, features, "knn", 5, weight=weight)
-    return logits[start: start + rows]
+    return logits[start : start + rows]
 
 
 class ClassifierInput(ModelHook):

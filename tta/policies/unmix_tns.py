@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from tta.collectives import sum_across_processes
 from tta.options import Range
 from tta.policies.base import NormPolicy
 from tta.registry import register_policy
-from tta.collectives import sum_across_processes
 from tta.stats import all_finite, instance_moments, normalize_per_instance
 
 

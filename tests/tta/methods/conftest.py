@@ -10,7 +10,6 @@ from torch import nn
 import tta
 from tests.tta.conftest import build, inputs
 
-
 # Options the learners of the tests get unless a test sets them: DUA with 2 copies, not 64, keeps the suite fast.
 TEST_OPTIONS: dict[str, dict[str, object]] = {"dua": {"copies": 2}}
 

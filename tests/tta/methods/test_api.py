@@ -4,7 +4,7 @@ and dropout, the global RNG, inference mode, nesting in a bigger model, casts.""
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -23,7 +23,12 @@ def test_methods_and_their_options_are_listed() -> None:
     assert tta.method_options("lame") == {"affinity": "knn", "knn": 5, "force_symmetry": False}
     assert tta.method_options("none") == {}
     assert tta.method_options("tent") == {
-        "lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.0, "steps": 1, "episodic": False,
+        "lr": 1e-3,
+        "beta1": 0.9,
+        "beta2": 0.999,
+        "weight_decay": 0.0,
+        "steps": 1,
+        "episodic": False,
     }
     assert tta.get_method("tent").method_name == "tent"
 

@@ -16,7 +16,6 @@ pytestmark = [
 ]
 
 
-
 @pytest.mark.parametrize("method", tta.list_methods())
 @pytest.mark.parametrize("policy", tta.list_policies())
 def test_cuda_learner_matches_cpu(policy: str, method: str) -> None:

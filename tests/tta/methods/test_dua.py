@@ -61,7 +61,7 @@ def test_dua_takes_copies_and_a_seed_with_the_official_default() -> None:
     model = tta.adapt(build("small_cnn"), "momentum_decay")
     with pytest.raises(ValueError, match=r"method 'dua' option 'copies' must lie in \[1, inf\), got 0"):
         tta.attach_method(model, "dua", copies=0)
-    with pytest.raises(TypeError, match="method 'dua' option 'copies' must be an integer, got 2.0"):
+    with pytest.raises(TypeError, match=r"method 'dua' option 'copies' must be an integer, got 2.0"):
         tta.attach_method(model, "dua", copies=2.0)
     with pytest.raises(ValueError, match="method 'dua' option 'seed' must lie in"):
         tta.attach_method(model, "dua", seed=-1)

@@ -21,11 +21,13 @@ POINTS = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
 def test_rbf_bandwidth_is_the_mean_distance_to_the_kth_nearest_point_itself_counted() -> None:
     # knn = 2: the 2nd nearest of each row, itself first: 1, 1, 2 -> sigma = 4/3, 2 sigma^2 = 32/9
     e = math.exp
-    expected = torch.tensor([
-        [1.0, e(-9 / 32), e(-36 / 32)],
-        [e(-9 / 32), 1.0, e(-45 / 32)],
-        [e(-36 / 32), e(-45 / 32), 1.0],
-    ])
+    expected = torch.tensor(
+        [
+            [1.0, e(-9 / 32), e(-36 / 32)],
+            [e(-9 / 32), 1.0, e(-45 / 32)],
+            [e(-36 / 32), e(-45 / 32), 1.0],
+        ]
+    )
     torch.testing.assert_close(rbf_affinity(POINTS, knn=2), expected)
 
 
@@ -85,14 +87,17 @@ def test_the_features_are_the_classifiers_input_of_the_returned_forward() -> Non
 
 def test_a_model_without_a_linear_classifier_is_refused() -> None:
     model = tta.adapt(give_source_statistics(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))), "tbn")
-    with pytest.raises(ValueError, match="last nn.Linear, and Sequential has none"):
+    with pytest.raises(ValueError, match=r"last nn.Linear, and Sequential has none"):
         tta.attach_method(model, "lame")
 
 
 def test_a_classifier_input_that_is_not_batch_by_features_is_named() -> None:
     model = give_source_statistics(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(14, 5), nn.Flatten()))
     learner = tta.attach_method(tta.adapt(model, "tbn"), "lame")
-    with pytest.raises(ValueError, match=r"input of the model's last nn.Linear for a batch of 2; it got an input of shape \(2, 4, 14, 14\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"input of the model's last nn.Linear for a batch of 2; it got an input of shape \(2, 4, 14, 14\)",
+    ):
         learner(torch.randn(2, 3, 16, 16))
 
 

@@ -91,8 +91,19 @@ def test_the_contract_tests_collect_and_pass_a_policy_from_a_temporary_module(th
     test for the new policy (its ``policy`` parameter is read from the registry at collection)."""
     root = pathlib.Path(__file__).parents[3]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(throwaway_module), str(root)])}
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "throwaway_policy",
-               str(pathlib.Path(test_contract.__file__)), "-k", NAME]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "throwaway_policy",
+        str(pathlib.Path(test_contract.__file__)),
+        "-k",
+        NAME,
+    ]
     result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     passed = re.search(r"(\d+) passed", result.stdout)

@@ -175,7 +175,7 @@ def test_the_refinement_is_lame_on_the_corrected_outputs_with_the_affinity_scale
     kNN affinity (k = 5) of the normalized classifier inputs times sqrt(rho)."""
     corrected, refined, features = corrected_and_refined([rho, 1.0])
     kernel = knn_affinity(features / features.norm(dim=1, keepdim=True), 5)
-    expected = laplacian_optimization(-torch.log(corrected.softmax(1) + 1e-10), rho ** 0.5 * kernel)
+    expected = laplacian_optimization(-torch.log(corrected.softmax(1) + 1e-10), rho**0.5 * kernel)
     torch.testing.assert_close(refined, expected, rtol=1e-5, atol=1e-5)
     if rho == 1.0:  # the smoothing moves some predictions toward their neighbours'
         assert not torch.allclose(refined.softmax(1), corrected.softmax(1), atol=1e-3)
@@ -205,7 +205,9 @@ def two_class_stream(runs: int, run_length: int, batch: int, seed: int = 0) -> l
     batches first, then runs of one-class batches alternating between the classes."""
     generator = torch.Generator().manual_seed(seed)
     out = []
-    labels = [torch.arange(batch) % 2] * 10 + [torch.full((batch,), r % 2) for r in range(runs) for _ in range(run_length)]
+    labels = [torch.arange(batch) % 2] * 10 + [
+        torch.full((batch,), r % 2) for r in range(runs) for _ in range(run_length)
+    ]
     for y in labels:
         out.append((4 + 2 * y.float()[:, None] + torch.randn(batch, 1, generator=generator), y))
     return out
@@ -340,7 +342,7 @@ def test_a_model_without_a_linear_classifier_needs_num_classes() -> None:
     model = give_source_statistics(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)))
     with pytest.raises(ValueError, match="has none; pass num_classes=K"):
         tta.adapt(model, "rebalance")
-    with pytest.raises(ValueError, match="refine=True reads the features entering the classifier.*pass refine=False"):
+    with pytest.raises(ValueError, match=r"refine=True reads the features entering the classifier.*pass refine=False"):
         tta.adapt(model, "rebalance", num_classes=4)
     assert not tta.policy_layers(model)
     assert tta.policy_layers(tta.adapt(model, "rebalance", num_classes=4, refine=False))

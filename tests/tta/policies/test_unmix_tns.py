@@ -13,8 +13,14 @@ from tests.tta.conftest import give_source_statistics
 from tests.tta.policies.conftest import EPS, batch, by_hand, source_layer
 
 
-def unmix_by_loops(x: torch.Tensor, comp_mean: torch.Tensor, comp_var: torch.Tensor, bn: nn.Module,
-                   temperature: float, batch_size_max: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def unmix_by_loops(
+    x: torch.Tensor,
+    comp_mean: torch.Tensor,
+    comp_var: torch.Tensor,
+    bn: nn.Module,
+    temperature: float,
+    batch_size_max: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Spec M7 written instance by instance and component by component."""
     b_count, k_count = x.shape[0], comp_mean.shape[0]
     comp_mean, comp_var = comp_mean.clone(), comp_var.clone()
@@ -35,8 +41,12 @@ def unmix_by_loops(x: torch.Tensor, comp_mean: torch.Tensor, comp_var: torch.Ten
     rate = 1 - (1 - 0.1) ** (b_count / batch_size_max)
     new_mean, new_var = comp_mean.clone(), comp_var.clone()
     for k in range(k_count):
-        new_mean[k] += rate * sum(probabilities[b][k] * (inst_stats[b][0] - comp_mean[k]) for b in range(b_count)) / b_count
-        new_var[k] += rate * sum(probabilities[b][k] * (inst_stats[b][1] - comp_var[k]) for b in range(b_count)) / b_count
+        new_mean[k] += (
+            rate * sum(probabilities[b][k] * (inst_stats[b][0] - comp_mean[k]) for b in range(b_count)) / b_count
+        )
+        new_var[k] += (
+            rate * sum(probabilities[b][k] * (inst_stats[b][1] - comp_var[k]) for b in range(b_count)) / b_count
+        )
     return out, new_mean, new_var
 
 

@@ -72,7 +72,11 @@ def apply_params(x: Tensor, params: StrongAugmentParams, noise: Tensor) -> Tenso
     x = colour_jitter(x.clamp(0.0, 1.0), params)
     x = TF.pad(x, [h // 2], padding_mode="edge")
     x = TF.affine(
-        x, angle=params.angle, translate=list(params.translate), scale=params.scale, shear=[0.0, 0.0],
+        x,
+        angle=params.angle,
+        translate=list(params.translate),
+        scale=params.scale,
+        shear=[0.0, 0.0],
         interpolation=TF.InterpolationMode.BILINEAR,
     )
     x = TF.gaussian_blur(x, [BLUR_KERNEL, BLUR_KERNEL], [params.blur_sigma, params.blur_sigma])

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -111,7 +112,8 @@ class CSTUMemory(nn.Module):
 
     def get_extra_state(self) -> dict[str, Any]:
         state = {
-            "num_classes": self.num_classes, "inserted": self.inserted,
+            "num_classes": self.num_classes,
+            "inserted": self.inserted,
             **{name: torch.from_numpy(getattr(self, name).copy()) for name in self.BOOKKEEPING},
         }
         if self.data is not None:

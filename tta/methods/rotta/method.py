@@ -10,8 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from tta.methods.base import LEARNING_RATE, GradientMethod, seeded_generator
-from tta.methods.rotta.memory import CSTUMemory
 from tta.methods.rotta.augment import strong_augment
+from tta.methods.rotta.memory import CSTUMemory
 from tta.options import Choice, Range
 from tta.policies.base import NormPolicy, pausing
 from tta.registry import register_method
@@ -46,7 +46,8 @@ class RoTTA(GradientMethod):
     augmented memory (its statistics update), and one Adam step on the student's normalization affine
     parameters minimizes the timeliness-weighted soft cross-entropy to the teacher (:func:`timeliness_weights`),
     its gradient flowing through the memory batch's share of the statistics (``stats_grad``, as the
-    official ``RobustBN``); then the teacher's affine parameters move by ``nu`` towards the student's (buffers are not averaged).
+    official ``RobustBN``); then the teacher's affine parameters move by ``nu`` towards the student's (buffers are
+    not averaged).
     The prediction returned for a batch is the teacher's before the updates its samples trigger. The
     number of classes is the width of the teacher's output at the first batch.
 

@@ -73,8 +73,11 @@ def test_scores_are_the_official_formula() -> None:
     memory = CSTUMemory(capacity=64, lambda_t=2.0, lambda_u=0.5)
     memory.num_classes = 10
     ages, entropies = torch.tensor([0, 64, 128]), torch.tensor([0.0, 1.0, 2.3], dtype=torch.float64)
-    expected = [2.0 * 0.5 + 0.0, 2.0 * 0.7310585786300049 + 0.5 / 2.302585092994046,
-                2.0 * 0.8807970779778823 + 0.5 * 2.3 / 2.302585092994046]
+    expected = [
+        2.0 * 0.5 + 0.0,
+        2.0 * 0.7310585786300049 + 0.5 / 2.302585092994046,
+        2.0 * 0.8807970779778823 + 0.5 * 2.3 / 2.302585092994046,
+    ]
     torch.testing.assert_close(memory.score(ages, entropies).tolist(), expected, rtol=1e-12, atol=1e-12)
 
 

@@ -33,8 +33,18 @@ def rotta(model_name: str, policy: str = "rbn", seed: int = 0, **options: object
 
 def test_options_and_their_official_defaults() -> None:
     assert tta.method_options("rotta") == {
-        "capacity": 64, "update_frequency": 64, "lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.0,
-        "nu": 0.001, "lambda_t": 1.0, "lambda_u": 1.0, "augment": "strong", "noise_std": 0.005, "seed": 0,
+        "capacity": 64,
+        "update_frequency": 64,
+        "lr": 1e-3,
+        "beta1": 0.9,
+        "beta2": 0.999,
+        "weight_decay": 0.0,
+        "nu": 0.001,
+        "lambda_t": 1.0,
+        "lambda_u": 1.0,
+        "augment": "strong",
+        "noise_std": 0.005,
+        "seed": 0,
     }
 
 
