@@ -50,6 +50,19 @@ def on_host(t: Tensor) -> bool:
     return t.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
+def host_value(t: Tensor) -> Tensor | int | float | bool:
+    """A 0-dim ``t`` as a Python number where reading it is free (:func:`on_host`), else ``t`` itself: arithmetic
+    on the number then costs no kernel, and on an accelerator nothing waits for the device."""
+    return t.item() if on_host(t) else t
+
+
+def at_least(value: Tensor | int, low: int) -> Tensor | int:
+    """``max(value, low)``: a Python number stays one (read on the host where that is free), a tensor is
+    clamped on its device."""
+    value = host_value(value) if isinstance(value, Tensor) else value
+    return value.clamp(min=low) if isinstance(value, Tensor) else max(value, low)
+
+
 def _detached(x: Tensor, dtype: torch.dtype) -> Tensor:
     """``x.detach().to(dtype)``, without the two no-op calls when ``x`` needs neither (inference)."""
     if x.requires_grad:
@@ -137,10 +150,10 @@ def all_finite(*tensors: Tensor) -> Tensor:
     return torch.isfinite(total)
 
 
-def select(ok: Tensor, new: Tensor, old: Tensor) -> Tensor:
-    """``new`` where the 0-dim bool ``ok`` holds, else ``old``: a branch where ``ok`` is read on the host
-    (:func:`on_host`), ``torch.where`` (differentiable, no host sync) elsewhere."""
-    if on_host(ok):
+def select(ok: Tensor | bool, new: Tensor, old: Tensor) -> Tensor:
+    """``new`` where ``ok`` (a Python bool, or a 0-dim bool tensor) holds, else ``old``: a branch where ``ok`` is
+    a bool or read on the host (:func:`on_host`), ``torch.where`` (differentiable, no host sync) elsewhere."""
+    if isinstance(ok, bool) or on_host(ok):
         return new if ok else old
     return torch.where(ok, new, old)
 

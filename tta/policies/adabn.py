@@ -9,7 +9,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tta.policies.base import filled
 from tta.policies.running import RunningStatsPolicy, State
 from tta.registry import register_policy
-from tta.stats import merge_moments, on_host
+from tta.stats import at_least, host_value, merge_moments, select
 
 
 @register_policy("adabn")
@@ -37,26 +37,18 @@ class AdaBatchNorm(RunningStatsPolicy):
         self.add_state("target_m2", filled((self.num_features,), 0, torch.float64))
 
     def update(self, mean: Tensor, var: Tensor, n: int) -> dict[str, Tensor | int]:
-        count = int(self.count) if on_host(self.count) else self.count  # a Python int: fewer kernels
-        count, target_mean, target_m2 = merge_moments(count, self.target_mean, self.target_m2, n, mean, var)
+        count, target_mean, target_m2 = merge_moments(
+            host_value(self.count), self.target_mean, self.target_m2, n, mean, var
+        )
         return {"count": count, "target_mean": target_mean, "target_m2": target_m2}
 
     def statistics(self, state: State) -> tuple[Tensor, Tensor]:
         """The pool's mean and biased variance in the statistics dtype (an empty pool counts as one value)."""
-        count = state["count"]
-        if not isinstance(count, Tensor):
-            count = max(count, 1)
-        elif on_host(count):
-            count = max(int(count), 1)
-        else:
-            count = count.clamp(min=1)
-        var = state["target_m2"] / count
+        var = state["target_m2"] / at_least(state["count"], 1)
         return state["target_mean"].to(self.stats_dtype), var.to(self.stats_dtype)
 
     def normalizing_stats(self) -> tuple[Tensor, Tensor]:
         """The pool's statistics once it holds two values per channel, the source statistics before."""
-        if on_host(self.count):  # reading the count is free here
-            return self.adapted_stats() if int(self.count) >= 2 else (self.source_mean, self.source_var)
-        pooled = self.count >= 2  # torch.where: no host sync on an accelerator
+        pooled = host_value(self.count) >= 2
         mean, var = self.adapted_stats()
-        return torch.where(pooled, mean, self.source_mean), torch.where(pooled, var, self.source_var)
+        return select(pooled, mean, self.source_mean), select(pooled, var, self.source_var)

@@ -12,7 +12,7 @@ from tta.options import Range
 from tta.policies.base import filled, source_mean, source_var
 from tta.policies.running import RunningStatsPolicy, State
 from tta.registry import register_policy
-from tta.stats import on_host, unbiased
+from tta.stats import host_value, unbiased
 
 
 @register_policy("momentum_decay")
@@ -50,17 +50,15 @@ class MomentumDecayBatchNorm(RunningStatsPolicy):
         self.add_state("running_var", source_var)
 
     def current_momentum(self, step: Tensor | int) -> Tensor | float:
-        """``m_t`` for the t-th update (t = 1, 2, ...) in float64; a Python float for a step read on the
-        host (:func:`tta.stats.on_host`: five fewer small kernels per layer)."""
-        t = step if isinstance(step, int) else step.double()
-        return self.momentum * self.decay**t + self.min_momentum
+        """``m_t`` for the t-th update (t = 1, 2, ...): a Python float for a step given as a number, else a
+        tensor in the statistics dtype (computed in float64)."""
+        if isinstance(step, int):
+            return self.momentum * self.decay**step + self.min_momentum
+        return (self.momentum * self.decay ** step.double() + self.min_momentum).to(self.stats_dtype)
 
     def update(self, mean: Tensor, var: Tensor, n: int) -> dict[str, Tensor | int]:
-        step = self.step + 1
-        if on_host(step):
-            m = self.current_momentum(int(step))  # lerp rounds it to the state's dtype
-        else:
-            m = self.current_momentum(step).to(self.stats_dtype)
+        step = host_value(self.step) + 1
+        m = self.current_momentum(step)  # a Python float on the host: lerp rounds it to the state's dtype
         return {
             "step": step,
             "running_mean": torch.lerp(self.running_mean, mean, m),
