@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 from torch import Tensor
@@ -51,7 +51,7 @@ class AdaptiveBalanceBatchNorm(RunningStatsPolicy):
         *,
         momentum: Annotated[float | None, Range(0, 1)] = None,
         kappa: Annotated[float, Range(0, 1)] = 0.4,
-        **base: object,
+        **base: Any,
     ) -> None:
         super().__init__(bn, **base)
         self.momentum = self.bn_momentum if momentum is None else momentum

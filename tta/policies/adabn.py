@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -30,7 +32,7 @@ class AdaBatchNorm(RunningStatsPolicy):
     target_mean: Tensor
     target_m2: Tensor
 
-    def __init__(self, bn: _BatchNorm, **base: object) -> None:
+    def __init__(self, bn: _BatchNorm, **base: Any) -> None:
         super().__init__(bn, **base)
         self.add_state("count", filled((), 0, torch.int64))
         self.add_state("target_mean", filled((self.num_features,), 0, torch.float64))

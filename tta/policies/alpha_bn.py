@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -26,7 +26,7 @@ class AlphaBatchNorm(NormPolicy):
 
     combines_across_processes = True
 
-    def __init__(self, bn: _BatchNorm, *, alpha: Annotated[float, Range(0, 1)] = 0.1, **base: object) -> None:
+    def __init__(self, bn: _BatchNorm, *, alpha: Annotated[float, Range(0, 1)] = 0.1, **base: Any) -> None:
         super().__init__(bn, **base)
         self.alpha = alpha
 

@@ -103,7 +103,7 @@ class BalancedBatchNorm(NormPolicy):
         num_classes: Annotated[int | None, Range(2)] = None,
         eta: Annotated[float | None, Range(0, 1, low_open=True)] = None,
         gamma: Annotated[float | None, Range(0, 1)] = None,
-        **base: object,
+        **base: Any,
     ) -> None:
         super().__init__(bn, **base)
         if num_classes is None:
@@ -151,7 +151,7 @@ class BalancedBatchNorm(NormPolicy):
         rows = torch.cat([torch.ones_like(d[:, :1]), d, d_square], 1)  # per class: count, sum d, sum d^2
         sums = torch.zeros(self.num_classes, rows.shape[1], dtype=dtype, device=x.device).index_add_(0, labels, rows)
         if self.sync_batchnorm and self.syncing():  # every process's samples together
-            sums = sum_across_processes(sums, self.original.process_group)
+            sums = sum_across_processes(sums, self.process_group)
         counts, d_sum, square = sums.split([1, self.num_features, self.num_features], 1)
         counts = counts[:, 0]
         present = (counts > 0).to(dtype)

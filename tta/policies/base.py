@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, cast
 
 import torch
 import torch.distributed as dist
@@ -113,6 +113,10 @@ class NormPolicy(nn.Module):
     sync_batchnorm: bool = False  # the original layer was a SyncBatchNorm (set at attach)
     source_mean: Tensor
     source_var: Tensor
+    weight: Tensor | None
+    bias: Tensor | None
+    paused: bool
+    original: _BatchNorm
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -134,9 +138,11 @@ class NormPolicy(nn.Module):
         for name in ("weight", "bias"):
             if not parametrize.is_parametrized(bn, name):
                 setattr(self, name, getattr(bn, name))
-        stats_dtype = torch.promote_types(bn.running_mean.dtype, torch.float32)  # float32, or float64
-        self.register_buffer("source_mean", bn.running_mean.detach().to(stats_dtype, copy=True))
-        self.register_buffer("source_var", bn.running_var.detach().to(stats_dtype, copy=True))
+        # Tensors: tta.surgery refuses a layer without running statistics before building a policy.
+        running_mean, running_var = cast(Tensor, bn.running_mean), cast(Tensor, bn.running_var)
+        stats_dtype = torch.promote_types(running_mean.dtype, torch.float32)  # float32, or float64
+        self.register_buffer("source_mean", running_mean.detach().to(stats_dtype, copy=True))
+        self.register_buffer("source_var", running_var.detach().to(stats_dtype, copy=True))
         self.post_norm = post_norm
         self.paused = False
         self.sync_batchnorm = isinstance(bn, nn.SyncBatchNorm)
@@ -160,6 +166,12 @@ class NormPolicy(nn.Module):
         """Whether this forward's batch statistics keep their gradient (``stats_grad``, class doc)."""
         return self.stats_grad and x.requires_grad and torch.is_grad_enabled()
 
+    @property
+    def process_group(self) -> dist.ProcessGroup | None:
+        """The original SyncBatchNorm's ``process_group`` (None: the default group); read where
+        ``sync_batchnorm``."""
+        return cast(nn.SyncBatchNorm, self.original).process_group
+
     def syncing(self) -> bool:
         """True when batch statistics are combined across processes now (class doc): the original layer was
         a SyncBatchNorm, a default process group is initialized, and the layer's ``process_group`` (the
@@ -168,7 +180,7 @@ class NormPolicy(nn.Module):
             self.sync_batchnorm
             and dist.is_available()
             and dist.is_initialized()
-            and dist.get_world_size(self.original.process_group) > 1
+            and dist.get_world_size(self.process_group) > 1
         )
 
     def batch_moments(self, x: Tensor, grad: bool = False) -> tuple[Tensor, Tensor, int]:
@@ -177,7 +189,7 @@ class NormPolicy(nn.Module):
         :meth:`syncing` (one all-reduce, differentiable with ``grad``: :func:`tta.collectives.reduce_moments`)."""
         mean, var, n = batch_moments(x, self.stats_dtype, grad=grad)
         if self.sync_batchnorm and self.syncing():
-            return reduce_moments(mean, var, n, self.original.process_group)
+            return reduce_moments(mean, var, n, self.process_group)
         return mean, var, n
 
     @property
@@ -240,10 +252,12 @@ class NormPolicy(nn.Module):
     def affine_parameters(self) -> list[nn.Parameter]:
         """The Parameters that train ``weight`` and ``bias`` (a parametrized one's ``original``); none if
         the layer has no affine transform."""
-        found = []
+        found: list[nn.Parameter] = []
         for name in ("weight", "bias"):
             if parametrize.is_parametrized(self.original, name):
-                found.append(self.original.parametrizations[name].original)
+                # parametrize sets a ModuleDict of ParametrizationLists, each holding the Parameter as original
+                parametrizations = cast(nn.ModuleDict, self.original.parametrizations)
+                found.append(cast(nn.Parameter, parametrizations[name].original))
             elif getattr(self, name) is not None:
                 found.append(getattr(self, name))
         return found
@@ -289,16 +303,17 @@ class NormPolicy(nn.Module):
         """
         if on_host(ok):
             if ok:
-                tensors = [name for name, value in values.items() if isinstance(value, Tensor)]
+                tensors = {name: value for name, value in values.items() if isinstance(value, Tensor)}
                 if tensors:
                     with torch.no_grad():  # one call for all tensors (a loop in C++): microseconds saved on each
-                        torch._foreach_copy_([getattr(self, n) for n in tensors], [values[n] for n in tensors])
+                        torch._foreach_copy_([getattr(self, n) for n in tensors], list(tensors.values()))
                 for name, value in values.items():
                     if not isinstance(value, Tensor):
                         getattr(self, name).fill_(value)
             return
         for name, value in values.items():
             buffer = getattr(self, name)
+            value = cast(Tensor, value)  # a Python number only where ok is read on the host (above)
             buffer.copy_(torch.where(ok, value.detach().to(buffer.dtype), buffer))
 
     def restore_original(self, keep_adapted: bool = False) -> _BatchNorm:
@@ -308,11 +323,14 @@ class NormPolicy(nn.Module):
         running statistics, for deployment as a plain BatchNorm model. Stateless policies have none to
         keep (:func:`tta.detach` refuses them).
         """
-        mean, var = self.adapted_stats() if keep_adapted else (self.source_mean, self.source_var)
+        stats = self.adapted_stats() if keep_adapted else (self.source_mean, self.source_var)
+        if stats is None:
+            raise TypeError(f"{self.describe()}: a stateless policy has no adapted statistics to keep")
+        mean, var = stats
         bn = self.original
         with torch.no_grad():
-            bn.running_mean.copy_(mean)
-            bn.running_var.copy_(var)
+            cast(Tensor, bn.running_mean).copy_(mean)  # a policy's layer has running statistics (__init__)
+            cast(Tensor, bn.running_var).copy_(var)
         bn.train(self.training)
         return bn
 
@@ -321,8 +339,9 @@ class NormPolicy(nn.Module):
         before = {name: buf for name, buf in self._buffers.items() if buf is not None and buf.is_floating_point()}
         super()._apply(fn, recurse)
         for name, buf in before.items():
-            if self._buffers[name].dtype != buf.dtype:
-                self._buffers[name] = buf.to(self._buffers[name].device)
+            moved = self._buffers[name]
+            if moved is not None and moved.dtype != buf.dtype:
+                self._buffers[name] = buf.to(moved.device)
         self.original._apply(fn, recurse)
         return self
 
@@ -334,8 +353,12 @@ class NormPolicy(nn.Module):
         return f"{self.num_features}, eps={self.eps}{options}"
 
 
+class Pausable(Protocol):
+    paused: bool
+
+
 @contextlib.contextmanager
-def pausing(modules: Iterable[nn.Module]) -> Iterator[None]:
+def pausing(modules: Iterable[Pausable]) -> Iterator[None]:
     """Inside, every module's ``paused`` flag (policy layers, methods) is True; each gets its own value back
     on exit, also after an exception. :func:`tta.paused` and the methods that predict without updating
     (RoTTA's teacher, DUA's prediction) share it."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 from torch import Tensor
@@ -62,7 +62,7 @@ class InstanceAwareBatchNorm(NormPolicy):
         k: Annotated[float, Range(0)] = 4.0,
         stats: Annotated[str, Choice("running", "source")] = "running",
         momentum: Annotated[float, Range(0, 1)] = 0.01,
-        **base: object,
+        **base: Any,
     ) -> None:
         super().__init__(bn, **base)
         self.k, self.stats, self.momentum = k, stats, momentum

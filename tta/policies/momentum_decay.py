@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, overload
 
 import torch
 from torch import Tensor
@@ -39,7 +39,7 @@ class MomentumDecayBatchNorm(RunningStatsPolicy):
         momentum: Annotated[float, Range(0, 1)] = 0.1,
         decay: Annotated[float, Range(0, 1, low_open=True)] = 0.94,
         min_momentum: Annotated[float, Range(0, 1)] = 0.005,
-        **base: object,
+        **base: Any,
     ) -> None:
         super().__init__(bn, **base)
         if momentum + min_momentum > 1.0:
@@ -49,6 +49,10 @@ class MomentumDecayBatchNorm(RunningStatsPolicy):
         self.add_state("running_mean", source_mean)
         self.add_state("running_var", source_var)
 
+    @overload
+    def current_momentum(self, step: int) -> float: ...
+    @overload
+    def current_momentum(self, step: Tensor) -> Tensor: ...
     def current_momentum(self, step: Tensor | int) -> Tensor | float:
         """``m_t`` for the t-th update (t = 1, 2, ...): a Python float for a step given as a number, else a
         tensor in the statistics dtype (computed in float64)."""

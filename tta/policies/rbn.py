@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 from torch import Tensor
@@ -27,7 +27,7 @@ class RobustBatchNorm(RunningStatsPolicy):
     global_mean: Tensor
     global_var: Tensor
 
-    def __init__(self, bn: _BatchNorm, *, alpha: Annotated[float, Range(0, 1)] = 0.05, **base: object) -> None:
+    def __init__(self, bn: _BatchNorm, *, alpha: Annotated[float, Range(0, 1)] = 0.05, **base: Any) -> None:
         super().__init__(bn, **base)
         self.alpha = alpha
         self.add_state("global_mean", source_mean)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import operator
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +17,9 @@ from tta.policies.base import ModelHook, NormPolicy, check_logits, filled, sourc
 from tta.registry import register_policy
 from tta.stats import all_finite, instance_moments, on_host, select
 from tta.surgery import last_linear, with_num_classes
+
+# A batch's (sample_mean, sample_var, mean, var, beta, guess, ok) and the pool (moment1, moment2, pooled) before it
+Pending = tuple[Tensor, Tensor, Tensor, Tensor, Tensor | float, Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]
 
 
 def source_second_moment(layer: NormPolicy) -> Tensor:
@@ -126,7 +129,7 @@ class RebalancedBatchNorm(NormPolicy):
         change_threshold: Annotated[float, Range(0, low_open=True)] = 0.2,
         change_window: Annotated[float, Range(1)] = 128.0,
         reference_batch: Annotated[int, Range(1)] = 64,
-        **base: object,
+        **base: Any,
     ) -> None:
         super().__init__(bn, **base)
         if num_classes is None:
@@ -157,7 +160,7 @@ class RebalancedBatchNorm(NormPolicy):
         self.add_state("lag_products", filled((2,), 0))  # running E[d_t.d_(t-1)], E[|d_(t-1)|^2]
         self.add_state("usual_composition", filled((k,), uniform))  # long-run prediction
         self.add_state("guess", filled((k,), uniform))  # pi for the next batch
-        self.pending: tuple[Tensor, ...] | None = None  # this batch's moments, for the hook
+        self.pending: Pending | None = None  # this batch's moments, for the hook
 
     @classmethod
     def model_options(cls, model: nn.Module, options: dict[str, object]) -> dict[str, object]:
@@ -177,7 +180,7 @@ class RebalancedBatchNorm(NormPolicy):
         capture = None
         if options.get("refine", True):  # model_options checked that there is a classifier
             capture = ClassifierInput()
-            last_linear(model).register_forward_pre_hook(capture)
+            cast(nn.Linear, last_linear(model)).register_forward_pre_hook(capture)
         model.register_forward_hook(UpdateFromPredictions(capture))
 
     def balanced_stats(self, moment1: Tensor, moment2: Tensor, composition: Tensor) -> tuple[Tensor, Tensor]:
@@ -225,7 +228,7 @@ class RebalancedBatchNorm(NormPolicy):
             mean, var = self.balanced_stats(moment1, moment2, pooled)
             moments = (sample_mean, sample_var, mean, var)
             if grad:  # only then do they carry a gradient (the class statistics learn without one)
-                moments = tuple(t.detach() for t in moments)
+                moments = (sample_mean.detach(), sample_var.detach(), mean.detach(), var.detach())
             self.pending = (*moments, beta, guess, ok, previous)
             return self.normalize_with(x, mean, var)
         return self.normalize_with(x, *self.balanced_stats(moment1, moment2, pooled))
@@ -244,7 +247,7 @@ class RebalancedBatchNorm(NormPolicy):
     def summed(self, values: Tensor) -> Tensor:
         """``values`` summed over the processes where the layer combines them (:meth:`syncing`), else as given."""
         if self.sync_batchnorm and self.syncing():
-            return sum_across_processes(values, self.original.process_group)
+            return sum_across_processes(values, self.process_group)
         return values
 
     def undo_pool_update(self) -> None:
@@ -289,7 +292,8 @@ class RebalancedBatchNorm(NormPolicy):
         rate ``B / change_window``). A change when ``mean_c (d1^2 + d2^2)`` exceeds ``change_threshold``;
         the running residuals then start again from 0. Only the ``valid`` samples count (default all); a batch
         whose pool update was refused (non-finite) changes nothing."""
-        sample_mean, sample_var, mean, var = self.pending[:4]
+        pending = cast(Pending, self.pending)  # the hook calls it for a layer with a pending batch
+        sample_mean, sample_var, mean, var = pending[:4]
         c = self.class_offset.mean(0)
         r = (self.class_square.mean(0) - c.square()).clamp_min(1e-12)
         offset = (self.class_offset - c) * r.rsqrt()
@@ -306,7 +310,7 @@ class RebalancedBatchNorm(NormPolicy):
         shift, second, expected = (t / images for t in sums)
         residual = torch.stack([shift, torch.log(second.clamp_min(1e-12) / expected.clamp_min(1e-12))])
         drift = torch.lerp(self.drift, residual, (images / self.change_window).clamp_max(1.0))
-        ok = functools.reduce(operator.and_, self.pending[6:7], all_finite(drift))  # and the batch's pool update
+        ok = functools.reduce(operator.and_, pending[6:7], all_finite(drift))  # and the batch's pool update
         changed = (drift.square().sum(0).mean() > self.change_threshold) & (self.steps > 1) & ok
         drift = torch.where(changed, torch.zeros_like(drift), drift)
         self.commit(ok, drift=drift)
@@ -459,10 +463,11 @@ class UpdateFromPredictions(ModelHook):
         try:
             check_logits("rebalance", output, first.num_classes)
             for layer in pending:
-                if layer.pending[0].shape[0] != output.shape[0]:
+                size = cast(Pending, layer.pending)[0].shape[0]  # pending: the layers with a batch
+                if size != output.shape[0]:
                     raise ValueError(
                         f"{layer.describe()}: the model predicted {output.shape[0]} samples for a batch of "
-                        f"{layer.pending[0].shape[0]} at this layer; rebalance needs every BatchNorm layer to see "
+                        f"{size} at this layer; rebalance needs every BatchNorm layer to see "
                         "the model's batch"
                     )
         except ValueError:
@@ -507,7 +512,7 @@ def refined(layer: RebalancedBatchNorm, logits: Tensor, features: Tensor, weight
     of every process's batch together where ``layer`` combines processes, this process's rows returned."""
     start, rows = 0, len(logits)
     if layer.sync_batchnorm and layer.syncing():
-        group = layer.original.process_group
+        group = layer.process_group
         logits, start = gather_rows(logits, group)
         features, _ = gather_rows(features.detach().flatten(1).float(), group)
     if len(logits) > 1:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -65,7 +65,7 @@ class UnMixTNS(NormPolicy):
         init_spread: Annotated[float, Range(0, 1, high_open=True)] = 0.5,
         batch_size_max: Annotated[int, Range(1)] = 64,
         seed: Annotated[int, Range(0)] = 0,
-        **base: object,
+        **base: Any,
     ) -> None:
         super().__init__(bn, **base)
         self.num_components, self.temperature = num_components, temperature
@@ -146,7 +146,7 @@ class UnMixTNS(NormPolicy):
         instances of this process, as means over all of them: one all-reduce, in float64."""
         count = torch.full((1,), float(batch), dtype=torch.float64, device=means[0].device)
         sums = torch.cat([count, *(batch * m.detach().double().flatten() for m in means)])  # no gradient
-        total = sum_across_processes(sums, self.original.process_group)
+        total = sum_across_processes(sums, self.process_group)
         pooled = (total[1:] / total[0]).split([m.numel() for m in means])
         return int(total[0]), [new.view_as(m).to(m.dtype) for new, m in zip(pooled, means)]
 
