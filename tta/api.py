@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from tta.methods.base import Method, holder_of
 from tta.policies.base import ModelHook, NormPolicy, pausing
@@ -43,7 +44,7 @@ def adapt(model: nn.Module, policy: str, **options: object) -> nn.Module:
     options = layer_class.model_options(model, options)
     index = itertools.count()
 
-    def build(name: str, bn: nn.Module) -> NormPolicy:
+    def build(name: str, bn: _BatchNorm) -> NormPolicy:
         return layer_class(bn, layer_index=next(index), post_norm=post_norm_of(bn), **options)
 
     with torch.inference_mode(False):

@@ -105,6 +105,6 @@ class CorrelationMeter:
     def iid_level(self) -> float:
         """What :attr:`value` would be for i.i.d. batches of the mean batch size drawn from the predicted-class
         distribution seen so far (:func:`expected_iid_distance`); NaN before the second batch."""
-        if not self.batches:
+        if not self.batches or self.counts is None:  # counts: set by the first batch
             return float("nan")
         return expected_iid_distance(self.counts / self.counts.sum(), round(self.samples / self.batches))

@@ -107,8 +107,8 @@ def laplacian_optimization(unary: Tensor, kernel: Tensor, valid: Tensor | None =
         y = exponent.softmax(-1)
         if not check:
             continue
-        energy = unary * y - pairwise * y + y * torch.log(y.clip(1e-20))
-        energy = (energy if valid is None else energy[valid]).sum().item()
+        terms = unary * y - pairwise * y + y * torch.log(y.clip(1e-20))
+        energy = (terms if valid is None else terms[valid]).sum().item()
         if step > 1 and abs(energy - old_energy) <= 1e-8 * abs(old_energy):
             break
         old_energy = energy

@@ -113,7 +113,7 @@ def _checked(where: str, option: _Option, value: object) -> int | float | bool |
     if option.kind is str:
         if not isinstance(value, str):
             raise TypeError(f"{where} must be a string{or_none}, got {value!r} ({type(value).__name__})")
-        if value not in option.choice.values:
+        if value not in typing.cast(Choice, option.choice).values:  # a str option has a Choice (declared_options)
             raise ValueError(f"{where} must be one of {option.choice}, got {value!r}")
         return str(value)
     if option.kind is int:

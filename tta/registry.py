@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from tta.methods.base import Method
     from tta.policies.base import NormPolicy
 
-T = TypeVar("T", bound=type)
+T = TypeVar("T", bound=type[object])
 
 
 class Registry(Generic[T]):
@@ -77,7 +77,13 @@ M = TypeVar("M", bound="type[Method]")
 
 def register_policy(name: str) -> Callable[[P], P]:
     """Class decorator: make a policy layer available as ``tta.adapt(model, name)``."""
-    return _POLICIES.register(name)
+    register = _POLICIES.register(name)
+
+    def decorate(cls: P) -> P:  # the class itself, with its own type (register returns it)
+        register(cls)
+        return cls
+
+    return decorate
 
 
 def list_policies() -> list[str]:
@@ -111,7 +117,13 @@ def check_policy_options(name: str, options: dict[str, object]) -> dict[str, obj
 
 def register_method(name: str) -> Callable[[M], M]:
     """Class decorator: make a method available as ``tta.attach_method(model, name)`` (spec M13)."""
-    return _METHODS.register(name)
+    register = _METHODS.register(name)
+
+    def decorate(cls: M) -> M:  # the class itself, with its own type (register returns it)
+        register(cls)
+        return cls
+
+    return decorate
 
 
 def list_methods() -> list[str]:

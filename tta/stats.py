@@ -180,14 +180,15 @@ def merge_moments(
     five small kernels; the additions then round once (fused multiply-add) where ``addcmul`` may round
     twice, a difference in the last bit of float64.
     """
-    total = count + batch_count
     delta = torch.sub(batch_mean, mean)  # in mean's dtype (promoted)
     m2 = m2.add(batch_var, alpha=batch_count)
     if isinstance(count, int):
+        total = count + batch_count
         weight = batch_count / total
         return total, mean.add(delta, alpha=weight), m2.add(delta.square_(), alpha=count * weight)
-    weight = batch_count / total.to(mean.dtype)  # 0-dim
-    return total, torch.addcmul(mean, delta, weight), torch.addcmul(m2, delta.square(), count * weight)
+    total_t = count + batch_count
+    weight_t = batch_count / total_t.to(mean.dtype)  # 0-dim
+    return total_t, torch.addcmul(mean, delta, weight_t), torch.addcmul(m2, delta.square(), count * weight_t)
 
 
 def normalize(x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:

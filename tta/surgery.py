@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, TypeGuard
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -11,7 +12,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 _PLAIN_FORWARDS = {_BatchNorm.forward, nn.SyncBatchNorm.forward}
 
 
-def is_batchnorm(module: nn.Module) -> bool:
+def is_batchnorm(module: nn.Module) -> TypeGuard[_BatchNorm]:
     """BatchNorm1d/2d/3d, SyncBatchNorm and their subclasses (timm's BatchNormAct2d, ...)."""
     return isinstance(module, _BatchNorm)
 
@@ -47,9 +48,10 @@ def check_replaceable(name: str, bn: _BatchNorm) -> None:
 
 
 def replace_modules(
-    root: nn.Module, match: Callable[[nn.Module], bool], build: Callable[[str, nn.Module], nn.Module]
+    root: nn.Module, match: Callable[[nn.Module], bool], build: Callable[[str, Any], nn.Module]
 ) -> nn.Module:
-    """Replace every module that ``match``es with ``build(name, module)``, in place; return the root.
+    """Replace every module that ``match``es with ``build(name, module)``, in place; return the root
+    (``build`` takes the modules ``match`` accepts: its argument's type is what ``match`` checks).
 
     Every replacement is built before any is swapped in, so a ``build`` that raises leaves the tree as it
     was. A module reached through several parents (a shared layer) is built once and shared again. If the

@@ -189,6 +189,7 @@ class GradientMethod(Method):
 
     optimizer: torch.optim.Optimizer
     params: list[nn.Parameter]
+    initial_affine: Tensor
 
     def train_affine(self, *, lr: float, betas: tuple[float, float], weight_decay: float) -> None:
         """Train only the policy layers' affine parameters, with Adam; called by a subclass's constructor.

@@ -70,6 +70,8 @@ class DUA(Method):
     that take unnormalized images (the bundled and benchmark models).
     """
 
+    updates: Tensor
+
     def __init__(
         self,
         model: nn.Module,

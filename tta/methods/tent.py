@@ -41,6 +41,8 @@ class Tent(GradientMethod):
     NaN for the rest of the stream.
     """
 
+    updates: Tensor
+
     def __init__(
         self,
         model: nn.Module,

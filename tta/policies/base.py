@@ -106,6 +106,7 @@ class NormPolicy(nn.Module):
     ``torch.export.export(copy.deepcopy(model), ...)``.
     """
 
+    policy_name: ClassVar[str]  # set by tta.registry.register_policy
     stats_grad: bool = False
     uses_predictions: ClassVar[bool] = False  # True for a policy that learns from the model's predicted classes
     combines_across_processes: ClassVar[bool] = False  # True for a policy whose state or statistics pool processes

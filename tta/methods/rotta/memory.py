@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
@@ -52,7 +53,7 @@ class CSTUMemory(nn.Module):
     def __len__(self) -> int:
         return int((self.labels >= 0).sum())
 
-    def score(self, ages: np.ndarray, entropies: np.ndarray) -> np.ndarray:
+    def score(self, ages: npt.ArrayLike, entropies: npt.ArrayLike) -> np.ndarray:
         """The eviction score: higher is older or more uncertain, in float64 like the official Python floats."""
         timeliness = 1 / (1 + np.exp(-np.asarray(ages, dtype=np.float64) / self.capacity))
         return self.lambda_t * timeliness + self.lambda_u * np.asarray(entropies) / math.log(self.num_classes)

@@ -68,6 +68,9 @@ class RoTTA(GradientMethod):
     average, not counted in ``updates``; logged).
     """
 
+    instances: Tensor
+    updates: Tensor
+
     def __init__(
         self,
         model: nn.Module,
