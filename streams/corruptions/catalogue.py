@@ -13,7 +13,7 @@ A new corruption is a function ``fn(x, rng, *params, **table_kwargs)`` (x: float
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -44,8 +44,8 @@ class Corruption:
 
     name: str
     fn: Callable[..., Tensor]
-    cifar: tuple[Any, ...]
-    imagenet: tuple[Any, ...]
+    cifar: Sequence[Any]  # stored as a tuple (__post_init__)
+    imagenet: Sequence[Any]
     colour_only: bool = False
     standard: bool = True
     table_kwargs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
