@@ -14,6 +14,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -109,7 +110,9 @@ def cifar_c(name: str, corruption: str, severity: int, data_dir: str | Path, n_e
     _check_domain(corruption, severity)
     images_path, _ = _cifar_files(name, corruption, data_dir)
     n = _check_n(n_examples, CIFAR_C_PER_SEVERITY, name)
-    loader, classes = PRECOMPUTED_SETS[name].loader, PRECOMPUTED_SETS[name].classes
+    # _cifar_files took only the robustbench sets, which have a loader and their classes
+    info = PRECOMPUTED_SETS[name]
+    loader, classes = cast(str, info.loader), cast(tuple[str, ...], info.classes)
     rb = import_robustbench()
     x, y = getattr(rb.data, loader)(n, int(severity), str(Path(data_dir).expanduser()), False, [corruption])
     if len(x) < n:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -209,9 +210,10 @@ def order_indices(labels: np.ndarray, order: str | Order, rng: np.random.Generat
         return iid_order(labels, rng)
     if parsed.kind == "sorted":
         return sorted_order(labels, rng)
+    concentration = cast(float, parsed.concentration)  # parse_order gives one to dirichlet and slots
     if parsed.kind == "dirichlet":
-        return dirichlet_order(labels, parsed.concentration, rng)
-    return slots_order(labels, parsed.concentration, rng)
+        return dirichlet_order(labels, concentration, rng)
+    return slots_order(labels, concentration, rng)
 
 
 @dataclass(frozen=True)

@@ -177,10 +177,10 @@ class Stream(IterableDataset[Batch]):
     # ----------------------------------------------------------------- planning (labels only)
     def _build_segments(self, episode: settings.Episode) -> list[_Segment]:
         if episode.mixed:
-            labels = [self._source.labels(d) for d in episode.domains]
-            union = np.concatenate(labels)
+            domain_labels = [self._source.labels(d) for d in episode.domains]
+            union = np.concatenate(domain_labels)
             order = order_indices(union, self.order, generator("order-mixed", self.seed))
-            return [_Segment(episode.domains, tuple(len(x) for x in labels), union, order)]
+            return [_Segment(episode.domains, tuple(len(x) for x in domain_labels), union, order)]
         segments = []
         visits: Counter[Domain] = Counter()
         for domain in episode.domains:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
-from streams.corruption_sets import PRECOMPUTED_SETS, PrecomputedSource, cifar_c_source
+from streams.corruption_sets import CIFAR10_CLASSES, PRECOMPUTED_SETS, PrecomputedSource, cifar_c_source
 from streams.datasets.catalogue import DatasetInfo, register_dataset
 
 
 def _load(data_dir: Path | None) -> PrecomputedSource:
-    return cifar_c_source("cifar10-c", data_dir)
+    return cifar_c_source("cifar10-c", cast(Path, data_dir))  # DatasetInfo.source requires a data_dir
 
 
 INFO = register_dataset(
@@ -19,7 +20,7 @@ INFO = register_dataset(
         base="cifar10",
         input_shape=(3, 32, 32),
         num_classes=10,
-        classes=PRECOMPUTED_SETS["cifar10-c"].classes,
+        classes=CIFAR10_CLASSES,
         load=_load,
         table="cifar",
         folder=PRECOMPUTED_SETS["cifar10-c"].folder,

@@ -6,13 +6,14 @@ The class names are the 1,000 WordNet ids of robustbench's helper files, read wi
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 from streams.corruption_sets import PRECOMPUTED_SETS, PrecomputedSource, imagenet_c_source
 from streams.datasets.catalogue import DatasetInfo, register_dataset
 
 
 def _load(data_dir: Path | None) -> PrecomputedSource:
-    return imagenet_c_source(data_dir)
+    return imagenet_c_source(cast(Path, data_dir))  # DatasetInfo.source requires a data_dir
 
 
 INFO = register_dataset(
