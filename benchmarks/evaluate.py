@@ -19,7 +19,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -133,7 +133,8 @@ def evaluate_batches(
     device = torch.device(device)
     policy_alone = dict(policy_alone or {})
     tallies: dict[Any, dict[Domain, Tally]] = {name: {} for name in [*models, *policy_alone.values()]}
-    model_outputs = {name: _LastOutput(models[name].model) for name in policy_alone}
+    # policy_alone names output-level learners (Methods), which hold the adapted model
+    model_outputs = {name: _LastOutput(cast(tta.Method, models[name]).model) for name in policy_alone}
     try:
         with torch.no_grad():  # a method's own forward enables the gradients it needs
             for batch in batches:

@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.reduction import ForkingPickler
@@ -159,7 +159,7 @@ def run_here(
     *,
     source: Any = None,
     on_batch: Callable[[evaluate.Unit, dict[Any, Any]], None] | None = None,
-) -> Iterator[Outcome]:
+) -> Generator[Outcome, None, None]:
     """Run the units one after the other in this process; ``on_batch(unit, tallies)`` after each batch."""
     units = list(units)
     for index, unit in enumerate(units):
@@ -177,7 +177,7 @@ def run_here(
             break
 
 
-def run_in_processes(job: Job, units: Iterable[evaluate.Unit], *, workers: int) -> Iterator[Outcome]:
+def run_in_processes(job: Job, units: Iterable[evaluate.Unit], *, workers: int) -> Generator[Outcome, None, None]:
     """Run the units in ``workers`` local processes (started with ``spawn``, so no thread or CUDA state
     of the driver is inherited), one unit at a time in each. Each process is a pool of its own, so a
     process that dies (e.g. killed for memory) ran exactly one unit: that unit counts an attempt and is
@@ -229,7 +229,7 @@ def run_on_ray(
     address: str | None = None,
     cpus_per_task: float = 1,
     gpus_per_task: float = 0,
-) -> Iterator[Outcome]:
+) -> Generator[Outcome, None, None]:
     """Run the units as Ray tasks, collected in completion order (``ray.wait``). Connects as Ray does
     (``address``, else ``RAY_ADDRESS``, else a new local cluster) unless Ray is already initialized in
     this process; Ray retries a failed task (``max_retries``, ``retry_exceptions``)."""

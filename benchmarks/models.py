@@ -416,8 +416,8 @@ def build_architecture(
         cfg = net.pretrained_cfg
         return _normalized(net, tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))), net
     if CALLABLE_SPEC.match(arch):
-        model = _load_callable(arch, model_args)
-        return model, model
+        loaded = _load_callable(arch, model_args)
+        return loaded, loaded
     raise ValueError(
         f"unknown --arch {arch!r}; use bundled, torchvision:<name>, timm:<name> or package.module:callable"
     )

@@ -38,6 +38,9 @@ STRIDES = (2, 2, 2)
 class Standardize(nn.Module):
     """Subtract a fixed per-channel mean and divide by a fixed std (buffers, not parameters)."""
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, mean: float | list[float], std: float | list[float]) -> None:
         super().__init__()
         mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)
@@ -134,4 +137,5 @@ def load_bundled_model(device: torch.device | str | None = None) -> nn.Module:
     state = torch.load(WEIGHTS_PATH, map_location="cpu", weights_only=True)
     model = build_model()
     model.load_state_dict(state)
-    return model.to(device, memory_format=torch.channels_last).eval()
+    # Module.to takes memory_format beside a device; torch's overloads only list it alone
+    return model.to(device, memory_format=torch.channels_last).eval()  # type: ignore[call-overload]

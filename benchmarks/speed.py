@@ -29,7 +29,7 @@ import dataclasses
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -126,7 +126,7 @@ def measure_speed(
         else:
             timed = tta.adapt(copy.deepcopy(base), policy, **options.get(policy, {})).eval()
         if compile:
-            timed = torch.compile(timed, fullgraph=True)
+            timed = cast(nn.Module, torch.compile(timed, fullgraph=True))  # a compiled Module is an OptimizedModule
         if method != "none":  # a method's update (backward, optimizer step, memory) stays eager around it
             timed = tta.attach_method(timed, method, **options.get(method, {}))
         models[(method, policy)] = timed
@@ -140,19 +140,19 @@ def measure_speed(
     # each for the batch-size check.
     limit = torch._dynamo.config.patch(recompile_limit=2 * len(models) + 8) if compile else contextlib.nullcontext()
     with limit, torch.inference_mode():
-        for name, timed in models.items():
+        for name, model_fn in models.items():
             start = time.perf_counter()
-            timed(x)
+            model_fn(x)
             _synchronize(device)
             first_call[name] = time.perf_counter() - start
             for _ in range(warmup - 1):
-                timed(x)
+                model_fn(x)
         _synchronize(device)
         for _ in range(repeats):
-            for name, timed in models.items():
+            for name, model_fn in models.items():
                 start = time.perf_counter()
                 for _ in range(batches_per_repeat):
-                    timed(x)
+                    model_fn(x)
                 _synchronize(device)
                 timings[name].append(batch_size * batches_per_repeat / (time.perf_counter() - start))
         if compile:

@@ -103,7 +103,8 @@ def train_source(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model()
-    model = model.to(device, memory_format=torch.channels_last)
+    # Module.to takes memory_format beside a device; torch's overloads only list it alone
+    model = model.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
     generator = torch.Generator().manual_seed(seed)
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]

@@ -108,7 +108,7 @@ def _pid_alive(pid: int) -> bool:
 class DomainCache:
     """Corrupted domains as uint8 ``.npy`` arrays under ``root/domains/``, each with a checksum record."""
 
-    def __init__(self, root: str | Path | None = None) -> None:
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
         self.root = (Path(root).expanduser() if root is not None else default_cache_dir()) / "domains"
 
     def path(self, key: str) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import os
 import shutil
 import subprocess
 from importlib import resources
@@ -98,7 +99,9 @@ def _download(root: Path) -> Path:
     return root / "FashionMNIST" / "raw"
 
 
-def fashion_mnist(split: str = "test", root: str | Path | None = None, *, download: bool = True) -> ImageSet:
+def fashion_mnist(
+    split: str = "test", root: str | os.PathLike[str] | None = None, *, download: bool = True
+) -> ImageSet:
     """Fashion-MNIST as an :class:`ImageSet` (uint8, N x 1 x 28 x 28), spec S1.
 
     ``split="test"``: the embedded 10,000 images (or the test files in ``root`` when given).

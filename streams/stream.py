@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import dis
 import logging
+import os
 import sys
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from types import CodeType, FrameType
 
 import numpy as np
@@ -135,7 +135,7 @@ class Stream(IterableDataset[Batch]):
         n_examples: int | None = None,
         seed: int = 0,
         table: str | None = None,
-        cache_dir: str | Path | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         if not _is_int(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")

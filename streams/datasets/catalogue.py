@@ -4,6 +4,7 @@ and the benchmark (names, input shapes, classes, where the data comes from)."""
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ class DatasetInfo:
         """Whether the data is read from ``data_dir`` (else it ships with the package)."""
         return self.folder is not None
 
-    def source(self, data_dir: str | Path | None = None) -> ImageSet | PrecomputedSource:
+    def source(self, data_dir: str | os.PathLike[str] | None = None) -> ImageSet | PrecomputedSource:
         """The stream source; ``data_dir`` is the folder holding :attr:`folder` (unused when there is none)."""
         if self.needs_files and data_dir is None:
             raise ValueError(
