@@ -22,6 +22,7 @@ test: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 test-fast: venv  # the core in about a minute: no end-to-end runs, processes, compilation or Ray
