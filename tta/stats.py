@@ -50,16 +50,16 @@ def on_host(t: Tensor) -> bool:
     return t.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
-def host_value(t: Tensor) -> Tensor | int | float | bool:
-    """A 0-dim ``t`` as a Python number where reading it is free (:func:`on_host`), else ``t`` itself: arithmetic
-    on the number then costs no kernel, and on an accelerator nothing waits for the device."""
-    return t.item() if on_host(t) else t
+def host_int(t: Tensor) -> Tensor | int:
+    """A 0-dim integer ``t`` (a counter) as a Python int where reading it is free (:func:`on_host`), else ``t``
+    itself: arithmetic on the number then costs no kernel, and on an accelerator nothing waits for the device."""
+    return int(t) if on_host(t) else t
 
 
 def at_least(value: Tensor | int, low: int) -> Tensor | int:
     """``max(value, low)``: a Python number stays one (read on the host where that is free), a tensor is
     clamped on its device."""
-    value = host_value(value) if isinstance(value, Tensor) else value
+    value = host_int(value) if isinstance(value, Tensor) else value
     return value.clamp(min=low) if isinstance(value, Tensor) else max(value, low)
 
 

@@ -11,7 +11,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tta.policies.base import filled
 from tta.policies.running import RunningStatsPolicy, State
 from tta.registry import register_policy
-from tta.stats import at_least, host_value, merge_moments, select
+from tta.stats import at_least, host_int, merge_moments, select
 
 
 @register_policy("adabn")
@@ -40,7 +40,7 @@ class AdaBatchNorm(RunningStatsPolicy):
 
     def update(self, mean: Tensor, var: Tensor, n: int) -> dict[str, Tensor | int]:
         count, target_mean, target_m2 = merge_moments(
-            host_value(self.count), self.target_mean, self.target_m2, n, mean, var
+            host_int(self.count), self.target_mean, self.target_m2, n, mean, var
         )
         return {"count": count, "target_mean": target_mean, "target_m2": target_m2}
 
@@ -51,6 +51,6 @@ class AdaBatchNorm(RunningStatsPolicy):
 
     def normalizing_stats(self) -> tuple[Tensor, Tensor]:
         """The pool's statistics once it holds two values per channel, the source statistics before."""
-        pooled = host_value(self.count) >= 2
+        pooled = host_int(self.count) >= 2
         mean, var = self.adapted_stats()
         return select(pooled, mean, self.source_mean), select(pooled, var, self.source_var)

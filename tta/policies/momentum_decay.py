@@ -12,7 +12,7 @@ from tta.options import Range
 from tta.policies.base import filled, source_mean, source_var
 from tta.policies.running import RunningStatsPolicy, State
 from tta.registry import register_policy
-from tta.stats import host_value, unbiased
+from tta.stats import host_int, unbiased
 
 
 @register_policy("momentum_decay")
@@ -61,7 +61,7 @@ class MomentumDecayBatchNorm(RunningStatsPolicy):
         return (self.momentum * self.decay ** step.double() + self.min_momentum).to(self.stats_dtype)
 
     def update(self, mean: Tensor, var: Tensor, n: int) -> dict[str, Tensor | int]:
-        step = host_value(self.step) + 1
+        step = host_int(self.step) + 1
         m = self.current_momentum(step)  # a Python float on the host: lerp rounds it to the state's dtype
         return {
             "step": step,
