@@ -217,6 +217,7 @@ def test_an_images_file_that_is_no_set_of_images_is_one_error(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.multiprocess
 def test_worker_processes_stream_the_users_images_to_the_rows_of_a_serial_run(tmp_path, cache_dir):
     config = grid.make_config(**{**USER_GRID, "corruptions": ["fog"], "settings": ["single", "continual"]})
     serial = run.run_grid(config, tmp_path / "serial", device="cpu", cache_dir=cache_dir, images=user_images())

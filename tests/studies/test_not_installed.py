@@ -10,6 +10,7 @@ from setuptools import find_packages
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_the_packages_found_for_the_wheel_hold_the_benchmark_but_no_study():
     tomllib = pytest.importorskip("tomllib")
     include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
