@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from streams._robustbench import import_robustbench
-from streams.corruptions import get_corruption
+from streams.corruptions import check_severity, get_corruption, is_int
 from streams.imageset import ImageSet
 
 __all__ = ["PrecomputedSource", "cifar_c", "cifar_c_source", "imagenet_c", "imagenet_c_source"]
@@ -67,14 +67,13 @@ IMAGENET_C_MAX = 5_000
 
 def _check_domain(corruption: str, severity: int) -> None:
     get_corruption(corruption)
-    if not isinstance(severity, (int, np.integer)) or isinstance(severity, bool) or not 1 <= severity <= 5:
-        raise ValueError(f"severity must be an integer in 1..5, got {severity!r}")
+    check_severity(severity)
 
 
 def _check_n(n_examples: int | None, available: int, what: str) -> int:
     if n_examples is None:
         return available
-    if isinstance(n_examples, bool) or not isinstance(n_examples, (int, np.integer)) or n_examples < 1:
+    if not is_int(n_examples) or n_examples < 1:
         raise ValueError(f"n_examples must be a positive integer or None, got {n_examples!r}")
     if n_examples > available:
         raise ValueError(f"n_examples={n_examples} is larger than {what}, which holds {available} images")

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Sequence
-from typing import TypeGuard
 
-import numpy as np
-
-from streams.corruptions import list_corruptions
+from streams.corruptions import check_severity, is_int, list_corruptions
 
 __all__ = ["CLEAN_NAME", "parse_corruptions", "parse_severities", "parse_severity_list", "split_list"]
 
@@ -25,10 +22,6 @@ CLEAN_NAME = "none"
 def split_list(text: str) -> list[str]:
     """Split a comma list, dropping blanks: ``"a, b,"`` -> ``["a", "b"]``."""
     return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _is_int(value: object) -> TypeGuard[int | np.integer]:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _first_repeat(values: Iterable[object]) -> object | None:
@@ -72,7 +65,7 @@ def parse_corruptions(corruptions: str | Sequence[str] | None) -> tuple[str, ...
 def parse_severities(severities: int | Sequence[int]) -> tuple[int, ...]:
     """Severities in the order given: an integer in 1..5 or a sequence of them (a string is refused;
     see :func:`parse_severity_list` for text)."""
-    if _is_int(severities):
+    if is_int(severities):
         values = [severities]
     elif isinstance(severities, (str, bytes)) or not isinstance(severities, Iterable):
         raise ValueError(f"severities must be an integer in 1..5 or a list of them, got {severities!r}")
@@ -80,13 +73,11 @@ def parse_severities(severities: int | Sequence[int]) -> tuple[int, ...]:
         values = list(severities)
     if not values:
         raise ValueError("no severity given; pass an integer in 1..5 or a list of them")
-    for value in values:
-        if not _is_int(value) or not 1 <= value <= 5:
-            raise ValueError(f"severity must be an integer in 1..5, got {value!r}")
-    repeated = _first_repeat(int(v) for v in values)
+    checked = [check_severity(value) for value in values]
+    repeated = _first_repeat(checked)
     if repeated is not None:
         raise ValueError(f"severity {repeated} is listed twice")
-    return tuple(int(v) for v in values)
+    return tuple(checked)
 
 
 def parse_severity_list(text: str) -> tuple[int, ...]:

@@ -30,6 +30,7 @@ from streams import settings
 from streams._seeds import check_seed, generator
 from streams.cache import DomainCache
 from streams.corruption_sets import PrecomputedSource
+from streams.corruptions import is_int
 from streams.domain_source import open_source
 from streams.imageset import ImageSet
 from streams.orderings import LabelStats, batch_label_measures, order_indices, parse_order
@@ -92,10 +93,6 @@ class _Segment:
     order: np.ndarray
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
 class Stream(IterableDataset[Batch]):
     """A reproducible sequence of :class:`Batch` (spec S5).
 
@@ -137,9 +134,9 @@ class Stream(IterableDataset[Batch]):
         table: str | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        if not _is_int(batch_size) or batch_size < 1:
+        if not is_int(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        if n_examples is not None and (not _is_int(n_examples) or n_examples < 1):
+        if n_examples is not None and (not is_int(n_examples) or n_examples < 1):
             raise ValueError(f"n_examples must be a positive integer or None, got {n_examples!r}")
         if setting not in settings.SETTINGS:
             raise ValueError(f"unknown setting {setting!r}; choose from: {', '.join(settings.SETTINGS)}")
@@ -149,7 +146,7 @@ class Stream(IterableDataset[Batch]):
         self.order = parse_order(order)
         self.setting = setting
         self.batch_size = int(batch_size)
-        self.n_examples = n_examples
+        self.n_examples = n_examples = None if n_examples is None else int(n_examples)
         self.seed = int(seed)
         self.table = table
         self._cache = DomainCache(cache_dir)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -24,14 +23,16 @@ from streams.corruptions.catalogue import (
     TABLE_NAMES,
     TABLES,
     Corruption,
+    check_severity,
     get_corruption,
+    is_int,
     list_corruptions,
     register_corruption,
 )
 
 __all__ = [
-    "CORRUPTIONS", "EXTRA_CORRUPTIONS", "SMALL_IMAGE_MAX_SIDE", "TABLES", "TABLE_NAMES", "Corruption", "corrupt",
-    "default_table", "get_corruption", "list_corruptions", "register_corruption",
+    "CORRUPTIONS", "EXTRA_CORRUPTIONS", "SMALL_IMAGE_MAX_SIDE", "TABLES", "TABLE_NAMES", "Corruption", "check_severity",
+    "corrupt", "default_table", "get_corruption", "is_int", "list_corruptions", "register_corruption",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,7 @@ def _validate(images: Tensor, corruption: str, severity: int, table: str | None)
     if not isinstance(images, Tensor):
         raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
     get_corruption(corruption)
-    if isinstance(severity, bool) or not isinstance(severity, (int, np.integer)) or not 1 <= severity <= 5:
-        raise ValueError(f"severity must be an integer in 1..5, got {severity!r}")
+    check_severity(severity)
     if images.dtype != torch.uint8:
         raise TypeError(
             f"images must be uint8 (0..255), got {images.dtype}; convert with (x * 255).round().to(torch.uint8)"
@@ -82,7 +82,7 @@ def corrupt(
     """
     _validate(images, corruption, severity, table)
     seed, severity = check_seed(seed), int(severity)
-    if isinstance(index_offset, bool) or not isinstance(index_offset, (int, np.integer)) or index_offset < 0:
+    if not is_int(index_offset) or index_offset < 0:
         raise TypeError(f"index_offset must be an integer >= 0, got {index_offset!r}")
     n, c, h, w = images.shape
     table = table or default_table(h, w)

@@ -16,15 +16,16 @@ import difflib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeGuard
 
+import numpy as np
 from torch import Tensor
 
 from streams.corruptions import blur, digital, noise, weather
 
 __all__ = [
-    "CORRUPTIONS", "EXTRA_CORRUPTIONS", "TABLES", "TABLE_NAMES", "Corruption", "get_corruption",
-    "list_corruptions", "register_corruption",
+    "CORRUPTIONS", "EXTRA_CORRUPTIONS", "TABLES", "TABLE_NAMES", "Corruption", "check_severity", "get_corruption",
+    "is_int", "list_corruptions", "register_corruption",
 ]  # fmt: skip
 
 TABLE_NAMES: tuple[str, ...] = ("cifar", "imagenet")
@@ -91,6 +92,18 @@ def get_corruption(name: str) -> Corruption:
     close = difflib.get_close_matches(str(name), list(_CATALOGUE), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise ValueError(f"unknown corruption {name!r}{hint}; valid names: {', '.join(list_corruptions())}")
+
+
+def is_int(value: object) -> TypeGuard[int | np.integer]:
+    """Whether ``value`` is an integer (Python or numpy), not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def check_severity(severity: object) -> int:
+    """``severity`` as an int if it is an integer in 1..5, else a ValueError naming it."""
+    if not is_int(severity) or not 1 <= severity <= 5:
+        raise ValueError(f"severity must be an integer in 1..5, got {severity!r}")
+    return int(severity)
 
 
 _E = 244  # the ImageNet script multiplies by 244 (a typo for 224 it keeps); so do we
