@@ -90,10 +90,14 @@ def reset(model: nn.Module) -> None:
 
     For a learner (:func:`attach_method`) that includes the trained parameters and the optimizer state.
     """
-    _require_layers(model)
-    for module in model.modules():
-        if isinstance(module, (NormPolicy, Method)):
-            module.reset()
+    layers = _require_layers(model)
+    methods = [m for m in model.modules() if isinstance(m, Method)]
+    for method in methods:
+        method.reset()  # its policy layers included
+    covered = {id(m) for method in methods for m in method.modules()}
+    for layer in layers:
+        if id(layer) not in covered:
+            layer.reset()
 
 
 def detach(model: nn.Module, *, keep_adapted: bool = False) -> nn.Module:
