@@ -10,7 +10,6 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from tta.collectives import sum_across_processes
 from tta.options import Range
 from tta.policies.base import ModelHook, NormPolicy, check_logits
 from tta.registry import register_policy
@@ -150,8 +149,7 @@ class BalancedBatchNorm(NormPolicy):
         d_square = sample_var + d.square()  # mean over S of (x - mu_y)^2
         rows = torch.cat([torch.ones_like(d[:, :1]), d, d_square], 1)  # per class: count, sum d, sum d^2
         sums = torch.zeros(self.num_classes, rows.shape[1], dtype=dtype, device=x.device).index_add_(0, labels, rows)
-        if self.sync_batchnorm and self.syncing():  # every process's samples together
-            sums = sum_across_processes(sums, self.process_group)
+        sums = self.summed(sums)  # every process's samples together
         counts, d_sum, square = sums.split([1, self.num_features, self.num_features], 1)
         counts = counts[:, 0]
         present = (counts > 0).to(dtype)

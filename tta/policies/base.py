@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrize
 
-from tta.collectives import reduce_moments
+from tta.collectives import reduce_moments, sum_across_processes
 from tta.options import declared_options
 from tta.stats import batch_moments, computed_once, normalize, on_host
 
@@ -183,6 +183,12 @@ class NormPolicy(nn.Module):
             and dist.is_initialized()
             and dist.get_world_size(self.process_group) > 1
         )
+
+    def summed(self, values: Tensor) -> Tensor:
+        """``values`` summed over the processes where the layer combines them (:meth:`syncing`), else as given."""
+        if self.sync_batchnorm and self.syncing():
+            return sum_across_processes(values, self.process_group)
+        return values
 
     def batch_moments(self, x: Tensor, grad: bool = False) -> tuple[Tensor, Tensor, int]:
         """Per-channel mean, biased variance and count of ``x`` in the statistics dtype, in the autograd graph

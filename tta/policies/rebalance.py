@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from tta.collectives import gather_rows, sum_across_processes
+from tta.collectives import gather_rows
 from tta.laplacian import lame_refinement
 from tta.options import Choice, Range
 from tta.policies.base import ModelHook, NormPolicy, check_logits, filled, source_mean
@@ -243,12 +243,6 @@ class RebalancedBatchNorm(NormPolicy):
         total = self.summed(torch.cat([count, sample_mean.sum(0), square.sum(0)]))
         batch = int(total[0])
         return total[1 : 1 + self.num_features] / batch, total[1 + self.num_features :] / batch, batch
-
-    def summed(self, values: Tensor) -> Tensor:
-        """``values`` summed over the processes where the layer combines them (:meth:`syncing`), else as given."""
-        if self.sync_batchnorm and self.syncing():
-            return sum_across_processes(values, self.process_group)
-        return values
 
     def undo_pool_update(self) -> None:
         """Put the pool back as it was before the pending batch, whose prediction was refused."""
