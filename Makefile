@@ -1,11 +1,12 @@
 # The two commands of the README: `make bench` runs the main job, `make test` the test suite.
+# `make docs` builds the documentation site into docs/_build/html.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # torch first, pinned to the wheels these machines carry locally; pyproject.toml only declares ranges.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv test test-fast bench clean
+.PHONY: venv test test-fast lint typecheck package docs bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,14 +19,31 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 venv: $(VENV)/.installed
 
-test: venv
+lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+
+# mypy reads the packages under their installed names: link them where mypy_path points
+typecheck: venv
+	mkdir -p build/typecheck
+	ln -sfn ../../streams build/typecheck/tta_streams
+	ln -sfn ../../benchmarks build/typecheck/tta_bench
 	$(BIN)/mypy
+
+# the wheel and sdist, checked as the package index would check them
+package: venv
+	rm -rf build/dist
+	$(BIN)/python -m build --outdir build/dist . >/dev/null
+	$(BIN)/twine check --strict build/dist/*
+
+docs: venv
+	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+
+test: lint typecheck package docs
 	$(BIN)/python -m pytest -q
 
-test-fast: venv  # the core in about a minute: no end-to-end runs, processes, compilation or Ray
+test-fast: venv  # no end-to-end runs, processes, compilation or Ray
 	$(BIN)/python -m pytest -q -m "not slow and not multiprocess and not compile and not ray"
 
 bench: venv
@@ -34,4 +52,4 @@ bench: venv
 		--workers 2 --out runs/quick
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs build docs/_build

@@ -2,6 +2,6 @@
 
 import sys
 
-from benchmarks.cli import main
+from tta_bench.cli import main
 
 sys.exit(main())

@@ -1,8 +1,8 @@
 """``tta-bench``: run the benchmark grid, rebuild its report, time methods and policies, train the source model.
 
-A thin front end (style guide, principle 6): it parses arguments, calls the functions a notebook would
-(:func:`benchmarks.run.run_grid`, :mod:`benchmarks.report`, :mod:`benchmarks.speed`,
-:func:`benchmarks.train_source.train_source`), and is the only module of the benchmark that prints.
+A thin front end: it parses arguments, calls the functions a notebook would (:func:`tta_bench.run.run_grid`,
+:mod:`tta_bench.report`, :mod:`tta_bench.speed`, :func:`tta_bench.train_source.train_source`), and is the
+only module of the benchmark that prints. The guide and the generated reference are on :doc:`/cli`.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import streams
 import tta
-from benchmarks import grid
+import tta_streams
+from tta_bench import grid
 
 if TYPE_CHECKING:
-    from benchmarks import run
+    from tta_bench import run
 
 DEFAULT_DEVICE = "auto"
 
@@ -37,7 +37,7 @@ def _load_model(
     arch: str | None = None,
     model_args: dict[str, Any] | None = None,
 ) -> Any:
-    from benchmarks.models import load_model
+    from tta_bench.models import load_model
 
     return load_model(
         spec,
@@ -74,7 +74,7 @@ def _config_from_args(args: argparse.Namespace) -> grid.GridConfig:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from benchmarks import run
+    from tta_bench import run
 
     printer = _ProgressPrinter(show_bar=sys.stdout.isatty() and not args.no_progress)
     try:
@@ -107,7 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return 130
     if result.status == "failed":
-        from benchmarks.executors import RETRIES
+        from tta_bench.executors import RETRIES
 
         print(
             f"\nthe grid is incomplete: {len(result.failures)} of {result.units} units failed after {RETRIES + 1} "
@@ -127,7 +127,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 class _ProgressPrinter:
-    """Prints a grid's progress (:mod:`benchmarks.run` events): a redrawn bar on a terminal; elsewhere
+    """Prints a grid's progress (:mod:`tta_bench.run` events): a redrawn bar on a terminal; elsewhere
     (CI logs, a file, ``--no-progress``) one line per result."""
 
     def __init__(self, *, show_bar: bool) -> None:
@@ -136,7 +136,7 @@ class _ProgressPrinter:
         self.with_method = False
 
     def __call__(self, event: run.Event) -> None:
-        from benchmarks import results, run
+        from tta_bench import results, run
 
         if isinstance(event, run.GridPlanned):
             config = event.config
@@ -193,7 +193,7 @@ def _print_report(
     methods: Sequence[str] | None,
     paths: dict[str, Path],
 ) -> None:
-    from benchmarks import report
+    from tta_bench import report
 
     print(report.summary_table(rows, policies=policies, methods=methods, config=config))
     print()
@@ -205,7 +205,7 @@ def _print_report(
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from benchmarks import metadata, report, results
+    from tta_bench import metadata, report, results
 
     folder = Path(args.dir)
     rows, duplicates = results.read_results(folder / results.RESULTS_NAME)
@@ -223,7 +223,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     policies = config["policies"] if config else None
     methods = config.get("methods", [grid.NO_METHOD]) if config else None
     rows = report.in_grid_order(rows, config)
-    paths = report.write_report(folder, rows, config=config, metadata=meta)
+    out = Path(args.out) if args.out else folder
+    if args.out:
+        out.mkdir(parents=True, exist_ok=True)
+    paths = report.write_report(out, rows, config=config, metadata=meta)
     _print_report(rows, config, policies, methods, paths)
     return 0
 
@@ -235,13 +238,13 @@ def cmd_speed(args: argparse.Namespace) -> int:
     import torch
     from tabulate import tabulate
 
-    from benchmarks import speed
-    from benchmarks.run import resolve_device, set_threads
+    from tta_bench import speed
+    from tta_bench.run import resolve_device, set_threads
 
     policies = grid.parse_policies(args.policies)
     methods = grid.parse_methods(args.methods)
     options = grid.parse_options(args.option, policies, methods)
-    dataset = streams.get_dataset(args.dataset)
+    dataset = tta_streams.get_dataset(args.dataset)
     speed.check_sizes(
         batch_size=args.batch_size, warmup=args.warmup, repeats=args.repeats, batches_per_repeat=args.batches_per_repeat
     )
@@ -252,12 +255,13 @@ def cmd_speed(args: argparse.Namespace) -> int:
     )
     with_method = methods != (grid.NO_METHOD,)
     counted = f"{len(methods)} methods x {len(policies)}" if with_method else f"{len(policies)}"
-    print(
+    heading = (
         f"timing {counted} policies on {args.model} ({args.dataset} input), batch {args.batch_size}, "
         f"{device}, {torch.get_num_threads()} threads{', compiled (inductor)' if args.compile else ''}: "
         f"median of {args.repeats} round-robin runs of {args.batches_per_repeat} batches after "
         f"{args.warmup} warm-up batches"
     )
+    print(heading)
     measured = speed.measure_speed(
         model,
         policies,
@@ -305,11 +309,21 @@ def cmd_speed(args: argparse.Namespace) -> int:
         if args.compile
         else ""
     )
-    print(
+    unadapted = (
         f"unadapted model: {rate(first.unadapted_images_per_s)} images/s{compiled}; spread: quartiles of the "
         "per-round ratios to it"
     )
-    print(tabulate(table, headers=headers, tablefmt="github", disable_numparse=True))
+    text = tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
+    print(unadapted)
+    print(text)
+    if args.out:
+        from tta_bench.metadata import environment, utc_now
+
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        env = ", ".join(f"{key} {value}" for key, value in environment(device).items())
+        out.write_text(f"{heading}.\n\n{unadapted}.\n\n{text}\n\nMeasured {utc_now()}: {env}.\n", encoding="utf-8")
+        print(f"table: {out}")
     return 0
 
 
@@ -317,8 +331,8 @@ def cmd_speed(args: argparse.Namespace) -> int:
 
 
 def cmd_train_source(args: argparse.Namespace) -> int:
-    from benchmarks.run import resolve_device, set_threads
-    from benchmarks.train_source import default_out, train_source
+    from tta_bench.run import resolve_device, set_threads
+    from tta_bench.train_source import default_out, train_source
 
     set_threads(args.threads)
     logging.getLogger().setLevel(logging.INFO)
@@ -387,12 +401,15 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _dataset_folders() -> str:
     """The folders ``--data-dir`` may hold, from the dataset catalogue: ``"A/, B/ or C/"``."""
-    folders = [f"{info.folder}/" for info in map(streams.get_dataset, streams.list_datasets()) if info.needs_files]
+    folders = [
+        f"{info.folder}/" for info in map(tta_streams.get_dataset, tta_streams.list_datasets()) if info.needs_files
+    ]
     return " or ".join([", ".join(folders[:-1]), folders[-1]]) if len(folders) > 1 else "".join(folders)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``tta-bench`` argument parser (subcommands run, report, speed, train-source)."""
+    """The ``tta-bench`` argument parser (subcommands run, report, speed, train-source); the documentation's
+    CLI reference is generated from it."""
     parser = argparse.ArgumentParser(
         prog="tta-bench", description="Benchmark test-time normalization policies on corrupted test streams."
     )
@@ -408,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(a second is refused). Models take images in [0, 1].",
     )
     run.add_argument(
-        "--dataset", default="fmnist-c", help=f"one of {', '.join(streams.list_datasets())} (default fmnist-c)"
+        "--dataset", default="fmnist-c", help=f"one of {', '.join(tta_streams.list_datasets())} (default fmnist-c)"
     )
     run.add_argument("--data-dir", default=None, help=f"folder holding {_dataset_folders()} (not needed for fmnist-c)")
     run.add_argument(
@@ -478,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="local",
         choices=("local", "ray"),
         help="local (this machine, --workers) or ray: the units as Ray tasks on a cluster "
-        "(needs the extra: pip install 'tta[ray]')",
+        "(needs the extra: pip install 'tta-norm[ray]')",
     )
     run.add_argument(
         "--ray-address",
@@ -505,7 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     rep = sub.add_parser("report", help="rebuild report.md, results.csv and errors.png from DIR/results.jsonl")
-    rep.add_argument("dir", metavar="DIR")
+    rep.add_argument("dir", metavar="DIR", help="a results folder (its results.jsonl, config.json and meta.json)")
+    rep.add_argument("--out", metavar="OUT", help="write the report files into OUT instead of DIR (created if missing)")
     rep.set_defaults(func=cmd_report)
 
     spd = sub.add_parser(
@@ -524,6 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     spd.add_argument("--batches-per-repeat", type=int, default=5, help="batches in one timed run")
     spd.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     spd.add_argument("--device", default=DEFAULT_DEVICE)
+    spd.add_argument("--out", metavar="FILE", help="also write the table, with the environment, to FILE (Markdown)")
     spd.add_argument(
         "--compile",
         action="store_true",
@@ -553,7 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``tta-bench``; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from benchmarks.results import FolderInUseError
+    from tta_bench.results import FolderInUseError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

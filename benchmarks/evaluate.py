@@ -1,14 +1,14 @@
 """Evaluate methods over normalization policies on test streams: the library calls behind ``tta-bench run``.
 
-A grid run (:class:`benchmarks.grid.Run`) is one stream (setting, order, seed); it is evaluated in
+A grid run (:class:`tta_bench.grid.Run`) is one stream (setting, order, seed); it is evaluated in
 independent units (:class:`Unit`): in ``single`` one domain episode for every (method, policy) in
 lockstep, otherwise the whole stream for one (method, policy), or a policy alone with LAME over it.
 Each learner is its own (:func:`learner_copy`: a copy of the model adapted with the policy, the method
-attached), reset (``tta.reset``) before its episode (spec S4), except that a policy alone is scored from
+attached), reset (``tta.reset``) before its episode, except that a policy alone is scored from
 the forward of an output-level method over it (LAME) in the same unit (:func:`shared_forwards`). Errors
 are counted per domain from ``batch.domain``, so a unit's rows are known when it ends. A killed run
 loses at most the units in progress, which are run again; units run in any order or process give the
-same rows (``benchmarks.executors``). The loop runs under ``torch.no_grad``; a gradient method (Tent)
+same rows (``tta_bench.executors``). The loop runs under ``torch.no_grad``; a gradient method (Tent)
 takes its gradients inside its own forward, whatever the caller's mode.
 """
 
@@ -24,9 +24,9 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-import streams
 import tta
-from benchmarks.grid import CLEAN, NO_METHOD, GridConfig, RowKey, Run, domains
+import tta_streams
+from tta_bench.grid import CLEAN, NO_METHOD, GridConfig, RowKey, Run, domains
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def evaluate_batches(
     """Feed every batch to every model (each adapting as it goes); count errors per model and domain.
 
     ``batches`` yields objects with ``x`` (float images in [0, 1]), ``y`` (labels) and ``domain`` (one
-    (corruption, severity) per image), i.e. :class:`streams.Batch`. ``on_batch`` is called with the tallies
+    (corruption, severity) per image), i.e. :class:`tta_streams.Batch`. ``on_batch`` is called with the tallies
     so far after each batch (progress display). ``policy_alone`` maps the name of an output-level method's
     learner (LAME) to the name under which its adapted model's own prediction, from the same forward, is
     counted too (:func:`shared_forwards`).
@@ -177,8 +177,8 @@ def evaluate_stream(
     *,
     device: torch.device | str = "cpu",
 ) -> dict[str, dict[Domain, Tally]]:
-    """Evaluate adapted models over a whole :class:`streams.Stream`, resetting them before each episode
-    (spec S4); errors per policy and domain. The notebook's one-call version of a grid run."""
+    """Evaluate adapted models over a whole :class:`tta_streams.Stream`, resetting them before each episode;
+    errors per policy and domain. The notebook's one-call version of a grid run."""
     totals: dict[str, dict[Domain, Tally]] = {name: {} for name in models}
     for _, batches in stream.episodes():
         for adapted in models.values():
@@ -199,14 +199,14 @@ def _group_indices(batch_domains: Sequence[Domain]) -> dict[Domain, torch.Tensor
 
 
 def load_source(config: GridConfig, *, data_dir: str | os.PathLike[str] | None = None) -> Any:
-    """The stream source of ``config.dataset`` (spec S1)."""
+    """The stream source of ``config.dataset``."""
     return streams_source(config.dataset, data_dir=data_dir)
 
 
 def streams_source(dataset: str, *, data_dir: str | os.PathLike[str] | None = None) -> Any:
-    """The source of a catalogue dataset (:func:`streams.get_dataset`): clean images corrupted on the fly
-    (``fmnist-c``), or the precomputed sets under ``data_dir`` (read, never corrupted again), spec S1."""
-    return streams.get_dataset(dataset).source(data_dir)
+    """The source of a catalogue dataset (:func:`tta_streams.get_dataset`): clean images corrupted on the fly
+    (``fmnist-c``), or the precomputed sets under ``data_dir`` (read, never corrupted again)."""
+    return tta_streams.get_dataset(dataset).source(data_dir)
 
 
 def build_stream(
@@ -216,9 +216,9 @@ def build_stream(
     *,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> Any:
-    """The :class:`streams.Stream` of one grid run."""
+    """The :class:`tta_streams.Stream` of one grid run."""
     corruptions = None if config.corruptions == (CLEAN,) else list(config.corruptions)
-    return streams.Stream(
+    return tta_streams.Stream(
         source,
         corruptions=corruptions,
         severities=list(config.severities),
@@ -233,7 +233,7 @@ def build_stream(
 
 
 def make_row(config: GridConfig, run: Run, pair: Pair, domain: Domain, tally: Tally) -> dict[str, Any]:
-    """One result row (the keys ``benchmarks.results`` requires, plus context)."""
+    """One result row (the keys ``tta_bench.results`` requires, plus context)."""
     method, policy = pair
     corruption, severity = domain
     return {
@@ -279,7 +279,7 @@ class Unit:
 
 def units(config: GridConfig, done: Callable[[RowKey], bool]) -> list[Unit]:
     """The grid's units that still have a row missing, in the grid's order (see :class:`Unit`)."""
-    from benchmarks.grid import expand
+    from tta_bench.grid import expand
 
     found = []
     for run in expand(config):
@@ -332,7 +332,7 @@ def run_unit(
 
 def first_batch(config: GridConfig, source: Any, *, cache_dir: str | os.PathLike[str] | None = None) -> Any:
     """The first batch of the grid's first stream (what :func:`check_model_and_policies` probes with)."""
-    from benchmarks.grid import expand
+    from tta_bench.grid import expand
 
     _, batches = next(build_stream(config, expand(config)[0], source, cache_dir=cache_dir).episodes())
     return next(batches)
@@ -410,7 +410,7 @@ def clean_error(
 ) -> dict[str, Any]:
     """The unadapted model's error on the clean test split, at the grid's ``n_examples`` and batch size
     (the first ``n_examples`` images, in iid order with seed 0): ``{"n", "errors", "error"}``."""
-    stream = streams.Stream(
+    stream = tta_streams.Stream(
         source,
         corruptions=None,
         order="iid",

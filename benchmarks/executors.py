@@ -1,6 +1,6 @@
 """Where the grid's units run: in this process, in local worker processes, or as Ray tasks.
 
-Each executor takes the units (:class:`benchmarks.evaluate.Unit`) and yields one :class:`Outcome` per
+Each executor takes the units (:class:`tta_bench.evaluate.Unit`) and yields one :class:`Outcome` per
 unit, in completion order; only the caller (the driver) writes results, so there is one writer whatever
 runs the units. A unit that raises is tried once more (:data:`RETRIES`); if it fails again its outcome
 carries the error and the other units go on. A unit's rows do not depend on where or in which order it
@@ -26,16 +26,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks import evaluate
-from benchmarks.grid import GridConfig
-from streams import ImageSet
+from tta_bench import evaluate
+from tta_bench.grid import GridConfig
+from tta_streams import ImageSet
 
 log = logging.getLogger(__name__)
 
 RETRIES = 1
 """Further attempts of a unit that raised (or whose worker died) before it is reported as failed."""
 
-RAY_EXTRA = "pip install 'tta[ray]'"
+RAY_EXTRA = "pip install 'tta-norm[ray]'"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +112,7 @@ def _source(dataset: str, data_dir: str | None) -> Any:
 def run_unit(
     job: Job, unit: evaluate.Unit, *, source: Any = None, on_batch: Callable[[dict[Any, Any]], None] | None = None
 ) -> list[dict[str, Any]]:
-    """The rows of ``unit`` (:func:`benchmarks.evaluate.run_unit` with the job's model, data and device)."""
+    """The rows of ``unit`` (:func:`tta_bench.evaluate.run_unit` with the job's model, data and device)."""
     if source is None:
         source = job.images if job.images is not None else _source(job.config.dataset, job.data_dir)
     return evaluate.run_unit(

@@ -3,7 +3,7 @@
 A benchmark command names lists (methods, policies, settings, orders, seeds, corruptions, severities);
 the grid is their product. This module turns raw strings into a validated :class:`GridConfig`, expands it into
 :class:`Run` objects in a fixed order, and names every result row it will produce (:func:`row_keys`), so
-that the results store can tell what is finished (spec S3, S4).
+that the results store can tell what is finished.
 """
 
 from __future__ import annotations
@@ -15,20 +15,20 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import streams
 import tta
-from benchmarks.models import CALLABLE_SPEC
-from streams.orderings import parse_order as streams_parse_order
-from streams.parsing import (
+import tta_streams
+from tta_bench.models import CALLABLE_SPEC
+from tta_streams.orderings import parse_order as streams_parse_order
+from tta_streams.parsing import (
     CLEAN_NAME,
     parse_corruptions,
     parse_severity_list,
     split_list,
 )
-from streams.settings import SETTINGS
+from tta_streams.settings import SETTINGS
 
 CLEAN = CLEAN_NAME
-"""The corruption name of the clean test set (spec S5: domain label of clean images)."""
+"""The corruption name of the clean test set (the domain label of clean images)."""
 
 NO_METHOD = "none"
 """The default method: the policy alone (a row without a ``method`` key, written before methods, is one)."""
@@ -37,7 +37,7 @@ RowKey = tuple[str, str, str, str, int, str, int]
 """Identity of one result row: (method, policy, setting, order, seed, corruption, severity)."""
 
 MODEL_PREFIXES: tuple[str, ...] = ("robustbench:", "torchvision:", "timm:")
-TABLES: tuple[str, ...] = streams.corruptions.TABLE_NAMES
+TABLES: tuple[str, ...] = tta_streams.corruptions.TABLE_NAMES
 """Corruption parameter tables ``--table`` may name (default: the engine picks by image size)."""
 
 
@@ -65,7 +65,7 @@ class GridConfig:
     table: str | None = None
     methods: tuple[str, ...] = (NO_METHOD,)
     images: str | None = None
-    """The fingerprint (:func:`fingerprint_images`) of a user's :class:`streams.ImageSet` streamed instead
+    """The fingerprint (:func:`fingerprint_images`) of a user's :class:`tta_streams.ImageSet` streamed instead
     of the dataset's images; ``dataset`` then names what they stand in for (the model's kind of input)."""
 
     def to_json(self) -> dict[str, Any]:
@@ -171,12 +171,12 @@ def parse_policies(text: str) -> tuple[str, ...]:
 
 
 def parse_methods(text: str) -> tuple[str, ...]:
-    """``"all"`` or a comma list of names from the shared registry ``tta.list_methods()`` (spec M13)."""
+    """``"all"`` or a comma list of names from the shared registry ``tta.list_methods()``."""
     return _parse_names(text, list(tta.list_methods()), "method")
 
 
 def parse_settings(text: str) -> tuple[str, ...]:
-    """A comma list of domain settings (spec S4)."""
+    """A comma list of domain settings."""
     names = split_list(text)
     if not names:
         raise ValueError(f"no setting given; choose from: {', '.join(SETTINGS)}")
@@ -188,7 +188,7 @@ def parse_settings(text: str) -> tuple[str, ...]:
 
 
 def parse_order(text: str) -> str:
-    """Validate one label ordering with the streams' own parser (spec S3) and return its canonical
+    """Validate one label ordering with the streams' own parser and return its canonical
     spelling (``dirichlet:0.10`` -> ``dirichlet:0.1``), so equal orders fingerprint equally."""
     return str(streams_parse_order(text))
 
@@ -223,7 +223,7 @@ def parse_ints(text: str, what: str, *, low: int | None = None, high: int | None
 def parse_value(raw: str) -> Any:
     """A Python literal (``ast.literal_eval``: numbers, strings, None, True, lists ...), ``nan``/``inf``
     as floats, else the raw text as a string; never ``eval``. Whether the value suits its option is
-    checked where it is used (``tta.adapt`` and a probe batch, see ``benchmarks.evaluate``)."""
+    checked where it is used (``tta.adapt`` and a probe batch, see ``tta_bench.evaluate``)."""
     if raw.strip().lower() in ("nan", "inf", "+inf", "-inf"):
         return float(raw.strip())
     try:
@@ -301,7 +301,7 @@ def normalize_model(spec: str) -> str:
     return os.path.abspath(os.path.expanduser(spec))
 
 
-def fingerprint_images(images: streams.ImageSet) -> str:
+def fingerprint_images(images: tta_streams.ImageSet) -> str:
     """``"sha256:<16 hex digits>"`` of an ImageSet's images, labels and class names."""
     digest = hashlib.sha256(repr((tuple(images.images.shape), list(images.classes))).encode())
     digest.update(images.images.contiguous().numpy().tobytes())
@@ -364,8 +364,8 @@ def make_config(
 
     Lists are comma strings as on the command line (``"tbn,rbn"``) or sequences (``["tbn", "rbn"]``);
     ``options`` are ``NAME.KEY=VALUE`` texts or ``{name: {key: value}}``, ``model_args`` ``KEY=VALUE``
-    texts or ``{key: value}``. ``dataset``: a name or alias from :func:`streams.list_datasets`, stored under
-    its canonical name."""
+    texts or ``{key: value}``. ``dataset``: a name or alias from :func:`tta_streams.list_datasets`, stored under
+    its canonical name. The arguments are those of ``tta-bench run`` (:doc:`/cli`)."""
     try:
         return _make_config(
             dataset=dataset,
@@ -408,7 +408,7 @@ def _make_config(
     table: str | None,
     methods: str,
 ) -> GridConfig:
-    dataset = streams.get_dataset(dataset).name
+    dataset = tta_streams.get_dataset(dataset).name
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     if n_examples is not None and n_examples < 1:
@@ -451,7 +451,7 @@ def expand(config: GridConfig) -> list[Run]:
 
 
 def domains(config: GridConfig, setting: str) -> list[tuple[str, int]]:
-    """The distinct (corruption, severity) domains a setting visits, in stream order (spec S4).
+    """The distinct (corruption, severity) domains a setting visits, in stream order.
 
     ``gradual`` visits severities 1..5..1 of each corruption whatever ``--severity`` says; each distinct
     domain gives one row (its visits pooled).

@@ -2,7 +2,7 @@
 
 Stored in ``meta.json`` next to ``config.json``: the unadapted model's clean error (computed once per
 folder) and one entry per ``tta-bench run`` invocation. None of it is part of the folder's identity
-(:mod:`benchmarks.results`): a resumed run on another day, commit or machine appends its own entry.
+(:mod:`tta_bench.results`): a resumed run on another day, commit or machine appends its own entry.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 import tta
-from benchmarks import results
+from tta_bench import results
 
 META_NAME = "meta.json"
 META_SCHEMA: dict[str, Any] = {
@@ -79,7 +79,7 @@ def utc_now() -> str:
 
 def read_meta(folder: str | os.PathLike[str]) -> dict[str, Any]:
     """The folder's ``meta.json`` (``{}`` when there is none); a damaged one is a
-    :class:`benchmarks.results.FolderFileError` naming it."""
+    :class:`tta_bench.results.FolderFileError` naming it."""
     meta = results.read_json_file(Path(folder) / META_NAME, META_SCHEMA)
     return {} if meta is None else meta
 

@@ -1,7 +1,7 @@
 """Model loading for the benchmark: one spec string -> an eval-mode model taking [0, 1] images.
 
 Specs:
-- ``bundled``: the shipped Fashion-MNIST ResNet (:mod:`benchmarks.source_model`).
+- ``bundled``: the shipped Fashion-MNIST ResNet (:mod:`tta_bench.source_model`).
 - ``robustbench:<name>``: a RobustBench model-zoo entry of the ``corruptions`` threat model, through
   ``robustbench.utils.load_model``; its preprocessing is already inside the model.
 - ``torchvision:<name>``: ``torchvision.models.get_model(name, weights="DEFAULT")``.
@@ -40,9 +40,9 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-import streams
-from benchmarks.source_model import Standardize, load_bundled_model
+import tta_streams
 from tta.surgery import is_batchnorm
+from tta_bench.source_model import Standardize, load_bundled_model
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -77,15 +77,15 @@ def count_batchnorm(model: nn.Module) -> int:
 
 def default_model_dir() -> Path:
     """Where RobustBench checkpoints are looked for: ``$TTA_CACHE_DIR/models`` (else ``~/.cache/tta/models``)."""
-    from streams.cache import default_cache_dir
+    from tta_streams.cache import default_cache_dir
 
     return default_cache_dir() / "models"
 
 
 def canonical_dataset(dataset: str) -> str:
     """``"fmnist-c"``, ``"CIFAR-10-C"``, ``"imagenet"`` ... -> the clean dataset its models are trained on
-    (``DatasetInfo.base``: ``fmnist``, ``cifar10``, ``cifar100``, ``imagenet``), see :func:`streams.get_dataset`."""
-    return streams.get_dataset(dataset).base
+    (``DatasetInfo.base``: ``fmnist``, ``cifar10``, ``cifar100``, ``imagenet``), see :func:`tta_streams.get_dataset`."""
+    return tta_streams.get_dataset(dataset).base
 
 
 def load_model(
@@ -244,7 +244,7 @@ def _load_timm(name: str) -> nn.Module:
 
 
 def _load_robustbench(name: str, dataset: str, model_dir: Path) -> nn.Module:
-    from streams._robustbench import import_robustbench
+    from tta_streams._robustbench import import_robustbench
 
     if dataset not in ("cifar10", "cifar100", "imagenet"):
         raise ValueError(f"RobustBench has no {dataset!r} models; use cifar10, cifar100 or imagenet")
@@ -389,7 +389,7 @@ def build_architecture(
     model_args = dict(model_args or {})
     kind, _, name = arch.partition(":")
     if arch == "bundled":
-        from benchmarks.source_model import FashionResNet
+        from tta_bench.source_model import FashionResNet
 
         try:
             model = FashionResNet(**model_args)  # type: ignore[arg-type]

@@ -24,7 +24,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from benchmarks.results import folder_file_error
+from tta_bench.results import folder_file_error
 
 REPORT_NAME = "report.md"
 CSV_NAME = "results.csv"
@@ -61,7 +61,7 @@ def in_grid_order(rows: Rows, config: dict[str, Any] | None) -> list[dict[str, A
     """The rows in the order the grid of ``config`` (a folder's ``config.json``) lists them, whatever order
     they were stored in (parallel executors store them as units finish), so tables and files do not
     depend on it; rows outside that grid follow, as stored. Without a full config: as stored."""
-    from benchmarks.grid import GridConfig, row_key, row_keys
+    from tta_bench.grid import GridConfig, row_key, row_keys
 
     try:
         grid = GridConfig.from_json(config or {})
@@ -119,7 +119,7 @@ class CellMeans:
 def expected_domains(rows: Rows, config: dict[str, Any] | None = None) -> dict[Cell, dict[int, set[tuple[str, int]]]]:
     """The domains each cell should have per seed: the grid's, from a folder's ``config.json``; for a cell
     outside it (or without one), every domain that any row of its setting has, for each seed it has."""
-    from benchmarks.grid import GridConfig, row_keys
+    from tta_bench.grid import GridConfig, row_keys
 
     expected: dict[Cell, dict[int, set[tuple[str, int]]]] = defaultdict(lambda: defaultdict(set))
     try:
@@ -275,6 +275,29 @@ def write_csv(rows: Rows, path: str | Path) -> Path:
     return path
 
 
+LINE_STYLES: tuple[str | tuple[int, tuple[int, ...]], ...] = (
+    "-",
+    "--",
+    ":",
+    "-.",
+    (0, (5, 1, 1, 1, 1, 1)),
+    (0, (8, 2)),
+    (0, (1, 3)),
+    (0, (3, 1, 1, 1)),
+)
+"""The line style of each method, in the order of the methods."""
+
+
+def policy_colours(n: int) -> list[Any]:
+    """``n`` colours, each different while ``n`` <= 21: matplotlib's ten ``tab10`` colours, black, then
+    the ten light ``tab20`` shades (the default colour cycle has ten, fewer than the policies)."""
+    import matplotlib
+
+    tab10, tab20 = matplotlib.colormaps["tab10"], matplotlib.colormaps["tab20"]
+    palette = [*(tab10(i) for i in range(10)), "black", *(tab20(i) for i in range(1, 20, 2))]
+    return [palette[i % len(palette)] for i in range(n)]
+
+
 def plot_errors(
     rows: Rows,
     path: str | Path,
@@ -284,8 +307,11 @@ def plot_errors(
     title: str = "",
     methods: Sequence[str] | None = None,
 ) -> Path:
-    """Error per domain, one line per policy, one panel per (setting, order); saved as a PNG. With
-    methods, one line per (method, policy): a colour per policy, a line style per method."""
+    """Error per domain, one line per policy, one panel per (setting, order); saved as a PNG.
+
+    Every policy has its own colour (:func:`policy_colours`) and every method its own line style, so
+    that a line per (method, policy) reads at a glance; the legend sits right of the axes, outside the
+    data."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -309,11 +335,12 @@ def plot_errors(
     policy_names = _ordered([row["policy"] for row in rows], policies)
     method_names = _ordered([method_of(row) for row in rows], methods)
     with_method = has_methods(rows)
-    styles = ["-", "--", ":", "-."]
+    colours = policy_colours(len(policy_names))
     n_panels = max(len(panels), 1)
     width = max(6.0, 0.45 * len(labels) + 2.5)
     figure, axes = plt.subplots(n_panels, 1, figsize=(width, 3.6 * n_panels), squeeze=False)
     x = list(range(len(labels)))
+    legends = []
     for axis, ((setting, order), by_pair) in zip(axes[:, 0], panels.items()):
         for m, method in enumerate(method_names):
             for p, policy in enumerate(policy_names):
@@ -326,8 +353,8 @@ def plot_errors(
                     marker="o",
                     markersize=3,
                     linewidth=1.2,
-                    color=f"C{p % 10}",
-                    linestyle=styles[m % len(styles)],
+                    color=colours[p],
+                    linestyle=LINE_STYLES[m % len(LINE_STYLES)],
                     label=f"{method}/{policy}" if with_method else policy,
                 )
         axis.set_title(f"{setting}, {order}", fontsize=10)
@@ -335,11 +362,16 @@ def plot_errors(
         axis.set_xticks(x)
         axis.set_xticklabels(labels, rotation=45, ha="right", fontsize=8)
         axis.grid(True, alpha=0.3)
-        axis.legend(fontsize=7, ncol=2, loc="best")
+        legends.append(
+            legend := axis.legend(
+                fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, ncol=1 + len(by_pair) // 17
+            )
+        )
+        legend.set_in_layout(False)  # the axes keep their size; savefig's box takes the legend in
     if title:
         figure.suptitle(title)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, bbox_inches="tight", bbox_extra_artists=legends)  # the legends beside the axes
     plt.close(figure)
     return path
 
@@ -383,9 +415,9 @@ def write_report(
     metadata: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write ``report.md``, ``results.csv`` and ``errors.png`` into ``folder``; return their paths. A
-    failed write is a :class:`benchmarks.results.FolderFileError` naming the file.
+    failed write is a :class:`tta_bench.results.FolderFileError` naming the file.
 
-    ``metadata`` (the folder's ``meta.json``, :mod:`benchmarks.metadata`) adds the model's clean error
+    ``metadata`` (the folder's ``meta.json``, :mod:`tta_bench.metadata`) adds the model's clean error
     and a table of the runs that produced the rows (versions, commit, device, threads, date, run time).
     """
     if not rows:

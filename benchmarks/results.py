@@ -2,7 +2,7 @@
 
 ``results.jsonl`` holds one JSON object per finished (method, policy, setting, order, seed, domain),
 appended, flushed and fsynced as soon as it is known, so a killed run loses nothing already reported.
-``config.json`` holds the :class:`benchmarks.grid.GridConfig` the rows were produced with. Reopening a
+``config.json`` holds the :class:`tta_bench.grid.GridConfig` the rows were produced with. Reopening a
 folder with a different configuration is refused (never mixed): the identity of a results folder is its
 whole grid configuration (dataset, model, methods, policies, settings, orders, corruptions, severities,
 seeds, batch size, number of examples, policy and method options); the data location, cache, device and
@@ -33,7 +33,7 @@ import filelock
 import jsonschema
 from jsonschema.exceptions import best_match
 
-from benchmarks.grid import NO_METHOD, GridConfig, RowKey, row_key
+from tta_bench.grid import NO_METHOD, GridConfig, RowKey, row_key
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "images": {"type": ["string", "null"]},
     },
 }
-"""What ``config.json`` holds (:meth:`benchmarks.grid.GridConfig.to_json`)."""
+"""What ``config.json`` holds (:meth:`tta_bench.grid.GridConfig.to_json`)."""
 
 
 class FolderFileError(ValueError):

@@ -6,7 +6,7 @@ logs and raises; progress goes to an optional callback, which receives the event
 
 Example (a notebook)::
 
-    from benchmarks import grid, run
+    from tta_bench import grid, run
     config = grid.make_config(dataset="fmnist-c", policies=["tbn", "rbn"], corruptions=["fog"], n_examples=400)
     result = run.run_grid(config, "runs/fog")
     result.rows  # the folder's rows, in grid order
@@ -26,9 +26,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from benchmarks import evaluate, executors, grid, metadata, report, results
-from benchmarks.grid import GridConfig
-from streams import ImageSet
+from tta_bench import evaluate, executors, grid, metadata, report, results
+from tta_bench.grid import GridConfig
+from tta_streams import ImageSet
 
 Status = Literal["complete", "failed", "interrupted"]
 
@@ -250,19 +250,19 @@ def run_grid(
     """Run the grid's missing rows into the results folder ``out``; resumable, one run per folder.
 
     The folder is created and locked first (a second run on it raises
-    :class:`benchmarks.results.FolderInUseError` at once); then the arguments are checked, the model and
+    :class:`tta_bench.results.FolderInUseError` at once); then the arguments are checked, the model and
     every (method, policy) are probed on the first batch, the unadapted model's clean error is measured
     once per folder, the units run on the executor and their rows are appended as they finish. The run
     is recorded in ``meta.json``; a complete grid writes the report files.
 
     Args:
-        config: the grid (:func:`benchmarks.grid.make_config`), or a function building it, called once
+        config: the grid (:func:`tta_bench.grid.make_config`), or a function building it, called once
             the folder is locked (so that a busy folder is refused before a bad argument).
         out: the results folder (created; reused to resume). A folder holding another grid's results is
-            refused (:class:`benchmarks.results.ConfigMismatchError`).
+            refused (:class:`tta_bench.results.ConfigMismatchError`).
         model: the model to adapt (images in [0, 1]; moved to ``device``), which ``config.model`` names in
             the rows and the folder's identity; None loads ``config.model``
-            (:func:`benchmarks.models.load_model` with ``model_dir`` and ``trust_pickle``).
+            (:func:`tta_bench.models.load_model` with ``model_dir`` and ``trust_pickle``).
         model_name: how messages name the model (default ``config.model``).
         executor: ``local`` (this process, or ``workers`` processes) or ``ray`` (a Ray task per unit, on
             ``ray_address`` with ``cpus_per_task`` and ``gpus_per_task``).
@@ -279,6 +279,9 @@ def run_grid(
     Returns:
         A :class:`RunResult`. Raises :class:`RunError` (a ValueError) for an argument that cannot run,
         ValueError for a model or policy that fails the probe, ``FolderInUseError`` for a busy folder.
+
+    See :doc:`/cli` (results folders, resuming, reports), :doc:`/distributed` (workers and Ray) and
+    :doc:`/tutorials/validate_your_stream` (a user's own images).
     """
     started, started_at = time.monotonic(), metadata.utc_now()
     folder = check_out_folder(out)
@@ -300,7 +303,7 @@ def run_grid(
         set_threads(per_unit)  # serial units run in this process
         torch_device = resolve_device(device)
         if model is None:
-            from benchmarks.models import load_model
+            from tta_bench.models import load_model
 
             model = load_model(
                 config.model,

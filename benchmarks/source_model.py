@@ -1,8 +1,8 @@
-"""The bundled Fashion-MNIST source model: a small ResNet with BatchNorm (spec S1).
+"""The bundled Fashion-MNIST source model: a small ResNet with BatchNorm.
 
 The model takes 1x28x28 images as floats in [0, 1]; the input standardization is a fixed buffer
 inside the model, so callers (streams, policies, the benchmark) never normalize themselves.
-Train it with ``tta-bench train-source`` (``benchmarks.train_source.train_source``).
+Train it with ``tta-bench train-source`` (``tta_bench.train_source.train_source``).
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def build_model() -> FashionResNet:
 
 
 def load_bundled_model(device: torch.device | str | None = None) -> nn.Module:
-    """The shipped Fashion-MNIST source model, in eval mode (spec S1).
+    """The shipped Fashion-MNIST source model, in eval mode.
 
     Loads ``benchmarks/weights/fmnist_resnet.pt`` (a plain state_dict) with ``weights_only=True``. The
     conv weights are put in channels-last memory format, about 30% faster on CPU; inputs may be in

@@ -1,4 +1,4 @@
-"""Train the bundled Fashion-MNIST source model (spec S1; CLI: ``tta-bench train-source``).
+"""Train the bundled Fashion-MNIST source model (CLI: ``tta-bench train-source``).
 
 Recipe: the 60,000-image training split, random crop (zero padding ``PAD`` px) and horizontal flip,
 SGD with Nesterov momentum under a one-cycle schedule, label smoothing 0.1. Every random draw comes
@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import streams
-from benchmarks.source_model import WEIGHTS_PATH, build_model
+import tta_streams
+from tta_bench.source_model import WEIGHTS_PATH, build_model
 
 __all__ = ["DEFAULT_EPOCHS", "augment", "default_out", "evaluate", "train_source"]
 
@@ -74,14 +74,14 @@ def train_source(
     device: torch.device | str | None = None,
     n_test: int | None = None,
 ) -> dict:
-    """Train the bundled architecture and write its checkpoint (spec S1).
+    """Train the bundled architecture and write its checkpoint.
 
     Args:
         out_path: where the float32 state_dict goes (``torch.save``); metadata goes to the same path
             with suffix ``.json`` (accuracy, epochs, seed, torch version, training time).
         epochs: passes over the training split.
         seed: seeds weight init, shuffling and augmentation; the global RNG is not touched.
-        root: directory of the raw training files (``streams.fashion_mnist(split="train", root=root)``).
+        root: directory of the raw training files (``tta_streams.fashion_mnist(split="train", root=root)``).
         batch_size, lr, weight_decay, label_smoothing: SGD (Nesterov, momentum 0.9) with a one-cycle
             schedule peaking at ``lr``.
         device: where to train (default CPU).
@@ -96,8 +96,8 @@ def train_source(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     out_path = Path(out_path)
     device = torch.device(device) if device is not None else torch.device("cpu")
-    train = streams.fashion_mnist(split="train", root=root)
-    test = streams.fashion_mnist(split="test")
+    train = tta_streams.fashion_mnist(split="train", root=root)
+    test = tta_streams.fashion_mnist(split="test")
     test_images, test_labels = test.images[:n_test], test.labels[:n_test]
 
     with torch.random.fork_rng(devices=[]):
@@ -172,13 +172,13 @@ def train_source(
 def default_out() -> Path:
     """Where training writes by default: ``fmnist_resnet.pt`` in the tta cache (``$TTA_CACHE_DIR``), never
     the shipped weights inside the installed package (``WEIGHTS_PATH``, replaced only when named)."""
-    from streams.cache import default_cache_dir
+    from tta_streams.cache import default_cache_dir
 
     return default_cache_dir() / WEIGHTS_PATH.name
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m benchmarks.train_source``: the same as ``tta-bench train-source``."""
+    """``python -m tta_bench.train_source``: the same as ``tta-bench train-source``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None, help="checkpoint path (default: fmnist_resnet.pt in $TTA_CACHE_DIR)")
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)

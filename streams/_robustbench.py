@@ -1,4 +1,4 @@
-"""The one place that imports robustbench (spec S1).
+"""The one place that imports robustbench.
 
 robustbench 1.1.1 does not import as installed: it does ``import pkg_resources`` (gone from setuptools
 81, hence ``setuptools<81`` in pyproject.toml, and deprecated before that) and ``from autoattack import
@@ -62,6 +62,11 @@ def import_robustbench() -> ModuleType:
                 raise ImportError(
                     "robustbench imports pkg_resources, which setuptools 81 removed; "
                     "install setuptools<81 (pip install 'setuptools<81')"
+                ) from error
+            if error.name is not None and error.name.split(".")[0] == "robustbench":
+                raise ImportError(
+                    "CIFAR-10-C, CIFAR-100-C and ImageNet-C are read through the robustbench package, which is not "
+                    "installed: pip install 'tta-norm[bench]'"
                 ) from error
             raise
     return module

@@ -1,4 +1,5 @@
-"""Seeds derived from a stream's seed, so every domain gets its own reproducible randomness (spec S5).
+"""Seeds derived from a stream's seed, so every domain gets its own reproducible randomness (see
+:doc:`/reference/stream_algorithms`).
 
 ``derive_seed(*parts)`` is the first 8 bytes of SHA-256 over the parts' text joined by a separator,
 shifted to 63 bits: stable across processes, platforms and Python versions (unlike ``hash()``), and

@@ -1,10 +1,10 @@
-"""Precomputed corruption sets through robustbench's own loaders (spec S1): CIFAR-10-C, CIFAR-100-C,
-ImageNet-C; and :class:`PrecomputedSource`, the stream's view of such a set.
+"""Precomputed corruption sets through robustbench's own loaders (see :doc:`/streams`): CIFAR-10-C,
+CIFAR-100-C, ImageNet-C; and :class:`PrecomputedSource`, the stream's view of such a set.
 
 robustbench downloads when a file is missing; here the files are checked first, so offline a missing
 file is one FileNotFoundError naming it and where to get it. robustbench returns floats in [0, 1]
 computed from uint8 files; they are converted back exactly, so every source yields the same
-:class:`~streams.ImageSet` (uint8).
+:class:`~tta_streams.ImageSet` (uint8).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from typing import cast
 import numpy as np
 import torch
 
-from streams._robustbench import import_robustbench
-from streams.corruptions import check_severity, get_corruption, is_int
-from streams.imageset import ImageSet
+from tta_streams._robustbench import import_robustbench
+from tta_streams.corruptions import check_severity, get_corruption, is_int
+from tta_streams.imageset import ImageSet
 
 __all__ = ["PrecomputedSource", "cifar_c", "cifar_c_source", "imagenet_c", "imagenet_c_source"]
 
@@ -57,7 +57,7 @@ PRECOMPUTED_SETS: dict[str, PrecomputedSet] = {
         "ImageNet-C", "https://zenodo.org/records/2235448 (see https://github.com/hendrycks/robustness)"
     ),
 }
-"""The sets read here, by dataset name (``streams.datasets`` registers each with these facts)."""
+"""The sets read here, by dataset name (``tta_streams.datasets`` registers each with these facts)."""
 _ROBUSTBENCH_LOADERS = [name for name, info in PRECOMPUTED_SETS.items() if info.loader is not None]
 CIFAR_C_PER_SEVERITY = 10_000
 """Images per severity in a CIFAR-C file (robustbench slices the stacked file by this count)."""
@@ -103,9 +103,17 @@ def _cifar_files(name: str, corruption: str, data_dir: str | Path) -> tuple[Path
 
 
 def cifar_c(name: str, corruption: str, severity: int, data_dir: str | Path, n_examples: int | None = None) -> ImageSet:
-    """One domain of CIFAR-10-C (``name="cifar10-c"``) or CIFAR-100-C (``"cifar100-c"``): the first
-    ``n_examples`` (default all 10,000) images of ``corruption`` at ``severity``, via robustbench. The
-    set is marked ``precorrupted``; to stream it, use :func:`cifar_c_source`."""
+    """One domain of CIFAR-10-C or CIFAR-100-C, read through robustbench, as an :class:`ImageSet` marked
+    ``precorrupted``; to stream the set, use :func:`cifar_c_source`.
+
+    Args:
+        name: ``"cifar10-c"`` or ``"cifar100-c"``.
+        corruption: one of the 15 standard corruptions (or an extra one the files hold).
+        severity: an integer in 1..5.
+        data_dir: the folder holding ``CIFAR-10-C/`` or ``CIFAR-100-C/`` (a missing file is a
+            FileNotFoundError naming it and where to get it).
+        n_examples: the first ``n_examples`` images (None: all 10,000).
+    """
     _check_domain(corruption, severity)
     images_path, _ = _cifar_files(name, corruption, data_dir)
     n = _check_n(n_examples, CIFAR_C_PER_SEVERITY, name)
@@ -133,7 +141,10 @@ def _imagenet_helper_files() -> tuple[list[str], list[str]]:
     """robustbench's fixed 5,000 image ids (``wnid/file.JPEG``) and the 1,000 wnids in index order."""
     spec = importlib.util.find_spec("robustbench")
     if spec is None or spec.origin is None:
-        raise ImportError("robustbench is not installed; pip install robustbench")
+        raise ImportError(
+            "ImageNet-C's image list needs the robustbench package, which is not installed: "
+            "pip install 'tta-norm[bench]'"
+        )
     helper = Path(spec.origin).parent / "helper_files"
     ids = [line.strip() for line in (helper / "imagenet_test_image_ids.txt").read_text().splitlines() if line.strip()]
     class_to_id = json.loads((helper / "imagenet_class_to_id_map.json").read_text())
@@ -164,9 +175,16 @@ def _imagenet_check(corruption: str, severity: int, data_dir: str | Path, n_exam
 
 
 def imagenet_c(corruption: str, severity: int, data_dir: str | Path, n_examples: int | None = None) -> ImageSet:
-    """One domain of ImageNet-C: robustbench's fixed list of (the first ``n_examples`` of) 5,000
-    validation images, decoded from ``<data_dir>/ImageNet-C/<corruption>/<severity>/<wnid>/*.JPEG``.
-    The set is marked ``precorrupted``; to stream it, use :func:`imagenet_c_source`."""
+    """One domain of ImageNet-C: robustbench's fixed list of 5,000 validation images, decoded from
+    ``<data_dir>/ImageNet-C/<corruption>/<severity>/<wnid>/*.JPEG``, as an :class:`ImageSet` marked
+    ``precorrupted``; to stream the set, use :func:`imagenet_c_source`.
+
+    Args:
+        corruption: a corruption name.
+        severity: an integer in 1..5.
+        data_dir: the folder holding ``ImageNet-C/`` (a missing folder is a FileNotFoundError naming it).
+        n_examples: the first ``n_examples`` of the 5,000 images (None: all).
+    """
     n, _, wnids = _imagenet_check(corruption, severity, data_dir, n_examples)
     rb = import_robustbench()
     x, y = rb.data.load_imagenetc(n, int(severity), str(Path(data_dir).expanduser()), False, [corruption])
@@ -181,7 +199,7 @@ def _imagenet_labels(corruption: str, severity: int, data_dir: str | Path, n: in
 
 @dataclass(frozen=True)
 class PrecomputedSource:
-    """Domains stored already corrupted (spec S1): ``Stream`` reads them and never corrupts again.
+    """Domains stored already corrupted: ``Stream`` reads them and never corrupts again.
 
     ``load(corruption, severity, n_examples) -> ImageSet`` gives one domain. ``labels`` (same
     arguments) gives its labels cheaply, so a stream can plan its orderings without decoding images;

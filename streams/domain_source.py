@@ -1,8 +1,8 @@
-"""Where a stream's images come from, one domain at a time (spec S1, S5): a single interface over a clean
+"""Where a stream's images come from, one domain at a time: a single interface over a clean
 image set (corrupted on the fly) and a precomputed corrupted set.
 
 - :class:`CleanImages` corrupts an :class:`ImageSet` one domain at a time into the on-disk cache
-  (:mod:`streams.cache`) and serves the memory-mapped cache file; so no more than one domain's corrupted
+  (:mod:`tta_streams.cache`) and serves the memory-mapped cache file; so no more than one domain's corrupted
   images is ever in memory, and a second run reads the cache. Image ``i`` of a domain is always
   corrupted with per-image index ``i``, so the images do not depend on the batch size or order.
 - :class:`PrecomputedDomains` reads a :class:`PrecomputedSource` and never corrupts again; a domain
@@ -21,13 +21,13 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from streams._seeds import derive_seed
-from streams.cache import DomainCache, cache_key
-from streams.corruption_sets import PrecomputedSource
-from streams.datasets import get_dataset, list_datasets
-from streams.imageset import ImageSet
-from streams.parsing import CLEAN_NAME
-from streams.settings import Domain
+from tta_streams._seeds import derive_seed
+from tta_streams.cache import DomainCache, cache_key
+from tta_streams.corruption_sets import PrecomputedSource
+from tta_streams.datasets import get_dataset, list_datasets
+from tta_streams.imageset import ImageSet
+from tta_streams.parsing import CLEAN_NAME
+from tta_streams.settings import Domain
 
 __all__ = ["CleanImages", "DomainSource", "PrecomputedDomains", "open_source"]
 
@@ -56,7 +56,7 @@ class DomainSource(Protocol):
 @lru_cache(maxsize=1)
 def _engine_version() -> str:
     """Hash of the corruption engine's source and torch's version: a changed engine misses the cache."""
-    import streams.corruptions as engine
+    import tta_streams.corruptions as engine
 
     digest = hashlib.sha256(torch.__version__.encode())
     for path in sorted(Path(engine.__file__).parent.rglob("*.py")):
@@ -84,7 +84,7 @@ class CleanImages:
 
     def check(self, corruptions: list[str] | None, severities: Sequence[int]) -> None:
         """The engine validates names, severities, table and image shape on an empty batch."""
-        from streams.corruptions import corrupt
+        from tta_streams.corruptions import corrupt
 
         empty = self._images.images[:0]
         for corruption in corruptions or []:
@@ -102,7 +102,7 @@ class CleanImages:
 
     def _corrupted(self, corruption: str, severity: int) -> np.ndarray:
         """The clean images corrupted as domain (corruption, severity), via the disk cache."""
-        from streams.corruptions import corrupt
+        from tta_streams.corruptions import corrupt
 
         clean = self._images.images
         domain_seed = derive_seed("corrupt", self._seed, corruption, severity)
@@ -182,14 +182,14 @@ def _refuse_precorrupted(source: ImageSet) -> None:
         return
     name, corruption, severity = source.precorrupted
     loader, hint = (
-        ("imagenet_c", "streams.imagenet_c_source(data_dir)")
+        ("imagenet_c", "tta_streams.imagenet_c_source(data_dir)")
         if name == "imagenet-c"
-        else ("cifar_c", f"streams.cifar_c_source({name!r}, data_dir)")
+        else ("cifar_c", f"tta_streams.cifar_c_source({name!r}, data_dir)")
     )
     raise ValueError(
         f"this ImageSet is {name} {corruption} at severity {severity} (from streams.{loader}), already "
         "corrupted; a Stream treats an ImageSet as clean and would corrupt it again. Stream the "
-        f"precomputed set instead: streams.Stream({hint}, corruptions=[{corruption!r}], severities={severity})"
+        f"precomputed set instead: tta_streams.Stream({hint}, corruptions=[{corruption!r}], severities={severity})"
     )
 
 
@@ -204,13 +204,13 @@ def _named_source(name: str) -> ImageSet | PrecomputedSource:
     if info is not None and info.needs_files:
         raise ValueError(
             f"unknown source {name!r}: {info.name} is read from files, so pass "
-            f"streams.get_dataset({info.name!r}).source(data_dir); by name a Stream takes only the datasets "
+            f"tta_streams.get_dataset({info.name!r}).source(data_dir); by name a Stream takes only the datasets "
             f"that need no files ({', '.join(embedded)})"
         )
     if info is None:
         raise ValueError(
             f"unknown source {name!r}; pass the name of a dataset that needs no files ({', '.join(embedded)}), "
-            "an ImageSet, or a PrecomputedSource such as streams.get_dataset('cifar10-c').source(data_dir)"
+            "an ImageSet, or a PrecomputedSource such as tta_streams.get_dataset('cifar10-c').source(data_dir)"
         )
     return info.source()
 
@@ -223,7 +223,7 @@ def open_source(
     table: str | None,
     cache: DomainCache,
 ) -> DomainSource:
-    """The :class:`DomainSource` of a stream's ``source`` argument (see :class:`streams.Stream`): an
+    """The :class:`DomainSource` of a stream's ``source`` argument (see :class:`tta_streams.Stream`): an
     ImageSet (clean; one loaded by ``cifar_c`` / ``imagenet_c`` is refused), a dataset name, or a
     PrecomputedSource (with ``table`` None: it is corrupted already)."""
     if isinstance(source, str):

@@ -1,4 +1,4 @@
-"""Fashion-MNIST (spec S1): the embedded test split, and the training split from disk.
+"""Fashion-MNIST: the embedded test split, and the training split from disk.
 
 The test split ships inside the package as the original idx files (MIT licence beside them in
 ``streams/data/fashion_mnist/``), so the default benchmark runs offline. The training split is read
@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from streams.imageset import ImageSet
+from tta_streams._extras import require
+from tta_streams.imageset import ImageSet
 
 __all__ = ["CLASSES", "fashion_mnist", "read_idx"]
 
@@ -93,27 +94,31 @@ def _debian_dirs() -> list[Path]:
 
 
 def _download(root: Path) -> Path:
-    from torchvision.datasets import FashionMNIST
-
-    FashionMNIST(str(root), train=True, download=True)  # only fetches; we parse the raw files ourselves
+    datasets = require("torchvision.datasets", "downloading the Fashion-MNIST training split")
+    datasets.FashionMNIST(str(root), train=True, download=True)  # only fetches; we parse the raw files ourselves
     return root / "FashionMNIST" / "raw"
 
 
 def fashion_mnist(
     split: str = "test", root: str | os.PathLike[str] | None = None, *, download: bool = True
 ) -> ImageSet:
-    """Fashion-MNIST as an :class:`ImageSet` (uint8, N x 1 x 28 x 28), spec S1.
+    """Fashion-MNIST as an :class:`ImageSet` (uint8, N x 1 x 28 x 28).
 
-    ``split="test"``: the embedded 10,000 images (or the test files in ``root`` when given).
-    ``split="train"``: the 60,000 images from ``root``, else Debian's ``dataset-fashion-mnist``, else a
-    torchvision download into ``root`` (default ``$TTA_CACHE_DIR/datasets`` or
-    ``~/.cache/tta/datasets``) when ``download`` is true.
+    Args:
+        split: ``"test"``: the embedded 10,000 images (or the test files in ``root`` when given);
+            ``"train"``: the 60,000 training images from ``root``, else Debian's ``dataset-fashion-mnist``,
+            else a torchvision download.
+        root: a folder in torchvision's raw layout (for ``"train"``, also where a download goes; default
+            ``$TTA_CACHE_DIR/datasets`` or ``~/.cache/tta/datasets``).
+        download: whether the training split may be downloaded by torchvision when no copy is found.
+
+    See :doc:`/streams`.
     """
     if split not in _FILES:
         raise ValueError(f"unknown split {split!r}; choose 'test' or 'train'")
     folders = _candidates(Path(root).expanduser()) if root is not None else []
     if split == "test" and root is None:
-        folders = [Path(str(resources.files("streams") / "data" / "fashion_mnist"))]
+        folders = [Path(str(resources.files("tta_streams") / "data" / "fashion_mnist"))]
     if split == "train":
         folders += _debian_dirs()
     for i, folder in enumerate(folders):
@@ -143,6 +148,6 @@ def fashion_mnist(
 
 
 def _default_download_root() -> Path:
-    from streams.cache import default_cache_dir
+    from tta_streams.cache import default_cache_dir
 
     return default_cache_dir() / "datasets"

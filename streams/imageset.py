@@ -1,4 +1,4 @@
-"""The in-memory image set every source returns (spec S1)."""
+"""The in-memory image set every source returns."""
 
 from __future__ import annotations
 
@@ -15,11 +15,16 @@ __all__ = ["ImageSet"]
 
 @dataclass(frozen=True)
 class ImageSet:
-    """Images as stored on disk (uint8, N x C x H x W), their int64 labels and the class names.
+    """Images as stored on disk (uint8, N x C x H x W), their int64 labels and the class names: what every
+    source gives a stream. Build one from your own tensors with :meth:`from_tensors` (see :doc:`/streams`).
 
-    ``precorrupted`` marks one domain of a precomputed corruption set, ``(set name, corruption,
-    severity)`` (set by :func:`streams.cifar_c` and :func:`streams.imagenet_c`); None for clean images.
-    A :class:`streams.Stream` refuses a marked set rather than corrupt it a second time.
+    Args:
+        images: uint8, N x C x H x W.
+        labels: int64, N class indices in ``0 .. len(classes) - 1``.
+        classes: the class names, in label order.
+        precorrupted: ``(set name, corruption, severity)`` for one domain of a precomputed corruption set (set
+            by :func:`tta_streams.cifar_c` and :func:`tta_streams.imagenet_c`); None for clean images. A
+            :class:`tta_streams.Stream` refuses a marked set rather than corrupt it a second time.
     """
 
     images: torch.Tensor

@@ -1,10 +1,10 @@
-"""Label orderings within a domain (spec S3): pure functions from a label array to an index permutation.
+"""Label orderings within a domain: pure functions from a label array to an index permutation.
 
 Every function takes the labels (any integer array) and an explicit ``numpy.random.Generator`` (or an
 integer seed for a fresh one; a float, bool or string is a TypeError naming ``rng``) and returns
 ``order``, a permutation of ``range(len(labels))``: the stream visits ``labels[order]``. No function
 touches a global random state. :func:`label_stats` measures how non-i.i.d. an ordered label sequence
-is, batch by batch.
+is, batch by batch. The algorithms are described in :doc:`/reference/stream_algorithms`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import cast
 
 import numpy as np
 
-from streams._seeds import as_generator
+from tta_streams._seeds import as_generator
 
 __all__ = [
     "ORDERS",
@@ -75,13 +75,14 @@ def _as_labels(labels: np.ndarray) -> np.ndarray:
 
 
 def iid_order(labels: np.ndarray, rng: np.random.Generator | int) -> np.ndarray:
-    """A uniform random permutation (spec S3 ``iid``)."""
+    """A uniform random permutation (``iid``)."""
     rng = as_generator(rng)
     return rng.permutation(len(_as_labels(labels)))
 
 
 def sorted_order(labels: np.ndarray, rng: np.random.Generator | int) -> np.ndarray:
-    """Classes in ascending order, random order inside each class (spec S3 ``sorted``, the δ → 0 limit)."""
+    """Classes in ascending order, random order inside each class (``sorted``: the δ → 0 limit of
+    ``dirichlet``)."""
     rng = as_generator(rng)
     labels = _as_labels(labels)
     shuffled = rng.permutation(len(labels))
@@ -116,7 +117,7 @@ def dirichlet_chunks(
     min_per_chunk: int = 10,
     max_tries: int = 1000,
 ) -> list[list[np.ndarray]]:
-    """NOTE's Dirichlet chunks (spec S3): chunk j is the list of its class pieces, in class order.
+    """NOTE's Dirichlet chunks: chunk j is the list of its class pieces, in class order.
 
     For each class (ascending): shuffle its indices, draw ``p ~ Dir(delta)`` over the chunks, zero the
     entries of chunks already holding >= N / n_chunks samples, renormalize and split the class at the
@@ -172,7 +173,7 @@ def dirichlet_order(
     min_per_chunk: int = 10,
     max_tries: int = 1000,
 ) -> np.ndarray:
-    """NOTE's non-i.i.d. order (spec S3 ``dirichlet(δ)``): chunk after chunk, inside a chunk the classes
+    """NOTE's non-i.i.d. order (``dirichlet:<delta>``): chunk after chunk, inside a chunk the classes
     in a shuffled order, each as one contiguous run. Smaller ``delta`` means stronger label correlation."""
     rng = as_generator(rng)
     chunks = dirichlet_chunks(labels, delta, rng, n_chunks=n_chunks, min_per_chunk=min_per_chunk, max_tries=max_tries)
@@ -182,7 +183,7 @@ def dirichlet_order(
 def slots_order(
     labels: np.ndarray, gamma: float, rng: np.random.Generator | int, *, n_slots: int | None = None
 ) -> np.ndarray:
-    """RoTTA's variant (spec S3 ``dirichlet_slots(γ)``): ``min(n_cls, 100)`` slots, one ``Dir(γ)`` row
+    """RoTTA's variant (``slots:<gamma>``): ``min(n_cls, 100)`` slots, one ``Dir(γ)`` row
     of slot proportions per class, no balancing; slot after slot, class runs shuffled inside a slot.
     (Unlike RoTTA, each class's indices are shuffled first, so the seed also varies the order within a
     class.)"""
@@ -218,7 +219,7 @@ def order_indices(labels: np.ndarray, order: str | Order, rng: np.random.Generat
 
 @dataclass(frozen=True)
 class LabelStats:
-    """How non-i.i.d. a stream is (spec S3): averages over its batches.
+    """How non-i.i.d. a stream is: averages over its batches.
 
     ``mean_distinct_labels``: distinct labels per batch. ``mean_tv_distance``: total-variation distance
     between a batch's label histogram and the label distribution of the batch's domain (of the whole

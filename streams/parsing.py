@@ -1,4 +1,4 @@
-"""Corruption and severity lists as users write them (spec S2, S5): one parser for ``Stream`` and the CLI.
+"""Corruption and severity lists as users write them: one parser for ``Stream`` and the CLI.
 
 Corruptions: ``"all"`` (the 15 standard ones in standard order), ``"none"`` or None (the clean images),
 one name, a comma list (``"fog, snow"``) or a list of names; each name at most once. Severities: an
@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Sequence
 
-from streams.corruptions import check_severity, is_int, list_corruptions
+from tta_streams.corruptions import check_severity, is_int, list_corruptions
 
 __all__ = ["CLEAN_NAME", "parse_corruptions", "parse_severities", "parse_severity_list", "split_list"]
 
@@ -37,7 +37,7 @@ def parse_corruptions(corruptions: str | Sequence[str] | None) -> tuple[str, ...
     """Corruption names in the order given; ``("none",)`` for the clean images.
 
     ``corruptions``: ``"all"``, ``"none"``, None, a name, a comma list or a sequence of names from
-    :func:`streams.corruptions.list_corruptions`. ``"none"`` stands alone. ValueError names the problem.
+    :func:`tta_streams.corruptions.list_corruptions`. ``"none"`` stands alone. ValueError names the problem.
     """
     if corruptions is None:
         return (CLEAN_NAME,)

@@ -1,8 +1,8 @@
-"""Domain settings (spec S4): which (corruption, severity) domains a stream visits, in which episodes.
+"""Domain settings: which (corruption, severity) domains a stream visits, in which episodes.
 
 A plan is a list of :class:`Episode`; the policy is reset before each episode. In a sequential
 episode the domains come one after another (each with its own label order); in a mixed episode the
-ordering is applied to the union of its domains.
+ordering is applied to the union of its domains. See :doc:`/reference/stream_algorithms`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class Episode:
 
 
 def plan(setting: str, corruptions: Sequence[str], severities: Sequence[int]) -> list[Episode]:
-    """The episodes of ``setting`` (spec S4), corruption-major: for each corruption, each severity.
+    """The episodes of ``setting``, corruption-major: for each corruption, each severity.
 
     - ``single``: one episode per domain.
     - ``continual``: one episode, the domains in the given order (the standard order for "all").

@@ -1,12 +1,12 @@
-"""The test stream (spec S5): a source, a corruption plan, a label ordering and a domain setting.
+"""The test stream: a source, a corruption plan, a label ordering and a domain setting (see :doc:`/streams`).
 
 Design:
-- Images come from a :class:`~streams.domain_source.DomainSource`, one domain at a time: a clean
+- Images come from a :class:`~tta_streams.domain_source.DomainSource`, one domain at a time: a clean
   image set corrupted on the fly into the on-disk cache, or a precomputed corrupted set read as it is
-  (:mod:`streams.domain_source`).
+  (:mod:`tta_streams.domain_source`).
 - Orderings are index permutations computed from the labels alone when the stream is built, so
   ``len()``, ``label_stats()`` and bad requests (e.g. an impossible Dirichlet order) need no images.
-- Randomness: see :mod:`streams._seeds`; each domain has its own corruption seed and label order.
+- Randomness: see :mod:`tta_streams._seeds`; each domain has its own corruption seed and label order.
 """
 
 from __future__ import annotations
@@ -26,16 +26,16 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from streams import settings
-from streams._seeds import check_seed, generator
-from streams.cache import DomainCache
-from streams.corruption_sets import PrecomputedSource
-from streams.corruptions import is_int
-from streams.domain_source import open_source
-from streams.imageset import ImageSet
-from streams.orderings import LabelStats, batch_label_measures, order_indices, parse_order
-from streams.parsing import CLEAN_NAME, parse_corruptions, parse_severities
-from streams.settings import Domain
+from tta_streams import settings
+from tta_streams._seeds import check_seed, generator
+from tta_streams.cache import DomainCache
+from tta_streams.corruption_sets import PrecomputedSource
+from tta_streams.corruptions import is_int
+from tta_streams.domain_source import open_source
+from tta_streams.imageset import ImageSet
+from tta_streams.orderings import LabelStats, batch_label_measures, order_indices, parse_order
+from tta_streams.parsing import CLEAN_NAME, parse_corruptions, parse_severities
+from tta_streams.settings import Domain
 
 __all__ = ["CLEAN", "Batch", "Stream"]
 
@@ -47,7 +47,7 @@ CLEAN: Domain = (CLEAN_NAME, 0)
 
 @dataclass(frozen=True)
 class Batch:
-    """One batch (spec S5): ``x`` float32 in [0, 1] (N x C x H x W), ``y`` int64 labels, ``domain`` the
+    """One batch: ``x`` float32 in [0, 1] (N x C x H x W), ``y`` int64 labels, ``domain`` the
     (corruption, severity) of each sample (``("none", 0)`` for clean images).
 
     Unpacks as ``x, y, domain = batch`` (so ``for x, y, _ in stream``). It is deliberately not a tuple:
@@ -94,22 +94,8 @@ class _Segment:
 
 
 class Stream(IterableDataset[Batch]):
-    """A reproducible sequence of :class:`Batch` (spec S5).
-
-    ``source``: an :class:`ImageSet` (clean, corrupted on the fly; one loaded by ``cifar_c`` or
-    ``imagenet_c`` is refused), the name of a dataset that needs no files (``"fmnist"`` / ``"fmnist-c"``:
-    the embedded Fashion-MNIST test split, likewise; see :func:`streams.list_datasets`) or a
-    :class:`PrecomputedSource` (e.g. ``streams.get_dataset("cifar10-c").source(data_dir)``).
-    ``corruptions``: ``"all"`` (the 15 in standard order), a name, a comma list or a list of names, or
-    None / ``"none"`` (clean images only, domain ``("none", 0)``; clean sources only), see
-    :mod:`streams.parsing`. ``severities``: an integer or a list (1..5); domains are
-    corruption-major (each corruption, then each severity). ``order``: ``iid``, ``dirichlet:<delta>``,
-    ``sorted``, ``slots:<gamma>`` (spec S3). ``setting``: ``single``, ``continual``, ``mixed``,
-    ``gradual`` (spec S4; ``gradual`` visits severities 1,2,3,4,5,4,3,2,1 and ignores ``severities``).
-    ``seed``: an integer in 0..2**64-1 (a float, bool or string is a TypeError).
-    ``n_examples``: the first n images of each domain (default all). ``table``: the corruption
-    parameter table (default: chosen by the engine from the image size). ``cache_dir``: where corrupted
-    domains are cached (default ``$TTA_CACHE_DIR`` or ``~/.cache/tta``).
+    """A reproducible sequence of :class:`Batch`: a source, a corruption plan, a label order and a
+    domain setting.
 
     Batches never straddle two domains in the sequential settings (each domain's last short batch is
     kept); in ``mixed`` they do. The same arguments give the same batches bit for bit.
@@ -118,6 +104,32 @@ class Stream(IterableDataset[Batch]):
     iterating a multi-domain ``single`` stream flat warns once, since nothing resets there. A Stream is
     a torch ``IterableDataset``: ``DataLoader(stream, batch_size=None)`` yields the same batches, with
     ``num_workers`` 0 or 1 (more workers would each replay the whole stream, and are refused).
+
+    Args:
+        source: an :class:`ImageSet` (clean images, corrupted on the fly; a set loaded by ``cifar_c`` or
+            ``imagenet_c`` is refused), the name of a dataset that needs no files (``"fmnist"`` or
+            ``"fmnist-c"``: the embedded Fashion-MNIST test split; see :func:`tta_streams.list_datasets`),
+            or a :class:`PrecomputedSource` (e.g. ``tta_streams.get_dataset("cifar10-c").source(data_dir)``).
+        corruptions: ``"all"`` (the 15 standard ones in the standard order), a name, a comma list or a list
+            of names, or None / ``"none"`` (the clean images only, domain ``("none", 0)``; clean sources only).
+        severities: an integer in 1..5 or a list of them; the domains are corruption-major (each corruption,
+            then each severity).
+        order: ``iid``, ``dirichlet:<delta>``, ``sorted`` or ``slots:<gamma>``.
+        setting: ``single``, ``continual``, ``mixed`` or ``gradual`` (which visits severities
+            1,2,3,4,5,4,3,2,1 and ignores ``severities``).
+        batch_size: images per batch (>= 1).
+        n_examples: the first ``n_examples`` images of each domain (None: all).
+        seed: an integer in 0..2**64-1 (a float, bool or string is a TypeError).
+        table: the corruption parameter table, ``"cifar"`` or ``"imagenet"`` (None: by image size).
+        cache_dir: where corrupted domains are cached (None: ``$TTA_CACHE_DIR``, else ``~/.cache/tta``).
+
+    Example:
+        >>> stream = Stream("fmnist", corruptions="fog", order="dirichlet:0.1", n_examples=200)
+        >>> for domain, batches in stream.episodes():
+        ...     for x, y, _ in batches:
+        ...         pass
+
+    See :doc:`/streams`; the algorithms are in :doc:`/reference/stream_algorithms`.
     """
 
     def __init__(
@@ -199,7 +211,7 @@ class Stream(IterableDataset[Batch]):
         return sum(-(-len(seg.order) // self.batch_size) for segs in self._segments for seg in segs)
 
     def label_stats(self) -> LabelStats:
-        """How non-i.i.d. the stream is (spec S3): averages over all its batches of the number of
+        """How non-i.i.d. the stream is: averages over all its batches of the number of
         distinct labels and of the TV distance between the batch's label histogram and its domain's."""
         distinct, tv = zip(
             *(batch_label_measures(seg.labels[seg.order], self.batch_size) for segs in self._segments for seg in segs)
@@ -208,7 +220,7 @@ class Stream(IterableDataset[Batch]):
         return LabelStats(float(distinct.mean()), float(tv.mean()), len(tv))
 
     def episodes(self) -> Iterator[tuple[Domain | None, Iterator[Batch]]]:
-        """(domain, batches) per episode; reset the policy before each (spec S4). ``single``: one
+        """(domain, batches) per episode; reset the policy before each. ``single``: one
         episode per domain, labelled by it; other settings: one episode labelled None (per-sample
         domains are in the batches)."""
         for episode, segments in zip(self._plan, self._segments):

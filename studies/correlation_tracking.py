@@ -14,9 +14,9 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-import streams
 import tta
-from benchmarks.source_model import load_bundled_model
+import tta_streams
+from tta_bench.source_model import load_bundled_model
 
 ORDERS = "iid,dirichlet:1.0,dirichlet:0.1,dirichlet:0.01,sorted"
 CORRUPTIONS = "gaussian_noise,defocus_blur,fog,contrast,jpeg_compression"
@@ -24,7 +24,7 @@ CORRUPTIONS = "gaussian_noise,defocus_blur,fog,contrast,jpeg_compression"
 
 def track(order: str, args: argparse.Namespace, models: dict[str, torch.nn.Module]) -> dict[str, float]:
     """Mean over the domains of the true measure, the meter on the labels and on each model's predictions."""
-    stream = streams.Stream(
+    stream = tta_streams.Stream(
         "fmnist-c",
         corruptions=args.corruptions,
         severities=args.severity,

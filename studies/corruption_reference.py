@@ -1,4 +1,4 @@
-"""Ours vs corrupt-tta with the ImageNet table (spec S2): one figure per corruption and severity.
+"""Ours vs corrupt-tta with the ImageNet table (docs/corruptions.md): one figure per corruption and severity.
 
 Run ``python -m studies.corruption_reference`` (needs the ``dev`` extra, which installs corrupt-tta).
 Same smooth 64x64 RGB test images for both. Deterministic corruptions: the largest pixel difference and
@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from tabulate import tabulate
 
-from streams.corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS, corrupt
-from streams.parsing import parse_severity_list
+from tta_streams.corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS, corrupt
+from tta_streams.parsing import parse_severity_list
 
 DETERMINISTIC = {
     "defocus_blur",

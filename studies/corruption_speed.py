@@ -1,4 +1,4 @@
-"""Corruption throughput, ours vs corrupt-tta (spec S2): images/s per corruption at severity 5.
+"""Corruption throughput, ours vs corrupt-tta (docs/corruptions.md): images/s per corruption at severity 5.
 
 Run ``python -m studies.corruption_speed``. Batch of 256 images, 28x28 grayscale and 32x32 RGB,
 2 CPU threads for torch and OpenCV. corrupt-tta (the reference) runs image by image on H x W x 3 arrays,
@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from tabulate import tabulate
 
-from streams.corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS, corrupt
-from streams.parsing import parse_corruptions
 from studies.corruption_reference import sample_images
+from tta_streams.corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS, corrupt
+from tta_streams.parsing import parse_corruptions
 
 
 def _best_time(fn, repeats: int) -> float:

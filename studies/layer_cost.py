@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 import tta
-from benchmarks.source_model import load_bundled_model
+from tta_bench.source_model import load_bundled_model
 
 DEFAULT_POLICIES = "source,tbn,alpha_bn,adabn,momentum_decay,rbn,unmix_tns"
 

@@ -1,4 +1,4 @@
-"""Time to build and iterate a stream, first run (empty corruption cache) and cached (spec S5).
+"""Time to build and iterate a stream, first run (empty corruption cache) and cached (docs/streams.md).
 
 Run ``python -m studies.stream_speed``: by default the continual stream of all 15 corruptions at
 severity 5 over the embedded Fashion-MNIST test split (10,000 images per domain), batch 64. Prints the
@@ -13,13 +13,13 @@ import time
 
 import torch
 
-import streams
+import tta_streams
 
 
 def time_stream(cache_dir: str, args: argparse.Namespace) -> tuple[float, float, int, dict[str, float]]:
     """(build seconds, build + iterate seconds, images, seconds per corruption) of one full pass."""
     start = time.perf_counter()
-    stream = streams.Stream(
+    stream = tta_streams.Stream(
         "fmnist",
         corruptions="all",
         severities=args.severity,

@@ -12,7 +12,7 @@ torch.set_num_threads(1)
 TOY_DATASET = """
 import torch
 
-from streams import DatasetInfo, ImageSet, register_dataset
+from tta_streams import DatasetInfo, ImageSet, register_dataset
 
 
 def _load(data_dir):
@@ -29,7 +29,7 @@ register_dataset(DatasetInfo(name="toy-c", aliases=("toy",), base="toy", input_s
 def toy_dataset(tmp_path, monkeypatch) -> str:
     """A throwaway dataset, ``toy-c``, registered by a module of its own (48 RGB 8 x 8 images, 4 classes);
     the catalogue is restored afterwards."""
-    from streams.datasets import catalogue
+    from tta_streams.datasets import catalogue
 
     monkeypatch.setattr(catalogue, "_CATALOGUE", dict(catalogue._CATALOGUE))
     (tmp_path / "toy_dataset_module.py").write_text(TOY_DATASET)

@@ -5,6 +5,9 @@ statistics online from the test stream; ``tta.attach_method(model, "tent")`` sta
 learner); ``reset``, ``detach`` and ``paused`` undo or freeze either; ``CorrelationMeter`` tells from
 the predictions how label-correlated a stream is. ``tta.list_policies()`` and ``tta.list_methods()`` name
 what is registered; ``tta.policies`` and ``tta.methods`` are the packages that hold one module each.
+
+See :doc:`/concepts` for how the pieces fit, :doc:`/policies/index` and :doc:`/methods/index` for each
+policy and method.
 """
 
 __version__ = "0.2.0.dev0"

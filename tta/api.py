@@ -1,7 +1,7 @@
-"""The user-facing calls: adapt, attach_method, reset, detach, paused, policy_layers (spec M0, M13).
+"""The user-facing calls: adapt, attach_method, reset, detach, paused, policy_layers.
 
 ``reset``, ``detach`` and ``paused`` act on every module of the tree that holds adaptation state: the
-policy layers and a method (a learner), wherever they sit.
+policy layers and a method (a learner), wherever they sit. See :doc:`/concepts` for the lifecycle.
 """
 
 from __future__ import annotations
@@ -23,12 +23,31 @@ from tta.surgery import check_replaceable, is_batchnorm, post_norm_of, remove_ho
 def adapt(model: nn.Module, policy: str, **options: object) -> nn.Module:
     """Replace every BatchNorm layer of ``model`` in place with ``policy``'s layer; return the model.
 
-    Options are the policy's keyword arguments (spec M8b), checked for name, type and range before
-    anything changes. If ``model`` is itself a BatchNorm layer, the returned module is its replacement;
-    otherwise it is ``model`` itself. Atomic: if building any layer fails (an allocation error), the model is
-    left as it was. The state is created as ordinary tensors even inside
-    ``torch.inference_mode()``, so the model adapts outside it too. A policy that learns from the model's
+    Options are the policy's keyword arguments (:func:`tta.policy_options`; each policy's page lists them),
+    checked for name, type and range before anything changes. If ``model`` is itself a BatchNorm layer,
+    the returned module is its replacement; otherwise it is ``model`` itself. Atomic: if building any layer
+    fails (an allocation error), the model is left as it was. The state is created as ordinary tensors
+    even inside ``torch.inference_mode()``, so the model adapts outside it too. A policy that learns from the model's
     predictions (``balanced``, ``rebalance``) registers a forward hook on it, which :func:`detach` removes.
+
+    Args:
+        model: any module with BatchNorm1d/2d/3d or SyncBatchNorm layers (timm's ``BatchNormAct2d``
+            included), or such a layer itself.
+        policy: a registered policy name (:func:`tta.list_policies`), see :doc:`/policies/index`.
+        **options: the policy's options.
+
+    Returns:
+        ``model``, adapted in place (for a bare BatchNorm layer, its replacement).
+
+    Raises:
+        ValueError: an unknown policy or option, an option out of its range, a model with no BatchNorm
+            layer, or a model already adapted (:func:`detach` it first).
+
+    Example:
+        >>> import torch, tta
+        >>> model = tta.adapt(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8)), "rbn")
+        >>> [name for name, _ in tta.policy_layers(model)]
+        ['1']
     """
     layer_class = get_policy(policy)
     options = check_policy_options(policy, options)
@@ -59,13 +78,32 @@ def adapt(model: nn.Module, policy: str, **options: object) -> nn.Module:
 
 
 def attach_method(model: nn.Module, method: str, **options: object) -> Method:
-    """Wrap a model adapted with :func:`adapt` in ``method`` (spec M13); return the learner.
+    """Wrap a model adapted with :func:`adapt` in ``method``; return the learner.
 
     Options are the method's keyword arguments (:func:`tta.method_options`), checked for name, type and
     range before anything changes. Call the learner instead of the model: ``learner(x)`` adapts and
     predicts. :func:`reset`, :func:`paused` and :func:`detach` take the learner (or any model holding it).
     A model takes one method at a time: a learner, a model holding one, or a model whose policy layers a
     learner holds is refused until :func:`detach` releases them.
+
+    Args:
+        model: a model adapted with :func:`adapt`.
+        method: a registered method name (:func:`tta.list_methods`), see :doc:`/methods/index`.
+        **options: the method's options.
+
+    Returns:
+        The learner, a :class:`tta.Method` module holding ``model``.
+
+    Raises:
+        ValueError: an unknown method or option, an option out of its range, a model with no policy
+            layer, or a model that already takes part in a learner.
+
+    Example:
+        >>> import torch, tta
+        >>> model = tta.adapt(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8)), "tbn")
+        >>> learner = tta.attach_method(model, "tent", lr=1e-3)
+        >>> learner(torch.randn(16, 4)).shape
+        torch.Size([16, 8])
     """
     method_class = get_method(method)
     options = check_method_options(method, options)
@@ -88,7 +126,11 @@ def _require_layers(model: nn.Module) -> list[NormPolicy]:
 def reset(model: nn.Module) -> None:
     """Return every policy layer and a method to their state right after attach, bit for bit.
 
-    For a learner (:func:`attach_method`) that includes the trained parameters and the optimizer state.
+    For a learner (:func:`attach_method`) that includes the trained parameters, the optimizer state, a
+    memory and the counters. Call it at a known change of domain, or before each stream of an experiment.
+
+    Raises:
+        ValueError: ``model`` is not adapted.
     """
     layers = _require_layers(model)
     methods = [m for m in model.modules() if isinstance(m, Method)]
@@ -113,6 +155,20 @@ def detach(model: nn.Module, *, keep_adapted: bool = False) -> nn.Module:
     (:meth:`Method.release`): Tent restores the affine parameters' values at attach (with
     ``keep_adapted``, keeps the trained ones) and every parameter's ``requires_grad``. A model whose
     layers a learner outside it holds is refused: detach that learner.
+
+    Args:
+        model: an adapted model, a learner, or a model holding either.
+        keep_adapted: bake what was learned: the statistics the layers hold now into the restored
+            BatchNorms' running statistics and, for a learner, its trained parameters.
+
+    Returns:
+        The original model: for a learner, the model it wrapped.
+
+    Raises:
+        ValueError: ``model`` is not adapted, a learner outside ``model`` holds its layers, or
+            ``keep_adapted`` with a stateless policy (nothing changes in either case).
+
+    See :doc:`/deployment`.
     """
     layers = _require_layers(model)
     inside = {id(m) for m in model.modules() if isinstance(m, Method)}
@@ -120,7 +176,7 @@ def detach(model: nn.Module, *, keep_adapted: bool = False) -> nn.Module:
     if holders:
         raise ValueError(
             f"the model's policy layers are held by a {', '.join(holders)} learner wrapping it; detach the learner "
-            "(tta.detach(learner)), which gives the model back, then the model if you want its BatchNorms back"
+            "(tta.detach(learner)): it gives back the model it wrapped, with its BatchNorm layers"
         )
     stateless = keep_adapted and sorted({layer.policy_name for layer in layers if layer.adapted_stats() is None})
     if stateless:
@@ -141,6 +197,12 @@ def paused(model: nn.Module) -> Iterator[nn.Module]:
 
     Stateless policies (``tbn``, ``alpha_bn``) still use the batch's statistics: that is their
     normalization, not an update. Flags are restored on exit, also after an exception.
+
+    Example:
+        >>> import torch, tta
+        >>> model = tta.adapt(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8)), "rbn")
+        >>> with tta.paused(model):
+        ...     probe = model(torch.randn(16, 4))  # the current state, unchanged
     """
     _require_layers(model)
     with pausing(m for m in model.modules() if isinstance(m, (NormPolicy, Method))):

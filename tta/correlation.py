@@ -1,19 +1,20 @@
 """A label-free measure of how label-correlated a test stream is, from the model's predictions alone.
 
-The true measure (``streams.Stream.label_stats().mean_tv_distance``, spec S3) is the mean over batches of the
-total variation distance between a batch's label histogram and its domain's label distribution: about 0.1-0.2
-for i.i.d. batches of 64 (sampling noise alone), near 1 for a class-sorted stream. :class:`CorrelationMeter` computes
-the same quantity with the two things a user lacks replaced by what the model gives: each batch's labels
-by its predicted classes (argmax), and the domain's label distribution, known only in hindsight, by the
-running distribution of the classes predicted before this batch. It needs no stream object, so it works on
-any data; it costs one ``bincount`` per batch.
+The true measure (``tta_streams.Stream.label_stats().mean_tv_distance``, :doc:`/streams`) is the mean over
+batches of the total variation distance between a batch's label histogram and its domain's label distribution:
+about 0.1-0.2 for i.i.d. batches of 64 (sampling noise alone), near 1 for a class-sorted stream.
+:class:`CorrelationMeter` computes the same quantity with the two things a user lacks replaced by what the
+model gives: each batch's labels by its predicted classes (argmax), and the domain's label distribution, known
+only in hindsight, by the running distribution of the classes predicted before this batch. It needs no stream
+object, so it works on any data; it costs one ``bincount`` per batch.
 
 Two things make it differ from the true value: misclassifications (they spread a correlated batch's
 predictions over more classes, so it reads lower), and the online reference (a stream that shows its
 classes one after another has a reference made of the classes seen so far, so it reads lower early on;
 the first batch has no reference and is not counted). To read a value, compare it with
 :attr:`CorrelationMeter.iid_level`, what i.i.d. batches of the same size from the same class distribution
-would give on average: the distance of a finite batch is never 0.
+would give on average: the distance of a finite batch is never 0. How to read it and which policy it
+points to: :doc:`/which_policy`.
 """
 
 from __future__ import annotations

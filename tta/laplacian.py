@@ -1,4 +1,4 @@
-"""LAME's maths (Boudiaf et al. CVPR 2022; spec M13): affinities between a batch's features, the bound
+"""LAME's maths (Boudiaf et al. CVPR 2022; :doc:`/methods/lame`): affinities between a batch's features, the bound
 optimization of the Laplacian-regularized likelihood, and the hook that reads a classifier's input. Used by
 the method ``lame`` and by the policy ``rebalance``'s refinement."""
 

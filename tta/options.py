@@ -1,5 +1,4 @@
-"""Policy and method options: each is declared once, as an annotated keyword argument, and checked from that
-(spec M8b, M13).
+"""Policy and method options: each is declared once, as an annotated keyword argument, and checked from that.
 
 A policy's (or method's) constructor declares an option as ``alpha: Annotated[float, Range(0, 1)] = 0.1``.
 Before anything is built, :func:`validate_options` checks every given value against its declared type (a
@@ -7,7 +6,8 @@ float option takes a finite real number, an int option an integer, never a bool 
 option takes only ``True`` or ``False``) and range, and returns them as plain Python values. A type
 declared ``float | None`` also takes ``None`` (the policy says what None means); a string option names
 its accepted values, ``Annotated[str, Choice("a", "b")]``. The constructors then only check constraints
-that tie several options together.
+that tie several options together. Each option is described in its class docstring's ``Args:`` section,
+which the documentation's option tables read (:doc:`/policies/index`, :doc:`/methods/index`).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Two registries, one mechanism: a policy name maps to its layer class (spec M1-M7), a method name to its
-class (spec M13). The library and the CLI share them."""
+"""Two registries, one mechanism: a policy name maps to its layer class (:doc:`/policies/index`), a method name
+to its class (:doc:`/methods/index`). The library and the CLI share them."""
 
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def register_policy(name: str) -> Callable[[P], P]:
 
 
 def list_policies() -> list[str]:
-    """The registered policy names, in the order of the spec (M1-M7, M10-M12)."""
+    """The registered policy names, in registration order (that of :doc:`/policies/index`)."""
     return _POLICIES.names()
 
 
@@ -97,7 +97,7 @@ def get_policy(name: str) -> type[NormPolicy]:
 
 
 def policy_options(name: str) -> dict[str, object]:
-    """A policy's user options and their defaults (spec M8b)."""
+    """A policy's user options and their defaults (each policy's page lists them)."""
     return _POLICIES.options(name)
 
 
@@ -116,7 +116,7 @@ def check_policy_options(name: str, options: dict[str, object]) -> dict[str, obj
 
 
 def register_method(name: str) -> Callable[[M], M]:
-    """Class decorator: make a method available as ``tta.attach_method(model, name)`` (spec M13)."""
+    """Class decorator: make a method available as ``tta.attach_method(model, name)``."""
     register = _METHODS.register(name)
 
     def decorate(cls: M) -> M:  # the class itself, with its own type (register returns it)
@@ -127,7 +127,7 @@ def register_method(name: str) -> Callable[[M], M]:
 
 
 def list_methods() -> list[str]:
-    """The registered method names: ``none`` first, then in the order of spec M13."""
+    """The registered method names: ``none`` first, then in registration order (that of :doc:`/methods/index`)."""
     return _METHODS.names()
 
 
@@ -137,7 +137,7 @@ def get_method(name: str) -> type[Method]:
 
 
 def method_options(name: str) -> dict[str, object]:
-    """A method's user options and their defaults (spec M13)."""
+    """A method's user options and their defaults (each method's page lists them)."""
     return _METHODS.options(name)
 
 

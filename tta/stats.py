@@ -1,4 +1,5 @@
-"""Shared statistics maths for all policies (spec M0): float32 moments, pooled merges, normalization."""
+"""Shared statistics maths for all policies (:doc:`/reference/notation`): float32 moments, pooled merges,
+normalization."""
 
 from __future__ import annotations
 
@@ -12,21 +13,21 @@ from torch import Tensor
 _FUSED_STATS_DEVICES = frozenset({"cpu", "cuda"})
 
 
-# Values per slice of the deviations in _row_moments: 1 MB of float32 stays in cache (5x faster
-# than whole-tensor deviations on 224 px feature maps here).
+# Values per slice of the deviations in _row_moments: 1 MB of float32 stays in cache (several times faster
+# than whole-tensor deviations on large feature maps, such as those of 224 px images).
 _ROW_CHUNK = 1 << 18
 
 # Rows shorter than this are reduced by a matrix-vector product: ATen's row reductions pay a fixed cost
-# per row, 2-3x the whole work for rows of 1-64 values (resnet18's 4x4 to 8x8 maps at 32 px here);
+# per row, more than the whole work for rows of 1-64 values (resnet18's 4x4 to 8x8 maps at 32 px);
 # from 1,024 values the sliced reductions win.
 _SHORT_ROW = 1024
 
 
 def batch_moments(x: Tensor, dtype: torch.dtype = torch.float32, grad: bool = False) -> tuple[Tensor, Tensor, int]:
-    """Per-channel mean and biased variance over ``(B, *S)`` in ``dtype``, and the count ``n`` (spec M0).
+    """Per-channel mean and biased variance over ``(B, *S)`` in ``dtype``, and the count ``n``.
 
-    Uses the statistics kernel of BatchNorm's own training pass (``torch.batch_norm_update_stats``), three
-    to ten times faster on CPU than ``torch.var_mean`` over the non-contiguous dims, and just as exact for
+    Uses the statistics kernel of BatchNorm's own training pass (``torch.batch_norm_update_stats``), several
+    times faster on CPU than ``torch.var_mean`` over the non-contiguous dims, and just as exact for
     contiguous inputs (channels-last: relative error about 1e-5 in float32). With ``grad`` the moments
     stay in the autograd graph of ``x`` (``torch.var_mean``; the fused kernel has no backward). Under
     ``torch.compile``, ``torch.var_mean``, which the compiler fuses: that kernel has no meta
@@ -159,7 +160,7 @@ def select(ok: Tensor | bool, new: Tensor, old: Tensor) -> Tensor:
 
 
 def elements_per_channel(x: Tensor) -> int:
-    """``n = B * prod(S)``: how many values one channel's batch statistics pool (spec M0)."""
+    """``n = B * prod(S)``: how many values one channel's batch statistics pool (:doc:`/reference/notation`)."""
     return x.numel() // x.shape[1]
 
 
@@ -175,7 +176,7 @@ def merge_moments(
 
     ``m2`` gains the batch's own squared deviations plus the between-batch term
     ``delta^2 * count * batch_count / total``, so the result equals the moments of the concatenation
-    (spec M3). Computed in ``mean``'s dtype. ``count`` may be a Python int read on the host
+    (:doc:`/policies/adabn`). Computed in ``mean``'s dtype. ``count`` may be a Python int read on the host
     (:func:`on_host`): the scalar factors are then Python floats (float64, the same values), which saves
     five small kernels; the additions then round once (fused multiply-add) where ``addcmul`` may round
     twice, a difference in the last bit of float64.
@@ -216,7 +217,7 @@ def computed_once(mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
     policy computes in the graph (its state update) pass through an operation the compiler cannot see into,
     so they are computed once per channel instead of being recomputed at every element the normalization
     reads them (inductor inlines cheap-looking per-channel work into the per-element loop: ``momentum_decay``'s
-    float64 power and ``adabn``'s pooled update ran once per element and halved the compiled throughput).
+    float64 power and ``adabn``'s pooled update would otherwise run once per element).
     Not under ``torch.export`` (an exported program should not need ``tta`` to load) nor when the
     statistics carry a gradient."""
     if not torch.compiler.is_compiling() or torch.compiler.is_exporting() or mean.requires_grad or var.requires_grad:

@@ -18,7 +18,8 @@ def is_batchnorm(module: nn.Module) -> TypeGuard[_BatchNorm]:
 
 
 def post_norm_of(bn: _BatchNorm) -> nn.Module | None:
-    """What a BatchNorm subclass does after normalizing, to keep it when the layer is swapped (spec M0).
+    """What a BatchNorm subclass does after normalizing, to keep it when the layer is swapped
+    (:doc:`/reference/notation`).
 
     Torch's own layers: nothing. timm's ``BatchNormAct2d`` family: its ``drop`` then ``act``. Any other
     subclass that overrides ``forward`` is refused: silently dropping its extra behaviour would break

@@ -1,10 +1,10 @@
-"""On-the-fly image corruptions of Hendrycks & Dietterich, batched in torch (spec S2).
+"""On-the-fly image corruptions of Hendrycks & Dietterich, batched in torch (see :doc:`/corruptions`).
 
 ``corrupt(images, name, severity, seed=...)`` corrupts a uint8 N x C x H x W batch (C = 1 or 3) on its own
 device. Per-image randomness is counter-based (see ``_rng``): image ``i`` of a call is keyed by
 (seed, corruption, severity, index_offset + i), so a stream gets the same bytes whatever the batching.
 Each corruption (its function, parameter tables and grayscale handling) is one record of
-:mod:`streams.corruptions.catalogue`.
+:mod:`tta_streams.corruptions.catalogue`.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import logging
 import torch
 from torch import Tensor
 
-from streams._seeds import check_seed
-from streams.corruptions._ops import luma, to_rgb
-from streams.corruptions._rng import ImageRNG
-from streams.corruptions.catalogue import (
+from tta_streams._seeds import check_seed
+from tta_streams.corruptions._ops import luma, to_rgb
+from tta_streams.corruptions._rng import ImageRNG
+from tta_streams.corruptions.catalogue import (
     CORRUPTIONS,
     EXTRA_CORRUPTIONS,
     TABLE_NAMES,
@@ -41,7 +41,7 @@ SMALL_IMAGE_MAX_SIDE = 64  # images with both sides <= this use the CIFAR table 
 
 
 def default_table(height: int, width: int) -> str:
-    """The parameter table for an image size (spec S2): "cifar" when both sides are at most
+    """The parameter table for an image size: "cifar" when both sides are at most
     ``SMALL_IMAGE_MAX_SIDE`` pixels, else "imagenet"."""
     return "cifar" if max(height, width) <= SMALL_IMAGE_MAX_SIDE else "imagenet"
 
@@ -71,14 +71,29 @@ def _validate(images: Tensor, corruption: str, severity: int, table: str | None)
 def corrupt(
     images: Tensor, corruption: str, severity: int, *, seed: int, table: str | None = None, index_offset: int = 0
 ) -> Tensor:
-    """Corrupt a uint8 N x C x H x W batch (C = 1 or 3) at severity 1..5 (spec S2).
+    """Corrupt a uint8 N x C x H x W batch (C = 1 or 3) at severity 1..5, on the batch's device.
 
-    Returns uint8 of the same shape on the same device. ``table`` is "cifar" or "imagenet" (None: by
-    size, see ``default_table``). Image ``i`` is corrupted with randomness keyed by
-    (seed, corruption, severity, index_offset + i), independent of batch size and composition.
-    Grayscale is corrupted as such; colour-only corruptions (frost, spatter, saturate) run on the image
-    replicated to RGB and return its ITU-R 601 luma. ``seed``: an integer in 0..2**64-1 (a float is a
-    TypeError, never rounded).
+    Image ``i`` is corrupted with randomness keyed by (seed, corruption, severity, index_offset + i),
+    independent of batch size and composition. Grayscale is corrupted as such; the colour-only corruptions
+    (frost, spatter, saturate) run on the image replicated to RGB and return its ITU-R 601 luma.
+
+    Args:
+        images: uint8 N x C x H x W, C = 1 or 3, at least 2 x 2 pixels.
+        corruption: a name of :data:`CORRUPTIONS` or :data:`EXTRA_CORRUPTIONS`.
+        severity: an integer in 1..5.
+        seed: an integer in 0..2**64-1 (a float is a TypeError, never rounded).
+        table: ``"cifar"`` or ``"imagenet"``, the reference script whose parameters apply (None: by
+            image size, see :func:`default_table`).
+        index_offset: the index of the first image in its set, so that a set corrupted in pieces gets
+            the bytes of one call.
+
+    Returns:
+        uint8 of the same shape, on the same device.
+
+    Example:
+        >>> foggy = corrupt(images, "fog", 5, seed=0)
+
+    See :doc:`/corruptions` for the corruptions and their severity tables.
     """
     _validate(images, corruption, severity, table)
     seed, severity = check_seed(seed), int(severity)

@@ -1,5 +1,5 @@
 """Batched image operations shared by the corruptions: padding, separable and 2-D filters, bilinear
-sampling, colour helpers and ImageMagick's motion blur (spec S2). Images are float32 N x C x H x W."""
+sampling, colour helpers and ImageMagick's motion blur. Images are float32 N x C x H x W."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> Tensor:
     return k / k.sum()
 
 
-MATRIX_FILTER_MAX_SIDE = 512  # up to this side a 1-D filter runs as a matrix product (10x faster here)
+MATRIX_FILTER_MAX_SIDE = 512  # up to this side a 1-D filter runs as a matrix product (faster than a convolution)
 
 
 @lru_cache(maxsize=64)
@@ -137,7 +137,7 @@ def bilinear_sample(x: Tensor, ys: Tensor, xs: Tensor, border: str) -> Tensor:
 
 
 def to_rgb(x: Tensor) -> Tensor:
-    """Replicate a grayscale batch to three channels (colour-only operations, spec S2)."""
+    """Replicate a grayscale batch to three channels (colour-only operations)."""
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 

@@ -1,4 +1,5 @@
-"""Per-image, counter-based random numbers for the corruptions (spec S2: deterministic per image).
+"""Per-image, counter-based random numbers for the corruptions: deterministic per image (see
+:doc:`/reference/stream_algorithms`).
 
 Every random value is a pure function of (seed, corruption, severity, image index, draw tag, element
 position): ``hash32(key[image] ^ hash32(position ^ hash32(tag)))`` with ``key[image] =

@@ -1,4 +1,4 @@
-"""Blur corruptions (spec S2): defocus, glass, motion, zoom and gaussian blur.
+"""Blur corruptions: defocus, glass, motion, zoom and gaussian blur.
 
 All act per channel, so grayscale images are blurred natively. Inputs float32 in [0, 1]; outputs
 float32 on the 0..255 scale.
@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from streams.corruptions import _ops
-from streams.corruptions._rng import ImageRNG
+from tta_streams.corruptions import _ops
+from tta_streams.corruptions._rng import ImageRNG
 
 
 @lru_cache(maxsize=32)

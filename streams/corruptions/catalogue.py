@@ -1,4 +1,5 @@
-"""The corruption catalogue (spec S2): one :class:`Corruption` record per corruption, registered once.
+"""The corruption catalogue: one :class:`Corruption` record per corruption, registered once. Its tables
+are printed on :doc:`/corruptions`.
 
 A record holds the batched function, its parameters at the five severities in both tables and how it
 treats grayscale. The parameters are transcribed from the reference scripts of Hendrycks & Dietterich
@@ -21,7 +22,7 @@ from typing import Any, TypeGuard
 import numpy as np
 from torch import Tensor
 
-from streams.corruptions import blur, digital, noise, weather
+from tta_streams.corruptions import blur, digital, noise, weather
 
 __all__ = [
     "CORRUPTIONS", "EXTRA_CORRUPTIONS", "TABLES", "TABLE_NAMES", "Corruption", "check_severity", "get_corruption",

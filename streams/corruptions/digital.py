@@ -1,4 +1,4 @@
-"""Digital corruptions (spec S2): brightness, contrast, elastic transform, pixelate, JPEG, saturate.
+"""Digital corruptions: brightness, contrast, elastic transform, pixelate, JPEG, saturate.
 
 Inputs float32 in [0, 1]; outputs float32 on the 0..255 scale. Saturate is colour-only (the dispatcher
 replicates grayscale to RGB and back); the others handle grayscale natively.
@@ -12,8 +12,9 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from streams.corruptions import _ops
-from streams.corruptions._rng import ImageRNG
+from tta_streams._extras import require
+from tta_streams.corruptions import _ops
+from tta_streams.corruptions._rng import ImageRNG
 
 
 def brightness(x: Tensor, rng: ImageRNG, shift: float) -> Tensor:
@@ -104,11 +105,11 @@ def jpeg_compression(x: Tensor, rng: ImageRNG, quality: int) -> Tensor:
     the CPU (grayscale encoded as grayscale); bit-identical to the reference's Pillow round trip."""
     with warnings.catch_warnings():  # torchvision 0.29 announces a move of its codecs to torchcodec
         warnings.simplefilter("ignore", DeprecationWarning)
-        from torchvision.io import decode_jpeg, encode_jpeg
+        io = require("torchvision.io", "the jpeg_compression corruption")
 
         img = torch.round(x * 255).to(torch.uint8).cpu()
-        encoded = encode_jpeg(list(img), quality=int(quality))
-        decoded = decode_jpeg(encoded)
+        encoded = io.encode_jpeg(list(img), quality=int(quality))
+        decoded = io.decode_jpeg(encoded)
     return torch.stack(decoded).to(x.device).to(torch.float32)
 
 

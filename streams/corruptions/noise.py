@@ -1,4 +1,4 @@
-"""Noise corruptions (spec S2): gaussian, shot (Poisson), impulse (salt and pepper), speckle.
+"""Noise corruptions: gaussian, shot (Poisson), impulse (salt and pepper), speckle.
 
 All four are elementwise: grayscale images are handled natively, one draw per pixel and channel.
 Inputs are float32 in [0, 1]; outputs are float32 on the 0..255 scale, as the reference returns.
@@ -12,7 +12,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from streams.corruptions._rng import ImageRNG
+from tta_streams.corruptions._rng import ImageRNG
 
 
 def gaussian_noise(x: Tensor, rng: ImageRNG, std: float) -> Tensor:

@@ -1,4 +1,4 @@
-"""Weather corruptions (spec S2): snow, frost, fog, and spatter (held out).
+"""Weather corruptions: snow, frost, fog, and spatter (held out).
 
 Inputs float32 in [0, 1]; outputs float32 on the 0..255 scale. Frost and spatter add colour, so the
 dispatcher hands them grayscale images replicated to RGB and reduces the result back to luma.
@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from streams.corruptions import _ops
-from streams.corruptions._rng import ImageRNG
+from tta_streams._extras import require
+from tta_streams.corruptions import _ops
+from tta_streams.corruptions._rng import ImageRNG
 
 # ----------------------------------------------------------------------------------------------- fog
 PLASMA_CHUNK_ELEMENTS = 1 << 21  # map entries per pass of the diamond-square algorithm (8 MB)
@@ -83,15 +84,10 @@ FROST_TEXTURES = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost
 
 def frost_texture_files() -> list:
     """The frost texture files of the corrupt-tta package; ImportError naming it when it is missing."""
-    try:
-        from importlib import resources
+    from importlib import resources
 
-        folder = resources.files("corrupt_tta.assets.frost")
-    except ModuleNotFoundError as exc:
-        raise ImportError(
-            "the frost corruption needs the frost texture images shipped by the corrupt-tta package, which "
-            "is not installed: pip install corrupt-tta"
-        ) from exc
+    require("corrupt_tta", "the frost corruption (its texture images)")
+    folder = resources.files("corrupt_tta.assets.frost")
     return [folder.joinpath(name) for name in FROST_TEXTURES]
 
 
@@ -103,11 +99,11 @@ def frost_textures(scale: float, min_h: int, min_w: int) -> tuple[Tensor, ...]:
     further, keeping the aspect ratio, if still not larger than ``min_h`` x ``min_w`` (images bigger than
     the reference's).
     """
-    from PIL import Image
+    image = require("PIL.Image", "the frost corruption")
 
     out = []
     for path in frost_texture_files():
-        with Image.open(path) as im:
+        with image.open(path) as im:
             rgb = torch.from_numpy(_pil_to_array(im.convert("RGB"))).permute(2, 0, 1).float()
         fh, fw = rgb.shape[-2:]
         eff = scale

@@ -4,7 +4,7 @@ A new dataset is a module that calls ``register_dataset(DatasetInfo(...))`` and 
 the import order is the order :func:`list_datasets` (and the CLI's help) gives.
 """
 
-from streams.datasets.catalogue import (
+from tta_streams.datasets.catalogue import (
     DatasetInfo,
     get_dataset,
     list_datasets,
@@ -12,10 +12,10 @@ from streams.datasets.catalogue import (
 )
 
 # isort: off
-from streams.datasets import fmnist_c  # noqa: F401
-from streams.datasets import cifar10_c  # noqa: F401
-from streams.datasets import cifar100_c  # noqa: F401
-from streams.datasets import imagenet_c  # noqa: F401
+from tta_streams.datasets import fmnist_c  # noqa: F401
+from tta_streams.datasets import cifar10_c  # noqa: F401
+from tta_streams.datasets import cifar100_c  # noqa: F401
+from tta_streams.datasets import imagenet_c  # noqa: F401
 # isort: on
 
 __all__ = ["DatasetInfo", "get_dataset", "list_datasets", "register_dataset"]

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from streams.corruption_sets import PrecomputedSource
-from streams.imageset import ImageSet
+from tta_streams.corruption_sets import PrecomputedSource
+from tta_streams.imageset import ImageSet
 
 __all__ = ["DatasetInfo", "get_dataset", "list_datasets", "register_dataset"]
 
@@ -23,15 +23,20 @@ def _spelling(name: str) -> str:
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """A test set of the benchmark.
+    """A test set of the benchmark, as :func:`register_dataset` records it (see :doc:`/streams`).
 
-    ``name``: the canonical name (``"cifar10-c"``); ``aliases``: other accepted spellings (case, ``-``
-    and ``_`` are ignored when matching). ``base``: the clean dataset its models are trained on, as
-    model zoos name it (``"cifar10"``). ``input_shape``: C x H x W. ``num_classes`` and ``classes`` (the
-    names in label order; empty where the loader reads them with the data). ``table``: the corruption
-    parameter table of its images. ``load(data_dir)``: the stream source, an :class:`ImageSet` of clean
-    images (corrupted on the fly) or a :class:`PrecomputedSource`. ``folder``: the folder ``load``
-    reads under ``data_dir`` (None: nothing to read, e.g. embedded data); ``url``: where to get it.
+    Args:
+        name: the canonical name (``"cifar10-c"``).
+        base: the clean dataset its models are trained on, as model zoos name it (``"cifar10"``).
+        input_shape: C x H x W.
+        num_classes: the number of classes.
+        load: ``load(data_dir)`` gives the stream source: an :class:`ImageSet` of clean images (corrupted on
+            the fly) or a :class:`PrecomputedSource`.
+        table: the corruption parameter table of its images (``"cifar"`` or ``"imagenet"``).
+        classes: the class names in label order (empty where the loader reads them with the data).
+        aliases: other accepted spellings (case, ``-`` and ``_`` are ignored when matching).
+        folder: the folder ``load`` reads under ``data_dir`` (None: nothing to read, e.g. embedded data).
+        url: where to get ``folder``.
     """
 
     name: str

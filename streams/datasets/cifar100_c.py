@@ -1,12 +1,12 @@
-"""CIFAR-100-C (Hendrycks & Dietterich): precomputed, read through robustbench's loader (spec S1)."""
+"""CIFAR-100-C (Hendrycks & Dietterich): precomputed, read through robustbench's loader."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import cast
 
-from streams.corruption_sets import CIFAR100_CLASSES, PRECOMPUTED_SETS, PrecomputedSource, cifar_c_source
-from streams.datasets.catalogue import DatasetInfo, register_dataset
+from tta_streams.corruption_sets import CIFAR100_CLASSES, PRECOMPUTED_SETS, PrecomputedSource, cifar_c_source
+from tta_streams.datasets.catalogue import DatasetInfo, register_dataset
 
 
 def _load(data_dir: Path | None) -> PrecomputedSource:

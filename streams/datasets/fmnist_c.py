@@ -1,12 +1,12 @@
-"""Fashion-MNIST-C: the embedded Fashion-MNIST test split, corrupted on the fly (spec S1)."""
+"""Fashion-MNIST-C: the embedded Fashion-MNIST test split, corrupted on the fly."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from streams.datasets.catalogue import DatasetInfo, register_dataset
-from streams.fmnist import CLASSES, fashion_mnist
-from streams.imageset import ImageSet
+from tta_streams.datasets.catalogue import DatasetInfo, register_dataset
+from tta_streams.fmnist import CLASSES, fashion_mnist
+from tta_streams.imageset import ImageSet
 
 
 def _load(data_dir: Path | None) -> ImageSet:

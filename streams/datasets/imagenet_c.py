@@ -1,4 +1,4 @@
-"""ImageNet-C (Hendrycks & Dietterich): robustbench's 5,000 validation images, precomputed (spec S1).
+"""ImageNet-C (Hendrycks & Dietterich): robustbench's 5,000 validation images, precomputed.
 
 The class names are the 1,000 WordNet ids of robustbench's helper files, read with the data.
 """
@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import cast
 
-from streams.corruption_sets import PRECOMPUTED_SETS, PrecomputedSource, imagenet_c_source
-from streams.datasets.catalogue import DatasetInfo, register_dataset
+from tta_streams.corruption_sets import PRECOMPUTED_SETS, PrecomputedSource, imagenet_c_source
+from tta_streams.datasets.catalogue import DatasetInfo, register_dataset
 
 
 def _load(data_dir: Path | None) -> PrecomputedSource:

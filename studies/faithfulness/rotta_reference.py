@@ -28,9 +28,9 @@ import torch
 import torchvision.transforms as transforms
 from torch import nn
 
-import streams
 import tta
-from benchmarks.source_model import load_bundled_model
+import tta_streams
+from tta_bench.source_model import load_bundled_model
 
 
 def cpu_timeliness_reweighting(ages: list[float]) -> torch.Tensor:
@@ -85,7 +85,7 @@ def compare_logits(official: object, flip: bool) -> None:
     ours = tta.attach_method(tta.adapt(load_bundled_model(), "rbn"), "rotta", augment="none")
     if flip:
         ours.augmented = augment
-    stream = streams.Stream(
+    stream = tta_streams.Stream(
         "fmnist", corruptions=["fog"], severities=5, order="dirichlet:0.1", n_examples=1000, batch_size=64, seed=0
     )
     worst, worst_10 = 0.0, 0.0
@@ -110,7 +110,7 @@ def compare_errors(official: object, order: str, n_examples: int | None, seed: i
         "official": official_learner(official, load_bundled_model(), None, 28),
         "tta": tta.attach_method(tta.adapt(load_bundled_model(), "rbn"), "rotta", seed=seed),
     }
-    stream = streams.Stream(
+    stream = tta_streams.Stream(
         "fmnist", severities=5, order=order, setting="continual", n_examples=n_examples, batch_size=64, seed=seed
     )
     wrong = {name: {} for name in learners}

@@ -14,9 +14,9 @@ import sys
 
 import torch
 
-import streams
 import tta
-from benchmarks.source_model import load_bundled_model
+import tta_streams
+from tta_bench.source_model import load_bundled_model
 
 
 def official_tent(official: object, lr: float = 1e-3) -> tuple[torch.nn.Module, list[torch.Tensor]]:
@@ -35,7 +35,7 @@ def main() -> None:
     sys.path.insert(0, args.official)
     official = importlib.import_module("tent")
 
-    stream = streams.Stream("fmnist", corruptions=["fog"], severities=5, n_examples=1280, batch_size=64, seed=0)
+    stream = tta_streams.Stream("fmnist", corruptions=["fog"], severities=5, n_examples=1280, batch_size=64, seed=0)
     batches = [x for x, _, _ in stream]
     reference, reference_params = official_tent(official)
     learner = tta.attach_method(tta.adapt(load_bundled_model(), "tbn"), "tent")

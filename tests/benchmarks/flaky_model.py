@@ -12,7 +12,7 @@ import tempfile
 import torch
 from torch import nn
 
-from benchmarks.models import load_bundled_model
+from tta_bench.models import load_bundled_model
 
 BRIGHT = 0.45
 

@@ -1,4 +1,4 @@
-"""``benchmarks.evaluate``: a policy alone scored from the forward of LAME over it gives the rows of its own
+"""``tta_bench.evaluate``: a policy alone scored from the forward of LAME over it gives the rows of its own
 learner, the grid's units group the two, and a non-finite output row is scored wrong."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from benchmarks import evaluate, grid
-from benchmarks.models import load_bundled_model
+from tta_bench import evaluate, grid
+from tta_bench.models import load_bundled_model
 
 
 def small_config(setting: str, methods: str, policies: str) -> grid.GridConfig:

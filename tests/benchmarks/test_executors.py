@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import cli, grid
-from benchmarks.results import read_rows
+from tta_bench import cli, grid
+from tta_bench.results import read_rows
 
 pytestmark = pytest.mark.multiprocess
 
@@ -121,7 +121,7 @@ def test_a_driver_killed_mid_grid_resumes_to_every_row_exactly_once(tmp_path, ca
     args = [*KILLED, *flags, "--cache-dir", str(cache_dir), "--out", str(tmp_path / "out")]
     results = tmp_path / "out" / "results.jsonl"
     driver = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.cli", "run", *args],
+        [sys.executable, "-m", "tta_bench.cli", "run", *args],
         cwd=REPO,
         env=_env(),
         stdout=subprocess.DEVNULL,
@@ -268,7 +268,7 @@ def test_ray_missing_is_one_error_naming_the_extra_before_anything_is_written(tm
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     assert cli.main(["run", *GRID, "--executor", "ray", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert err.count("error:") == 1 and "pip install 'tta[ray]'" in err and "Traceback" not in err
+    assert err.count("error:") == 1 and "pip install 'tta-norm[ray]'" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
 
 

@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-import streams
 import tta
-from benchmarks import grid
+import tta_streams
+from tta_bench import grid
 
 
 def small(**overrides):
@@ -29,7 +29,7 @@ def test_all_policies_is_the_shared_registry():
 
 
 def test_all_corruptions_are_the_fifteen_in_standard_order():
-    assert grid.parse_corruptions("all") == tuple(streams.CORRUPTIONS)
+    assert grid.parse_corruptions("all") == tuple(tta_streams.CORRUPTIONS)
     assert len(grid.parse_corruptions("all")) == 15
     assert grid.parse_corruptions("none") == ("none",)
 

@@ -15,8 +15,8 @@ import torch
 import torchvision
 from torch import nn
 
-from benchmarks.models import MissingWeightsError, count_batchnorm, load_model
-from benchmarks.source_model import load_bundled_model
+from tta_bench.models import MissingWeightsError, count_batchnorm, load_model
+from tta_bench.source_model import load_bundled_model
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -143,7 +143,7 @@ def test_robustbench_unknown_model_is_a_clear_error():
 
 
 def test_robustbench_with_cached_checkpoint_loads_it_through_robustbench(empty_caches):
-    from streams._robustbench import import_robustbench
+    from tta_streams._robustbench import import_robustbench
 
     import_robustbench()
     from robustbench.model_zoo.cifar10 import Hendrycks2020AugMixResNeXtNet
@@ -244,7 +244,7 @@ def test_missing_checkpoint_path_is_a_file_not_found_error(tmp_path):
 
 
 def test_module_callable_spec_builds_the_model():
-    model = load_model("benchmarks.source_model:build_model", dataset="fmnist")
+    model = load_model("tta_bench.source_model:build_model", dataset="fmnist")
     assert not model.training and count_batchnorm(model) > 0
 
 

@@ -1,4 +1,4 @@
-"""``examples/compare_policies.ipynb`` runs from top to bottom (at a small size), so it never rots."""
+"""``docs/tutorials/compare_policies.ipynb`` runs from top to bottom (at a small size), so it never rots."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import tta
 
 pytestmark = pytest.mark.slow
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "tutorials"
 NOTEBOOK = EXAMPLES / "compare_policies.ipynb"
 
 

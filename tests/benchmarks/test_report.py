@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from benchmarks import report
+from tta_bench import report
 
 
 def row(policy, corruption, error, *, seed=0, order="iid", severity=5):

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from benchmarks import grid
-from benchmarks.results import ConfigMismatchError, ResultStore, read_rows
+from tta_bench import grid
+from tta_bench.results import ConfigMismatchError, ResultStore, read_rows
 
 
 def config(**overrides):

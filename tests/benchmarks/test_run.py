@@ -1,4 +1,4 @@
-"""``benchmarks.run.run_grid`` called as a notebook would: rows, resume, the folder lock, typed errors."""
+"""``tta_bench.run.run_grid`` called as a notebook would: rows, resume, the folder lock, typed errors."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import cli, grid, results, run
-from benchmarks.results import read_rows
-from streams import ImageSet
+from tta_bench import cli, grid, results, run
+from tta_bench.results import read_rows
+from tta_streams import ImageSet
 
 CONFIG = {
     "dataset": "fmnist-c",

@@ -1,4 +1,4 @@
-"""The bundled Fashion-MNIST source model and its training script (spec S1)."""
+"""The bundled Fashion-MNIST source model and its training script (docs/streams.md)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import streams
-from benchmarks import source_model
-from benchmarks.source_model import FMNIST_MEAN, FMNIST_STD, WEIGHTS_PATH, build_model, load_bundled_model
-from benchmarks.train_source import augment, train_source
+import tta_streams
+from tta_bench import source_model
+from tta_bench.source_model import FMNIST_MEAN, FMNIST_STD, WEIGHTS_PATH, build_model, load_bundled_model
+from tta_bench.train_source import augment, train_source
 
 
 def _write_idx(path, array: np.ndarray) -> None:
@@ -50,7 +50,7 @@ def test_bundled_model_has_batchnorm_and_is_in_eval_mode():
 
 
 def test_bundled_model_reaches_92_percent_on_the_clean_test_split():
-    test = streams.fashion_mnist("test")
+    test = tta_streams.fashion_mnist("test")
     model = load_bundled_model()
     with torch.inference_mode():
         predictions = torch.cat([model(x.float() / 255).argmax(1) for x in test.images.split(1000)])
@@ -60,7 +60,7 @@ def test_bundled_model_reaches_92_percent_on_the_clean_test_split():
 
 def test_input_standardization_matches_the_data_statistics():
     # The fixed buffers should standardize Fashion-MNIST pixels: check against the embedded test split.
-    pixels = streams.fashion_mnist("test").images.float() / 255
+    pixels = tta_streams.fashion_mnist("test").images.float() / 255
     assert abs(pixels.mean().item() - FMNIST_MEAN) < 0.005
     assert abs(pixels.std().item() - FMNIST_STD) < 0.005
 

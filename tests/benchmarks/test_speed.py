@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 import tta
-from benchmarks import cli, speed
-from benchmarks.speed import measure_speed
+from tta_bench import cli, speed
+from tta_bench.speed import measure_speed
 
 
 def tiny_model() -> nn.Module:
@@ -148,6 +148,16 @@ def test_speed_command_prints_a_row_per_policy(capsys):
         "spread (IQR)",
         "x source",
     ]
+
+
+def test_speed_writes_the_printed_table_and_the_environment_to_its_out_file(capsys, tmp_path):
+    out = tmp_path / "speed" / "table.md"
+    args = ["speed", "--policies", "tbn", "--batch-size", "8", "--warmup", "0", "--repeats", "1"]
+    assert cli.main([*args, "--batches-per-repeat", "1", "--device", "cpu", "--out", str(out)]) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    written = out.read_text().splitlines()
+    assert [line for line in written if line.startswith("| ")] == printed
+    assert written[0].startswith("timing 1 policies") and "torch_version" in written[-1]
 
 
 def test_speed_refuses_an_unknown_policy(capsys):

@@ -11,7 +11,7 @@ import tempfile
 import torch
 from torch import nn
 
-from benchmarks.models import load_bundled_model
+from tta_bench.models import load_bundled_model
 
 
 class CrashUnderRbn(nn.Module):

@@ -1,4 +1,4 @@
-"""The on-disk domain cache (spec S5): integrity check and healing, file modes, stale temporary files,
+"""The on-disk domain cache (docs/streams.md): integrity check and healing, file modes, stale temporary files,
 concurrent writers."""
 
 import hashlib
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-import streams
-from streams._seeds import derive_seed
-from streams.cache import STALE_TMP_AGE, DomainCache
-from streams.corruptions import corrupt
+import tta_streams
+from tta_streams._seeds import derive_seed
+from tta_streams.cache import STALE_TMP_AGE, DomainCache
+from tta_streams.corruptions import corrupt
 
 N = 200
 CORRUPTION, SEVERITY, SEED = "gaussian_noise", 3, 4
@@ -23,7 +23,7 @@ CORRUPTION, SEVERITY, SEED = "gaussian_noise", 3, 4
 
 def build(cache_dir) -> list:
     """Iterate a one-domain stream over the first N embedded images; its batches."""
-    stream = streams.Stream(
+    stream = tta_streams.Stream(
         "fmnist",
         corruptions=[CORRUPTION],
         severities=SEVERITY,
@@ -36,8 +36,8 @@ def build(cache_dir) -> list:
 
 
 def expected_domain() -> np.ndarray:
-    """The domain computed without the stream or the cache: image i corrupted with index i (spec S2)."""
-    clean = streams.fashion_mnist().head(N).images
+    """The domain computed without the stream or the cache: image i corrupted with index i (docs/corruptions.md)."""
+    clean = tta_streams.fashion_mnist().head(N).images
     return corrupt(clean, CORRUPTION, SEVERITY, seed=derive_seed("corrupt", SEED, CORRUPTION, SEVERITY)).numpy()
 
 
@@ -71,7 +71,7 @@ def test_a_damaged_cache_file_is_detected_logged_and_rebuilt(tmp_path, caplog, d
     path = domain_file(tmp_path)
     size = path.stat().st_size
     damage(path)
-    with caplog.at_level(logging.WARNING, logger="streams.cache"):
+    with caplog.at_level(logging.WARNING, logger="tta_streams.cache"):
         batches = build(tmp_path)
     assert served(batches) == sorted(map(bytes, expected.reshape(N, -1)))  # the right images, not the damaged ones
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -80,7 +80,7 @@ def test_a_damaged_cache_file_is_detected_logged_and_rebuilt(tmp_path, caplog, d
     assert path.stat().st_size == size
     assert np.array_equal(np.load(path, allow_pickle=False), expected)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="streams.cache"):
+    with caplog.at_level(logging.WARNING, logger="tta_streams.cache"):
         build(tmp_path)
     assert not caplog.records
 
@@ -97,7 +97,7 @@ def test_a_cache_file_whose_checksum_record_is_missing_or_unreadable_is_rebuilt(
     (record,) = (tmp_path / "domains").glob("*.json")
     before = record.read_text()
     spoil(record)
-    with caplog.at_level(logging.WARNING, logger="streams.cache"):
+    with caplog.at_level(logging.WARNING, logger="tta_streams.cache"):
         batches = build(tmp_path)
     assert message in caplog.text and str(domain_file(tmp_path)) in caplog.text
     assert record.read_text() == before  # the rebuilt file has the same content, hence the same record
@@ -119,7 +119,7 @@ def test_cache_files_are_created_with_the_umask(tmp_path, umask, mode):
 
 WRITER = """
 import sys, time
-from streams.cache import DomainCache
+from tta_streams.cache import DomainCache
 
 def fill(out):
     print("filling", flush=True)
@@ -163,8 +163,8 @@ def test_stale_temporary_files_are_removed_and_live_writers_kept(tmp_path):
 
 
 SCRIPT = """
-import hashlib, sys, streams
-stream = streams.Stream("fmnist", corruptions=["gaussian_noise", "contrast"], severities=[3], setting="continual",
+import hashlib, sys, tta_streams
+stream = tta_streams.Stream("fmnist", corruptions=["gaussian_noise", "contrast"], severities=[3], setting="continual",
                         n_examples=300, batch_size=32, seed=5, cache_dir=sys.argv[1])
 digest = hashlib.sha256()
 for b in stream:
@@ -185,7 +185,7 @@ def test_concurrent_processes_building_the_same_domains_end_with_one_correct_fil
     assert len(list(domains.glob("*.npy"))) == 2 and len(list(domains.glob("*.json"))) == 2
     assert not list(domains.glob(".*"))  # no temporary file left behind
     cache = DomainCache(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="streams.cache"):
+    with caplog.at_level(logging.WARNING, logger="tta_streams.cache"):
         for path in domains.glob("*.npy"):
             assert cache.load(path.stem) is not None
     assert not caplog.records  # every file matches its record
@@ -195,7 +195,7 @@ BUILDER = """
 import hashlib, sys, time
 from pathlib import Path
 import numpy as np
-from streams.cache import DomainCache
+from tta_streams.cache import DomainCache
 root, me = Path(sys.argv[1]), sys.argv[2]
 
 def fill(out):
@@ -224,7 +224,7 @@ def test_two_processes_building_the_same_domain_at_once_both_end_with_the_valid_
     assert (
         printed == [[hashlib.sha256(expected.tobytes()).hexdigest(), "True"]] * 2
     )  # both built it, both read it back whole
-    with caplog.at_level(logging.WARNING, logger="streams.cache"):
+    with caplog.at_level(logging.WARNING, logger="tta_streams.cache"):
         cached = DomainCache(tmp_path).load("k")
     assert cached is not None and np.array_equal(cached, expected) and not caplog.records
     assert not list((tmp_path / "domains").glob(".*"))  # no temporary file left behind
@@ -232,7 +232,7 @@ def test_two_processes_building_the_same_domain_at_once_both_end_with_the_valid_
 
 READER = """
 import resource, sys
-from streams.cache import DomainCache
+from tta_streams.cache import DomainCache
 size = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (size + (1 << 30),) * 2)  # an unbounded read fails fast, not the machine
 print("miss" if DomainCache(sys.argv[1]).load(sys.argv[2]) is None else "hit")

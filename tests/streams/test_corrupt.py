@@ -1,4 +1,5 @@
-"""Behaviour of streams.corrupt (spec S2): shapes, determinism, batching, severity, grayscale, errors."""
+"""Behaviour of tta_streams.corrupt (docs/corruptions.md): shapes, determinism, batching, severity, grayscale,
+errors."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from streams.corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS, corrupt, default_table
-from streams.corruptions._rng import ImageRNG, hash32, hash32_int
 from studies.corruption_reference import sample_images
+from tta_streams.corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS, corrupt, default_table
+from tta_streams.corruptions._rng import ImageRNG, hash32, hash32_int
 
 ALL = CORRUPTIONS + EXTRA_CORRUPTIONS
 RANDOM = {

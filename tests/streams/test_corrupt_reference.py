@@ -1,4 +1,4 @@
-"""streams.corrupt against corrupt-tta with the ImageNet table (spec S2).
+"""tta_streams.corrupt against corrupt-tta with the ImageNet table (docs/corruptions.md).
 
 Deterministic corruptions must give near-identical pixels; random ones a matching distribution of the
 perturbation. Where our implementation follows the original scripts of Hendrycks & Dietterich and
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from streams.corruptions import corrupt
 from studies.corruption_reference import reference_corrupt, sample_images
+from tta_streams.corruptions import corrupt
 
 reference = pytest.importorskip("corrupt_tta.corruptions")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from streams import corruptions
-from streams.corruptions import (
+from tta_streams import corruptions
+from tta_streams.corruptions import (
     CORRUPTIONS,
     EXTRA_CORRUPTIONS,
     TABLES,

@@ -1,4 +1,4 @@
-"""The fast paths inside the corruptions against plain, independent formulations (spec S2)."""
+"""The fast paths inside the corruptions against plain, independent formulations (docs/corruptions.md)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from streams.corruptions import _ops, corrupt
-from streams.corruptions._rng import ImageRNG
-from streams.corruptions.weather import plasma_fractal
+from tta_streams.corruptions import _ops, corrupt
+from tta_streams.corruptions._rng import ImageRNG
+from tta_streams.corruptions.weather import plasma_fractal
 
 
 def reference_plasma(rng: ImageRNG, size: int, wibble_decay: float) -> torch.Tensor:

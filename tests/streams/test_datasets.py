@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import streams
-from streams.corruptions import default_table
-from streams.datasets import DatasetInfo, get_dataset, list_datasets, register_dataset
+import tta_streams
+from tta_streams.corruptions import default_table
+from tta_streams.datasets import DatasetInfo, get_dataset, list_datasets, register_dataset
 
 
 def test_the_benchmark_datasets_are_registered_in_order():
@@ -51,7 +51,7 @@ def test_a_dataset_read_from_files_needs_a_data_dir_and_names_where_to_get_it():
 
 
 def test_the_fmnist_entry_serves_the_embedded_test_split():
-    source, direct = get_dataset("fmnist-c").source(), streams.fashion_mnist("test")
+    source, direct = get_dataset("fmnist-c").source(), tta_streams.fashion_mnist("test")
     assert torch.equal(source.images, direct.images) and source.classes == list(get_dataset("fmnist").classes)
 
 
@@ -86,8 +86,8 @@ def test_registration_refuses_a_taken_name_or_alias_and_an_entry_that_contradict
 
 
 def test_a_dataset_registered_by_its_own_module_is_served_by_a_stream(toy_dataset, tmp_path):
-    assert toy_dataset in streams.list_datasets()
-    stream = streams.Stream(
+    assert toy_dataset in tta_streams.list_datasets()
+    stream = tta_streams.Stream(
         "toy", corruptions="fog,contrast", severities=2, setting="continual", batch_size=16, cache_dir=tmp_path
     )
     batches = list(stream)
@@ -100,12 +100,12 @@ def test_a_stream_names_only_datasets_that_need_no_files_and_says_how_to_read_th
     with pytest.raises(
         ValueError,
         match=r"unknown source 'CIFAR-10-C': cifar10-c is read from files, so pass "
-        r"streams\.get_dataset\('cifar10-c'\)\.source\(data_dir\)",
+        r"tta_streams\.get_dataset\('cifar10-c'\)\.source\(data_dir\)",
     ):
-        streams.Stream("CIFAR-10-C")
+        tta_streams.Stream("CIFAR-10-C")
     with pytest.raises(
         ValueError,
         match=r"unknown source 'mnist'; pass the name of a dataset that needs no files "
         r"\(fmnist-c\)",
     ):
-        streams.Stream("mnist")
+        tta_streams.Stream("mnist")

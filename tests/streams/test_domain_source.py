@@ -7,26 +7,26 @@ import numpy as np
 import pytest
 import torch
 
-import streams
-from streams.cache import DomainCache
-from streams.domain_source import CleanImages, PrecomputedDomains, open_source
+import tta_streams
+from tta_streams.cache import DomainCache
+from tta_streams.domain_source import CleanImages, PrecomputedDomains, open_source
 
 DOMAINS = [("fog", 2), ("saturate", 5)]
 
 
 @pytest.fixture
-def clean() -> streams.ImageSet:
-    return streams.fashion_mnist().head(40)
+def clean() -> tta_streams.ImageSet:
+    return tta_streams.fashion_mnist().head(40)
 
 
-def stored_copy(on_the_fly: CleanImages, clean: streams.ImageSet) -> streams.PrecomputedSource:
+def stored_copy(on_the_fly: CleanImages, clean: tta_streams.ImageSet) -> tta_streams.PrecomputedSource:
     """The domains of ``on_the_fly``, written out as a precomputed set would hold them."""
 
-    def load(corruption: str, severity: int, n: int | None) -> streams.ImageSet:
+    def load(corruption: str, severity: int, n: int | None) -> tta_streams.ImageSet:
         images = on_the_fly.images((corruption, severity), shared=False)
-        return streams.ImageSet(torch.from_numpy(images.copy()), clean.labels, clean.classes)
+        return tta_streams.ImageSet(torch.from_numpy(images.copy()), clean.labels, clean.classes)
 
-    return streams.PrecomputedSource("stored", load)
+    return tta_streams.PrecomputedSource("stored", load)
 
 
 def test_both_sources_serve_the_same_images_and_labels(clean, tmp_path):
@@ -44,8 +44,8 @@ def test_streams_over_either_source_give_the_same_batches(clean, tmp_path, setti
     options = dict(
         corruptions=["fog", "saturate"], severities=[2, 5], setting=setting, batch_size=16, seed=3, cache_dir=tmp_path
     )
-    a = list(streams.Stream(clean, **options).episodes())
-    b = list(streams.Stream(stored_copy(on_the_fly, clean), **options).episodes())
+    a = list(tta_streams.Stream(clean, **options).episodes())
+    b = list(tta_streams.Stream(stored_copy(on_the_fly, clean), **options).episodes())
     assert [label for label, _ in a] == [label for label, _ in b]
     for (_, batches_a), (_, batches_b) in zip(a, b):
         for x, y in zip(batches_a, batches_b):
@@ -64,7 +64,7 @@ def test_each_source_refuses_what_it_cannot_serve(clean, tmp_path):
         ).check(None, [5])
     with pytest.raises(ValueError, match="already corrupted"):
         open_source(
-            streams.PrecomputedSource("x", lambda *a: clean), n_examples=None, seed=0, table="cifar", cache=cache
+            tta_streams.PrecomputedSource("x", lambda *a: clean), n_examples=None, seed=0, table="cifar", cache=cache
         )
     with pytest.raises(ValueError, match="unknown table 'tiny'"):
         open_source(clean, n_examples=None, seed=0, table="tiny", cache=cache).check(["fog"], [5])

@@ -1,11 +1,11 @@
-"""``streams.ImageSet`` from a user's tensors and from a file."""
+"""``tta_streams.ImageSet`` from a user's tensors and from a file."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from streams import ImageSet
+from tta_streams import ImageSet
 
 
 def test_from_tensors_stores_floats_in_0_1_as_uint8_and_names_the_classes():

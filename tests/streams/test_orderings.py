@@ -1,11 +1,11 @@
-"""Label orderings (spec S3), tested on label arrays alone."""
+"""Label orderings (docs/reference/stream_algorithms.md), tested on label arrays alone."""
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.orderings import (
+from tta_streams.orderings import (
     dirichlet_chunks,
     dirichlet_order,
     label_stats,

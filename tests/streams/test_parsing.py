@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import streams
-from streams.parsing import (
+import tta_streams
+from tta_streams.parsing import (
     parse_corruptions,
     parse_severities,
     parse_severity_list,
@@ -17,8 +17,8 @@ from streams.parsing import (
 @pytest.mark.parametrize(
     ("given", "expected"),
     [
-        ("all", tuple(streams.CORRUPTIONS)),
-        (["all"], tuple(streams.CORRUPTIONS)),
+        ("all", tuple(tta_streams.CORRUPTIONS)),
+        (["all"], tuple(tta_streams.CORRUPTIONS)),
         ("none", ("none",)),
         (None, ("none",)),
         (["none"], ("none",)),
@@ -90,9 +90,9 @@ def test_split_list_drops_blanks():
 
 
 def test_stream_and_grid_accept_the_same_corruption_spellings(tmp_path):
-    from benchmarks import grid
+    from tta_bench import grid
 
     for text in ("all", "none", "fog, snow"):
         config = grid.make_config(dataset="fmnist-c", policies="source", corruptions=text)
-        stream = streams.Stream("fmnist", corruptions=text, n_examples=10, cache_dir=tmp_path)
+        stream = tta_streams.Stream("fmnist", corruptions=text, n_examples=10, cache_dir=tmp_path)
         assert [c for c, _ in stream.domains] == [c for c, _ in grid.domains(config, "single")]

@@ -1,12 +1,12 @@
-"""Seeds are integers everywhere in the public streams API (spec S5: reproducible from ``seed``)."""
+"""Seeds are integers everywhere in the public streams API (docs/streams.md: reproducible from ``seed``)."""
 
 import numpy as np
 import pytest
 import torch
 
-import streams
-from streams._seeds import check_seed
-from streams.orderings import dirichlet_chunks, dirichlet_order, iid_order, order_indices, slots_order, sorted_order
+import tta_streams
+from tta_streams._seeds import check_seed
+from tta_streams.orderings import dirichlet_chunks, dirichlet_order, iid_order, order_indices, slots_order, sorted_order
 
 NOT_INTEGERS = [1.5, 1.0, True, "1", np.float64(1.0), np.float32(2.0), None, torch.tensor(1)]
 
@@ -15,13 +15,13 @@ NOT_INTEGERS = [1.5, 1.0, True, "1", np.float64(1.0), np.float32(2.0), None, tor
 def test_corrupt_refuses_a_seed_that_is_not_an_integer(seed):
     images = torch.zeros(2, 1, 8, 8, dtype=torch.uint8)
     with pytest.raises(TypeError, match="seed must be an integer"):
-        streams.corrupt(images, "gaussian_noise", 3, seed=seed)
+        tta_streams.corrupt(images, "gaussian_noise", 3, seed=seed)
 
 
 @pytest.mark.parametrize("seed", NOT_INTEGERS, ids=repr)
 def test_stream_refuses_a_seed_that_is_not_an_integer(tmp_path, seed):
     with pytest.raises(TypeError, match="seed must be an integer"):
-        streams.Stream("fmnist", corruptions=["fog"], n_examples=20, seed=seed, cache_dir=tmp_path)
+        tta_streams.Stream("fmnist", corruptions=["fog"], n_examples=20, seed=seed, cache_dir=tmp_path)
 
 
 ORDER_CALLS = {
@@ -54,11 +54,11 @@ def test_orderings_take_an_integer_seed_as_a_fresh_generator(call):
 
 def test_numpy_integer_seeds_equal_python_ints(tmp_path):
     images = torch.arange(2 * 64, dtype=torch.uint8).reshape(2, 1, 8, 8)
-    expected = streams.corrupt(images, "gaussian_noise", 3, seed=5)
+    expected = tta_streams.corrupt(images, "gaussian_noise", 3, seed=5)
     for seed in (np.int64(5), np.uint8(5), np.int32(5)):
-        assert torch.equal(streams.corrupt(images, "gaussian_noise", 3, seed=seed), expected)
-    a = streams.Stream("fmnist", corruptions=None, n_examples=20, seed=np.int64(3), cache_dir=tmp_path)
-    b = streams.Stream("fmnist", corruptions=None, n_examples=20, seed=3, cache_dir=tmp_path)
+        assert torch.equal(tta_streams.corrupt(images, "gaussian_noise", 3, seed=seed), expected)
+    a = tta_streams.Stream("fmnist", corruptions=None, n_examples=20, seed=np.int64(3), cache_dir=tmp_path)
+    b = tta_streams.Stream("fmnist", corruptions=None, n_examples=20, seed=3, cache_dir=tmp_path)
     assert a.seed == 3 and type(a.seed) is int
     assert all(torch.equal(x.y, y.y) for x, y in zip(a, b, strict=True))
 
@@ -68,7 +68,7 @@ def test_seeds_out_of_range_are_refused_so_distinct_seeds_stay_distinct():
     images = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
     for seed in (-1, 2**64):
         with pytest.raises(ValueError, match=r"seed must lie in 0..2\*\*64-1"):
-            streams.corrupt(images, "gaussian_noise", 3, seed=seed)
+            tta_streams.corrupt(images, "gaussian_noise", 3, seed=seed)
     assert check_seed(2**64 - 1) == 2**64 - 1 and check_seed(np.uint64(2**64 - 1)) == 2**64 - 1
 
 

@@ -1,12 +1,12 @@
-"""Domain settings (spec S4)."""
+"""Domain settings (docs/reference/stream_algorithms.md)."""
 
 import numpy as np
 import pytest
 
-import streams
-from streams.settings import Episode, plan
+import tta_streams
+from tta_streams.settings import Episode, plan
 
-# The standard order, written out from spec S2 (independent of the corruption engine's constant).
+# The standard order, written out from docs/corruptions.md (independent of the corruption engine's constant).
 STANDARD = [
     "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
     "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
@@ -15,7 +15,7 @@ STANDARD = [
 
 
 def test_continual_over_all_corruptions_visits_the_standard_order_in_one_episode(tmp_path):
-    stream = streams.Stream("fmnist", corruptions="all", setting="continual", n_examples=100, cache_dir=tmp_path)
+    stream = tta_streams.Stream("fmnist", corruptions="all", setting="continual", n_examples=100, cache_dir=tmp_path)
     assert stream.domains == [(c, 5) for c in STANDARD]
     assert plan("continual", STANDARD, [5]) == [Episode(tuple((c, 5) for c in STANDARD))]
 
@@ -38,7 +38,7 @@ def test_mixed_is_one_episode_over_the_union():
 
 
 def test_mixed_stream_mixes_domains_inside_batches(tmp_path):
-    stream = streams.Stream(
+    stream = tta_streams.Stream(
         "fmnist",
         corruptions=["brightness", "contrast"],
         setting="mixed",
@@ -57,7 +57,7 @@ def test_mixed_stream_mixes_domains_inside_batches(tmp_path):
 
 
 def test_gradual_stream_repeats_domains_with_fresh_label_orders(tmp_path):
-    stream = streams.Stream(
+    stream = tta_streams.Stream(
         "fmnist", corruptions=["brightness"], setting="gradual", n_examples=40, batch_size=40, cache_dir=tmp_path
     )
     assert stream.domains == [("brightness", s) for s in (1, 2, 3, 4, 5, 4, 3, 2, 1)]
@@ -70,4 +70,4 @@ def test_unknown_setting_and_clean_gradual_are_errors():
     with pytest.raises(ValueError, match=r"unknown setting 'episodic'.*single, continual, mixed, gradual"):
         plan("episodic", ["fog"], [5])
     with pytest.raises(ValueError, match="gradual"):
-        streams.Stream("fmnist", corruptions=None, setting="gradual")
+        tta_streams.Stream("fmnist", corruptions=None, setting="gradual")

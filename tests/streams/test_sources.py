@@ -1,4 +1,4 @@
-"""Data sources (spec S1): embedded Fashion-MNIST, robustbench's CIFAR-C / ImageNet-C through tiny files
+"""Data sources (docs/streams.md): embedded Fashion-MNIST, robustbench's CIFAR-C / ImageNet-C through tiny files
 in the real on-disk layout, and the robustbench import shim."""
 
 import gzip
@@ -13,10 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-import streams
-import streams.fmnist as fm
-from streams._robustbench import import_robustbench
-from streams.corruption_sets import _imagenet_helper_files
+import tta_streams
+import tta_streams.fmnist as fm
+from tta_streams._robustbench import import_robustbench
+from tta_streams.corruption_sets import _imagenet_helper_files
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -27,12 +27,12 @@ def write_idx(path: Path, array: np.ndarray) -> None:
 
 # ----------------------------------------------------------------------------- Fashion-MNIST
 def test_embedded_test_split_is_the_balanced_10000_image_set_with_its_licence():
-    data = streams.fashion_mnist()
+    data = tta_streams.fashion_mnist()
     assert data.images.shape == (10_000, 1, 28, 28) and data.images.dtype == torch.uint8
     assert data.labels.dtype == torch.int64
     assert torch.equal(data.labels.bincount(), torch.full((10,), 1000))  # 1,000 test images per class
     assert data.classes[0] == "T-shirt/top" and data.classes[9] == "Ankle boot"
-    licence = (resources.files("streams") / "data" / "fashion_mnist" / "LICENSE").read_text()
+    licence = (resources.files("tta_streams") / "data" / "fashion_mnist" / "LICENSE").read_text()
     assert "MIT" in licence and "Zalando" in licence and "2017" in licence
 
 
@@ -52,7 +52,7 @@ def test_train_split_is_read_from_root_in_both_layouts(tmp_path, layout):
     images = np.random.default_rng(0).integers(0, 256, (6, 28, 28), dtype=np.uint8)
     write_idx(folder / "train-images-idx3-ubyte.gz", images)
     write_idx(folder / "train-labels-idx1-ubyte.gz", np.array([0, 1, 2, 9, 9, 3]))
-    data = streams.fashion_mnist("train", root=tmp_path)
+    data = tta_streams.fashion_mnist("train", root=tmp_path)
     assert torch.equal(data.images[:, 0], torch.from_numpy(images))
     assert data.labels.tolist() == [0, 1, 2, 9, 9, 3]
 
@@ -60,9 +60,9 @@ def test_train_split_is_read_from_root_in_both_layouts(tmp_path, layout):
 def test_missing_train_split_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(fm, "_debian_dirs", lambda: [])
     with pytest.raises(FileNotFoundError, match=r"train-images-idx3-ubyte.gz.*dataset-fashion-mnist"):
-        streams.fashion_mnist("train", root=tmp_path, download=False)
+        tta_streams.fashion_mnist("train", root=tmp_path, download=False)
     with pytest.raises(ValueError, match="unknown split"):
-        streams.fashion_mnist("val")
+        tta_streams.fashion_mnist("val")
 
 
 # ----------------------------------------------------------------------------- robustbench
@@ -88,7 +88,7 @@ def write_cifar_c(root: Path, folder: str, corruptions, seed: int = 0) -> tuple[
 
 def test_cifar10c_domain_is_loaded_exactly_through_robustbench(tmp_path):
     files, labels = write_cifar_c(tmp_path, "CIFAR-10-C", ["fog"])
-    data = streams.cifar_c("cifar10-c", "fog", 3, tmp_path, n_examples=25)
+    data = tta_streams.cifar_c("cifar10-c", "fog", 3, tmp_path, n_examples=25)
     expected = files["fog"][20_000:20_025].transpose(0, 3, 1, 2)  # severity 3 = third block of 10,000
     assert data.images.dtype == torch.uint8 and np.array_equal(data.images.numpy(), expected)
     assert data.labels.dtype == torch.int64 and data.labels.tolist() == labels[:25].tolist()
@@ -97,23 +97,23 @@ def test_cifar10c_domain_is_loaded_exactly_through_robustbench(tmp_path):
 
 def test_cifar100c_missing_files_are_one_clear_error_and_nothing_is_downloaded(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"CIFAR-100-C[/\\]fog\.npy is missing.*zenodo\.org/records/3555552"):
-        streams.cifar_c("cifar100-c", "fog", 5, tmp_path / "data")
+        tta_streams.cifar_c("cifar100-c", "fog", 5, tmp_path / "data")
     assert not (tmp_path / "data").exists()  # robustbench would have created it and started a download
     write_cifar_c(tmp_path, "CIFAR-10-C", ["fog"])
     with pytest.raises(FileNotFoundError, match=r"snow\.npy is missing.*2535967"):
-        streams.cifar_c("cifar10-c", "snow", 5, tmp_path)
+        tta_streams.cifar_c("cifar10-c", "snow", 5, tmp_path)
 
 
 def test_cifar_c_bad_arguments(tmp_path):
     write_cifar_c(tmp_path, "CIFAR-10-C", ["fog"])
     with pytest.raises(ValueError, match="unknown precomputed set"):
-        streams.cifar_c("cifar10", "fog", 5, tmp_path)
+        tta_streams.cifar_c("cifar10", "fog", 5, tmp_path)
     with pytest.raises(ValueError, match="severity"):
-        streams.cifar_c("cifar10-c", "fog", 6, tmp_path)
+        tta_streams.cifar_c("cifar10-c", "fog", 6, tmp_path)
     with pytest.raises(ValueError, match="unknown corruption"):
-        streams.cifar_c("cifar10-c", "mist", 5, tmp_path)
+        tta_streams.cifar_c("cifar10-c", "mist", 5, tmp_path)
     with pytest.raises(ValueError, match="larger than"):
-        streams.cifar_c("cifar10-c", "fog", 5, tmp_path, n_examples=10_001)
+        tta_streams.cifar_c("cifar10-c", "fog", 5, tmp_path, n_examples=10_001)
 
 
 def write_imagenet_c(root: Path, corruption: str, severity: int, n: int) -> list[np.ndarray]:
@@ -132,7 +132,7 @@ def write_imagenet_c(root: Path, corruption: str, severity: int, n: int) -> list
 
 def test_imagenet_c_domain_is_loaded_through_robustbench(tmp_path):
     decoded = write_imagenet_c(tmp_path, "fog", 2, 3)
-    data = streams.imagenet_c("fog", 2, tmp_path, n_examples=3)
+    data = tta_streams.imagenet_c("fog", 2, tmp_path, n_examples=3)
     assert np.array_equal(data.images.numpy(), np.stack(decoded).transpose(0, 3, 1, 2))
     ids, _ = _imagenet_helper_files()
     class_index = json.loads(
@@ -146,20 +146,20 @@ def test_imagenet_c_domain_is_loaded_through_robustbench(tmp_path):
 
 def test_imagenet_c_missing_files_are_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"ImageNet-C[/\\]fog[/\\]5 is missing.*zenodo"):
-        streams.imagenet_c("fog", 5, tmp_path)
+        tta_streams.imagenet_c("fog", 5, tmp_path)
     write_imagenet_c(tmp_path, "fog", 5, 2)
     with pytest.raises(FileNotFoundError, match=r"\.JPEG is missing"):
-        streams.imagenet_c("fog", 5, tmp_path, n_examples=3)
+        tta_streams.imagenet_c("fog", 5, tmp_path, n_examples=3)
     with pytest.raises(ValueError, match="larger than"):
-        streams.imagenet_c("fog", 5, tmp_path, n_examples=5001)
+        tta_streams.imagenet_c("fog", 5, tmp_path, n_examples=5001)
 
 
 def test_stream_over_a_precomputed_source_never_corrupts_again(tmp_path, monkeypatch):
     files, labels = write_cifar_c(tmp_path, "CIFAR-10-C", ["fog", "snow"])
-    monkeypatch.setattr("streams.corruptions.corrupt", lambda *a, **k: pytest.fail("corrupted again"))
-    source = streams.cifar_c_source("cifar10-c", tmp_path)
+    monkeypatch.setattr("tta_streams.corruptions.corrupt", lambda *a, **k: pytest.fail("corrupted again"))
+    source = tta_streams.cifar_c_source("cifar10-c", tmp_path)
     for setting in ["continual", "mixed"]:
-        stream = streams.Stream(
+        stream = tta_streams.Stream(
             source,
             corruptions=["fog", "snow"],
             severities=[1, 4],
@@ -180,36 +180,36 @@ def test_stream_over_a_precomputed_source_never_corrupts_again(tmp_path, monkeyp
             expected = [(tuple(img.flatten().tolist()), int(y)) for img, y in zip(block, labels[:30])]
             assert sorted(items) == sorted(expected)
     with pytest.raises(ValueError, match="already corrupted"):
-        streams.Stream(source, corruptions=["fog"], table="cifar")
+        tta_streams.Stream(source, corruptions=["fog"], table="cifar")
     with pytest.raises(ValueError, match="no clean domain"):
-        streams.Stream(source, corruptions=None)
+        tta_streams.Stream(source, corruptions=None)
 
 
 def test_a_loaded_cifar_c_domain_is_refused_as_a_stream_source(tmp_path, monkeypatch):
     write_cifar_c(tmp_path, "CIFAR-10-C", ["fog"])
-    monkeypatch.setattr("streams.corruptions.corrupt", lambda *a, **k: pytest.fail("corrupted again"))
-    loaded = streams.cifar_c("cifar10-c", "fog", 3, tmp_path, n_examples=30)
+    monkeypatch.setattr("tta_streams.corruptions.corrupt", lambda *a, **k: pytest.fail("corrupted again"))
+    loaded = tta_streams.cifar_c("cifar10-c", "fog", 3, tmp_path, n_examples=30)
     assert loaded.precorrupted == ("cifar10-c", "fog", 3) and loaded.head(10).precorrupted == loaded.precorrupted
     for corruptions in (["snow"], None):  # corrupted again, or labelled clean: both wrong
         with pytest.raises(
             ValueError,
             match=r"cifar10-c fog at severity 3.*already corrupted.*"
-            r"streams\.cifar_c_source\('cifar10-c', data_dir\)",
+            r"tta_streams\.cifar_c_source\('cifar10-c', data_dir\)",
         ):
-            streams.Stream(loaded, corruptions=corruptions, cache_dir=tmp_path / "cache")
+            tta_streams.Stream(loaded, corruptions=corruptions, cache_dir=tmp_path / "cache")
     assert not (tmp_path / "cache").exists()
 
 
 def test_a_loaded_imagenet_c_domain_is_refused_as_a_stream_source(tmp_path):
     write_imagenet_c(tmp_path, "fog", 2, 3)
-    loaded = streams.imagenet_c("fog", 2, tmp_path, n_examples=3)
+    loaded = tta_streams.imagenet_c("fog", 2, tmp_path, n_examples=3)
     assert loaded.precorrupted == ("imagenet-c", "fog", 2)
-    with pytest.raises(ValueError, match=r"imagenet-c fog at severity 2.*streams\.imagenet_c_source\(data_dir\)"):
-        streams.Stream(loaded, corruptions=["fog"], n_examples=3, cache_dir=tmp_path / "cache")
+    with pytest.raises(ValueError, match=r"imagenet-c fog at severity 2.*tta_streams\.imagenet_c_source\(data_dir\)"):
+        tta_streams.Stream(loaded, corruptions=["fog"], n_examples=3, cache_dir=tmp_path / "cache")
 
 
 def test_clean_image_sets_are_unmarked_and_a_bad_marker_is_an_error():
-    assert streams.fashion_mnist().precorrupted is None
+    assert tta_streams.fashion_mnist().precorrupted is None
     images, labels = torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.zeros(2, dtype=torch.int64)
     with pytest.raises(ValueError, match="precorrupted must be None or"):
-        streams.ImageSet(images, labels, ["a"], precorrupted="fog")
+        tta_streams.ImageSet(images, labels, ["a"], precorrupted="fog")

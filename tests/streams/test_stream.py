@@ -1,4 +1,4 @@
-"""The stream object (spec S5) on a small subset of the embedded set with cheap corruptions."""
+"""The stream object (docs/streams.md) on a small subset of the embedded set with cheap corruptions."""
 
 import subprocess
 import sys
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-import streams
-from streams._seeds import derive_seed
-from streams.corruptions import corrupt
+import tta_streams
+from tta_streams._seeds import derive_seed
+from tta_streams.corruptions import corrupt
 
 N = 200
 
@@ -18,7 +18,7 @@ N = 200
 def small(tmp_path, **kwargs):
     options = dict(corruptions=["brightness", "contrast"], n_examples=N, batch_size=64, cache_dir=tmp_path)
     options.update(kwargs)
-    return streams.Stream("fmnist", **options)
+    return tta_streams.Stream("fmnist", **options)
 
 
 def as_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -43,7 +43,7 @@ def test_batches_have_the_documented_types_and_shapes(tmp_path):
 
 
 def test_each_domain_holds_exactly_the_corrupted_source_images_with_their_labels(tmp_path):
-    clean = streams.fashion_mnist().head(N)
+    clean = tta_streams.fashion_mnist().head(N)
     stream = small(tmp_path, corruptions=["brightness", "gaussian_noise"], severities=[2], seed=7, batch_size=50)
     for domain, batches in stream.episodes():
         batches = list(batches)
@@ -54,7 +54,7 @@ def test_each_domain_holds_exactly_the_corrupted_source_images_with_their_labels
 
 
 def test_clean_stream_returns_the_source_images(tmp_path):
-    clean = streams.fashion_mnist().head(N)
+    clean = tta_streams.fashion_mnist().head(N)
     (batches,) = [list(b) for _, b in small(tmp_path, corruptions=None, batch_size=1).episodes()]
     assert len(batches) == N and {b.domain[0] for b in batches} == {("none", 0)}
     got = torch.cat([as_uint8(b.x) for b in batches])
@@ -110,7 +110,7 @@ def test_corrupted_domains_are_cached_on_disk_and_reused(tmp_path, monkeypatch):
             pytest.fail("cache not used")
         return real_corrupt(images, *args, **kwargs)
 
-    monkeypatch.setattr("streams.corruptions.corrupt", corrupt_nothing)
+    monkeypatch.setattr("tta_streams.corruptions.corrupt", corrupt_nothing)
     again = list(small(tmp_path, setting="continual"))[1:]
     assert all(torch.equal(a.x, b.x) for a, b in zip(first, again, strict=True))
     # a different seed, severity or table is a different domain: a cache miss
@@ -119,8 +119,8 @@ def test_corrupted_domains_are_cached_on_disk_and_reused(tmp_path, monkeypatch):
 
 
 SCRIPT = """
-import hashlib, sys, streams
-stream = streams.Stream("fmnist", corruptions=["gaussian_noise", "contrast"], severities=[3], order="dirichlet:0.1",
+import hashlib, sys, tta_streams
+stream = tta_streams.Stream("fmnist", corruptions=["gaussian_noise", "contrast"], severities=[3], order="dirichlet:0.1",
                         setting="mixed", n_examples=120, batch_size=32, seed=5, cache_dir=sys.argv[1])
 digest = hashlib.sha256()
 for b in stream:
@@ -164,16 +164,16 @@ def test_bad_input_is_a_clear_error(tmp_path, kwargs, error, message):
     options = dict(corruptions=["fog"], cache_dir=tmp_path)
     options.update(kwargs)
     with pytest.raises(error, match=message):
-        streams.Stream("fmnist", **options)
+        tta_streams.Stream("fmnist", **options)
 
 
 def test_bad_sources_are_clear_errors():
     with pytest.raises(ValueError, match="unknown source 'cifar10'"):
-        streams.Stream("cifar10")
+        tta_streams.Stream("cifar10")
     with pytest.raises(TypeError, match="source must be"):
-        streams.Stream(np.zeros((3, 1, 28, 28)))
+        tta_streams.Stream(np.zeros((3, 1, 28, 28)))
     with pytest.raises(ValueError, match=r"dirichlet:0.1: 50 samples cannot fill 10 chunks"):
-        streams.Stream("fmnist", corruptions=["fog"], n_examples=50, order="dirichlet:0.1")
+        tta_streams.Stream("fmnist", corruptions=["fog"], n_examples=50, order="dirichlet:0.1")
 
 
 def test_batch_unpacks_as_x_y_domain_and_keeps_its_fields(tmp_path):
@@ -206,7 +206,7 @@ def test_a_dataloader_over_the_stream_yields_the_same_batches(tmp_path, num_work
     got = list(loader)
     assert len(got) == len(expected)
     for a, b in zip(got, expected, strict=True):
-        assert isinstance(a, streams.Batch)
+        assert isinstance(a, tta_streams.Batch)
         assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
         assert a.domain == b.domain and all(type(d) is tuple for d in a.domain)  # not collated into lists
 

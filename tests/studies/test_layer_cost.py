@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks.source_model import load_bundled_model
 from studies import layer_cost
+from tta_bench.source_model import load_bundled_model
 
 pytestmark = pytest.mark.slow
 

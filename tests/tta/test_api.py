@@ -1,11 +1,10 @@
-"""adapt / reset / detach / paused / policy_layers: the attach contract and its errors (spec M0)."""
+"""adapt / reset / detach / paused / policy_layers: the attach contract and its errors (docs/reference/notation.md)."""
 
 from __future__ import annotations
 
-import math
 import pkgutil
 import re
-import sys
+from pathlib import Path
 
 import pytest
 import timm.layers
@@ -17,21 +16,20 @@ import tta
 from tests.tta.conftest import build, give_source_statistics, inputs
 
 
-def spec_section(policy: str) -> float:
-    """The section of the spec a policy's module names (``(spec M3)``); a policy outside the spec sorts last."""
-    found = re.search(r"\(spec M(\d+)\)", sys.modules[tta.get_policy(policy).__module__].__doc__ or "")
-    return int(found.group(1)) if found else math.inf
+def docs_order() -> list[str]:
+    """The policies in the order of the docs' policy index (its toctree)."""
+    index = (Path(__file__).resolve().parents[2] / "docs" / "policies" / "index.md").read_text()
+    toctree = re.search(r"```\{toctree\}\n(.*?)```", index, flags=re.S).group(1)
+    return [line.strip() for line in toctree.splitlines() if line.strip() and not line.startswith(":")]
 
 
-def test_policies_are_one_module_each_in_the_order_of_the_spec() -> None:
+def test_policies_are_one_module_each_registered_in_the_order_of_the_docs() -> None:
     names = tta.list_policies()
     packaged = [name for name in names if tta.get_policy(name).__module__.startswith("tta.policies.")]
     assert [tta.get_policy(name).__module__ for name in packaged] == [f"tta.policies.{name}" for name in packaged]
     modules = {module.name for module in pkgutil.iter_modules(tta.policies.__path__)}
     assert set(packaged) == modules - {"base", "running"}
-    assert names == sorted(names, key=spec_section)
-    sections = [spec_section(name) for name in names if spec_section(name) != math.inf]
-    assert len(set(sections)) == len(sections)
+    assert names == docs_order()
 
 
 def test_options_and_defaults_are_those_of_the_spec() -> None:

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from streams.orderings import label_stats
 from tta import CorrelationMeter
 from tta.correlation import expected_iid_distance
+from tta_streams.orderings import label_stats
 
 
 def one_hot(labels: list[int], classes: int = 2) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Option checking from each option's declared type and range (spec M8b), before anything is swapped."""
+"""Option checking from each option's declared type and range (docs/policies/index.md), before anything is swapped."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tests.tta.conftest import build
 from tta.options import Choice, Range, declared_options, validate_options
 
 # (policy, option, values refused for their type, values refused for their range, values accepted):
-# the ranges of spec M5-M7, M10-M12 written out by hand.
+# the ranges of docs/policies/index.md written out by hand.
 CASES = [
     ("alpha_bn", "alpha", ["0.1", None, True], [-0.1, 1.5, float("nan"), float("inf")], [0, 1, 0.5, np.float32(0.25)]),
     ("rbn", "alpha", ["0.1", [0.1]], [-1e-9, 1.0001, float("-inf")], [0.0, 1.0, np.float64(0.05)]),
@@ -93,7 +93,7 @@ def test_options_that_constrain_each_other_are_checked_together() -> None:
 
 
 def test_an_option_declared_with_none_takes_none_and_the_policy_says_what_it_means() -> None:
-    """``adab2n`` ``momentum: float | None``: None (the default) is the layer's BN momentum (spec M10)."""
+    """``adab2n`` ``momentum: float | None``: None (the default) is the layer's BN momentum."""
     model = build("small_cnn")
     model[1].momentum, model[4].momentum = 0.3, None  # None: PyTorch's cumulative average; taken as 0.1
     tta.adapt(model, "adab2n", momentum=None)

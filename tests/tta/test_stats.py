@@ -1,4 +1,4 @@
-"""The shared statistics maths (spec M0, M3), with hypothesis for the pooled-merge invariant."""
+"""The shared statistics maths (docs/reference/notation.md), with hypothesis for the pooled-merge invariant."""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
-"""One method per module; importing them registers them: ``none`` first, then in the order of spec M13, then
-``dua`` (spec M5's single-image protocol)."""
+"""The methods stacked on a policy, one module each; importing them registers them, in the order
+:func:`tta.list_methods` gives: ``none``, ``tent``, ``rotta``, ``dua``, ``lame``.
+
+See :doc:`/methods/index` for what each does and :doc:`/concepts` for how a method stacks on a policy.
+"""
 
 import sys
 

@@ -1,4 +1,8 @@
-"""The method every test-time adaptation method derives from (spec M13)."""
+"""The base classes of the methods: :class:`Method` (a learner wrapping an adapted model) and
+:class:`GradientMethod` (one that trains the policy layers' affine parameters with Adam).
+
+See :doc:`/concepts` for the lifecycle of a learner and how to write a method of your own.
+"""
 
 from __future__ import annotations
 
@@ -19,10 +23,10 @@ from tta.stats import all_finite
 logger = logging.getLogger(__name__)
 
 LEARNING_RATE = Range(0, 1, low_open=True)
-"""The range of a method's Adam learning rate: Adam moves each parameter by about ``lr`` per step whatever
-the gradient's scale, and the affine parameters it trains are of order 1 (a BatchNorm's scale and shift),
-so a larger step overshoots them whole; the official values are 1e-3 (Tent on CIFAR, RoTTA) and 2.5e-4
-(Tent on ImageNet)."""
+"""The range of a method's Adam learning rate, (0, 1]: Adam moves each parameter by about ``lr`` per step
+whatever the gradient's scale, and the affine parameters it trains are of order 1 (a BatchNorm's scale and
+shift), so a larger step overshoots them whole. The official values are 1e-3 (Tent on CIFAR, RoTTA) and
+2.5e-4 (Tent on ImageNet)."""
 
 # Each policy layer a learner holds, to the learner (both weak: a learner dropped unreleased holds nothing).
 _HOLDERS: weakref.WeakKeyDictionary[NormPolicy, weakref.ref[Method]] = weakref.WeakKeyDictionary()
@@ -42,23 +46,32 @@ def seeded_generator(seed: int, step: int) -> torch.Generator:
 
 
 class Method(nn.Module):
-    """Wraps a model adapted with ``tta.adapt`` and decides, on every forward, how it adapts (spec M13).
+    """Wraps a model adapted with :func:`tta.adapt` and decides, on every forward, how it adapts: a learner.
 
-    ``forward(x)`` adapts and returns the prediction; while ``paused`` (set by :func:`tta.paused`, which
-    also pauses the policy layers) it only predicts. A subclass writes :meth:`forward_and_adapt`, and
-    :meth:`predict` where its paused prediction is not the model's forward; one that keeps state of its
-    own extends :meth:`reset` (the whole learner back to the moment of attach, policy layers included),
-    and one that changes the model when attached extends :meth:`release` (the model given back). State
-    that must be saved is in buffers or in the module's extra state, so ``state_dict()`` holds all of it;
-    the extra state holds the learner's options too (a subclass keeps each constructor option as the
-    attribute of its name), and ``load_state_dict`` refuses a state saved with other options before
-    loading anything into the learner.
+    Made by :func:`tta.attach_method`, never directly. ``forward(x)`` adapts and returns the prediction;
+    while ``paused`` (set by :func:`tta.paused`, which also pauses the policy layers) it only predicts.
+    A subclass writes :meth:`forward_and_adapt`, and :meth:`predict` where its paused prediction is not
+    the model's forward; one that keeps state of its own extends :meth:`reset` (the whole learner back to
+    the moment of attach, policy layers included), and one that changes the model when attached extends
+    :meth:`release` (the model given back). State that must be saved is in buffers or in the module's
+    extra state, so ``state_dict()`` holds all of it; the extra state holds the learner's options too (a
+    subclass keeps each constructor option as the attribute of its name), and ``load_state_dict`` refuses
+    a state saved with other options before loading anything into the learner.
 
     The model must return ``(batch, classes)`` logits; every model output a method uses passes
     :meth:`check_logits`, before a step uses it. A model's forward also updates the policy layers, so
     before a learner's first adapting call one paused :meth:`predict` (which changes nothing) checks the
     output: a model that never returns logits is refused with no state changed, at the cost of one
     prediction per learner.
+
+    Args:
+        model: a model adapted with :func:`tta.adapt` (it has policy layers) that no other learner holds.
+
+    Raises:
+        ValueError: the model has no policy layer, is a learner, holds one, or has policy layers a learner
+            holds (a model takes one method at a time; :func:`tta.detach` the learner first).
+
+    See :doc:`/concepts` (the lifecycle, what is refused, writing a method) and :doc:`/methods/index`.
     """
 
     method_name: str = ""  # set by tta.registry.register_method
@@ -185,7 +198,11 @@ class Method(nn.Module):
 class GradientMethod(Method):
     """A method that trains ``self.params`` with a torch optimizer, ``self.optimizer``: its state is saved
     as the module's extra state (so ``state_dict()`` holds it, loadable with ``weights_only=True``) and
-    follows the learner's casts and moves."""
+    follows the learner's casts and moves.
+
+    A subclass calls :meth:`train_affine` in its constructor and :meth:`step` with each loss; :meth:`reset`
+    and :meth:`release` then restore the parameters, the optimizer and the flags it changed.
+    """
 
     optimizer: torch.optim.Optimizer
     params: list[nn.Parameter]

@@ -1,4 +1,4 @@
-"""``dua``: DUA's single-image protocol, an update from augmented copies of each input (spec M5, M13)."""
+"""``dua``: DUA's single-image protocol, an update from augmented copies of each input. See :doc:`/methods/dua`."""
 
 from __future__ import annotations
 
@@ -45,29 +45,23 @@ def augment_copies(x: Tensor, copies: int, generator: torch.Generator) -> Tensor
 @register_method("dua")
 class DUA(Method):
     """Each call: the statistics update once from ``copies`` augmentations of every input image, then the
-    original images are predicted with the updated statistics and no further update (spec M5, M13).
+    original images are predicted with the updated statistics and no further update.
 
     Mirza et al. CVPR 2022, "The norm must go on: dynamic unsupervised domain adaptation by normalization"
-    (official jmiemirza/DUA). Over ``momentum_decay`` (its decaying momentum) this is DUA; it runs over
-    every policy. ``copies=64`` is the official code's number of augmentations per image
-    (``get_adaption_inputs_default`` in ``methods/dua.py``); the augmentation is the official one (random
-    crop of the image zero-padded by 4, horizontal flip, rotation by a random multiple of 90 degrees, the
-    last only for square images), see :func:`augment_copies`. Image batches only: a model without a
+    (official ``jmiemirza/DUA``, ``methods/dua.py``). Over ``momentum_decay`` (its decaying momentum,
+    :doc:`/policies/momentum_decay`) this is DUA; it runs over every policy. The augmentation is the
+    official one (:func:`augment_copies`): a random crop of the image zero-padded by 4, a random
+    horizontal flip and, for square images, a rotation by a random multiple of 90 degrees. Nothing trains:
+    the learner holds only the update counter ``updates``. Image batches only: a model without a
     BatchNorm2d layer is refused at attach, a call with an input that is not (N, C, H, W) raises.
 
-    Randomness: the k-th update draws from a generator seeded by ``(seed, k)``
-    (:func:`tta.methods.base.seeded_generator`), so the same seed gives the same predictions, in any
-    process, and ``reset`` replays them. Nothing trains: the learner holds only the update counter.
+    Args:
+        copies: augmented copies of each input image in the update batch, >= 1; the official code's 64.
+        seed: the k-th update draws its augmentations from a generator seeded by ``(seed, k)``
+            (:func:`tta.methods.base.seeded_generator`), so one seed gives the same predictions in any
+            process, and :func:`tta.reset` replays them.
 
-    Departures from the official code, on purpose: each input is predicted online, right after its own
-    update, where the official script re-evaluates the whole test set after each of its first 80 images
-    and reports the best (spec references, DUA); a call with B images makes one update batch of the B x
-    ``copies`` augmentations (the official code adapts one image at a time: call with B = 1 for that);
-    the update pass normalizes as the policy does (``momentum_decay``: with its updated running
-    statistics), where official train-mode BatchNorm normalizes the copies with their own batch
-    statistics, so deeper layers see other features while they update. The padding is zero in
-    the model's input space: black, as the official padding of the image before normalization, for models
-    that take unnormalized images (the bundled and benchmark models).
+    See :doc:`/methods/dua` (the rule, the departures from the official protocol, when to use it).
     """
 
     updates: Tensor

@@ -1,4 +1,5 @@
-"""``lame``: Laplacian-regularized maximum likelihood over the batch, on the model's outputs (spec M13)."""
+"""``lame``: Laplacian-regularized maximum likelihood over the batch, on the model's outputs. See
+:doc:`/methods/lame`."""
 
 from __future__ import annotations
 
@@ -16,28 +17,28 @@ from tta.surgery import last_linear, remove_hooks
 
 @register_method("lame")
 class Lame(Method):
-    """The batch's class assignments refined by Laplacian-regularized maximum likelihood (spec M13).
+    """The batch's class assignments refined by Laplacian-regularized maximum likelihood.
 
-    Boudiaf et al. CVPR 2022, "Parameter-free online test-time adaptation", as implemented in
-    ``mariodoebler/test-time-adaptation`` (``classification/methods/lame.py``). Forward-only and output-level: the
-    model (with whatever policy it was adapted with) predicts; with ``unary = -log(softmax + 1e-10)`` and
-    an affinity ``W`` between the L2-normalized features entering the classifier, ``Y`` iterates
-    ``softmax(-unary + W Y)`` (:func:`laplacian_optimization`). No parameter changes and no gradient
-    flows. The features are the input of the model's last ``nn.Linear`` (its classifier), read by a
-    forward pre-hook that ``tta.detach`` removes; a model without one is refused.
+    Boudiaf et al. CVPR 2022, "Parameter-free online test-time adaptation" (official ``fiveai/LAME``,
+    ``src/adaptation/lame.py``; as ``mariodoebler/test-time-adaptation``, ``classification/methods/lame.py``).
+    Forward-only and output-level: the adapted model (over whatever policy) predicts ``p``; with
+    ``unary = -log(p + 1e-10)`` and an affinity ``W`` between the L2-normalized features entering the
+    classifier, ``Y`` iterates ``softmax(-unary + W Y)`` from ``Y = p`` until the energy settles (at most
+    100 steps; :func:`tta.laplacian.lame_refinement`). The output is ``log Y``, so it reads as logits. No
+    parameter changes and no gradient flows. The features are the input of the model's last ``nn.Linear``
+    (its classifier), read by a forward pre-hook that :func:`tta.detach` removes; a model without one is
+    refused. While paused the policy layers update nothing and LAME still refines: it holds no state, the
+    refinement is the prediction.
 
-    Defaults: the binary kNN affinity with ``knn = 5``, no forced symmetry: the LAME authors'
-    ``overall_best.yaml`` as NOTE's implementation records it (``learner/lame.py``: kNN, k = 5, sigma 1),
-    the setting of the label-correlated benchmarks (NOTE, TRIBE's config) the issue's figures come from.
-    ``rbf`` (the default of ``mariodoebler``'s and the LAME repository's ``defaults.py``) weighs every
-    pair by ``exp(-d^2 / 2 sigma^2)``, its bandwidth the mean distance to the ``knn``-th nearest row (the
-    row itself counted); ``linear``, the dot products. ``SIGMA = 1`` in those configs is read by no
-    affinity (``rbf`` computes its own), so it is not an option here.
+    Args:
+        affinity: how ``W`` weighs a pair of samples. ``"knn"``: 1 to each sample's ``knn`` nearest others,
+            0 elsewhere (the LAME authors' best overall setting). ``"rbf"``: ``exp(-d^2 / 2 sigma^2)`` for
+            every pair, ``sigma`` the mean distance to the ``knn``-th nearest sample (the sample itself
+            counted). ``"linear"``: the dot products of the normalized features.
+        knn: the number of neighbours of ``"knn"``, and the neighbour that sets the ``"rbf"`` bandwidth, >= 1.
+        force_symmetry: use ``(W + W^T) / 2`` instead of ``W`` (a kNN affinity is not symmetric).
 
-    Departures, on purpose: the output is ``log Y`` (its softmax is LAME's ``Y``, its argmax the same
-    class), so it reads as logits like every other method's; with ``rbf`` and a zero bandwidth (a
-    batch of one) the kernel is its limit instead of NaN. While paused the policy layers update nothing
-    and LAME still refines the prediction: it holds no state, the refinement is the prediction.
+    See :doc:`/methods/lame` (the rule, the choice of default affinity, when to use it).
     """
 
     output_level = True

@@ -1,4 +1,4 @@
-"""``tent``: entropy minimization of the normalization layers' affine parameters (spec M13)."""
+"""``tent``: entropy minimization of the normalization layers' affine parameters. See :doc:`/methods/tent`."""
 
 from __future__ import annotations
 
@@ -19,26 +19,33 @@ def softmax_entropy(logits: Tensor) -> Tensor:
 
 @register_method("tent")
 class Tent(GradientMethod):
-    """Each batch: predict, then one Adam step on the batch's mean prediction entropy (spec M13).
+    """Each batch: predict, then one Adam step on the batch's mean prediction entropy.
 
     Wang et al. ICLR 2021, "Tent: fully test-time adaptation by entropy minimization" (official
-    DequanWang/tent). Only the policy layers' affine parameters train: every other parameter has
-    ``requires_grad`` False while attached (restored by ``tta.detach``). The prediction returned is the
-    forward that gave the loss, before the step (detached from the graph); with ``steps > 1`` that of
-    the last step, as the official code. ``episodic`` resets everything before each batch.
+    ``DequanWang/tent``, ``tent.py``). The loss is ``mean_b H(softmax(f(x_b)))`` with
+    ``H(p) = -sum_k p_k log p_k``; only the policy layers' affine parameters (``weight``, ``bias``) train,
+    every other parameter has ``requires_grad`` False while attached (restored by :func:`tta.detach`). The
+    prediction returned is the forward that gave the loss, before the step; with ``steps > 1``, that of the
+    last step. The layers' ``stats_grad`` is set (:meth:`GradientMethod.train_affine`), so over ``tbn`` the
+    gradient is that of train-mode BatchNorm, as in the official code. Each step is one adapting forward:
+    a stateful policy updates once per step.
 
-    The layers' ``stats_grad`` is set (:meth:`GradientMethod.train_affine`): over ``tbn`` the gradient
-    flows through the batch statistics, which makes it equal to the official code (train-mode BatchNorm
-    without running statistics); over the other policies through the batch's (or instance's) share of
-    their statistics, as the official UnMix-TNS layers under Tent (``NormPolicy`` doc). Each step is one
-    adapting forward, so a stateful policy updates once per step.
+    Args:
+        lr: Adam's learning rate, in (0, 1]; the official 1e-3 (CIFAR), 2.5e-4 on ImageNet.
+        beta1: Adam's first-moment decay, in [0, 1).
+        beta2: Adam's second-moment decay, in [0, 1).
+        weight_decay: Adam's L2 penalty on the affine parameters, >= 0.
+        steps: forwards and optimizer steps per batch, >= 1.
+        episodic: reset the learner (policy layers, parameters, optimizer) before each batch, so every
+            batch is adapted from the state at attach.
 
-    Departures, on purpose: the model is not switched to ``train()`` (dropout stays off; the layers
-    adapt in any mode); every policy layer trains (BatchNorm1d/2d/3d, SyncBatchNorm), where the official
-    code collects BatchNorm2d only; a batch with one value per channel normalizes with the source statistics, where
-    train-mode BatchNorm raises; a non-finite loss or gradient skips the step, and a step that makes a
-    parameter non-finite is undone (both logged as a warning), instead of turning the parameters into
-    NaN for the rest of the stream.
+    Example:
+        >>> import torch, tta
+        >>> model = tta.adapt(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8)), "tbn")
+        >>> learner = tta.attach_method(model, "tent", lr=1e-3)
+        >>> logits = learner(torch.randn(16, 4))  # the prediction, then one step
+
+    See :doc:`/methods/tent` (the rule, the departures from the official code, when to use it).
     """
 
     updates: Tensor

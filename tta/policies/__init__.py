@@ -1,4 +1,4 @@
-"""One policy per module; importing them registers them in the order of the spec (M1-M7, M10-M12)."""
+"""One policy per module; importing them registers them in the order of :doc:`/policies/index`."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""``adab2n``: AdaB²N's adaptive balance of the running statistics' momentum (spec M10)."""
+"""``adab2n``: AdaB²N's adaptive balance of the running statistics' momentum. See :doc:`/policies/adab2n`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from tta.registry import register_policy
 
 @register_policy("adab2n")
 class AdaptiveBalanceBatchNorm(RunningStatsPolicy):
-    """Running statistics updated with AdaB²N's momentum ``eta_t``, then used to normalize (spec M10).
+    """Running statistics updated with AdaB²N's momentum ``eta_t``, then used to normalize.
 
     Lyu et al. NeurIPS 2023, "Overcoming recency bias of normalization statistics in continual learning:
     balance and adaptation" (official ``lvyilin/AdaB2N``, ``models/utils/adab2n.py``). The running state
@@ -24,20 +24,19 @@ class AdaptiveBalanceBatchNorm(RunningStatsPolicy):
     ``var_r <- (1 - eta_t) var_r + eta_t var_B`` with the **biased** batch variance (``correction=0``, as
     the official code), and the batch is normalized with the updated state. ``eta_1 = m^kappa``,
     ``eta_t = eta_{t-1} / (eta_{t-1} + (1 - m)^kappa)``: ``kappa = 1`` is a plain EMA with momentum ``m``,
-    ``kappa = 0`` the cumulative mean (``eta_t = 1/t``). ``momentum=None`` (default) takes ``m`` from the
-    layer's BN momentum (0.1 where that is None, PyTorch's cumulative average, which the official code
-    refuses). Default ``kappa = 0.4``, chosen from the paper's grid {0.1, 0.4, 0.7, 1.0} on seed 0 only:
-    the best mean error over single/continual x iid/dirichlet 0.1/dirichlet 0.01 on fmnist-c, bundled
-    model, severity 5, 2,000 examples (27.8% against 30.0, 28.6 and 30.0).
+    ``kappa = 0`` the cumulative mean (``eta_t = 1/t``). The official code's task-wise weighting of
+    samples needs task labels and training and is left out: each batch weighs the same. ``t`` and
+    ``eta_t`` are buffers (``reset``, ``state_dict``). A batch with one value per channel (n = 1) updates
+    nothing, as for every stateful policy.
 
-    Departures from the official code, on purpose: its task-wise Bayesian weighting of samples (task
-    weights from a learned parameter and task counts) needs task labels and training, so it does not
-    apply at test time; each batch is weighted uniformly, as the official code does within the first
-    task. The official layer normalizes a training batch with that batch's statistics and only eval
-    forwards use the running state; at test time each batch updates the state and is normalized with
-    the updated state (spec M10). ``t`` and ``eta_t`` are buffers (``reset``, ``state_dict``), not a
-    Python attribute. A batch with one value per channel (n = 1) updates nothing, as for every
-    stateful policy.
+    Args:
+        momentum: ``m``, in [0, 1], or None (default): the layer's BN momentum (0.1 where that is None,
+            PyTorch's cumulative average, which the official code refuses).
+        kappa: The balance between an EMA and the cumulative mean, in [0, 1] (default 0.4, chosen on
+            Fashion-MNIST-C from the paper's grid {0.1, 0.4, 0.7, 1.0}): 1 is an EMA with momentum ``m``,
+            0 the mean of every batch seen (``eta_t = 1/t``).
+
+    See :doc:`/policies/adab2n` (the departures from the official code, and how ``kappa`` was chosen).
     """
 
     step: Tensor

@@ -1,4 +1,4 @@
-"""``adabn``: AdaBN, exact statistics of the whole target stream (spec M3)."""
+"""``adabn``: AdaBN, the exact statistics of the whole target stream. See :doc:`/policies/adabn`."""
 
 from __future__ import annotations
 
@@ -18,14 +18,16 @@ from tta.stats import at_least, host_int, merge_moments, select
 class AdaBatchNorm(RunningStatsPolicy):
     """Normalize with the pooled mean and biased variance of every target value seen since attach/reset.
 
-    Li et al. 2016, "Revisiting batch normalization for practical domain adaptation" (spec M3). Each
-    batch is merged with Chan et al.'s exact parallel update, then normalized with the merged state.
-    Departure from the reference code on purpose: it averages batch variances and drops the
-    between-batch term; ours equals the moments of the concatenated stream. The state is kept in
-    float64 (count in int64) so long streams lose nothing. Until the pool holds two values per channel
-    the source statistics normalize. A batch with one value per channel (n = 1) updates nothing, as
-    for every stateful policy: it has no variance of its own, and a pool built from such batches
-    would normalize with the variance of the first two values seen.
+    Li et al. 2016, "Revisiting batch normalization for practical domain adaptation". Rule: per channel
+    the count, mean and sum of squared deviations of every value seen; each batch is merged with Chan et
+    al.'s exact parallel update (:func:`tta.stats.merge_moments`), then normalized with the merged mean
+    and biased variance. After batches ``b1..bt`` the state equals the moments of their concatenation
+    (the usual implementation averages batch variances and drops the between-batch term). The state is
+    kept in float64 (count in int64) so long streams lose nothing. Until the pool holds two values per
+    channel the source statistics normalize. A batch with one value per channel (n = 1) updates
+    nothing, as for every stateful policy: it has no variance of its own.
+
+    No options; :func:`tta.reset` empties the pool (at a change of domain). See :doc:`/policies/adabn`.
     """
 
     count: Tensor

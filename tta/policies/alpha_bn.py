@@ -1,4 +1,4 @@
-"""``alpha_bn``: alpha-BN, a fixed mix of source and batch statistics (spec M4)."""
+"""``alpha_bn``: alpha-BN, a fixed mix of source and batch statistics. See :doc:`/policies/alpha_bn`."""
 
 from __future__ import annotations
 
@@ -15,13 +15,20 @@ from tta.stats import unbiased
 
 @register_policy("alpha_bn")
 class AlphaBatchNorm(NormPolicy):
-    """``mu = (1-alpha) mu_s + alpha mu_B``, ``var = (1-alpha) var_s + alpha var_B,u``; stateless (spec M4).
+    """Normalize with a fixed mix of the source and the batch statistics; stateless.
 
-    You et al. 2021, "Test-time batch statistics calibration for covariate shift"; the unbiased batch
-    variance follows the reference ``AlphaBatchNorm``. With n = 1 the source statistics are used.
+    You et al. 2021, "Test-time batch statistics calibration for covariate shift". Rule:
+    ``mu = (1-alpha) mu_s + alpha mu_B``, ``var = (1-alpha) var_s + alpha var_B,u``, with the unbiased batch
+    variance, as the reference ``AlphaBatchNorm``. With n = 1 the source statistics are used.
 
     Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc): batch statistics, combined
     over every process's batch (one all-reduce per layer and call).
+
+    Args:
+        alpha: Weight of the batch statistics, in [0, 1] (default 0.1): 0 is ``source``, 1 the batch
+            statistics alone (with the unbiased variance).
+
+    See :doc:`/policies/alpha_bn`.
     """
 
     combines_across_processes = True

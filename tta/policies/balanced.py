@@ -1,4 +1,4 @@
-"""``balanced``: TRIBE's balanced batch normalization, per-class statistics from pseudo-labels (spec M11)."""
+"""``balanced``: TRIBE's balanced batch normalization, per-class statistics from pseudo-labels."""
 
 from __future__ import annotations
 
@@ -43,50 +43,33 @@ def per_class_source_var(layer: BalancedBatchNorm) -> Tensor:
 
 @register_policy("balanced")
 class BalancedBatchNorm(NormPolicy):
-    """K per-class statistics updated from pseudo-labelled samples; their class-balanced mixture normalizes
-    (spec M11).
+    """K per-class statistics updated from pseudo-labelled samples; their class-balanced mixture normalizes.
 
     Su et al. AAAI 2024, "Towards real-world test-time adaptation: tri-net self-training with balanced
-    normalization" (official ``Gorilla-Lab-SCUT/TRIBE``, ``core/utils/balanced_bn_pyv.py``
-    ``update_statistics_2d_v5`` and ``core/adapter/TRIBE.py``). Class k holds ``(mu_k, var_k)``, both
-    starting at the source statistics. With ``n_k`` samples predicted k in the batch, per-sample step
-    ``m_k = 1/n_k`` if ``n_k > 1/eta`` else ``eta``, per-sample means over the spatial dims of
-    ``d = x - mu_k`` and ``d^2``: ``delta_k = m_k sum_i mean(d_i)``, ``s_k = sum_i mean(d_i^2)``;
-    ``mu_k += (1 - gamma) delta_k``, then every class ``mu += gamma mean_k'(delta_k')``;
-    ``var_k += (1 - gamma)(m_k (s_k - n_k var_k) - delta_k^2)``, then every class
-    ``var += gamma (mean_k'(m_k' s_k' - delta_k'^2) - mean_k'(m_k' n_k') var)`` (``k'``: the classes
-    present). So class k moves with weight ``min(eta n_k, 1)`` towards its samples' mean and biased
-    variance. The layer normalizes with ``mu = mean_k mu_k``, ``var = mean_k var_k + var_k(mu_k)``
-    (unbiased over the K classes, the official ``var(0)``).
+    normalization" (TRIBE; official ``Gorilla-Lab-SCUT/TRIBE``, ``core/utils/balanced_bn_pyv.py``). Class k
+    holds ``(mu_k, var_k)``, both starting at the source statistics. Each adapting call labels the batch with
+    the model's argmax and moves each predicted class towards its samples' mean and biased variance with
+    weight ``min(eta n_k, 1)`` (``n_k`` samples predicted k), a share ``gamma`` of the step spread over
+    every class; the layer normalizes with the class-balanced mixture ``mu = mean_k mu_k``,
+    ``var = mean_k var_k + var_k(mu_k)`` (unbiased over the K classes, as the official code).
 
-    The order of forwards is the official adapter's: the prediction returned is a forward with the
-    current statistics and no update (its teacher's first, eval-mode forward); its argmax labels a
-    second forward of the same batch, which updates every layer in turn and is discarded (the
-    teacher's train-mode forward, which feeds only its loss). Each adapting call therefore costs two
-    forwards; a paused one, one. The second forward is run by a forward hook on the model's root
-    (:class:`PredictThenUpdate`, registered by ``tta.adapt``, removed by ``tta.detach``), rather than by a
-    wrapper, so ``tta.adapt`` returns the model it was given; the labels live on the layers only during
-    that forward, so all state is in the layers' buffers (``state_dict``, ``reset``). A layer called
-    outside the model's forward (no labels) normalizes and updates nothing. The model's output must be
-    ``(B, K)`` logits. ``torch.export`` records both forwards (the updating one outside ``no_grad``, a
-    region a saved program cannot hold), so a program saved and loaded adapts as the model does. The
-    returned forward normalizes with state only, so a gradient method's ``stats_grad`` has no batch share
-    to let through (as for ``source``; the official teacher's prediction has none either).
+    As in the official adapter, the prediction returned is a forward with the current statistics and no
+    update; a forward hook on the model (:class:`PredictThenUpdate`) then runs a second forward of the same
+    batch labelled by that prediction, which updates every layer and is discarded: two forwards per adapting
+    call, one while paused. The model's output must be ``(B, K)`` logits. Across processes (a SyncBatchNorm
+    layer) the per-class counts and sums are every process's together.
 
-    ``K`` is ``num_classes``, or (None) the output size of the model's last ``nn.Linear``, read at
-    attach. Defaults as the official configs: ``eta = max(0.0005 K, 0.01)`` (0.01 for CIFAR-10),
-    ``gamma`` that of the official config nearest in class count (0 for 10 classes, 0.1 for 100, 0.5
-    for 1000).
+    The rule with its equations and the departures from the official code: :doc:`/policies/balanced`.
 
-    Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc): the per-class counts and sums of the step
-    are every process's together, so N processes with B/N samples each adapt and predict as one with B.
-
-    Departures, on purpose: the official student and its strongly augmented forward, the source anchor
-    and the gradient step are TRIBE's training, not its normalization, and are left out (forward-only);
-    the official 1-D layer (``update_statistics_1d_v5``) rebinds ``local_mean`` instead of updating it in
-    place, so its ``gamma`` term on the means is lost; here every dimension follows the 2-D rule. A
-    non-finite batch updates nothing (spec M0). The rule is per sample, so a batch of one sample updates
-    (finitely) as the official code does, unlike the batch-statistics policies.
+    Args:
+        num_classes: the number of classes K (at least 2); None reads it from the output size of the
+            model's last ``nn.Linear`` at attach.
+        eta: the per-sample step: a class predicted ``n_k`` times moves with weight ``min(eta n_k, 1)``
+            towards its samples' statistics. None takes the official configs' ``max(0.0005 K, 0.01)``
+            (0.01, 0.05, 0.5 for 10, 100, 1000 classes).
+        gamma: the class coupling, the share of each step spread over every class (0: each class moves
+            alone). None takes the official config nearest in class count: 0 for 10 classes, 0.1 for 100,
+            0.5 for 1000.
     """
 
     class_mean: Tensor
@@ -169,7 +152,8 @@ class BalancedBatchNorm(NormPolicy):
 
 class PredictThenUpdate(ModelHook):
     """Forward hook on the model's root: after the model's forward (the prediction, no update), label the
-    batch with its argmax and run the updating forward of the ``balanced`` layers (spec M11)."""
+    batch with its argmax and run the updating forward of the ``balanced`` layers
+    (:doc:`/policies/balanced`)."""
 
     def __init__(self) -> None:
         self.updating = False  # true during the updating forward, which must not start another

@@ -1,4 +1,5 @@
-"""The policy layer every normalization policy derives from (spec M0)."""
+"""The policy layer every normalization policy derives from: the rules all policies share are in
+:doc:`/reference/notation`."""
 
 from __future__ import annotations
 
@@ -60,7 +61,9 @@ def filled(shape: tuple[int, ...], value: float, dtype: torch.dtype | None = Non
 
 
 class NormPolicy(nn.Module):
-    """Replaces one BatchNorm layer and decides which statistics normalize each input (spec M0).
+    """Replaces one BatchNorm layer and decides which statistics normalize each input.
+
+    The notation and the rules every policy follows are in :doc:`/reference/notation`.
 
     Built from the original layer: ``weight``/``bias`` are the same Parameter objects, ``eps`` and the
     layer's BN ``momentum`` are kept, and its running statistics become the ``source_mean`` and
@@ -71,14 +74,14 @@ class NormPolicy(nn.Module):
     method stacked on top) changes nothing here. A non-finite batch (NaN or Inf) propagates to the
     output but leaves the state untouched, so the next clean batch is served as if it never came.
 
-    Statistics are kept and computed in float32 (spec M0), or in float64 for a layer whose running
+    Statistics are kept and computed in float32, or in float64 for a layer whose running
     statistics were float64 at attach, so a double model loses no precision (AdaBN's pool is always
     float64). Casting the model (``.half()``, ``.double()``, ``.to(dtype)``) casts the affine
     parameters and moves everything, but the statistics buffers keep their dtype. The original layer, kept
     outside the module tree for :func:`tta.detach`, follows every cast and move, so the restored layer
     has the dtypes it would have had without adaptation.
 
-    ``stats_grad`` (default False) is the switch a gradient method sets (spec M0, M13): when True, the
+    ``stats_grad`` (default False) is the switch a gradient method sets (:doc:`/methods/tent`): when True, the
     gradient flows through the current batch's (or instance's) share of the statistics that normalize
     it, as in train-mode BatchNorm (``tbn``, official Tent) and in the official layers the other policies
     come from (RoTTA's ``RobustBN``: the batch term of its momentum mix; UnMix-TNS and NOTE's IABN: the
@@ -192,7 +195,7 @@ class NormPolicy(nn.Module):
 
     def batch_moments(self, x: Tensor, grad: bool = False) -> tuple[Tensor, Tensor, int]:
         """Per-channel mean, biased variance and count of ``x`` in the statistics dtype, in the autograd graph
-        with ``grad`` (:func:`tta.stats.batch_moments`, spec M0), of every process's batch together when
+        with ``grad`` (:func:`tta.stats.batch_moments`), of every process's batch together when
         :meth:`syncing` (one all-reduce, differentiable with ``grad``: :func:`tta.collectives.reduce_moments`)."""
         mean, var, n = batch_moments(x, self.stats_dtype, grad=grad)
         if self.sync_batchnorm and self.syncing():
@@ -215,7 +218,7 @@ class NormPolicy(nn.Module):
         self.check_input(x)
         device = x.device.type
         if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
-            # Statistics in float32 even under autocast (spec M0); normalize() returns x's dtype.
+            # Statistics in float32 even under autocast; normalize() returns x's dtype.
             with torch.autocast(device, enabled=False):
                 out = self.normalize(x)
         else:  # entering a disabled autocast context costs as much as a small kernel
@@ -281,7 +284,7 @@ class NormPolicy(nn.Module):
         return normalize(x, *computed_once(mean, var), *self.affine(), self.eps)
 
     def normalize_with_source(self, x: Tensor) -> Tensor:
-        """The original layer's eval-mode output (before ``post_norm``), bit for bit (spec M1)."""
+        """The original layer's eval-mode output (before ``post_norm``), bit for bit (:doc:`/policies/source`)."""
         return normalize(x, self.source_mean, self.source_var, *self.affine(), self.eps)
 
     def check_input(self, x: Tensor) -> None:

@@ -1,4 +1,7 @@
-"""``iabn``: NOTE's instance-aware batch normalization, at test time on a BatchNorm model (spec M12)."""
+"""``iabn``: NOTE's instance-aware batch normalization, at test time on a BatchNorm model.
+
+See :doc:`/policies/iabn`.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ def softshrink(x: Tensor, threshold: Tensor) -> Tensor:
 
 @register_policy("iabn")
 class InstanceAwareBatchNorm(NormPolicy):
-    """Each instance normalized by its own statistics, soft-shrunk towards the layer statistics (spec M12).
+    """Each instance normalized by its own statistics, soft-shrunk towards the layer statistics.
 
     Gong et al. NeurIPS 2022, "NOTE: robust continual test-time adaptation against temporal correlation"
     (official ``TaesikGong/NOTE``, ``utils/iabn.py``). With layer statistics ``(mu_b, var_b)``, instance
@@ -32,23 +35,29 @@ class InstanceAwareBatchNorm(NormPolicy):
     ``k = 4`` as NOTE's ``tta.sh``. With ``L <= 1`` (BatchNorm1d on ``(B, C)`` included) ``(mu_b, var_b)``
     normalize, as the official ``skip_thres = 1``.
 
-    ``stats`` chooses the layer statistics. ``"running"`` (default) is NOTE's test-time setting: its
-    learner (``--use_learned_stats``) predicts in eval mode, where the official layer deviates from its
-    BatchNorm's ``running_mean``/``running_var`` (``mu_b = self._bn.running_mean``), and that BatchNorm
-    keeps updating them in train mode by PyTorch's EMA with ``bn_momentum = 0.01`` (``tta.sh``). Here the
-    running estimate starts at the source statistics and, after each batch is normalized with it, moves
-    by that EMA: ``mu_r <- (1-m) mu_r + m mu_B``, ``var_r <- (1-m) var_r + m var_B,u`` (unbiased, as
-    PyTorch's running update), ``m = momentum``. ``"source"``: the frozen source statistics, stateless.
-
-    Departures from the official code, on purpose: the running estimate is updated from the incoming
-    batch (NOTE updates it from its class-balanced memory every 64 samples, a model-level part, spec M8),
-    and a batch with one value per channel updates nothing. Under a gradient method (``stats_grad``) the
-    gradient flows through the instance statistics, as in the official layer; otherwise they carry none
-    (spec M0).
+    ``stats`` chooses the layer statistics. ``"running"`` (default) is NOTE's test-time setting: a
+    running estimate that starts at the source statistics and, after each batch is normalized with it,
+    moves by PyTorch's EMA: ``mu_r <- (1-m) mu_r + m mu_B``, ``var_r <- (1-m) var_r + m var_B,u``
+    (unbiased, as PyTorch's running update), ``m = momentum``. ``"source"``: the frozen source
+    statistics, stateless. The running estimate is updated from the incoming batch, where NOTE updates
+    it from its class-balanced memory every 64 samples, and a batch with one value per channel updates
+    nothing. Under a gradient method (``stats_grad``) the gradient flows through the instance
+    statistics, as in the official layer; otherwise they carry none.
 
     Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc): the instance statistics are
     each instance's own and need no reduction; the running estimate's update uses batch statistics,
     combined over every process's batch (one all-reduce per layer and call; none with ``"source"``).
+
+    Args:
+        k: Width of the shrinkage band in standard errors, ``>= 0`` (default 4, NOTE's): an instance
+            statistic within ``k`` standard errors of the layer statistic is replaced by it; 0 is
+            instance normalization.
+        stats: The layer statistics the instances shrink towards: ``"running"`` (default, the running
+            estimate) or ``"source"`` (the source statistics, no state).
+        momentum: ``m``, the running estimate's EMA momentum, in [0, 1] (default 0.01, NOTE's
+            ``bn_momentum``); unused with ``stats="source"``.
+
+    See :doc:`/policies/iabn` (the departures from the official code).
     """
 
     running_mean: Tensor

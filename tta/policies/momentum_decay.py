@@ -1,4 +1,4 @@
-"""``momentum_decay``: running statistics with a decaying momentum, as in DUA (spec M5)."""
+"""``momentum_decay``: running statistics with a decaying momentum, as in DUA. See :doc:`/policies/momentum_decay`."""
 
 from __future__ import annotations
 
@@ -17,15 +17,26 @@ from tta.stats import host_int, unbiased
 
 @register_policy("momentum_decay")
 class MomentumDecayBatchNorm(RunningStatsPolicy):
-    """Running statistics updated with momentum ``m_t = m0 * decay^t + min_momentum`` (spec M5).
+    """Running statistics updated with momentum ``m_t = momentum * decay^t + min_momentum``.
 
-    Mirza et al. 2022, "The norm must go on: dynamic unsupervised domain adaptation by normalization"
-    (DUA). The running state starts at the source statistics; on the t-th adapting forward
-    ``mu_r <- (1-m_t) mu_r + m_t mu_B`` and ``var_r <- (1-m_t) var_r + m_t var_B,u``, and the batch is
-    normalized with the updated state. ``decay=1`` is a constant-momentum EMA (BN-EMA). DUA's single-image
-    protocol (update from augmented copies of each input, then predict it) is the method ``dua``
-    (:class:`tta.methods.dua.DUA`), stacked on this policy. A batch with one value per channel updates
-    nothing.
+    Mirza et al. CVPR 2022, "The norm must go on: dynamic unsupervised domain adaptation by normalization"
+    (DUA; official ``jmiemirza/DUA``, ``methods/dua.py``). The running state starts at the source
+    statistics; on the t-th adapting forward (t = 1, 2, ...) ``mu_r <- (1-m_t) mu_r + m_t mu_B`` and
+    ``var_r <- (1-m_t) var_r + m_t var_B,u`` (unbiased, as PyTorch's running update), and the batch is
+    normalized with the updated state. ``decay=1`` is a constant-momentum EMA (BN-EMA). DUA's
+    single-image protocol (update from augmented copies of each input, then predict it) is the method
+    ``dua`` (:doc:`/methods/dua`), stacked on this policy; an ``augment`` option is refused with a message
+    that says so. A batch with one value per channel (n = 1) updates nothing.
+
+    Args:
+        momentum: ``m0``, the decaying part of the momentum, in [0, 1] (default 0.1, DUA's).
+            ``momentum + min_momentum`` must not exceed 1.
+        decay: ``omega``, the factor the decaying part is multiplied by at each update, in (0, 1]
+            (default 0.94, DUA's); 1 keeps the momentum constant at ``momentum + min_momentum``.
+        min_momentum: ``zeta``, the floor the momentum decays to, in [0, 1] (default 0.005, DUA's):
+            the running statistics keep following the stream at that rate.
+
+    See :doc:`/policies/momentum_decay`.
     """
 
     step: Tensor

@@ -1,4 +1,4 @@
-"""``rbn``: RoTTA's robust batch normalization (spec M6)."""
+"""``rbn``: RoTTA's robust batch normalization, an EMA of batch statistics. See :doc:`/policies/rbn`."""
 
 from __future__ import annotations
 
@@ -16,12 +16,21 @@ from tta.registry import register_policy
 
 @register_policy("rbn")
 class RobustBatchNorm(RunningStatsPolicy):
-    """Global statistics updated by an EMA of batch statistics, then used to normalize (spec M6).
+    """Global statistics updated by an EMA of batch statistics, then used to normalize.
 
-    Yuan et al. 2023, "Robust test-time adaptation in dynamic scenarios" (``RobustBN1d/2d``):
+    Yuan et al. CVPR 2023, "Robust test-time adaptation in dynamic scenarios" (RoTTA; official
+    ``BIT-DA/RoTTA``, ``core/utils/bn_layers.py``, ``RobustBN1d/2d``). Rule:
     ``mu_g <- (1-alpha) mu_g + alpha mu_B``, ``var_g <- (1-alpha) var_g + alpha var_B`` (biased), starting
     from the source statistics, and the batch is normalized with the updated values. A batch with one
-    value per channel (n = 1) updates nothing and is normalized with the current global statistics.
+    value per channel (n = 1) updates nothing and is normalized with the current global statistics. In
+    RoTTA the layer is refreshed from a class-balanced memory, not the raw stream: the method ``rotta``
+    (:doc:`/methods/rotta`) stacked on this policy.
+
+    Args:
+        alpha: Momentum of the EMA, the weight of each batch, in [0, 1] (default 0.05, RoTTA's): 0 is
+            ``source``, 1 is ``tbn``.
+
+    See :doc:`/policies/rbn`.
     """
 
     global_mean: Tensor

@@ -29,71 +29,55 @@ def source_second_moment(layer: NormPolicy) -> Tensor:
 
 @register_policy("rebalance")
 class RebalancedBatchNorm(NormPolicy):
-    """Each batch's statistics corrected for its class composition, pooled over time (ours).
+    """Each batch's statistics corrected for its class composition, pooled over a domain (ours).
 
-    A batch's mean and variance mix the domain (shared by all classes) with the classes it holds. In the
-    coordinates ``z = (x - m) / s`` of the domain's class-balanced statistics ``(m, s^2)``, class k has
-    mean ``a_k`` and second moment ``q_k`` (per channel), with ``mean_k a_k = 0`` and ``mean_k q_k = 1``
-    (the equal-weight mixture of the classes has mean 0, variance 1). A batch of composition ``pi`` then
-    has ``mu_B = m + s A`` and ``var_B = s^2 (Q - A^2)``, ``A = pi.a``, ``Q = pi.q``, so
-    ``s_t^2 = var_B / (Q - A^2)`` and ``m_t = mu_B - s_t A`` recover the balanced statistics from one batch.
-    With ``pi`` uniform (or classes not yet learnt, ``a = 0, q = 1``) this is the batch's own statistics.
+    A batch's mean and variance mix the domain's statistics with those of the classes it holds. Per layer
+    and channel, class k has a learnt mean ``a_k`` and second moment ``q_k`` in the coordinates of the
+    domain's class-balanced statistics ``(m, s^2)``; a batch of class composition ``pi`` then has
+    ``mu_B = m + s A`` and ``var_B = s^2 (Q - A^2)`` (``A = pi.a``, ``Q = pi.q``), which gives
+    ``(m, s^2)`` back in closed form (:meth:`balanced_stats`). The layer pools the raw batch moments over
+    the current domain (a cumulative mean floored at ``pool_momentum``), restarts the pool when the first
+    layer sees a change of domain that the class model does not explain (:meth:`domain_changed`), and
+    normalizes with the balanced statistics of the pool. ``pi`` is estimated from the model's own argmax
+    (a forward hook, :class:`UpdateFromPredictions`: one forward per batch): the last batch's predicted
+    histogram as a deviation from the model's usual prediction, scaled by ``rho``, the lag-1
+    autocorrelation of those deviations. The same estimate corrects the outputs for label shift
+    (``+ log(K pi_k)``), and LAME's Laplacian refinement (:mod:`tta.laplacian`) is applied with its
+    affinity scaled by ``sqrt(rho)``, so it is off on an i.i.d. stream. Every rate is per
+    ``reference_batch`` images. Across processes (a SyncBatchNorm layer) the batch moments, class counts,
+    detector residuals and the refinement's batch are every process's together.
 
-    One forward per batch. The layer pools the raw batch moments ``(M1, M2)`` and their composition ``Pi`` with
-    ``beta = max(1/n, pool_momentum)``, ``n`` the batches since the pool's (re)start: a cumulative mean over a
-    domain, as AdaBN, with a floor so that a change the detector misses is still forgotten within
-    ``1/pool_momentum`` batches of 64 (every rate is per ``reference_batch`` images, below). A change of domain
-    is detected on the first layer by what the class model does not explain (:meth:`domain_changed`): a run of
-    one class moves a batch's moments as that class's learnt moments say, a new corruption does not. At a
-    detected change every layer's pool restarts, its old content counting as one batch (:meth:`restart_pool`),
-    and so do the composition estimates below (the model's bias in a new domain is new). It normalizes with the
-    balanced ``(m, s^2)`` the pool gives through the formulas above (:meth:`balanced_stats`; the class moments
-    are kept as measured and the constraints applied there in closed form, so no class row outside the batch's
-    predicted classes changes). Before the forward, the batch's composition is a guess: ``u + rho (h_(t-1) -
-    h_usual)``, the last batch's predicted histogram as a deviation from the model's usual prediction (a running
-    mean over ``10/momentum`` batches of 64: a model's bias under a shift is not a label shift), scaled by ``rho``,
-    the lag-1 autocorrelation of those deviations (the AR(1) predictor: about 0 on an i.i.d. stream). After the
-    forward a hook on the model (:class:`UpdateFromPredictions`) takes the argmax, updates ``a_k, q_k`` of the
-    predicted classes from this batch's instance moments in the coordinates it was normalized with (running mean
-    per class over at most ``class_memory`` samples), replaces the guess in the pool by the predicted deviation,
-    and, with ``correct_outputs``, adds ``log(K p_k)`` to the logits, ``p`` the same estimate including this
-    batch (a label-shift prior correction, Saerens et al. 2002; floored at 1% of uniform). With ``refine`` the
-    corrected outputs are then refined as LAME does (Boudiaf et al. 2022, :mod:`tta.laplacian`: the
-    Laplacian-regularized likelihood over the batch, kNN affinity with k = 5 between the features entering the
-    classifier, the model's last ``nn.Linear``, read by a forward pre-hook), with the affinity scaled by
-    ``sqrt(rho)``: LAME's neighbours-share-a-class prior holds on a label-correlated stream, where it gains
-    most, and not on an i.i.d. one, where it costs (measured: README), and ``rho`` is this policy's own
-    estimate of how much of the class composition carries over from batch to batch. The square root because
-    ``rho`` is a shrunk estimate (its warm-up factor and the noise of a batch's histogram pull it toward 0;
-    ``rho``, ``sqrt(rho)`` and a step at 0.3 were compared on one reduced grid, README). A layer called outside
-    the model's forward (no prediction) updates the pool only.
+    The rule with its equations, costs and limits: :doc:`/policies/rebalance`; the derivation, the choices
+    and the measurements behind them: :doc:`/design/rebalance`.
 
-    ``prior="uniform"`` switches every composition estimate off (pooled batch moments, no output correction, no
-    refinement); ``refine=False`` keeps the correction without the refinement (a model with no ``nn.Linear``
-    needs it); ``detect_changes=False`` with ``pool_momentum=momentum`` is the EMA pool of the first version.
-    Defaults: ``momentum`` the layer's BN momentum (the rate its training tracked batch statistics, and the rate
-    of the composition estimates); ``pool_momentum = momentum / 10``, the window of the usual prediction. Every
-    rate is one per ``reference_batch=64`` images: a batch of ``B`` uses ``1 - (1 - rate)^(B/64)``
-    (:meth:`per_batch`), so the pool and the estimates cover the same number of images at any batch size. Label
-    runs and domains last a number of images, not of batches: with rates per batch, batches of 16 pooled a
-    quarter of the images and followed each class run (on the full split, seed 0, `single` under Dirichlet 0.01:
-    21.2% error at batch 16 against 15.9% at 64; README). 64 is the batch of the TTA benchmarks (RoTTA's,
-    NOTE's, this one's), where the BN momentum is read as a rate per batch; ``reference_batch`` equal to the
-    batch size gives the rates per batch. ``change_window=128`` images (the detector's noise then does not
-    depend on the batch size: 2 batches of 64, 8 of 16); ``change_threshold=0.2``, a root mean square over
-    channels of 0.45 in the standardized mean or the log variance (a factor 1.56 in a channel's variance) that
-    the classes do not explain. The two errors cost unequally (README, measured on the bundled model): a missed
-    change leaves the old domain's statistics in the pool for thousands of images (12 points over a
-    `glass_blur` domain whose statistic peaked at 0.249), a false restart re-pools from the next batches and
-    costs a few tenths (label runs reach 0.18 to past 0.25 within one corruption, so no threshold separates
-    the two); so it sits below the changes' peaks rather than above the label runs'.
-    ``class_memory=1000`` samples per class (a standardized class mean then has a standard error below 0.03 at
-    any spatial size, and a new domain replaces it within 1,000 samples of that class). A batch of one value per
-    channel updates nothing. ``Q - A^2`` is floored at 1% of the balanced mixture's variance (a class far
-    narrower would otherwise scale the variance by more than 100). ``stats_grad`` lets the gradient through the
-    batch's ``beta_t`` share of the pooled moments. Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc)
-    the batch moments, the class counts and sums, the change detector's residuals and the refinement's batch are
-    every process's together: N processes with B/N samples each adapt and predict as one with B.
+    Args:
+        num_classes: the number of classes K (at least 2); None reads it from the output size of the
+            model's last ``nn.Linear`` at attach.
+        momentum: the rate, per ``reference_batch`` images, of the composition estimates (the lag-1
+            autocorrelation ``rho``); None takes the layer's BatchNorm momentum (0.1 if it has none). The
+            usual prediction uses a tenth of it.
+        class_memory: the most samples per class that the running class moments ``a_k, q_k`` average over
+            (a class's newest batch weighs at least ``n / (class_memory + n)``).
+        prior: ``"previous"`` estimates the batch's class composition from the previous predictions;
+            ``"uniform"`` takes every batch as balanced: pooled batch moments, no output correction, no
+            refinement.
+        correct_outputs: add ``log(K pi_k)`` to the logits, ``pi`` the estimated composition (a label-shift
+            prior correction; with ``prior="previous"`` only).
+        refine: refine the corrected outputs by LAME's Laplacian-regularized likelihood, kNN affinity
+            (k = 5) between the features entering the model's last ``nn.Linear``, scaled by ``sqrt(rho)``;
+            a model without an ``nn.Linear`` needs ``refine=False``.
+        pool_momentum: the floor of the pool's rate, per ``reference_batch`` images: within a domain the
+            pool is a cumulative mean (rate ``1/n`` after ``n`` batches) until ``1/n`` reaches it, so a
+            change the detector misses is still forgotten; None takes ``momentum / 10``.
+        detect_changes: restart the pool and the composition estimates when the first layer detects a
+            change of domain; False keeps one pool (with ``pool_momentum`` it is then an EMA).
+        change_threshold: the detector's threshold on the mean over channels of the squared residuals
+            (standardized mean and log variance) that the class model does not explain; lower restarts
+            more often.
+        change_window: the number of images the detector's residuals are averaged over.
+        reference_batch: the batch size the rates are given for; a batch of ``B`` uses
+            ``1 - (1 - rate)^(B / reference_batch)``, so the pool and the estimates cover the same number
+            of images at any batch size. Equal to the batch size, the rates are per batch.
     """
 
     moment1: Tensor
@@ -184,7 +168,7 @@ class RebalancedBatchNorm(NormPolicy):
         model.register_forward_hook(UpdateFromPredictions(capture))
 
     def balanced_stats(self, moment1: Tensor, moment2: Tensor, composition: Tensor) -> tuple[Tensor, Tensor]:
-        """The balanced ``(m, s^2)`` of pooled moments of composition ``pi`` (class doc).
+        """The balanced ``(m, s^2)`` of pooled moments of composition ``pi`` (:doc:`/policies/rebalance`).
 
         The class moments are kept as measured, in whatever coordinates: the result is invariant to an
         affine change of them, so the constraints are applied here in closed form (``c``, ``r``: mean and
@@ -259,8 +243,9 @@ class RebalancedBatchNorm(NormPolicy):
             )
 
     def pool_rate(self, batch: int) -> Tensor | float:
-        """``beta = max(1/n, pool_momentum)`` for a batch of ``batch`` images (class doc): a Python number where the
-        batch count is read on the host (:func:`tta.stats.on_host`), saving three small kernels per layer."""
+        """``beta = max(1/n, pool_momentum)`` for a batch of ``batch`` images (:doc:`/policies/rebalance`): a
+        Python number where the batch count is read on the host (:func:`tta.stats.on_host`), saving three small
+        kernels per layer."""
         floor = self.per_batch(self.pool_momentum, batch)
         if on_host(self.pool_age):
             return max(1.0 / (int(self.pool_age) + 1), floor)
@@ -269,7 +254,7 @@ class RebalancedBatchNorm(NormPolicy):
     def per_batch(self, rate: float, batch: int | Tensor) -> float | Tensor:
         """The rate of a batch of ``batch`` images for a ``rate`` per ``reference_batch`` images:
         ``1 - (1 - rate)^(batch / reference_batch)``, so that the old content keeps the same weight after
-        the same number of images whatever the batch size (class doc)."""
+        the same number of images whatever the batch size (:doc:`/policies/rebalance`)."""
         if isinstance(batch, Tensor):  # a count on the device (no host sync)
             return 1.0 - (1.0 - rate) ** (batch / self.reference_batch)
         if not torch.compiler.is_compiling() and batch == self.reference_batch:  # compiled: no guard on the batch
@@ -277,7 +262,7 @@ class RebalancedBatchNorm(NormPolicy):
         return 1.0 - (1.0 - rate) ** (batch / self.reference_batch)
 
     def domain_changed(self, labels: Tensor, valid: Tensor | None = None) -> Tensor:
-        """Whether the pending batch comes from another domain than the pool (a 0-dim bool; class doc).
+        """Whether the pending batch comes from another domain than the pool (a 0-dim bool).
 
         Its instance moments ``z_i, z2_i`` in the coordinates it was normalized with, against what the
         class model predicts for its predicted labels (``a_k, q_k`` moved to the balanced frame: ``c``,
@@ -328,7 +313,8 @@ class RebalancedBatchNorm(NormPolicy):
         valid: Tensor | None = None,
     ) -> None:
         """Update ``a_k, q_k`` of the predicted ``classes`` (``labels = classes[index]``) in every layer from its
-        pending batch, and store the composition estimates the hook computed once for every layer (class doc).
+        pending batch, and store the composition estimates the hook computed once for every layer
+        (:doc:`/policies/rebalance`).
         Only the ``valid`` samples count (default all: the hook leaves out those with a non-finite output).
 
         All layers in one pass: their instance moments side by side, one sum per class (``index_add_``), one

@@ -1,4 +1,5 @@
-"""The base of the policies whose state is updated from each batch's moments, then normalizes it (spec M0)."""
+"""The base of the policies whose state is updated from each batch's moments, then normalizes it
+(:doc:`/reference/notation`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``source``: frozen source statistics (spec M1)."""
+"""``source``: normalize with the frozen source statistics (no adaptation). See :doc:`/policies/source`."""
 
 from __future__ import annotations
 
@@ -10,10 +10,13 @@ from tta.registry import register_policy
 
 @register_policy("source")
 class Source(NormPolicy):
-    """Normalize with the source statistics, as the original layer does in eval mode (spec M1).
+    """Normalize with the source statistics, as the original layer does in eval mode.
 
-    The no-adaptation baseline of every benchmark; bit for bit the original layer's output. Uses no
-    batch statistics, so across processes (a SyncBatchNorm layer) nothing is combined.
+    Rule: ``mu = mu_s``, ``var = var_s`` (:doc:`/reference/notation`). The no-adaptation baseline of every
+    benchmark: bit for bit the original layer's eval-mode output. No options, no state; it uses no batch
+    statistics, so across processes (a SyncBatchNorm layer) nothing is combined.
+
+    See :doc:`/policies/source`.
     """
 
     def normalize(self, x: Tensor) -> Tensor:

@@ -1,4 +1,4 @@
-"""``unmix_tns``: UnMix-TNS, K statistics components mixed per instance (spec M7)."""
+"""``unmix_tns``: UnMix-TNS, K statistics components mixed per instance."""
 
 from __future__ import annotations
 
@@ -29,25 +29,32 @@ def initial_component_var(layer: UnMixTNS) -> Tensor:
 
 @register_policy("unmix_tns")
 class UnMixTNS(NormPolicy):
-    """K components of (mean, variance) per layer; each instance is normalized by a mixture (spec M7).
+    """K components of (mean, variance) per layer; each instance is normalized by a mixture of them.
 
-    Tomar et al. 2024, "Un-mixing test-time normalization statistics" (ICLR). Per instance b with
-    statistics over its spatial dims: assignment ``p_bk = softmax_k(cos(mu_b, mu_k) / temperature)``,
-    mixed components ``(1 - p_bk) comp_k + p_bk inst_b``, their mixture mean and variance (within- plus
-    between-component terms) normalize b, then the components move towards the instances they were
-    assigned with ``M = 1 - (1 - m)^(B / batch_size_max)``. Vectorized over instances and components.
+    Tomar et al. 2024, "Un-mixing test-time normalization statistics" (ICLR; official code
+    ``devavratTomar/unmixtns``). Per instance b with statistics over its spatial dims: assignment
+    ``p_bk = softmax_k(cos(mu_b, mu_k) / temperature)``, mixed components ``(1 - p_bk) comp_k + p_bk inst_b``,
+    whose mixture mean and variance (within- plus between-component terms) normalize b; then the components
+    move towards the instances assigned to them at rate ``M = 1 - (1 - m)^(B / batch_size_max)``, ``m`` the
+    layer's BatchNorm momentum and ``B`` the batch size of the call. Inputs without spatial extent
+    (BatchNorm1d on ``(B, C)``, or one spatial element) are normalized with the source statistics and
+    update nothing. Across processes (a SyncBatchNorm layer) the component update is a mean over every
+    process's instances (one all-reduce), so the components stay equal on every process.
 
-    Departures from the reference code, on purpose: ``B`` is the actual batch size of the call (the
-    reference uses the configured one, mis-weighting a short last batch). Inputs without spatial
-    extent (BatchNorm1d on ``(B, C)``, or one spatial element) have no instance variance and are
-    normalized with the source statistics, updating nothing, as the reference does for BatchNorm1d.
-    Components are drawn on the CPU from a generator seeded by ``(seed, layer_index)``, so attaching
-    twice with one seed gives identical components on any device; ``reset`` restores that draw.
+    The rule with its equations and the departures from the official code: :doc:`/policies/unmix_tns`.
 
-    Across processes (a SyncBatchNorm layer, ``NormPolicy`` doc): each instance is normalized
-    by its own statistics and the shared components, so normalizing needs no reduction; the component
-    update is a mean over the batch, so it is taken over every process's instances together (one
-    all-reduce) and the components stay equal on every process, as one process with the whole batch.
+    Args:
+        num_components: the number of components K per layer (the paper uses 16, and 128 for mixed
+            domains); with 1, the one component starts at the source statistics.
+        temperature: the softmax temperature of the assignment by cosine similarity; lower assigns each
+            instance more sharply to its nearest component.
+        init_spread: the share ``a`` of the source variance moved into the spread of the initial
+            components' means: ``mu_k = mu_s + sqrt(a K / (K - 1)) sigma_s eps_k``,
+            ``var_k = (1 - a) var_s``, so their equal-weight mixture has the source variance.
+        batch_size_max: the batch size at which the update rate is the layer's BatchNorm momentum; a batch
+            of ``B`` uses ``1 - (1 - m)^(B / batch_size_max)``.
+        seed: seeds the draw of the initial components (with the layer's index), on the CPU: attaching twice
+            with one seed gives identical components on any device, and ``reset`` restores that draw.
     """
 
     initial_component_mean: Tensor
@@ -77,7 +84,7 @@ class UnMixTNS(NormPolicy):
         self.add_state("component_var", initial_component_var)
 
     def draw_components(self) -> tuple[Tensor, Tensor]:
-        """Initial components ``(K, C)`` around the source statistics (spec M7, Init)."""
+        """Initial components ``(K, C)`` around the source statistics (``init_spread``, class doc)."""
         k, a = self.num_components, self.init_spread
         mean_s, var_s = self.source_mean.cpu(), self.source_var.cpu()
         if k == 1:
@@ -102,10 +109,10 @@ class UnMixTNS(NormPolicy):
         return out
 
     def mixture_statistics(self, inst_mean: Tensor, inst_var: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Assignments ``p`` (B, K) and each instance's mixture mean and variance (B, C) (spec M7, 1-3).
+        """Assignments ``p`` (B, K) and each instance's mixture mean and variance (B, C).
 
         The mixed components ``(1 - p_bk) comp_k + p_bk inst_b`` are never materialized as (B, K, C):
-        their means over k expand into (B, K) x (K, C) products, and the variance is the spec's
+        their means over k expand into (B, K) x (K, C) products, and the variance is
         ``mean_k var + mean_k mean^2 - (mean_k mean)^2`` (clamped at zero against rounding).
         """
         comp_mean, comp_var = self.component_mean, self.component_var  # (K, C)
@@ -126,7 +133,7 @@ class UnMixTNS(NormPolicy):
         return p, mean, within + (mean_sq - mean.square()).clamp_min(0)
 
     def update_components(self, p: Tensor, inst_mean: Tensor, inst_var: Tensor) -> None:
-        """``comp_k <- comp_k + M mean_b[p_bk (inst_b - comp_k)]`` for means and variances (spec M7, 5)."""
+        """``comp_k <- comp_k + M mean_b[p_bk (inst_b - comp_k)]`` for means and variances."""
         batch = p.shape[0]
         weight_sum = p.mean(dim=0)[:, None]  # (K, 1): mean_b p_bk
         assigned_mean = p.T @ inst_mean / batch  # (K, C): mean_b p_bk mu_b

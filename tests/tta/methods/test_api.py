@@ -1,4 +1,4 @@
-"""The methods layer's contract (spec M13): registry, options, errors, the stats_grad switch, eval mode
+"""The methods layer's contract (docs/concepts.md): registry, options, errors, the stats_grad switch, eval mode
 and dropout, the global RNG, inference mode, nesting in a bigger model, casts."""
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def rbn_mix(x: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Te
     return 0.95 * bn.running_mean + 0.05 * mean, 0.95 * bn.running_var + 0.05 * var
 
 
-# policy, options, the statistics of the first adapting forward written out with autograd (spec M2-M12
+# policy, options, the statistics of the first adapting forward written out with autograd (docs/policies/index.md
 # at options where they reduce to plain batch or instance statistics, and rbn's mix at its default).
 STATS_WITH_GRADIENT = [
     ("tbn", {}, lambda x, bn: batch_stats(x, unbiased=False)),

@@ -1,4 +1,4 @@
-"""DUA as a method (spec M5, M13): the augmentation, one update per call from the copies, the prediction of
+"""DUA as a method (docs/methods/dua.md): the augmentation, one update per call from the copies, the prediction of
 the original, seeded draws, reset, paused, the refusals. Every method x policy x model invariant is in
 test_invariants.py."""
 

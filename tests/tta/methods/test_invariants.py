@@ -1,5 +1,5 @@
 """A learner (every registered method on every policy) on the small model families, B = 1 and B > 1: reset,
-paused, state_dict round trip, detach, episodic, finite outputs (spec M13, M9 for the layers beneath); on
+paused, state_dict round trip, detach, episodic, finite outputs (docs/concepts.md); on
 ``resnet18``, whose 1x1 maps give n = B = 1, every pair once at B = 1. An image-only method (DUA) must
 refuse the models whose inputs are not images, with its error."""
 

@@ -1,4 +1,4 @@
-"""``lame`` (spec M13): affinities and the bound iterations worked by hand on tiny batches, the fixed point,
+"""``lame`` (docs/methods/lame.md): affinities and the bound iterations worked by hand on tiny batches, the fixed point,
 the features it reads, a batch of one, errors and the hook's removal."""
 
 from __future__ import annotations

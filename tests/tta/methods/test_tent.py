@@ -1,5 +1,5 @@
 """Tent's update against hand-written steps and against a plain reimplementation of the official code
-(spec M13): entropy gradient, Adam, affine parameters only, the pre-step prediction, episodic, steps."""
+(docs/methods/tent.md): entropy gradient, Adam, affine parameters only, the pre-step prediction, episodic, steps."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``adab2n`` (spec M10): the momentum recursion and its limits."""
+"""``adab2n`` (docs/policies/adab2n.md): the momentum recursion and its limits."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``adabn`` (spec M3): the statistics of everything seen."""
+"""``adabn`` (docs/policies/adabn.md): the statistics of everything seen."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``alpha_bn`` (spec M4): the fixed mix of source and batch statistics."""
+"""``alpha_bn`` (docs/policies/alpha_bn.md): the fixed mix of source and batch statistics."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``balanced`` (spec M11): the official per-class step and coupling worked by hand, the class-balanced
+"""``balanced`` (docs/policies/balanced.md): the official per-class step and coupling worked by hand, the class-balanced
 mixture, the order of forwards (predict, then update with those labels), its cost, defaults and errors."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""What every policy guarantees (spec M0, M9), run for every registered policy (the ``policy`` parameter comes
+"""What every policy guarantees (docs/reference/notation.md),
+run for every registered policy (the ``policy`` parameter comes
 from the registry when the tests are collected: ``tests/tta/policies/conftest.py``): reset, state_dict,
 batch sizes and dtypes, detach, modes, pausing, bad batches, and autograd through any number of forwards."""
 
@@ -71,7 +72,7 @@ def test_source_statistics_under_bfloat16_autocast(policy: str) -> None:
     for _, layer in tta.policy_layers(model):
         stats = layer.adapted_stats()
         if stats is not None:
-            assert stats[0].dtype == torch.float32  # statistics kept in float32 (spec M0)
+            assert stats[0].dtype == torch.float32  # statistics kept in float32 (docs/reference/notation.md)
 
 
 def test_constant_channel_gives_no_nan(policy: str) -> None:

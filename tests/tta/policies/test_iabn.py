@@ -1,4 +1,5 @@
-"""``iabn`` (spec M12): the instance statistics shrunk towards the layer statistics, and the running estimate."""
+"""``iabn`` (docs/policies/iabn.md): the instance statistics shrunk towards the layer statistics, and the
+running estimate."""
 
 from __future__ import annotations
 

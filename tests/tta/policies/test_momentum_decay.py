@@ -1,4 +1,4 @@
-"""``momentum_decay`` (spec M5): the running update and its momentum schedule."""
+"""``momentum_decay`` (docs/policies/momentum_decay.md): the running update and its momentum schedule."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def test_momentum_decay_with_no_decay_matches_pytorch_running_update() -> None:
         reference(x)  # train mode: PyTorch's own running update with momentum m
         torch.testing.assert_close(layer.running_mean, reference.running_mean)
         torch.testing.assert_close(layer.running_var, reference.running_var)
-        # normalized with the *updated* running statistics (spec M5)
+        # normalized with the *updated* running statistics (docs/policies/momentum_decay.md)
         torch.testing.assert_close(out, by_hand(x, reference.running_mean, reference.running_var, reference))
 
 

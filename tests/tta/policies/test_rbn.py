@@ -1,4 +1,4 @@
-"""``rbn`` (spec M6): the EMA of batch statistics."""
+"""``rbn`` (docs/policies/rbn.md): the EMA of batch statistics."""
 
 from __future__ import annotations
 

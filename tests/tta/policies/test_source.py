@@ -1,4 +1,4 @@
-"""``source`` (spec M1): the original layer's eval-mode output, bit for bit."""
+"""``source`` (docs/policies/source.md): the original layer's eval-mode output, bit for bit."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``tbn`` (spec M2): train-mode batch normalization of each batch."""
+"""``tbn`` (docs/policies/tbn.md): train-mode batch normalization of each batch."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``unmix_tns`` (spec M7): the mixture equations, the seeded components and their update."""
+"""``unmix_tns`` (docs/policies/unmix_tns.md): the mixture equations, the seeded components and their update."""
 
 from __future__ import annotations
 

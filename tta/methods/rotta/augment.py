@@ -1,11 +1,13 @@
-"""RoTTA's strong augmentation of the memory batch, drawn from an explicit generator (spec M13)."""
+"""RoTTA's strong augmentation of the memory batch, drawn from an explicit generator. See
+:doc:`/methods/rotta`."""
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
+from types import ModuleType
 
 import torch
-import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
 # The official ranges (BIT-DA/RoTTA core/utils/custom_transforms.py, get_tta_transforms, soft=False).
@@ -14,6 +16,17 @@ DEGREES, TRANSLATE, SCALE = (-15.0, 15.0), 1 / 16, (0.9, 1.1)
 BLUR_KERNEL, BLUR_SIGMA = 5, (0.001, 0.5)
 FLIP_PROBABILITY = 0.5
 NOISE_STD = 0.005
+
+
+def vision_functional() -> ModuleType:
+    """torchvision's functional transforms, which the strong augmentation needs; ImportError naming it."""
+    try:
+        return importlib.import_module("torchvision.transforms.v2.functional")
+    except ImportError as exc:
+        raise ImportError(
+            "RoTTA's strong augmentation needs the torchvision package, which is not installed: "
+            "pip install torchvision (or 'tta-norm[streams]'), or pass augment='noise'"
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -50,6 +63,7 @@ def make_params(x: Tensor, generator: torch.Generator) -> StrongAugmentParams:
 def colour_jitter(x: Tensor, params: StrongAugmentParams) -> Tensor:
     """Brightness, contrast, saturation, hue and gamma in the drawn order; saturation and hue need three
     channels and leave a grayscale image as it is."""
+    TF = vision_functional()
     for index in params.colour_order:
         factor = params.colour_factors[index]
         if index == 0:
@@ -68,6 +82,7 @@ def colour_jitter(x: Tensor, params: StrongAugmentParams) -> Tensor:
 def apply_params(x: Tensor, params: StrongAugmentParams, noise: Tensor) -> Tensor:
     """The official pipeline on an image batch in [0, 1]: clip, colour jitter, edge padding by half the
     height, random affine (bilinear, zero fill), Gaussian blur (kernel 5), centre crop, flip, noise, clip."""
+    TF = vision_functional()
     h, w = x.shape[-2:]
     x = colour_jitter(x.clamp(0.0, 1.0), params)
     x = TF.pad(x, [h // 2], padding_mode="edge")

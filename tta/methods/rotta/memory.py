@@ -1,4 +1,5 @@
-"""RoTTA's category-balanced sampling with timeliness and uncertainty (CSTU): the memory bank (spec M8, M13)."""
+"""RoTTA's category-balanced sampling with timeliness and uncertainty (CSTU): the memory bank. See
+:doc:`/methods/rotta`."""
 
 from __future__ import annotations
 
@@ -29,6 +30,11 @@ class CSTUMemory(nn.Module):
     microseconds and never waits on an accelerator. Everything is the module's extra state (the sample
     shape is known only once the first sample comes), so ``state_dict`` round-trips and :meth:`reset`
     empties it.
+
+    Args:
+        capacity: the most samples held, >= 1.
+        lambda_t: the weight of an item's age (timeliness) in the eviction score.
+        lambda_u: the weight of an item's normalized entropy (uncertainty) in the eviction score.
     """
 
     BOOKKEEPING = ("labels", "ages", "entropies", "stamps")

@@ -1,4 +1,4 @@
-"""``rotta``: RoTTA's teacher-student adaptation from a category-balanced memory (spec M8, M13)."""
+"""``rotta``: RoTTA's teacher-student adaptation from a category-balanced memory. See :doc:`/methods/rotta`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from tta.methods.base import LEARNING_RATE, GradientMethod, seeded_generator
-from tta.methods.rotta.augment import strong_augment
+from tta.methods.rotta.augment import strong_augment, vision_functional
 from tta.methods.rotta.memory import CSTUMemory
 from tta.options import Choice, Range
 from tta.policies.base import NormPolicy, pausing
@@ -32,40 +32,42 @@ def soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor) -> Tensor
 
 @register_method("rotta")
 class RoTTA(GradientMethod):
-    """The teacher predicts; every sample enters a CSTU memory; every ``update_frequency`` samples the
-    teacher's statistics update on the memory and the student learns from it (spec M13).
+    """The teacher predicts; every sample is offered to a category-balanced memory; every
+    ``update_frequency`` samples the teacher's statistics update on the memory and the student learns from it.
 
-    Yuan et al. CVPR 2023, "Robust test-time adaptation in dynamic scenarios" (official BIT-DA/RoTTA,
-    ``core/adapter/rotta.py``). Over ``rbn`` this is RoTTA; over ``unmix_tns`` the paper's "RoTTA +
-    UnMix-TNS"; it runs over every policy. Per batch: the teacher (a copy of the adapted model made at
-    attach, held in the learner) predicts with its layers paused, so the raw batch updates no statistics;
-    each sample, with the teacher's pseudo-label and entropy ``-sum p log(p + 1e-6)``, is offered to the
-    memory (:class:`tta.methods.memory.CSTUMemory`); every ``update_frequency`` offered samples (a count
-    of instances, whatever the batch size, so an update can fall inside a batch) the teacher forwards
-    the memory (its statistics update), the student (the adapted model itself) forwards the strongly
-    augmented memory (its statistics update), and one Adam step on the student's normalization affine
-    parameters minimizes the timeliness-weighted soft cross-entropy to the teacher (:func:`timeliness_weights`),
-    its gradient flowing through the memory batch's share of the statistics (``stats_grad``, as the
-    official ``RobustBN``); then the teacher's affine parameters move by ``nu`` towards the student's (buffers are
-    not averaged).
-    The prediction returned for a batch is the teacher's before the updates its samples trigger. The
-    number of classes is the width of the teacher's output at the first batch.
+    Yuan et al. CVPR 2023, "Robust test-time adaptation in dynamic scenarios" (official ``BIT-DA/RoTTA``,
+    ``core/adapter/rotta.py``). Over ``rbn`` this is RoTTA; over ``unmix_tns`` the UnMix-TNS paper's
+    "RoTTA + UnMix-TNS"; it runs over every policy. Per batch: the teacher (a copy of the adapted model
+    made at attach, held in the learner) predicts with its layers paused; each sample, with the teacher's
+    pseudo-label and entropy ``-sum p log(p + 1e-6)``, is offered to the memory
+    (:class:`tta.methods.rotta.memory.CSTUMemory`). Every ``update_frequency`` offered samples (counted
+    across batches, so an update can fall inside a batch) the teacher forwards the memory (its statistics
+    update), the student (the adapted model itself) forwards the augmented memory (its statistics
+    update), one Adam step on the student's affine parameters minimizes the soft cross-entropy to the
+    teacher weighted by :func:`timeliness_weights`, and the teacher's affine parameters move by ``nu``
+    towards the student's. The prediction returned for a batch is the teacher's, before the updates its
+    samples trigger; :func:`tta.paused` predicts with the teacher too. The number of classes is the width
+    of the teacher's output at the first batch.
 
-    Randomness: the augmentation of the k-th update draws from a generator seeded by ``(seed, k)``, so
-    the same seed gives the same predictions and ``reset`` replays them. ``augment``: ``"strong"`` (the
-    official pipeline for image batches with 1 or 3 channels, noise only for other inputs; see
-    :func:`tta.methods.rotta.augment.strong_augment`), ``"noise"`` (Gaussian noise only), ``"none"``
-    (the identity).
+    Args:
+        capacity: the memory's size in samples, >= 1; the quota of a class is ``capacity / classes``.
+        update_frequency: an update every this many offered samples, >= 1.
+        lr: the student's Adam learning rate, in (0, 1].
+        beta1: Adam's first-moment decay, in [0, 1).
+        beta2: Adam's second-moment decay, in [0, 1).
+        weight_decay: Adam's L2 penalty on the student's affine parameters, >= 0.
+        nu: the teacher's step towards the student at each update (an EMA of the affine parameters), in [0, 1].
+        lambda_t: the weight of an item's age (timeliness) in the memory's eviction score, >= 0.
+        lambda_u: the weight of an item's prediction entropy (uncertainty) in the eviction score, >= 0.
+        augment: what the student sees of the memory. ``"strong"``: the official strong augmentation for
+            image batches of 1 or 3 channels in [0, 1], Gaussian noise only for other inputs
+            (:func:`tta.methods.rotta.augment.strong_augment`; needs torchvision). ``"noise"``: Gaussian noise
+            only. ``"none"``: the memory as it is.
+        noise_std: the standard deviation of the augmentation's Gaussian noise, >= 0.
+        seed: the k-th update's augmentation draws from a generator seeded by ``(seed, k)``, so one seed
+            gives the same predictions, and :func:`tta.reset` replays them.
 
-    Departures from the official code, on purpose: the model is never switched to ``train()`` (the
-    policy layers adapt by their ``paused`` flag; dropout stays off); the EMA averages the affine
-    parameters only (every other parameter is frozen and equal in teacher and student; the official
-    average over all parameters changes them only by rounding); a non-finite loss or gradient skips the
-    step (a step that makes a parameter non-finite is undone), and a sample with a non-finite value or
-    prediction is kept out of the memory (it still counts towards the next update, as every sample does
-    in the official code; both logged), where the official code would carry the NaN into every later
-    update; an update due while the memory is empty is skipped whole (no forward, step or teacher
-    average, not counted in ``updates``; logged).
+    See :doc:`/methods/rotta` (the rule, the departures from the official code, when to use it).
     """
 
     instances: Tensor
@@ -88,6 +90,8 @@ class RoTTA(GradientMethod):
         noise_std: Annotated[float, Range(0)] = 0.005,
         seed: Annotated[int, Range(0)] = 0,
     ) -> None:
+        if augment == "strong":
+            vision_functional()  # the missing package is named before anything changes
         super().__init__(model)
         self.capacity, self.update_frequency = capacity, update_frequency
         self.lr, self.beta1, self.beta2, self.weight_decay, self.nu = lr, beta1, beta2, weight_decay, nu

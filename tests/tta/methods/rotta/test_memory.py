@@ -1,4 +1,4 @@
-"""RoTTA's CSTU memory on small hand-made sequences (spec M8, M13; official ``core/utils/memory.py``):
+"""RoTTA's CSTU memory on small hand-made sequences (docs/methods/rotta.md; official ``core/utils/memory.py``):
 insertion, the class quota, eviction from the majority classes, the strict score comparison, aging, ties,
 the order of the contents, state_dict and reset. Expected scores are worked out in the comments:
 ``score = lambda_t * sigmoid(age / capacity) + lambda_u * entropy / log(num_classes)``."""

@@ -1,4 +1,4 @@
-"""RoTTA (spec M13; official BIT-DA/RoTTA ``core/adapter/rotta.py``): options, timeliness weights, one
+"""RoTTA (docs/methods/rotta.md; official BIT-DA/RoTTA ``core/adapter/rotta.py``): options, timeliness weights, one
 update written out by hand (teacher prediction, memory, teacher and student statistics, Adam step, EMA),
 the update every ``update_frequency`` samples whatever the batch size, reset / paused / state_dict with
 updates, detach, determinism across processes, every policy. The memory and the augmentation have their
