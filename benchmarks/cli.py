@@ -70,6 +70,7 @@ def _config_from_args(args: argparse.Namespace) -> grid.GridConfig:
         model_args=args.model_arg,
         table=args.table,
         methods=args.methods,
+        window=args.window,
     )
 
 
@@ -329,6 +330,8 @@ def cmd_speed(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------- train-source
 
+FAMILY_CLASSES = {"vgg": "FashionVGG", "preact": "FashionPreActResNet"}
+
 
 def cmd_train_source(args: argparse.Namespace) -> int:
     from tta_bench.run import resolve_device, set_threads
@@ -345,12 +348,13 @@ def cmd_train_source(args: argparse.Namespace) -> int:
         options["lr"] = args.lr
     if args.device != DEFAULT_DEVICE:
         options["device"] = resolve_device(args.device)
-    out = Path(args.out).expanduser() if args.out else default_out()
+    out = Path(args.out).expanduser() if args.out else default_out(args.arch)
     if out.exists() and out.is_dir():
         raise _Fail(f"--out {args.out}: is a folder; name the checkpoint file")
-    result = train_source(out, **options)
+    result = train_source(out, arch=args.arch, **options)
     print(json.dumps(result, indent=2, default=str))
-    print(f"wrote {out}; evaluate it with: tta-bench run --model {out} --arch bundled ...")
+    arch = "bundled" if args.arch == "resnet" else f"tta_bench.model_families:{FAMILY_CLASSES[args.arch]}"
+    print(f"wrote {out}; evaluate it with: tta-bench run --model {out} --arch {arch} ...")
     return 0
 
 
@@ -450,8 +454,17 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma list of methods stacked on each policy ({', '.join(tta.list_methods())}), or all; "
         "default none: the policies alone",
     )
-    run.add_argument("--setting", default="single", help="comma list of single, continual, mixed, gradual")
-    run.add_argument("--order", default="iid", help="comma list of iid, sorted, dirichlet:<delta>, slots:<gamma>")
+    run.add_argument(
+        "--setting",
+        default="single",
+        help="comma list of single, continual, mixed, gradual, unitta:<code> (e.g. unitta:nu1u)",
+    )
+    run.add_argument(
+        "--order",
+        default="iid",
+        help="comma list of iid, sorted, dirichlet:<delta>, slots:<gamma>, optionally after imbalanced:<IF>[:random]+ "
+        "(e.g. imbalanced:100+slots:0.1)",
+    )
     run.add_argument(
         "--corruptions", default="all", help="comma list, all (the 15, default) or none (the clean test set)"
     )
@@ -463,6 +476,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="corruption parameter table (default: chosen from the image size)",
     )
     run.add_argument("--batch-size", type=int, default=64)
+    run.add_argument(
+        "--window",
+        type=int,
+        default=None,
+        metavar="N",
+        help="frame by frame: each image (--batch-size 1) is predicted through a window of the last N frames "
+        "(tta.SlidingWindow), which adapts once every N frames",
+    )
     run.add_argument("--n-examples", type=int, default=None, help="images per domain (default: all)")
     run.add_argument("--seeds", default="0", help="comma list of seeds (default 0)")
     run.add_argument(
@@ -556,6 +577,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="checkpoint path (default: fmnist_resnet.pt in the tta cache, $TTA_CACHE_DIR); "
         "the shipped weights are replaced only if this names their file",
+    )
+    trn.add_argument(
+        "--arch",
+        default="resnet",
+        choices=("resnet", "vgg", "preact"),
+        help="the model family: resnet (the bundled model's, default), vgg or preact (tta_bench.model_families)",
     )
     trn.add_argument("--epochs", type=int, default=None, help="default: the shipped checkpoint's recipe")
     trn.add_argument("--seed", type=int, default=0)

@@ -253,6 +253,7 @@ def make_row(config: GridConfig, run: Run, pair: Pair, domain: Domain, tally: Ta
         "options": config.options.get(policy, {}),
         "method_options": config.options.get(method, {}),
         **({"images": config.images} if config.images is not None else {}),
+        **({"window": config.window} if config.window is not None else {}),
     }
 
 
@@ -310,10 +311,13 @@ def run_unit(
     run = unit.run
     stream = build_stream(config, run, source, cache_dir=cache_dir)
     model = model.to(device).eval()
-    policy_alone = shared_forwards(unit.pairs)
-    learners = {
+    # through a window every pair runs its own forwards (a learner's window is not its policy's)
+    policy_alone = shared_forwards(unit.pairs) if config.window is None else {}
+    learners: dict[Pair, nn.Module] = {
         p: learner_copy(model, *p, config.options, seed=run.seed) for p in unit.pairs if p not in policy_alone.values()
     }
+    if config.window is not None:
+        learners = {p: tta.SlidingWindow(learner, config.window) for p, learner in learners.items()}
     for episode_domain, batches in stream.episodes():
         if unit.domain is not None and domain_of(episode_domain) != unit.domain:
             continue  # another unit's episode: its batches are never produced

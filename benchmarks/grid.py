@@ -26,6 +26,7 @@ from tta_streams.parsing import (
     split_list,
 )
 from tta_streams.settings import SETTINGS
+from tta_streams.settings import parse_setting as streams_parse_setting
 
 CLEAN = CLEAN_NAME
 """The corruption name of the clean test set (the domain label of clean images)."""
@@ -67,11 +68,14 @@ class GridConfig:
     images: str | None = None
     """The fingerprint (:func:`fingerprint_images`) of a user's :class:`tta_streams.ImageSet` streamed instead
     of the dataset's images; ``dataset`` then names what they stand in for (the model's kind of input)."""
+    window: int | None = None
+    """Frame by frame: every (method, policy) predicts each single image of the stream (``batch_size`` 1)
+    through a :class:`tta.SlidingWindow` of this many frames; None feeds the batches as they are."""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (lists instead of tuples), stored as the results folder's config.
 
-        ``arch``, ``model_args``, ``table``, ``methods`` and ``images`` appear only when set (``methods``
+        ``arch``, ``model_args``, ``table``, ``methods``, ``images`` and ``window`` appear only when set (``methods``
         when not just ``none``), so folders written before they existed keep the same identity and still
         resume.
         """
@@ -86,6 +90,8 @@ class GridConfig:
             extra["table"] = self.table
         if self.images is not None:
             extra["images"] = self.images
+        if self.window is not None:
+            extra["window"] = self.window
         return {
             "dataset": self.dataset,
             "model": self.model,
@@ -121,6 +127,7 @@ class GridConfig:
             table=data.get("table"),
             methods=tuple(data.get("methods", [NO_METHOD])),
             images=data.get("images"),
+            window=None if data.get("window") is None else int(data["window"]),
         )
 
 
@@ -176,13 +183,11 @@ def parse_methods(text: str) -> tuple[str, ...]:
 
 
 def parse_settings(text: str) -> tuple[str, ...]:
-    """A comma list of domain settings."""
-    names = split_list(text)
+    """A comma list of domain settings, each in its canonical spelling (``unitta:0.95:10:0.85:5`` ->
+    ``unitta:nunu``), so equal settings fingerprint equally."""
+    names = [streams_parse_setting(name) for name in split_list(text)]
     if not names:
         raise ValueError(f"no setting given; choose from: {', '.join(SETTINGS)}")
-    for name in names:
-        if name not in SETTINGS:
-            raise ValueError(f"unknown setting {name!r}; choose from: {', '.join(SETTINGS)}")
     _unique(names, "setting")
     return tuple(names)
 
@@ -358,6 +363,7 @@ def make_config(
     model_args: Iterable[str] | Mapping[str, Any] = (),
     table: str | None = None,
     methods: Names = NO_METHOD,
+    window: int | None = None,
 ) -> GridConfig:
     """Validate the grid's arguments and build the :class:`GridConfig`; a :class:`ConfigError` names the
     argument as ``tta-bench run`` spells it.
@@ -383,6 +389,7 @@ def make_config(
             model_args=_assignments(model_args),
             table=table,
             methods=_comma_list(methods),
+            window=window,
         )
     except ConfigError:
         raise
@@ -407,10 +414,16 @@ def _make_config(
     model_args: Iterable[str],
     table: str | None,
     methods: str,
+    window: int | None = None,
 ) -> GridConfig:
     dataset = tta_streams.get_dataset(dataset).name
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    if window is not None:
+        if isinstance(window, bool) or not isinstance(window, int) or window < 2:
+            raise ValueError(f"--window must be an integer of at least 2, got {window!r}")
+        if batch_size != 1:
+            raise ValueError(f"--window predicts frame by frame: it needs --batch-size 1, got {batch_size}")
     if n_examples is not None and n_examples < 1:
         raise ValueError(f"--n-examples must be >= 1, got {n_examples}")
     if table is not None and table not in TABLES:
@@ -421,12 +434,19 @@ def _make_config(
     corruption_names = parse_corruptions(corruptions)
     if corruption_names == (CLEAN,) and set(setting_names) != {"single"}:
         raise ValueError("the clean test set (--corruptions none) has one domain; use --setting single")
+    order_names = parse_orders(orders)
+    markov = [name for name in setting_names if name.startswith("unitta")]
+    if markov and order_names != ("iid",):
+        raise ValueError(
+            f"setting {markov[0]} draws the classes itself (a Markov chain over domain and class) and takes no "
+            f"label order; run it with --order iid alone (got {','.join(order_names)}), other settings in another grid"
+        )
     return GridConfig(
         dataset=dataset,
         model=normalize_model(model),
         policies=policy_names,
         settings=setting_names,
-        orders=parse_orders(orders),
+        orders=order_names,
         corruptions=corruption_names,
         severities=parse_severity_list(severities),
         seeds=parse_ints(seeds, "seed", low=0),
@@ -437,6 +457,7 @@ def _make_config(
         model_args=parse_model_args(model_args),
         table=table,
         methods=method_names,
+        window=window,
     )
 
 

@@ -97,6 +97,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "model_args": {"type": "object"},
         "table": {"type": ["string", "null"]},
         "images": {"type": ["string", "null"]},
+        "window": {"type": ["integer", "null"], "minimum": 2},
     },
 }
 """What ``config.json`` holds (:meth:`tta_bench.grid.GridConfig.to_json`)."""

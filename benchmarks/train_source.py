@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import tta_streams
-from tta_bench.source_model import WEIGHTS_PATH, build_model
+from tta_bench.model_families import FAMILIES, build_family
+from tta_bench.source_model import WEIGHTS_PATH
 
 __all__ = ["DEFAULT_EPOCHS", "augment", "default_out", "evaluate", "train_source"]
 
@@ -73,8 +74,9 @@ def train_source(
     label_smoothing: float = 0.1,
     device: torch.device | str | None = None,
     n_test: int | None = None,
+    arch: str = "resnet",
 ) -> dict:
-    """Train the bundled architecture and write its checkpoint.
+    """Train the bundled architecture (or another family) and write its checkpoint.
 
     Args:
         out_path: where the float32 state_dict goes (``torch.save``); metadata goes to the same path
@@ -86,6 +88,8 @@ def train_source(
             schedule peaking at ``lr``.
         device: where to train (default CPU).
         n_test: evaluate on the first ``n_test`` embedded test images only (default: all 10,000).
+        arch: the model family, a key of :data:`tta_bench.model_families.FAMILIES`: ``resnet`` (the bundled
+            model's), ``vgg`` or ``preact``.
 
     Returns:
         ``{"test_accuracy", "train_seconds", "epochs", "seed", "n_test", "torch_version", "path"}``.
@@ -94,6 +98,8 @@ def train_source(
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if arch not in FAMILIES:  # refused before any data is read
+        raise ValueError(f"unknown model family {arch!r}; choose from: {', '.join(FAMILIES)}")
     out_path = Path(out_path)
     device = torch.device(device) if device is not None else torch.device("cpu")
     train = tta_streams.fashion_mnist(split="train", root=root)
@@ -102,7 +108,7 @@ def train_source(
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_model()
+        model = build_family(arch)
     # Module.to takes memory_format beside a device; torch's overloads only list it alone
     model = model.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
     generator = torch.Generator().manual_seed(seed)
@@ -150,6 +156,7 @@ def train_source(
     result = {
         "test_accuracy": accuracy,
         "train_seconds": round(train_seconds, 1),
+        "arch": arch,
         "epochs": epochs,
         "seed": seed,
         "n_test": len(test_labels),
@@ -169,12 +176,12 @@ def train_source(
     return result
 
 
-def default_out() -> Path:
-    """Where training writes by default: ``fmnist_resnet.pt`` in the tta cache (``$TTA_CACHE_DIR``), never
+def default_out(arch: str = "resnet") -> Path:
+    """Where training writes by default: ``fmnist_<arch>.pt`` in the tta cache (``$TTA_CACHE_DIR``), never
     the shipped weights inside the installed package (``WEIGHTS_PATH``, replaced only when named)."""
     from tta_streams.cache import default_cache_dir
 
-    return default_cache_dir() / WEIGHTS_PATH.name
+    return default_cache_dir() / f"fmnist_{arch}.pt"
 
 
 def main(argv: list[str] | None = None) -> None:

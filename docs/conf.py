@@ -43,7 +43,7 @@ myst_heading_anchors = 3
 # every code cell runs at every build; an error in one fails the build
 nb_execution_mode = "force"
 nb_execution_raise_on_error = True
-nb_execution_timeout = 600
+nb_execution_timeout = 1800  # per cell: a loaded CI machine runs the tutorials several times slower
 nb_merge_streams = True
 # TTA_DOCS_QUICK=1 leaves the tutorials unexecuted (a faster build while writing pages; CI runs them all)
 nb_execution_excludepatterns = ["tutorials/*"] if os.environ.get("TTA_DOCS_QUICK") else []

@@ -33,7 +33,8 @@ from tta_streams.corruption_sets import PrecomputedSource
 from tta_streams.corruptions import is_int
 from tta_streams.domain_source import open_source
 from tta_streams.imageset import ImageSet
-from tta_streams.orderings import LabelStats, batch_label_measures, order_indices, parse_order
+from tta_streams.markov import parse_unitta, unitta_indices
+from tta_streams.orderings import LabelStats, label_stats, order_indices, parse_order
 from tta_streams.parsing import CLEAN_NAME, parse_corruptions, parse_severities
 from tta_streams.settings import Domain
 
@@ -98,7 +99,7 @@ class Stream(IterableDataset[Batch]):
     domain setting.
 
     Batches never straddle two domains in the sequential settings (each domain's last short batch is
-    kept); in ``mixed`` they do. The same arguments give the same batches bit for bit.
+    kept); in ``mixed`` and ``unitta`` they do. The same arguments give the same batches bit for bit.
 
     Iterate :meth:`episodes` to reset the policy between episodes (``single``: between domains);
     iterating a multi-domain ``single`` stream flat warns once, since nothing resets there. A Stream is
@@ -114,9 +115,12 @@ class Stream(IterableDataset[Batch]):
             of names, or None / ``"none"`` (the clean images only, domain ``("none", 0)``; clean sources only).
         severities: an integer in 1..5 or a list of them; the domains are corruption-major (each corruption,
             then each severity).
-        order: ``iid``, ``dirichlet:<delta>``, ``sorted`` or ``slots:<gamma>``.
-        setting: ``single``, ``continual``, ``mixed`` or ``gradual`` (which visits severities
-            1,2,3,4,5,4,3,2,1 and ignores ``severities``).
+        order: ``iid``, ``dirichlet:<delta>``, ``sorted`` or ``slots:<gamma>``, optionally after a long-tailed
+            class prior, ``imbalanced:<IF>[:random]`` alone or joined by ``+`` (``imbalanced:100+slots:0.1``
+            is TRIBE's GLI-TTA).
+        setting: ``single``, ``continual``, ``mixed``, ``gradual`` (which visits severities
+            1,2,3,4,5,4,3,2,1 and ignores ``severities``) or ``unitta:<code>`` (UniTTA's Markov chain over
+            (domain, class), e.g. ``unitta:nu1u``; it draws the classes itself, so ``order`` stays ``iid``).
         batch_size: images per batch (>= 1).
         n_examples: the first ``n_examples`` images of each domain (None: all).
         seed: an integer in 0..2**64-1 (a float, bool or string is a TypeError).
@@ -150,12 +154,16 @@ class Stream(IterableDataset[Batch]):
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if n_examples is not None and (not is_int(n_examples) or n_examples < 1):
             raise ValueError(f"n_examples must be a positive integer or None, got {n_examples!r}")
-        if setting not in settings.SETTINGS:
-            raise ValueError(f"unknown setting {setting!r}; choose from: {', '.join(settings.SETTINGS)}")
+        setting = settings.parse_setting(setting)
         seed = check_seed(seed)
         if table is not None and not isinstance(table, str):
             raise ValueError(f"table must be a table name or None, got {table!r}")
         self.order = parse_order(order)
+        if setting.startswith("unitta") and str(self.order) != "iid":
+            raise ValueError(
+                f"setting {setting!r} draws the classes itself (a Markov chain over domain and class), so it "
+                f"takes no label order: leave order at 'iid', got {str(self.order)!r}"
+            )
         self.setting = setting
         self.batch_size = int(batch_size)
         self.n_examples = n_examples = None if n_examples is None else int(n_examples)
@@ -177,7 +185,8 @@ class Stream(IterableDataset[Batch]):
         if corruption_list is None:
             if setting == "gradual":
                 raise ValueError("setting 'gradual' needs corruptions (it varies their severity)")
-            self._plan = [settings.Episode((CLEAN,), mixed=setting == "mixed")]
+            markov = parse_unitta(setting) if setting.startswith("unitta") else None
+            self._plan = [settings.Episode((CLEAN,), mixed=setting == "mixed" or markov is not None, markov=markov)]
         else:
             self._plan = settings.plan(setting, corruption_list, severity_list)
         self._segments = [self._build_segments(episode) for episode in self._plan]
@@ -185,6 +194,15 @@ class Stream(IterableDataset[Batch]):
 
     # ----------------------------------------------------------------- planning (labels only)
     def _build_segments(self, episode: settings.Episode) -> list[_Segment]:
+        if episode.markov is not None:
+            domain_labels = [self._source.labels(d) for d in episode.domains]
+            union = np.concatenate(domain_labels)
+            ids = np.repeat(np.arange(len(domain_labels)), [len(x) for x in domain_labels])
+            order = unitta_indices(ids, union, episode.markov, generator("order-unitta", self.seed))
+            unseen = [d for i, d in enumerate(episode.domains) if not np.any(ids[order] == i)]
+            if unseen:
+                raise ValueError(f"setting {self.setting!r}: the chain drew no image of {unseen}; use more examples")
+            return [_Segment(episode.domains, tuple(len(x) for x in domain_labels), union, order)]
         if episode.mixed:
             domain_labels = [self._source.labels(d) for d in episode.domains]
             union = np.concatenate(domain_labels)
@@ -211,13 +229,11 @@ class Stream(IterableDataset[Batch]):
         return sum(-(-len(seg.order) // self.batch_size) for segs in self._segments for seg in segs)
 
     def label_stats(self) -> LabelStats:
-        """How non-i.i.d. the stream is: averages over all its batches of the number of
-        distinct labels and of the TV distance between the batch's label histogram and its domain's."""
-        distinct, tv = zip(
-            *(batch_label_measures(seg.labels[seg.order], self.batch_size) for segs in self._segments for seg in segs)
-        )
-        distinct, tv = np.concatenate(distinct), np.concatenate(tv)
-        return LabelStats(float(distinct.mean()), float(tv.mean()), len(tv))
+        """How non-i.i.d. the stream is: averages over all its batches of the number of distinct labels and
+        of the TV distance between the batch's label histogram and its domain's; the class imbalance (largest
+        over smallest class count), the rate of consecutive samples sharing a label and the mean run length,
+        inside each domain (each union in ``mixed`` and ``unitta``). See :class:`~tta_streams.LabelStats`."""
+        return label_stats([seg.labels[seg.order] for segs in self._segments for seg in segs], self.batch_size)
 
     def episodes(self) -> Iterator[tuple[Domain | None, Iterator[Batch]]]:
         """(domain, batches) per episode; reset the policy before each. ``single``: one

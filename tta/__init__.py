@@ -29,11 +29,13 @@ from tta.registry import (
     register_method,
     register_policy,
 )
+from tta.window import SlidingWindow
 
 __all__ = [
     "CorrelationMeter",
     "Method",
     "NormPolicy",
+    "SlidingWindow",
     "__version__",
     "adapt",
     "attach_method",

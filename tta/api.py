@@ -18,6 +18,7 @@ from tta.methods.base import Method, holder_of
 from tta.policies.base import ModelHook, NormPolicy, pausing
 from tta.registry import check_method_options, check_policy_options, get_method, get_policy
 from tta.surgery import check_replaceable, is_batchnorm, post_norm_of, remove_hooks, replace_modules
+from tta.window import SlidingWindow
 
 
 def adapt(model: nn.Module, policy: str, **options: object) -> nn.Module:
@@ -127,12 +128,15 @@ def reset(model: nn.Module) -> None:
     """Return every policy layer and a method to their state right after attach, bit for bit.
 
     For a learner (:func:`attach_method`) that includes the trained parameters, the optimizer state, a
-    memory and the counters. Call it at a known change of domain, or before each stream of an experiment.
+    memory and the counters; a :class:`tta.SlidingWindow` is emptied. Call it at a known change of domain, or
+    before each stream of an experiment.
 
     Raises:
         ValueError: ``model`` is not adapted.
     """
     layers = _require_layers(model)
+    for window in (m for m in model.modules() if isinstance(m, SlidingWindow)):
+        window.clear()
     methods = [m for m in model.modules() if isinstance(m, Method)]
     for method in methods:
         method.reset()  # its policy layers included
@@ -205,5 +209,5 @@ def paused(model: nn.Module) -> Iterator[nn.Module]:
         ...     probe = model(torch.randn(16, 4))  # the current state, unchanged
     """
     _require_layers(model)
-    with pausing(m for m in model.modules() if isinstance(m, (NormPolicy, Method))):
+    with pausing(m for m in model.modules() if isinstance(m, (NormPolicy, Method, SlidingWindow))):
         yield model

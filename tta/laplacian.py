@@ -1,6 +1,6 @@
 """LAME's maths (Boudiaf et al. CVPR 2022; :doc:`/methods/lame`): affinities between a batch's features, the bound
 optimization of the Laplacian-regularized likelihood, and the hook that reads a classifier's input. Used by
-the method ``lame`` and by the policy ``rebalance``'s refinement."""
+the methods ``lame`` and ``prior_refine``."""
 
 from __future__ import annotations
 
@@ -128,3 +128,32 @@ class FeatureCapture:
     def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         if self.armed:
             self.armed, self.features = False, args[0]
+
+    def logits_and_features(
+        self,
+        forward: Callable[[], Tensor],
+        who: str,
+        *,
+        width: int | None = None,
+        required: bool = True,
+        hint: str = "",
+    ) -> tuple[Tensor, Tensor | None]:
+        """Run ``forward`` (the model on a batch) and return its logits with the classifier's input of that
+        forward. When ``required``, an input that is missing or not ``(batch, width)`` is a ValueError naming
+        ``who`` (and ``hint``); otherwise it is returned as it is (None when the classifier was not called)."""
+        self.arm()
+        logits = forward()
+        features, self.features = self.features, None
+        fits = (
+            features is not None
+            and features.dim() == 2
+            and len(features) == len(logits)
+            and (width is None or features.shape[1] == width)
+        )
+        if required and not fits:
+            got = "no call" if features is None else f"an input of shape {tuple(features.shape)}"
+            raise ValueError(
+                f"{who} needs the (batch, {width or 'features'}) input of the model's last nn.Linear for a batch of "
+                f"{len(logits)}; it got {got}{hint}"
+            )
+        return logits, features

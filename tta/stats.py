@@ -249,3 +249,19 @@ def normalize_per_instance(
     view = (*scale.shape, *([1] * (x.dim() - 2)))
     out = torch.addcmul(shift.view(view), x.to(scale.dtype), scale.view(view))
     return out.to(x.dtype)
+
+
+def float_buffers(module: torch.nn.Module) -> dict[str, Tensor]:
+    """The module's own floating-point buffers by name, to keep their dtypes over a cast
+    (:func:`restore_dtypes`)."""
+    return {name: buf for name, buf in module._buffers.items() if buf is not None and buf.is_floating_point()}
+
+
+def restore_dtypes(module: torch.nn.Module, before: dict[str, Tensor]) -> None:
+    """After ``module._apply`` (``.double()``, ``.half()``, ``.to(device)``): each buffer of ``before`` (from
+    :func:`float_buffers`) back in its own dtype, on the device the cast moved it to. Statistics are kept in
+    their statistics dtype whatever the model's dtype."""
+    for name, buf in before.items():
+        moved = module._buffers[name]
+        if moved is not None and moved.dtype != buf.dtype:
+            module._buffers[name] = buf.to(moved.device)

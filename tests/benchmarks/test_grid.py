@@ -217,3 +217,51 @@ def test_bad_methods_and_method_options_are_refused(methods, option, needle):
 def test_a_dataset_registered_by_its_own_module_is_valid_in_the_grid(toy_dataset):
     assert small(dataset="toy").dataset == toy_dataset
     assert small(dataset="FMNIST").dataset == "fmnist-c"
+
+
+def test_imbalanced_orders_and_unitta_settings_are_keyed_by_their_canonical_spelling():
+    config = small(orders="imbalanced:100.0, imbalanced:10:random+slots:0.10, imbalanced:5+iid")
+    assert config.orders == ("imbalanced:100", "imbalanced:10:random+slots:0.1", "imbalanced:5")
+    markov = small(orders="iid", settings="unitta:0.95:10:0.85:5,unitta:0.9:10:i:1")
+    assert markov.settings == ("unitta:nunu", "unitta:0.9:10:i:1")
+    for cfg in (config, markov):
+        assert grid.GridConfig.from_json(cfg.to_json()) == cfg
+    assert {key[2] for key in grid.row_keys(markov)} == {"unitta:nunu", "unitta:0.9:10:i:1"}
+    # the Markov chain visits every domain of the grid: one row per domain, as in the other settings
+    assert grid.domains(markov, "unitta:nunu") == [("brightness", 5), ("contrast", 5)]
+    with pytest.raises(ValueError, match="twice"):
+        small(orders="iid", settings="unitta:nunu,unitta:0.95:10:0.85:5")
+
+
+@pytest.mark.parametrize(
+    ("settings", "orders", "needle"),
+    [
+        ("unitta:nu1u", "iid,dirichlet:0.1", "takes no label order"),
+        ("unitta:nuxu", "iid", "'x' is no domain correlation letter"),
+        ("unitta:0.95:0.5:0.85:5", "iid", "class imbalance factor must be a finite number >= 1"),
+        ("unitta:1:1:1:1", "iid", "impossible"),
+        ("single", "imbalanced:0.5", "imbalance factor must be a finite number >= 1"),
+        ("single", "dirichlet:0.1+imbalanced:10", "written first"),
+    ],
+)
+def test_bad_imbalanced_orders_and_unitta_settings_are_refused_before_anything_runs(settings, orders, needle):
+    with pytest.raises(ValueError, match=needle):
+        small(settings=settings, orders=orders)
+
+
+@pytest.mark.parametrize(("setting", "order"), [("continual", "imbalanced:10+slots:0.1"), ("unitta:nunu", "iid")])
+def test_tta_bench_runs_a_grid_of_the_new_orders_and_settings(tmp_path, setting, order):
+    import json
+
+    from tta_bench import cli
+
+    argv = ["run", "--dataset", "fmnist-c", "--policies", "source", "--setting", setting, "--order", order,
+            "--corruptions", "brightness,contrast", "--n-examples", "300", "--batch-size", "50", "--seeds", "0",
+            "--no-progress", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]  # fmt: skip
+    assert cli.main(argv) == 0
+    rows = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert {(row["setting"], row["order"]) for row in rows} == {(setting, order)}
+    assert sorted(row["corruption"] for row in rows) == ["brightness", "contrast"]
+    stream = tta_streams.Stream("fmnist", corruptions=["brightness", "contrast"], setting=setting, order=order,
+                                n_examples=300, batch_size=50, seed=0, cache_dir=tmp_path / "cache")  # fmt: skip
+    assert sum(row["n"] for row in rows) == sum(len(batch.y) for batch in stream)

@@ -225,3 +225,58 @@ def test_worker_processes_stream_the_users_images_to_the_rows_of_a_serial_run(tm
         config, tmp_path / "parallel", device="cpu", cache_dir=cache_dir, images=user_images(), workers=2
     )
     assert parallel.status == "complete" and parallel.rows == serial.rows
+
+
+def test_a_window_grid_counts_the_errors_of_each_frame_predicted_through_its_window(tmp_path, cache_dir):
+    import tta
+    from tta_bench.models import load_bundled_model
+
+    window_config = grid.make_config(
+        dataset="fmnist-c",
+        policies=["tbn", "rbn"],
+        methods=["none", "lame"],
+        orders=["sorted"],
+        corruptions=["fog"],
+        n_examples=40,
+        batch_size=1,
+        window=8,
+    )
+    assert grid.GridConfig.from_json(window_config.to_json()) == window_config
+    outcome = run.run_grid(window_config, tmp_path / "out", device="cpu", cache_dir=cache_dir)
+    rows = {(r["method"], r["policy"]): r for r in read_rows(tmp_path / "out" / "results.jsonl")}
+    assert len(rows) == 4 == len(outcome.rows) and all(r["window"] == 8 and r["n"] == 40 for r in rows.values())
+    # the same frames through tta.SlidingWindow by hand
+    stream = tta_streams_stream(cache_dir)
+    for (method, policy), row in rows.items():
+        model = tta.adapt(load_bundled_model(), policy)
+        learner = model if method == "none" else tta.attach_method(model, method)
+        window = tta.SlidingWindow(learner, 8)
+        errors = 0
+        with torch.no_grad():
+            for x, y, _ in stream:
+                errors += int((window(x).argmax(1) != y).sum())
+        assert row["errors"] == errors, (method, policy)
+
+
+def tta_streams_stream(cache_dir: Path):
+    import tta_streams
+
+    return tta_streams.Stream(
+        "fmnist",
+        corruptions=["fog"],
+        severities=5,
+        order="sorted",
+        n_examples=40,
+        batch_size=1,
+        seed=0,
+        cache_dir=cache_dir,
+    )
+
+
+@pytest.mark.parametrize(
+    ("window", "batch_size", "named"),
+    [(1, 1, "--window must be an integer of at least 2"), (8, 4, "needs --batch-size 1")],
+)
+def test_a_window_below_two_frames_or_over_batches_is_refused(window, batch_size, named):
+    with pytest.raises(grid.ConfigError, match=named):
+        grid.make_config(dataset="fmnist-c", batch_size=batch_size, window=window)

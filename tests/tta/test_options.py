@@ -38,13 +38,18 @@ CASES = [
     ("rebalance", "momentum", ["0.1", True], [0.0, -0.1, 1.5, float("nan")], [1e-3, 0.1, 1]),
     ("rebalance", "class_memory", ["1000", None], [0.5, 0.0, float("inf")], [1, 1000.0]),
     ("rebalance", "prior", [None, 1], ["Uniform", "source"], ["previous", "uniform"]),
-    ("rebalance", "correct_outputs", [], [], [True, False]),  # a bool: its type errors in test_rebalance
-    ("rebalance", "refine", [], [], [True, False]),  # a bool: its type errors in test_rebalance
     ("rebalance", "pool_momentum", ["0.01", True], [0.0, -0.1, 1.5, float("nan")], [1e-3, 0.01, 1]),
     ("rebalance", "detect_changes", [], [], [True, False]),  # a bool: its type errors in test_rebalance
     ("rebalance", "change_threshold", ["0.25", None], [0.0, -1.0, float("inf")], [1e-3, 0.25, 4]),
     ("rebalance", "change_window", ["128", None], [0.5, 0.0, float("inf")], [1, 128.0]),
     ("rebalance", "reference_batch", ["64", 64.0, True], [0, -1], [1, 64]),
+    ("bdn", "num_classes", [10.0, "10", True], [1, 0, -2], [2, 10, np.int64(5)]),
+    ("bdn", "eta", ["0.01", True], [0.0, -0.01, 1.5, float("nan")], [1e-4, 0.01, 1]),
+    ("bdn", "gamma", ["0", [0.1], None], [-0.1, 1.01, float("inf")], [0.0, 0.1, 1]),
+    ("bdn", "max_domains", [64.0, "64", None], [1, 0, -2], [2, 64, np.int64(8)]),
+    ("bdn", "prune", [], [], [True, False]),  # a bool
+    ("bdn", "domain_layer", [1.0, "0", True], [-1], [0, 1]),  # small_cnn has 2 BatchNorm layers
+    ("bdn", "confidence_filter", [], [], [True, False]),  # a bool
 ]
 
 

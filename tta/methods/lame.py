@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, cast
 
 import torch
 from torch import Tensor, nn
@@ -68,16 +68,8 @@ class Lame(Method):
     @torch.no_grad()
     def predict(self, x: Tensor) -> Tensor:
         """LAME's ``log Y`` for the adapted model's logits of ``x``, from one forward."""
-        self.capture.arm()
-        logits = self.check_logits(self.model(x), len(x))
-        features, self.capture.features = self.capture.features, None
-        if features is None or features.dim() != 2 or len(features) != len(logits):
-            got = "no call" if features is None else f"an input of shape {tuple(features.shape)}"
-            raise ValueError(
-                f"lame needs the (batch, features) input of the model's last nn.Linear for a batch of "
-                f"{len(logits)}; it got {got}"
-            )
-        return self.refine(logits, features)
+        logits, features = self.capture.logits_and_features(lambda: self.check_logits(self.model(x), len(x)), "lame")
+        return self.refine(logits, cast(Tensor, features))
 
     def refine(self, logits: Tensor, features: Tensor) -> Tensor:
         """``log Y`` of LAME for this batch's logits and classifier inputs; a non-finite row is left out and

@@ -9,6 +9,7 @@ from tta.registry import ListingPackage
 # isort: off
 from tta.policies import source, tbn, adabn, alpha_bn, momentum_decay, rbn, unmix_tns  # noqa: F401
 from tta.policies import adab2n, balanced, iabn, rebalance  # noqa: F401
+from tta.policies import bdn  # noqa: F401
 # isort: on
 
 LISTING = "list_policies"

@@ -16,7 +16,7 @@ from torch.nn.utils import parametrize
 
 from tta.collectives import reduce_moments, sum_across_processes
 from tta.options import declared_options
-from tta.stats import batch_moments, computed_once, normalize, on_host
+from tta.stats import batch_moments, computed_once, float_buffers, normalize, on_host, restore_dtypes
 
 
 class ModelHook:
@@ -346,12 +346,9 @@ class NormPolicy(nn.Module):
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> NormPolicy:
         """Module casts and moves: statistics keep their dtype; the original layer follows (class doc)."""
-        before = {name: buf for name, buf in self._buffers.items() if buf is not None and buf.is_floating_point()}
+        before = float_buffers(self)
         super()._apply(fn, recurse)
-        for name, buf in before.items():
-            moved = self._buffers[name]
-            if moved is not None and moved.dtype != buf.dtype:
-                self._buffers[name] = buf.to(moved.device)
+        restore_dtypes(self, before)
         self.original._apply(fn, recurse)
         return self
 

@@ -10,13 +10,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from tta.collectives import gather_rows
-from tta.laplacian import lame_refinement
+from tta.composition import Prediction, estimates, predicted_classes
+from tta.composition import per_batch as rate_per_batch
 from tta.options import Choice, Range
 from tta.policies.base import ModelHook, NormPolicy, check_logits, filled, source_mean
 from tta.registry import register_policy
 from tta.stats import all_finite, instance_moments, on_host, select
-from tta.surgery import last_linear, with_num_classes
+from tta.surgery import with_num_classes
 
 # A batch's (sample_mean, sample_var, mean, var, beta, guess, ok) and the pool (moment1, moment2, pooled) before it
 Pending = tuple[Tensor, Tensor, Tensor, Tensor, Tensor | float, Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]
@@ -39,13 +39,13 @@ class RebalancedBatchNorm(NormPolicy):
     the current domain (a cumulative mean floored at ``pool_momentum``), restarts the pool when the first
     layer sees a change of domain that the class model does not explain (:meth:`domain_changed`), and
     normalizes with the balanced statistics of the pool. ``pi`` is estimated from the model's own argmax
-    (a forward hook, :class:`UpdateFromPredictions`: one forward per batch): the last batch's predicted
-    histogram as a deviation from the model's usual prediction, scaled by ``rho``, the lag-1
-    autocorrelation of those deviations. The same estimate corrects the outputs for label shift
-    (``+ log(K pi_k)``), and LAME's Laplacian refinement (:mod:`tta.laplacian`) is applied with its
-    affinity scaled by ``sqrt(rho)``, so it is off on an i.i.d. stream. Every rate is per
-    ``reference_batch`` images. Across processes (a SyncBatchNorm layer) the batch moments, class counts,
-    detector residuals and the refinement's batch are every process's together.
+    (a forward hook, :class:`UpdateFromPredictions`: one forward per batch; the maths in
+    :mod:`tta.composition`): the last batch's predicted histogram as a deviation from the model's usual
+    prediction, scaled by ``rho``, the lag-1 autocorrelation of those deviations. Every rate is per
+    ``reference_batch`` images. Across processes (a SyncBatchNorm layer) the batch moments, class counts and
+    detector residuals are every process's together. The model's outputs are left as it gives them: the
+    label-prior correction and the refinement by the same estimates are the method ``prior_refine``
+    (:doc:`/methods/prior_refine`), ``tta.attach_method(tta.adapt(model, "rebalance"), "prior_refine")``.
 
     The rule with its equations, costs and limits: :doc:`/policies/rebalance`; the derivation, the choices
     and the measurements behind them: :doc:`/design/rebalance`.
@@ -59,13 +59,7 @@ class RebalancedBatchNorm(NormPolicy):
         class_memory: the most samples per class that the running class moments ``a_k, q_k`` average over
             (a class's newest batch weighs at least ``n / (class_memory + n)``).
         prior: ``"previous"`` estimates the batch's class composition from the previous predictions;
-            ``"uniform"`` takes every batch as balanced: pooled batch moments, no output correction, no
-            refinement.
-        correct_outputs: add ``log(K pi_k)`` to the logits, ``pi`` the estimated composition (a label-shift
-            prior correction; with ``prior="previous"`` only).
-        refine: refine the corrected outputs by LAME's Laplacian-regularized likelihood, kNN affinity
-            (k = 5) between the features entering the model's last ``nn.Linear``, scaled by ``sqrt(rho)``;
-            a model without an ``nn.Linear`` needs ``refine=False``.
+            ``"uniform"`` takes every batch as balanced: pooled batch moments.
         pool_momentum: the floor of the pool's rate, per ``reference_batch`` images: within a domain the
             pool is a cumulative mean (rate ``1/n`` after ``n`` batches) until ``1/n`` reaches it, so a
             change the detector misses is still forgotten; None takes ``momentum / 10``.
@@ -106,8 +100,6 @@ class RebalancedBatchNorm(NormPolicy):
         momentum: Annotated[float | None, Range(0, 1, low_open=True)] = None,
         class_memory: Annotated[float, Range(1)] = 1000.0,
         prior: Annotated[str, Choice("previous", "uniform")] = "previous",
-        correct_outputs: bool = True,
-        refine: bool = True,
         pool_momentum: Annotated[float | None, Range(0, 1, low_open=True)] = None,
         detect_changes: bool = True,
         change_threshold: Annotated[float, Range(0, low_open=True)] = 0.2,
@@ -122,8 +114,6 @@ class RebalancedBatchNorm(NormPolicy):
         self.momentum = self.bn_momentum if momentum is None else momentum
         self.class_memory = class_memory
         self.prior = prior
-        self.correct_outputs = correct_outputs
-        self.refine = refine
         self.pool_momentum = self.momentum / 10 if pool_momentum is None else pool_momentum
         self.detect_changes = detect_changes
         self.change_threshold, self.change_window = change_threshold, change_window
@@ -147,25 +137,39 @@ class RebalancedBatchNorm(NormPolicy):
         self.pending: Pending | None = None  # this batch's moments, for the hook
 
     @classmethod
-    def model_options(cls, model: nn.Module, options: dict[str, object]) -> dict[str, object]:
-        """``num_classes`` from the model's last ``nn.Linear`` when not given; with ``refine`` (default), a
-        model without one is refused here, before any layer is swapped."""
-        options = with_num_classes("rebalance", model, options)
-        if options.get("refine", True) and last_linear(model) is None:
-            raise ValueError(
-                f"rebalance refine=True reads the features entering the classifier, the model's last nn.Linear, "
-                f"and {type(model).__name__} has none; pass refine=False"
+    def retired_option(cls, option: str, value: object) -> str | None:
+        """``correct_outputs`` and ``refine`` (the output step) are the method ``prior_refine``: say how to
+        use it."""
+        if option not in ("correct_outputs", "refine"):
+            return None
+        method = 'tta.attach_method(tta.adapt(model, "rebalance"), "prior_refine")'
+        if value is False and option == "correct_outputs":
+            return (
+                "rebalance no longer takes correct_outputs: it is a normalization policy and leaves the outputs "
+                f"as the model gives them, so drop it; the output correction is the method prior_refine: {method} "
+                "(tta-bench: --methods prior_refine)"
             )
-        return options
+        if value is False:
+            return (
+                "rebalance no longer takes refine=False: it leaves the outputs as the model gives them; the "
+                "correction without the refinement is the method prior_refine with refine=False: tta.attach_method("
+                'tta.adapt(model, "rebalance"), "prior_refine", refine=False) '
+                "(tta-bench: --methods prior_refine --option prior_refine.refine=False)"
+            )
+        return (
+            f"rebalance no longer takes {option}={value!r}; the label-prior correction and the refinement of the "
+            f"outputs are the method prior_refine: {method} (tta-bench: --methods prior_refine)"
+        )
+
+    @classmethod
+    def model_options(cls, model: nn.Module, options: dict[str, object]) -> dict[str, object]:
+        """``num_classes`` from the model's last ``nn.Linear`` when not given."""
+        return with_num_classes("rebalance", model, options)
 
     @classmethod
     def register_model_hooks(cls, model: nn.Module, **options: object) -> None:
         """Register the hook that learns the class statistics from the prediction."""
-        capture = None
-        if options.get("refine", True):  # model_options checked that there is a classifier
-            capture = ClassifierInput()
-            cast(nn.Linear, last_linear(model)).register_forward_pre_hook(capture)
-        model.register_forward_hook(UpdateFromPredictions(capture))
+        model.register_forward_hook(UpdateFromPredictions())
 
     def balanced_stats(self, moment1: Tensor, moment2: Tensor, composition: Tensor) -> tuple[Tensor, Tensor]:
         """The balanced ``(m, s^2)`` of pooled moments of composition ``pi`` (:doc:`/policies/rebalance`).
@@ -252,14 +256,9 @@ class RebalancedBatchNorm(NormPolicy):
         return (1.0 / (self.pool_age + 1).to(self.stats_dtype)).clamp_min(floor)
 
     def per_batch(self, rate: float, batch: int | Tensor) -> float | Tensor:
-        """The rate of a batch of ``batch`` images for a ``rate`` per ``reference_batch`` images:
-        ``1 - (1 - rate)^(batch / reference_batch)``, so that the old content keeps the same weight after
-        the same number of images whatever the batch size (:doc:`/policies/rebalance`)."""
-        if isinstance(batch, Tensor):  # a count on the device (no host sync)
-            return 1.0 - (1.0 - rate) ** (batch / self.reference_batch)
-        if not torch.compiler.is_compiling() and batch == self.reference_batch:  # compiled: no guard on the batch
-            return rate  # exactly (1 - (1 - 0.1) is not 0.1 in floating point)
-        return 1.0 - (1.0 - rate) ** (batch / self.reference_batch)
+        """The rate of a batch of ``batch`` images for a ``rate`` per ``reference_batch`` images
+        (:func:`tta.composition.per_batch`, :doc:`/policies/rebalance`)."""
+        return rate_per_batch(rate, batch, self.reference_batch)
 
     def domain_changed(self, labels: Tensor, valid: Tensor | None = None) -> Tensor:
         """Whether the pending batch comes from another domain than the pool (a 0-dim bool).
@@ -378,39 +377,25 @@ class RebalancedBatchNorm(NormPolicy):
                 updates["pooled_composition"] = layer.pooled_composition + batch[4] * (deviation - batch[5])
             layer.commit(ok, **updates)
 
-    def shared_estimates(
-        self, classes: Tensor, counts: Tensor, batch: int | Tensor, pooled: bool = True
-    ) -> dict[str, Tensor]:
-        """The composition estimates after a batch of ``batch`` images, ``counts`` predictions of ``classes``,
-        the same in every layer (computed once, from this layer's state): this batch's composition, the usual
-        one, the lag-1 products, the next batch's guess and the batch's deviation from the usual prediction.
-        ``pooled``: the layers pooled the batch already (``pool_age`` counts it); else it is counted here, so a
-        paused forward predicts as an adapting one would."""
-        uniform = 1.0 / self.num_classes
-        momentum, usual_momentum = self.per_batch(self.momentum, batch), self.per_batch(0.1 * self.momentum, batch)
-        composition = torch.zeros_like(self.composition).index_put_((classes,), counts.to(self.stats_dtype))
-        composition = composition / composition.sum()
-        # batches since the last restart (a new domain, a new usual prediction), this one included
-        steps = (self.pool_age + (not pooled)).to(self.stats_dtype)
-        beta = (1.0 / steps).clamp_min(momentum)
-        usual, last = self.usual_composition, self.composition
-        lag = torch.stack([((composition - usual) * (last - usual)).sum(), (last - usual).square().sum()])
-        lag = torch.lerp(self.lag_products, lag, beta * (steps > 1))  # the first batch has no predecessor
-        usual = torch.lerp(usual, composition, (1.0 / steps).clamp_min(usual_momentum))
-        deviation = (uniform + composition - usual).clamp_min(0)
-        rho = (lag[0] / lag[1].clamp_min(1e-12)).clamp(0, 1) * (steps * momentum).clamp_max(1)
-        guess = uniform + rho * (composition - usual)
+    def shared_estimates(self, prediction: Prediction) -> dict[str, Tensor]:
+        """The composition estimates after a batch whose predicted classes are ``prediction``, the same in every
+        layer (computed once, from this layer's state; :func:`tta.composition.estimates`): this batch's
+        composition, the usual one, the lag-1 products, the next batch's guess (uniform with
+        ``prior="uniform"``), the batch's deviation from the usual prediction, and the counts. The batches
+        since the last restart are ``pool_age``, which counts this one already."""
+        found = estimates(
+            self.composition,
+            self.usual_composition,
+            self.lag_products,
+            prediction,
+            self.pool_age,
+            self.momentum,
+            self.reference_batch,
+        )
+        shared = {**found._asdict(), "counts": prediction.counts}
         if self.prior == "uniform":
-            guess = torch.full_like(guess, uniform)
-        return {
-            "counts": counts,
-            "composition": composition,
-            "usual_composition": usual,
-            "lag_products": lag,
-            "guess": guess,
-            "deviation": deviation / deviation.sum(),
-            "rho": rho,
-        }
+            shared["guess"] = torch.full_like(found.guess, 1.0 / self.num_classes)
+        return shared
 
     def reset(self) -> None:
         super().reset()
@@ -422,22 +407,15 @@ class RebalancedBatchNorm(NormPolicy):
 
 class UpdateFromPredictions(ModelHook):
     """Forward hook on the model's root: the argmax of the model's output updates the class statistics of
-    every ``rebalance`` layer from the batch it just normalized, and the output is returned reweighted by
-    the batch's estimated class prior (one forward; :class:`RebalancedBatchNorm`). While paused the output
-    is corrected and refined the same way from the current state, which nothing updates. Samples whose
-    output is not finite count in no estimate and are returned as the model gave them. An output that is not
-    ``(batch, K)`` logits, or a layer that saw another batch size, is refused with the pools put back."""
+    every ``rebalance`` layer from the batch it just normalized (one forward; :class:`RebalancedBatchNorm`);
+    the output is returned as the model gave it. Samples whose output is not finite count in no estimate. An
+    output that is not ``(batch, K)`` logits, or a layer that saw another batch size, is refused with the
+    pools put back. A paused forward learns nothing."""
 
-    def __init__(self, capture: ClassifierInput | None = None) -> None:
-        self.capture = capture
-
-    def __call__(self, model: nn.Module, args: tuple[Any, ...], output: Any) -> Tensor | None:
-        features = None
-        if self.capture is not None:
-            features, self.capture.features = self.capture.features, None
+    def __call__(self, model: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         layers = [m for m in model.modules() if isinstance(m, RebalancedBatchNorm)]
         if not layers:
-            return None
+            return
         pending = [layer for layer in layers if layer.pending is not None]
         first = (pending or layers)[0]
         try:
@@ -454,58 +432,21 @@ class UpdateFromPredictions(ModelHook):
             for layer in pending:
                 layer.undo_pool_update()
             raise
-        with torch.no_grad():
-            labels = output.detach().argmax(1)
-            valid = output.detach().isfinite().all(1)
-            weights = valid.to(first.stats_dtype)
-            syncing = first.sync_batchnorm and first.syncing()
-            # every class (static shapes, no host sync; the same rows in every process): absent ones get rate 0
-            if syncing or not on_host(labels):
-                classes, index = torch.arange(first.num_classes, device=labels.device), labels
-                counts = nn.functional.one_hot(labels, first.num_classes).to(weights.dtype).T @ weights
-            else:  # only the classes predicted change
-                classes, index = labels.unique(return_inverse=True)
-                counts = torch.zeros(len(classes), dtype=weights.dtype).index_add_(0, index, weights)
-            counts, images = first.summed(torch.cat([counts, weights.sum()[None]])).split([len(counts), 1])
-            images = int(images) if on_host(images) else images[0]
-            shared = first.shared_estimates(classes, counts, images, pooled=bool(pending))
-            if pending and first.detect_changes:
-                changed = first.domain_changed(labels, valid)
-                if not on_host(changed) or changed:  # read once on the host: usually nothing to restart
-                    for layer in pending:
-                        layer.restart_pool(changed)
-            if pending:
-                RebalancedBatchNorm.learn_classes(pending, labels, classes, index, shared, valid)
-        if first.correct_outputs and first.prior == "previous":
-            # label shift (Saerens et al. 2002): posteriors reweighted by the batch's estimated prior over the
-            # balanced one; the estimate is that of the next batch, which includes this batch's prediction
-            floor = 0.01 / first.num_classes
-            output = output + torch.log(shared["guess"].clamp_min(floor) * first.num_classes).to(output.dtype)
-            if first.refine and features is not None and len(features) == len(output):
-                output = refined(first, output, features, shared["rho"].sqrt())
-            return output
-        return None
-
-
-def refined(layer: RebalancedBatchNorm, logits: Tensor, features: Tensor, weight: Tensor) -> Tensor:
-    """LAME's ``log Y`` of the kNN affinity (k = 5) times ``weight`` over the batch (a batch of one as given):
-    of every process's batch together where ``layer`` combines processes, this process's rows returned."""
-    start, rows = 0, len(logits)
-    if layer.sync_batchnorm and layer.syncing():
-        group = layer.process_group
-        logits, start = gather_rows(logits, group)
-        features, _ = gather_rows(features.detach().flatten(1).float(), group)
-    if len(logits) > 1:
-        logits = lame_refinement(logits, features, "knn", 5, weight=weight)
-    return logits[start : start + rows]
-
-
-class ClassifierInput(ModelHook):
-    """Forward pre-hook on the classifier (the model's last ``nn.Linear``): keeps the input of its last call,
-    the features ``rebalance``'s refinement reads."""
-
-    def __init__(self) -> None:
-        self.features: Tensor | None = None
-
-    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        self.features = args[0].detach()
+        if not pending:  # paused, or called outside the layers' adapting forward: nothing to learn
+            return
+        # Everything below reads the detached output and the layers' detached moments, so it records no
+        # autograd graph without a no_grad region (which torch.export would keep as a subgraph of no output).
+        # every class (static shapes, no host sync; the same rows in every process) where processes combine
+        syncing = first.sync_batchnorm and first.syncing()
+        prediction = predicted_classes(
+            output.detach(), first.num_classes, first.stats_dtype, first.summed, every_class=syncing
+        )
+        shared = first.shared_estimates(prediction)
+        if first.detect_changes:
+            changed = first.domain_changed(prediction.labels, prediction.valid)
+            if not on_host(changed) or changed:  # read once on the host: usually nothing to restart
+                for layer in pending:
+                    layer.restart_pool(changed)
+        RebalancedBatchNorm.learn_classes(
+            pending, prediction.labels, prediction.classes, prediction.inverse, shared, prediction.valid
+        )

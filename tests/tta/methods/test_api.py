@@ -19,7 +19,7 @@ from tta.methods.base import GradientMethod
 
 
 def test_methods_and_their_options_are_listed() -> None:
-    assert tta.list_methods() == ["none", "tent", "rotta", "dua", "lame"]
+    assert tta.list_methods() == ["none", "tent", "rotta", "dua", "lame", "prior_refine", "t3a", "roid_prior", "cofa"]
     assert tta.method_options("lame") == {"affinity": "knn", "knn": 5, "force_symmetry": False}
     assert tta.method_options("none") == {}
     assert tta.method_options("tent") == {
@@ -402,7 +402,7 @@ CLOSE_NAMES = [
     ("method", "rota", "; did you mean 'rotta'?"),
     ("method", "LAME", "; did you mean 'lame'?"),
     ("method", "AdaBN", "; 'adabn' is a policy: tta.adapt(model, 'adabn')"),
-    ("method", "xyzzy", "known methods: none, tent, rotta, dua, lame"),
+    ("method", "xyzzy", "known methods: none, tent, rotta, dua, lame, prior_refine, t3a, roid_prior, cofa"),
 ]
 
 

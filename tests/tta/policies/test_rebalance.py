@@ -1,5 +1,6 @@
 """``rebalance`` (ours): the composition correction worked by hand, the class step, the AdaBN
-invariant of its pool, and a stream of one-class batches whose balanced mean is known by construction."""
+invariant of its pool, a stream of one-class batches whose balanced mean is known by construction, and the
+policy's predictions against those of the policy before its output step became the method ``prior_refine``."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import torch
 from torch import nn
 
 import tta
+import tta_streams
 from tests.tta.conftest import build, give_source_statistics, inputs
-from tta.laplacian import knn_affinity, laplacian_optimization
+from tta.composition import predicted_classes
 from tta.policies.rebalance import RebalancedBatchNorm
+from tta_bench.models import load_bundled_model
 
 
 def layer_1d(num_classes: int = 2, **options: object) -> RebalancedBatchNorm:
@@ -99,9 +102,11 @@ def two_layers_after_one_batch(seed: int = 0) -> tuple[RebalancedBatchNorm, Reba
 
 def learn_layers(layers: list[RebalancedBatchNorm], labels: list[int]) -> None:
     y = torch.tensor(labels)
-    classes, index = y.unique(return_inverse=True)
-    shared = layers[0].shared_estimates(classes, torch.bincount(index), len(labels))
-    RebalancedBatchNorm.learn_classes(layers, y, classes, index, shared)
+    prediction = predicted_classes(
+        nn.functional.one_hot(y, layers[0].num_classes).float(), layers[0].num_classes, torch.float32
+    )
+    shared = layers[0].shared_estimates(prediction)
+    RebalancedBatchNorm.learn_classes(layers, y, prediction.classes, prediction.inverse, shared)
 
 
 def test_layers_learnt_together_hold_what_each_learns_alone() -> None:
@@ -128,62 +133,6 @@ def test_one_layer_with_a_non_finite_batch_leaves_every_layer_unchanged() -> Non
     for layer, state in zip((small, large), before):
         for name, buffer in layer.state_dict().items():
             torch.testing.assert_close(buffer, state[name], rtol=0, atol=0, equal_nan=True, msg=name)
-
-
-def test_the_output_is_reweighted_by_the_batch_prior_over_the_balanced_one() -> None:
-    """With rho = 1 and the usual prediction uniform, the batch's prior estimate is nearly its own histogram h
-    of predicted classes: each logit moves by log(K p_k), p_k floored at 1% of uniform. By hand: the usual
-    prediction steps by 1/101 (1/steps, above its floor of 1% per 64 images, 0.13% per batch of 8) to
-    u + (h - u)/101; the lag products, whose new terms are 0 (the last composition is uniform), both shrink
-    by the same factor, so rho stays 1; p = u + h - usual."""
-    plain = tta.adapt(build("small_cnn"), "rebalance", correct_outputs=False)
-    corrected = tta.adapt(build("small_cnn"), "rebalance", refine=False)
-    for model in (plain, corrected):
-        for _, layer in tta.policy_layers(model):
-            layer.steps.fill_(100)
-            layer.pool_age.fill_(100)
-            layer.lag_products.copy_(torch.tensor([1.0, 1.0]))
-    x = inputs("small_cnn", 8)
-    with torch.no_grad():
-        raw = plain(x)
-        shift = corrected(x) - raw
-    histogram = torch.bincount(raw.argmax(1), minlength=10) / 8
-    expected = torch.log((histogram * 100 / 101 + 0.1 / 101).clamp_min(0.001) * 10)
-    torch.testing.assert_close(shift, expected.expand(8, -1), rtol=1e-5, atol=1e-5)
-
-
-def corrected_and_refined(lag_products: list[float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The corrected logits (``refine=False``), the refined output and the classifier's input on one batch,
-    after 100 steps with the given lag products (rho = their ratio, as in the test above)."""
-    corrected = tta.adapt(build("small_cnn"), "rebalance", refine=False)
-    refined = tta.adapt(build("small_cnn"), "rebalance")
-    for model in (corrected, refined):
-        for _, layer in tta.policy_layers(model):
-            layer.steps.fill_(100)
-            layer.pool_age.fill_(100)
-            layer.lag_products.copy_(torch.tensor(lag_products))
-    features = []
-    refined[-1].register_forward_pre_hook(lambda module, args: features.append(args[0]))
-    x = inputs("small_cnn", 12)
-    with torch.no_grad():
-        return corrected(x), refined(x), features[0]
-
-
-@pytest.mark.parametrize("rho", [1.0, 0.25])
-def test_the_refinement_is_lame_on_the_corrected_outputs_with_the_affinity_scaled_by_sqrt_rho(rho: float) -> None:
-    """LAME's bound iterations (checked by hand in test_lame) on -log softmax of the corrected logits, with the
-    kNN affinity (k = 5) of the normalized classifier inputs times sqrt(rho)."""
-    corrected, refined, features = corrected_and_refined([rho, 1.0])
-    kernel = knn_affinity(features / features.norm(dim=1, keepdim=True), 5)
-    expected = laplacian_optimization(-torch.log(corrected.softmax(1) + 1e-10), rho**0.5 * kernel)
-    torch.testing.assert_close(refined, expected, rtol=1e-5, atol=1e-5)
-    if rho == 1.0:  # the smoothing moves some predictions toward their neighbours'
-        assert not torch.allclose(refined.softmax(1), corrected.softmax(1), atol=1e-3)
-
-
-def test_with_rho_zero_the_refinement_changes_no_probability() -> None:
-    corrected, refined, _ = corrected_and_refined([0.0, 1.0])
-    torch.testing.assert_close(refined, corrected.log_softmax(1), rtol=1e-5, atol=1e-6)
 
 
 def test_without_the_correction_the_pool_is_the_concatenation_while_it_is_a_cumulative_mean() -> None:
@@ -342,30 +291,45 @@ def test_a_model_without_a_linear_classifier_needs_num_classes() -> None:
     model = give_source_statistics(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)))
     with pytest.raises(ValueError, match="has none; pass num_classes=K"):
         tta.adapt(model, "rebalance")
-    with pytest.raises(ValueError, match=r"refine=True reads the features entering the classifier.*pass refine=False"):
-        tta.adapt(model, "rebalance", num_classes=4)
     assert not tta.policy_layers(model)
-    assert tta.policy_layers(tta.adapt(model, "rebalance", num_classes=4, refine=False))
+    assert tta.policy_layers(tta.adapt(model, "rebalance", num_classes=4))
 
 
 def test_detach_removes_the_hook() -> None:
     model = tta.adapt(build("small_cnn"), "rebalance")
-    assert len(model._forward_hooks) == 1 and len(model[-1]._forward_pre_hooks) == 1
+    assert len(model._forward_hooks) == 1 and not model[-1]._forward_pre_hooks  # no classifier hook: no refinement
     detached = tta.detach(model)
-    assert not detached._forward_hooks and not detached[-1]._forward_pre_hooks
+    assert not detached._forward_hooks
 
 
-@pytest.mark.parametrize("option", ["correct_outputs", "refine", "detect_changes"])
-def test_the_switches_take_a_bool_only(option: str) -> None:
+def test_the_change_detection_switch_takes_a_bool_only() -> None:
     for value in (1, "True", None):
-        with pytest.raises(TypeError, match=f"option '{option}' must be a bool"):
-            tta.adapt(build("small_cnn"), "rebalance", **{option: value})
+        with pytest.raises(TypeError, match="option 'detect_changes' must be a bool"):
+            tta.adapt(build("small_cnn"), "rebalance", detect_changes=value)
+
+
+@pytest.mark.parametrize(
+    "option, value, hint",
+    [
+        ("correct_outputs", True, r'no longer takes correct_outputs=True.*"prior_refine"'),
+        ("refine", True, r'no longer takes refine=True.*"prior_refine"'),
+        ("correct_outputs", False, r"leaves the outputs as the model gives them, so drop it.*prior_refine"),
+        ("refine", False, r'method prior_refine with refine=False: .*"prior_refine", refine=False\)'),
+        ("refine", 1, r"no longer takes refine=1.*prior_refine"),
+    ],
+)
+def test_the_retired_output_options_name_the_method_before_anything_changes(
+    option: str, value: object, hint: str
+) -> None:
+    model = build("small_cnn")
+    with pytest.raises(ValueError, match=hint):
+        tta.adapt(model, "rebalance", **{option: value})
+    assert not tta.policy_layers(model) and not model._forward_hooks
 
 
 def settled_model(batches: int = 3) -> nn.Module:
     """``rebalance`` after a few batches, with rho = 1 and a pool whose share of a new batch is negligible
-    (``pool_momentum`` 1e-9 past a long pool): an adapting forward then normalizes as a paused one does, and
-    the outputs of the two differ only by what the model hook does with the prediction."""
+    (``pool_momentum`` 1e-9 past a long pool): an adapting forward then normalizes as a paused one does."""
     model = tta.adapt(build("small_cnn"), "rebalance", pool_momentum=1e-9, detect_changes=False)
     with torch.no_grad():
         for seed in range(batches):
@@ -376,23 +340,23 @@ def settled_model(batches: int = 3) -> nn.Module:
     return model
 
 
-def test_a_paused_forward_predicts_as_the_adapting_forward_on_the_same_state_and_changes_nothing() -> None:
-    """The prior correction and the refinement hold while paused (RoTTA's teacher, DUA's prediction): on each
-    state of a stream, the paused output equals the adapting forward's on a copy of that state."""
+def test_the_output_is_the_model_s_own_and_a_paused_forward_changes_nothing() -> None:
+    """No output step: the adapting and the paused forward return the logits of the model's last layer
+    (read by a hook on it), and on a settled state they agree; the paused one changes no state."""
     model = settled_model()
+    seen = []
+    model[-1].register_forward_hook(lambda module, args, out: seen.append(out))
     for seed in range(3, 6):
         x = inputs("small_cnn", 16, seed)
-        paused, raw = copy.deepcopy(model), copy.deepcopy(model)
-        for _, layer in tta.policy_layers(raw):
-            layer.correct_outputs = False
+        paused = copy.deepcopy(model)
         state = {k: v.clone() for k, v in model.state_dict().items()}
-        with torch.no_grad(), tta.paused(paused), tta.paused(raw):
-            got, uncorrected = paused(x), raw(x)
+        with torch.no_grad(), tta.paused(paused):
+            got = paused(x)
         assert all(torch.equal(v, paused.state_dict()[k]) for k, v in state.items())
         with torch.no_grad():
             expected = model(x)
+        assert torch.equal(expected, seen[-1])
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-        assert not torch.allclose(got.log_softmax(1), uncorrected.log_softmax(1), atol=1e-3)
 
 
 def test_a_non_finite_image_leaves_the_other_rows_and_the_estimates_as_without_it() -> None:
@@ -444,11 +408,81 @@ def test_a_sample_with_a_non_finite_output_teaches_no_class() -> None:
     """The classes learn from the other samples' predictions only: the counts are those of their argmax."""
     model = give_source_statistics(nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 3), NanFirstRow()))
     model = tta.adapt(model, "rebalance")
-    raw = copy.deepcopy(model)
-    raw[0].correct_outputs = False
     x = torch.randn(12, 4, generator=torch.Generator().manual_seed(0)) * 2 + 1
     with torch.no_grad():
-        out, labels = model(x), raw(x).argmax(1)
+        out = model(x)
+        labels = out.argmax(1)
     assert torch.isnan(out[0]).all() and torch.isfinite(out[1:]).all()
     expected = torch.bincount(labels[1:], minlength=3).to(model[0].class_count.dtype)
     assert torch.equal(model[0].class_count, expected)
+
+
+# Today's rebalance before its output step became the method prior_refine, with correct_outputs=False and
+# refine=False, on the bundled model: per batch of 64 the argmax of the 64 logits, and the sum of the logits and
+# of their squares. Recorded from the code before the split by /work/scratch/split/record_today.py (run with
+# that code's interpreter) and printed by gen_literal.py (BEFORE_THE_SPLIT "dirichlet:0.1,iid" statistics).
+BEFORE_THE_SPLIT = {
+    "dirichlet:0.1": (
+        [
+            "6601002880852603569085590898538999059477954206669009626484066669",
+            "6660936933663906360906922624690696852848055955505588000805886850",
+            "6303069638022226902262200464686669482804004440246060465666442244",
+            "6046606866006326066005660000006206620000291913111191121111882681",
+            "0161121531911191611639129160666060006895858328086832546688588008",
+            "6888629855898099205059957552089908922664566628660099666666220436",
+            "6664622665660636699099097958995980959695009008622296024466040888",
+            "8585998686622628646324250624822026226226263226022622636220264628",
+        ],
+        [
+            (-15.148221, 399.450267),
+            (-15.279216, 426.959495),
+            (-11.245693, 442.103586),
+            (-13.077257, 442.361949),
+            (-14.481753, 470.921553),
+            (-16.024395, 488.658833),
+            (-14.539752, 483.691938),
+            (-13.901998, 577.494061),
+        ],
+    ),
+    "iid": (
+        [
+            "2123545099540018158465963808831239600620666674688896502600486956",
+            "5998609004694626262392059905558971954016641290856150668027656624",
+            "1381689964105386824266111266056276262681639300015206096162063935",
+            "6104853660364596226953429895259369380006664686640548266670266652",
+            "0594110625802699469586039640660408980692687066208862032081650099",
+            "3848240330989201086831869056050294411688806598236604260200184006",
+            "0025664655004409865719014645828360904020999889665100623851986309",
+            "5926591666228286858002006310665955432512609220608606969466056620",
+        ],
+        [
+            (-15.345576, 522.811590),
+            (-14.986047, 552.716316),
+            (-13.711392, 528.816184),
+            (-13.462597, 511.399056),
+            (-14.105936, 441.480067),
+            (-13.904798, 508.301389),
+            (-15.911031, 501.620038),
+            (-17.186130, 515.957446),
+        ],
+    ),
+}
+
+
+def fog_stream(order: str) -> list[torch.Tensor]:
+    """512 Fashion-MNIST images with fog at severity 5, in batches of 64, i.i.d. or Dirichlet-sorted labels."""
+    stream = tta_streams.Stream(
+        "fmnist", corruptions=["fog"], severities=5, n_examples=512, batch_size=64, order=order, seed=0
+    )
+    return [batch.x for batch in stream]
+
+
+@pytest.mark.parametrize("order", list(BEFORE_THE_SPLIT))
+def test_the_policy_alone_predicts_as_before_the_split_without_its_output_step(order: str) -> None:
+    argmax, sums = BEFORE_THE_SPLIT[order]
+    model = tta.adapt(load_bundled_model().eval(), "rebalance")
+    with torch.no_grad():
+        logits = [model(x) for x in fog_stream(order)]
+    assert ["".join(map(str, out.argmax(1).tolist())) for out in logits] == argmax
+    got = torch.tensor([(out.double().sum(), out.double().square().sum()) for out in logits], dtype=torch.float64)
+    torch.testing.assert_close(got, torch.tensor(sums, dtype=torch.float64), rtol=1e-5, atol=1e-3)
