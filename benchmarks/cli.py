@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import tta
 import tta_streams
 from tta_bench import grid
+from tta_bench.model_families import FAMILIES
 
 if TYPE_CHECKING:
     from tta_bench import run
@@ -330,8 +331,6 @@ def cmd_speed(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------- train-source
 
-FAMILY_CLASSES = {"vgg": "FashionVGG", "preact": "FashionPreActResNet"}
-
 
 def cmd_train_source(args: argparse.Namespace) -> int:
     from tta_bench.run import resolve_device, set_threads
@@ -353,7 +352,7 @@ def cmd_train_source(args: argparse.Namespace) -> int:
         raise _Fail(f"--out {args.out}: is a folder; name the checkpoint file")
     result = train_source(out, arch=args.arch, **options)
     print(json.dumps(result, indent=2, default=str))
-    arch = "bundled" if args.arch == "resnet" else f"tta_bench.model_families:{FAMILY_CLASSES[args.arch]}"
+    arch = "bundled" if args.arch == "resnet" else f"tta_bench.model_families:{FAMILIES[args.arch].__name__}"
     print(f"wrote {out}; evaluate it with: tta-bench run --model {out} --arch {arch} ...")
     return 0
 
@@ -581,7 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     trn.add_argument(
         "--arch",
         default="resnet",
-        choices=("resnet", "vgg", "preact"),
+        choices=tuple(FAMILIES),
         help="the model family: resnet (the bundled model's, default), vgg or preact (tta_bench.model_families)",
     )
     trn.add_argument("--epochs", type=int, default=None, help="default: the shipped checkpoint's recipe")

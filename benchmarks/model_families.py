@@ -12,14 +12,12 @@ evaluate a checkpoint with ``--model <file> --arch tta_bench.model_families:Fash
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor, nn
 
 from tta_bench.source_model import FMNIST_MEAN, FMNIST_STD, FashionResNet, Standardize
 
-__all__ = ["FAMILIES", "FashionPreActResNet", "FashionVGG", "build_family"]
+__all__ = ["FAMILIES", "FashionPreActResNet", "FashionVGG", "build_family", "check_family"]
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
@@ -94,7 +92,7 @@ class FashionPreActResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(out), 1))
 
 
-FAMILIES: dict[str, Callable[[], nn.Module]] = {
+FAMILIES: dict[str, type[nn.Module]] = {
     "resnet": FashionResNet,
     "vgg": FashionVGG,
     "preact": FashionPreActResNet,
@@ -102,8 +100,13 @@ FAMILIES: dict[str, Callable[[], nn.Module]] = {
 """The architectures ``tta-bench train-source --arch`` trains: ``resnet`` is the bundled model's."""
 
 
-def build_family(name: str) -> nn.Module:
-    """A freshly initialized model of the family ``name`` (a key of :data:`FAMILIES`)."""
+def check_family(name: str) -> None:
+    """A ValueError naming the known families unless ``name`` is one (a key of :data:`FAMILIES`)."""
     if name not in FAMILIES:
         raise ValueError(f"unknown model family {name!r}; choose from: {', '.join(FAMILIES)}")
+
+
+def build_family(name: str) -> nn.Module:
+    """A freshly initialized model of the family ``name`` (a key of :data:`FAMILIES`)."""
+    check_family(name)
     return FAMILIES[name]()

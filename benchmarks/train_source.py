@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import tta_streams
-from tta_bench.model_families import FAMILIES, build_family
+from tta_bench.model_families import build_family, check_family
 from tta_bench.source_model import WEIGHTS_PATH
 
 __all__ = ["DEFAULT_EPOCHS", "augment", "default_out", "evaluate", "train_source"]
@@ -98,8 +98,7 @@ def train_source(
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if arch not in FAMILIES:  # refused before any data is read
-        raise ValueError(f"unknown model family {arch!r}; choose from: {', '.join(FAMILIES)}")
+    check_family(arch)  # refused before any data is read
     out_path = Path(out_path)
     device = torch.device(device) if device is not None else torch.device("cpu")
     train = tta_streams.fashion_mnist(split="train", root=root)
