@@ -7,12 +7,13 @@ test`` runs before the test suite.
 from __future__ import annotations
 
 import re
-import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import tta
+from tests.test_repository_text import tracked_text_files
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 ROOT = DOCS.parent
@@ -44,18 +45,23 @@ def test_a_page_with_code_cells_is_declared_an_executed_notebook():
 SPEC_CITATION = re.compile(r"\bspec [MS][0-9]+[a-z]?\b|spec/(methods|streams|references)\.md")
 
 
-def test_no_tracked_file_cites_the_unshipped_specification():
-    listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
-    found = []
-    for name in listed.decode().split("\0"):
-        path = ROOT / name
-        if not name or path.suffix not in {".py", ".md", ".toml", ".ipynb"} or name.startswith("tests/test_docs"):
-            continue
-        if not path.exists():
+def tracked_lines(suffixes: set[str], skip: str | None = None) -> Iterator[tuple[str, int, str]]:
+    """``(file, line number, line)`` of every tracked file with one of ``suffixes`` (but those starting with
+    ``skip``) that exists in the working tree."""
+    for path in tracked_text_files():
+        name = path.relative_to(ROOT).as_posix()
+        if path.suffix not in suffixes or (skip and name.startswith(skip)) or not path.exists():
             continue
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if SPEC_CITATION.search(line):
-                found.append(f"{name}:{number}: {line.strip()[:100]}")
+            yield name, number, line
+
+
+def test_no_tracked_file_cites_the_unshipped_specification():
+    found = [
+        f"{name}:{number}: {line.strip()[:100]}"
+        for name, number, line in tracked_lines({".py", ".md", ".toml", ".ipynb"}, skip="tests/test_docs")
+        if SPEC_CITATION.search(line)
+    ]
     assert not found, "citations of a specification that does not ship:\n" + "\n".join(found)
 
 
@@ -72,15 +78,10 @@ DOC_REFERENCE = re.compile(r":doc:`(?:[^`<]*<)?(/[\w/.-]+?)>?`|\bdocs/([\w/-]+)\
 
 
 def test_every_docs_page_a_tracked_file_refers_to_exists():
-    listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
     missing = []
-    for name in listed.decode().split("\0"):
-        path = ROOT / name
-        if not name.endswith((".py", ".md", ".ipynb")) or not path.exists():
-            continue
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            for match in DOC_REFERENCE.finditer(line):
-                page = (match.group(1) or "/" + match.group(2)).lstrip("/")
-                if not (DOCS / f"{page}.md").exists() and not (DOCS / f"{page}.ipynb").exists():
-                    missing.append(f"{name}:{number}: {page}")
+    for name, number, line in tracked_lines({".py", ".md", ".ipynb"}):
+        for match in DOC_REFERENCE.finditer(line):
+            page = (match.group(1) or "/" + match.group(2)).lstrip("/")
+            if not (DOCS / f"{page}.md").exists() and not (DOCS / f"{page}.ipynb").exists():
+                missing.append(f"{name}:{number}: {page}")
     assert not missing, "references to docs pages that do not exist:\n" + "\n".join(missing)
