@@ -10,9 +10,10 @@ from torch import Tensor, nn
 
 from tta.laplacian import FeatureCapture
 from tta.methods.base import Method
+from tta.methods.classifier import capture_classifier_input
 from tta.registry import register_method
 from tta.stats import all_finite
-from tta.surgery import last_linear, remove_hooks
+from tta.surgery import remove_hooks
 
 
 @register_method("cofa")
@@ -44,12 +45,9 @@ class Cofa(Method):
 
     def __init__(self, model: nn.Module, *, confidence_filter: bool = True) -> None:
         super().__init__(model)
-        classifier = last_linear(model)
-        if classifier is None:
-            raise ValueError(
-                f"cofa averages the features entering the classifier, the model's last nn.Linear, and "
-                f"{type(model).__name__} has none"
-            )
+        classifier, self.capture = capture_classifier_input(
+            model, "cofa averages the features entering the classifier,"
+        )
         self.confidence_filter = confidence_filter
         self.classifier = [classifier]  # a plain list: the classifier is registered once, inside the model
         weight = classifier.weight
@@ -57,8 +55,6 @@ class Cofa(Method):
             "last_features", torch.zeros(classifier.in_features, dtype=weight.dtype, device=weight.device)
         )
         self.register_buffer("has_last", torch.zeros((), dtype=torch.bool, device=weight.device))
-        self.capture = FeatureCapture()
-        classifier.register_forward_pre_hook(self.capture)
 
     def forward_and_adapt(self, x: Tensor) -> Tensor:
         return self.averaged(x, keep=True)

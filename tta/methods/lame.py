@@ -10,9 +10,10 @@ from torch import Tensor, nn
 
 from tta.laplacian import FeatureCapture, lame_refinement
 from tta.methods.base import Method
+from tta.methods.classifier import capture_classifier_input
 from tta.options import Choice, Range
 from tta.registry import register_method
-from tta.surgery import last_linear, remove_hooks
+from tta.surgery import remove_hooks
 
 
 @register_method("lame")
@@ -52,15 +53,8 @@ class Lame(Method):
         force_symmetry: bool = False,
     ) -> None:
         super().__init__(model)
-        classifier = last_linear(model)
-        if classifier is None:
-            raise ValueError(
-                f"lame reads the features entering the classifier, the model's last nn.Linear, and "
-                f"{type(model).__name__} has none"
-            )
+        _, self.capture = capture_classifier_input(model, "lame reads the features entering the classifier,")
         self.affinity, self.knn, self.force_symmetry = affinity, knn, force_symmetry
-        self.capture = FeatureCapture()
-        classifier.register_forward_pre_hook(self.capture)
 
     def forward_and_adapt(self, x: Tensor) -> Tensor:
         return self.predict(x)

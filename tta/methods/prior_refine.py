@@ -13,10 +13,11 @@ from tta.collectives import gather_rows
 from tta.composition import detected_changes, estimates, predicted_classes, prior_corrected
 from tta.laplacian import FeatureCapture, lame_refinement
 from tta.methods.base import Method
+from tta.methods.classifier import capture_classifier_input
 from tta.options import Range
 from tta.registry import register_method
 from tta.stats import all_finite, float_buffers, restore_dtypes
-from tta.surgery import last_linear, remove_hooks
+from tta.surgery import remove_hooks
 
 
 @register_method("prior_refine")
@@ -76,12 +77,11 @@ class PriorRefine(Method):
         follow_restarts: bool = True,
     ) -> None:
         super().__init__(model)
-        classifier = last_linear(model)
-        if classifier is None:
-            raise ValueError(
-                f"prior_refine reads the number of classes (and, to refine, the features entering the "
-                f"classifier) from the model's last nn.Linear, and {type(model).__name__} has none"
-            )
+        classifier, self.capture = capture_classifier_input(
+            model,
+            "prior_refine reads the number of classes (and, to refine, the features entering the classifier) from",
+            hook=False,  # registered once the classes are checked, so a refused attach leaves no hook
+        )
         if classifier.out_features < 2:
             raise ValueError(
                 f"prior_refine: the last nn.Linear has {classifier.out_features} output; it needs K >= 2 classes"
@@ -90,7 +90,6 @@ class PriorRefine(Method):
         self.momentum = self.layers[0].bn_momentum if momentum is None else momentum
         self.reference_batch, self.correct, self.refine = reference_batch, correct, refine
         self.knn, self.follow_restarts = knn, follow_restarts
-        self.capture = FeatureCapture()
         if refine:
             classifier.register_forward_pre_hook(self.capture)
         for name, value in self.initial_estimates().items():

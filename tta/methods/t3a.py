@@ -11,9 +11,10 @@ from torch import Tensor, nn
 
 from tta.laplacian import FeatureCapture
 from tta.methods.base import Method
+from tta.methods.classifier import capture_classifier_input
 from tta.options import Range
 from tta.registry import register_method
-from tta.surgery import last_linear, remove_hooks
+from tta.surgery import remove_hooks
 
 
 def softmax_entropy(logits: Tensor) -> Tensor:
@@ -54,12 +55,9 @@ class T3A(Method):
 
     def __init__(self, model: nn.Module, *, filter_K: Annotated[int, Range(1)] = 100) -> None:
         super().__init__(model)
-        classifier = last_linear(model)
-        if classifier is None:
-            raise ValueError(
-                f"t3a starts its supports from the classifier's weights, the model's last nn.Linear, and "
-                f"{type(model).__name__} has none"
-            )
+        classifier, self.capture = capture_classifier_input(
+            model, "t3a starts its supports from the classifier's weights,"
+        )
         self.filter_K = filter_K
         with torch.no_grad():
             weight = classifier.weight.detach().clone()
@@ -71,8 +69,6 @@ class T3A(Method):
         self.register_buffer("supports", weight.new_zeros(classes, filter_K, features))
         self.register_buffer("support_entropy", weight.new_full((classes, filter_K), float("inf")))
         self.fill_warmup()
-        self.capture = FeatureCapture()
-        classifier.register_forward_pre_hook(self.capture)
 
     @torch.no_grad()
     def fill_warmup(self) -> None:
