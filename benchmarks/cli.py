@@ -210,12 +210,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     from tta_bench import metadata, report, results
 
     folder = Path(args.dir)
-    rows, duplicates = results.read_results(folder / results.RESULTS_NAME)
+    path = results.results_file(folder)
+    rows, duplicates = results.read_results(path)
     if not rows:
-        raise _Fail(f"{folder / results.RESULTS_NAME}: no results found")
+        raise _Fail(f"{path}: no results found")
     if duplicates:
         print(
-            f"warning: {len(duplicates)} result(s) stored more than once in {folder / results.RESULTS_NAME}, "
+            f"warning: {len(duplicates)} result(s) stored more than once in {path}, "
             f"each counted once (the first stored): "
             f"{'; '.join(results.describe_key(grid.row_key(row)) for row in duplicates)}",
             file=sys.stderr,
@@ -225,10 +226,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     policies = config["policies"] if config else None
     methods = config.get("methods", [grid.NO_METHOD]) if config else None
     rows = report.in_grid_order(rows, config)
+    try:
+        report.compared_pairs(rows, args.compare)
+    except ValueError as error:
+        raise _Fail(str(error)) from None
     out = Path(args.out) if args.out else folder
     if args.out:
         out.mkdir(parents=True, exist_ok=True)
-    paths = report.write_report(out, rows, config=config, metadata=meta)
+    paths = report.write_report(out, rows, config=config, metadata=meta, compare=args.compare)
     _print_report(rows, config, policies, methods, paths)
     return 0
 
@@ -542,8 +547,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     rep = sub.add_parser("report", help="rebuild report.md, results.csv and errors.png from DIR/results.jsonl")
-    rep.add_argument("dir", metavar="DIR", help="a results folder (its results.jsonl, config.json and meta.json)")
+    rep.add_argument(
+        "dir", metavar="DIR", help="a results folder (its results.jsonl or results.jsonl.gz, config.json and meta.json)"
+    )
     rep.add_argument("--out", metavar="OUT", help="write the report files into OUT instead of DIR (created if missing)")
+    rep.add_argument(
+        "--compare",
+        metavar="POLICY[+METHOD]",
+        action="append",
+        default=[],
+        help="give this pair a column in the table of the best policies: its error and its distance to the best "
+        "of all in each (setting, order) (repeatable)",
+    )
     rep.set_defaults(func=cmd_report)
 
     spd = sub.add_parser(

@@ -6,7 +6,9 @@ unweighted over domains (each corruption counts once, as in the published tables
 
 With methods in the grid (anything but ``none`` alone) the summary has the shape of the UnMix-TNS tables:
 one table per (setting, order), a line per method, a column per policy; the per-domain table and the plot
-name the method too. With ``none`` alone the tables are those of the policies alone (a line per policy).
+name the method too, and a table of the best policy under each method per (setting, order) follows the
+summary (:func:`best_table`): what the statistics alone gain over ``source`` and what each method adds.
+With ``none`` alone the tables are those of the policies alone (a line per policy).
 A row without a ``method`` key (written before methods existed) is ``none``'s.
 """
 
@@ -218,6 +220,71 @@ def summary_table(
     return "\n\n".join(parts)
 
 
+def compared_pairs(rows: Rows, compare: Sequence[str]) -> list[tuple[str, str]]:
+    """``(method, policy)`` of each name in ``compare`` (``policy`` or ``policy+method``); a ValueError naming
+    the pairs the rows hold when one is not among them."""
+    held = {(method_of(row), row["policy"]) for row in rows}
+    pairs = []
+    for name in compare:
+        policy, _, method = name.partition("+")
+        pair = (method or NO_METHOD, policy)
+        if pair not in held:
+            known = sorted(policy if method == NO_METHOD else f"{policy}+{method}" for method, policy in held)
+            raise ValueError(f"no results of {name!r} to compare; the rows hold: {', '.join(known)}")
+        pairs.append(pair)
+    return pairs
+
+
+def best_table(
+    rows: Rows,
+    *,
+    policies: Sequence[str] | None = None,
+    methods: Sequence[str] | None = None,
+    config: dict[str, Any] | None = None,
+    compare: Sequence[str] = (),
+) -> str:
+    """Markdown table: per (setting, order), ``source`` alone, then for each method the policy with the lowest
+    mean error under it (averaged over seeds, complete cells only, ties to the earlier policy) and that
+    error, then the best of them all. An empty cell: no complete result.
+
+    ``compare`` names pairs, ``policy`` or ``policy+method``, each given a column with its error and, in
+    brackets, how far it is from the best of all: how a fixed choice fares against the one an informed user
+    would make in each cell. A pair that is not in the rows is a ValueError naming those that are."""
+    pairs = compared_pairs(rows, compare)
+    means = mean_errors(rows, config)
+    policy_names = _ordered([key[1] for key in means], policies)
+    method_names = _ordered([key[0] for key in means], methods)
+    columns = list(dict.fromkeys((key[2], key[3]) for key in means))
+
+    def mean_of(method: str, policy: str, column: tuple[str, str]) -> float | None:
+        cell = means.get((method, policy, *column))
+        return _mean(list(cell.seeds.values())) if cell is not None and cell.complete else None
+
+    table = []
+    for column in columns:
+        source = mean_of(NO_METHOD, "source", column)
+        line = [*column, "" if source is None else _fmt(source)]
+        found = []
+        for method in method_names:
+            scored = [
+                (error, policy) for policy in policy_names if (error := mean_of(method, policy, column)) is not None
+            ]
+            best = min(scored, key=lambda pair: pair[0]) if scored else None
+            line.append("" if best is None else f"{_fmt(best[0])} ({best[1]})")
+            if best is not None:
+                found.append((best[0], f"{best[1]} + {method}" if method != NO_METHOD else best[1]))
+        overall = min(found, key=lambda pair: pair[0]) if found else None
+        line.append("" if overall is None else f"{_fmt(overall[0])} ({overall[1]})")
+        for method, policy in pairs:
+            error = mean_of(method, policy, column)
+            gap = "" if error is None or overall is None else f" (+{error - overall[0]:.1f})"
+            line.append("" if error is None else f"{_fmt(error)}{gap}")
+        table.append(line)
+    headers = ["setting", "order", "source", *(f"best, {method}" for method in method_names), "best of all"]
+    headers += [policy if method == NO_METHOD else f"{policy} + {method}" for method, policy in pairs]
+    return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
+
+
 def domain_table(
     rows: Rows,
     *,
@@ -413,12 +480,14 @@ def write_report(
     *,
     config: dict[str, Any] | None = None,
     metadata: dict[str, Any] | None = None,
+    compare: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Write ``report.md``, ``results.csv`` and ``errors.png`` into ``folder``; return their paths. A
     failed write is a :class:`tta_bench.results.FolderFileError` naming the file.
 
     ``metadata`` (the folder's ``meta.json``, :mod:`tta_bench.metadata`) adds the model's clean error
     and a table of the runs that produced the rows (versions, commit, device, threads, date, run time).
+    ``compare``: pairs given a column in the table of the best policies (:func:`best_table`).
     """
     if not rows:
         raise ValueError(f"no result rows in {folder}: nothing to report")
@@ -440,6 +509,15 @@ def write_report(
         "",
         summary_table(rows, policies=policies, methods=methods, config=config),
         "",
+    ]
+    if has_methods(rows) or compare:
+        lines += [
+            "## The best policy under each method",
+            "",
+            best_table(rows, policies=policies, methods=methods, config=config, compare=compare),
+            "",
+        ]
+    lines += [
         "## Error (%) per domain",
         "",
         domain_table(rows, policies=policies, corruptions=corruptions, methods=methods, config=config),

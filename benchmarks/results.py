@@ -14,12 +14,15 @@ holder's PID in ``.lock.pid`` so a refused run can name it. Every file of a fold
 checked path (:func:`read_json_file`, :func:`read_results`): a file that cannot be read or written, or
 a line or value its writer never writes, is a :class:`FolderFileError` naming the file and line.
 Readers tolerate a key stored twice (left by an older, unlocked version): it counts once and is
-reported. Rows and configs written before methods existed (no ``method`` key, no ``methods``) are
+reported. A finished folder may be archived with its rows compressed, ``results.jsonl.gz`` in place of
+``results.jsonl`` (``gzip results.jsonl``; :func:`results_file`): readers take either, runs refuse to append
+to an archive. Rows and configs written before methods existed (no ``method`` key, no ``methods``) are
 ``none``'s: such a folder resumes with the same command.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
@@ -39,6 +42,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
 RESULTS_NAME = "results.jsonl"
+ARCHIVE_NAME = "results.jsonl.gz"
 LOCK_NAME = ".lock"
 LOCK_PID_NAME = ".lock.pid"
 REQUIRED_KEYS: tuple[str, ...] = (
@@ -274,9 +278,17 @@ def read_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return rows
 
 
+def results_file(folder: str | os.PathLike[str]) -> Path:
+    """The file holding a folder's rows: its ``results.jsonl``, or its ``results.jsonl.gz`` when only that
+    archive is there."""
+    folder = Path(folder)
+    plain, archive = folder / RESULTS_NAME, folder / ARCHIVE_NAME
+    return archive if archive.exists() and not plain.exists() else plain
+
+
 def read_results(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The rows of a ``results.jsonl`` with each key once (the first stored), and the later rows of a
-    key stored before (duplicates, not counted again).
+    """The rows of a ``results.jsonl`` (or of its gzip archive, a path ending in ``.gz``) with each key once
+    (the first stored), and the later rows of a key stored before (duplicates, not counted again).
 
     A torn last line (a write cut by a kill) is ignored. A line anywhere else that is not a row
     (:data:`ROW_SCHEMA`) is a :class:`FolderFileError` naming the line: the file was edited or corrupted.
@@ -285,6 +297,11 @@ def read_results(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], li
     data = _read_bytes(path)
     if data is None:
         return [], []
+    if path.suffix == ".gz":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as error:
+            raise FolderFileError(f"{path}: not a complete gzip archive ({error}); fix or delete it") from None
     lines = data.split(b"\n")
     torn = lines.pop()  # text after the last newline: empty unless the last write was cut
     if torn.strip():
@@ -352,6 +369,11 @@ class ResultStore:
         one object per line.
         """
         folder = Path(folder)
+        if results_file(folder).name == ARCHIVE_NAME:
+            raise ConfigMismatchError(
+                f"{folder} is archived ({ARCHIVE_NAME}): runs append to {RESULTS_NAME}; to resume, "
+                f"decompress it first (gunzip {folder / ARCHIVE_NAME}), or choose another --out folder"
+            )
         make_folder(folder)
         config_path = folder / CONFIG_NAME
         results_path = folder / RESULTS_NAME

@@ -37,6 +37,11 @@ exclude_patterns = [
     "**.ipynb_checkpoints",
     "README.md",
 ]
+# the pairs a results page compares with the best of all in each cell (tta-bench report --compare)
+tta_results_compare = {
+    name: ["rebalance+prior_refine", "rebalance+lame"]
+    for name in ("attribution-b64", "attribution-gradual-b64", "attribution-b16", "attribution-gradual-b16")
+}
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
 

@@ -22,7 +22,7 @@ def summary(name: str) -> str:
     from tta_bench import report, results
 
     folder = REPO / "docs" / "results" / name
-    rows, _ = results.read_results(folder / results.RESULTS_NAME)
+    rows, _ = results.read_results(results.results_file(folder))
     config = results.read_config_json(folder)
     rows = report.in_grid_order(rows, config)
     methods = config.get("methods") if config else None

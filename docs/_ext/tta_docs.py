@@ -4,8 +4,9 @@
   type, range or choices and default (:func:`tta.options.declared_options`), and the description its
   docstring's ``Args:`` section gives; an option the docstring leaves undescribed is a build warning.
 - the results pages: at every build, ``tta-bench report`` runs on each committed results folder
-  (``docs/results/<name>/``: its ``results.jsonl``, ``config.json`` and ``meta.json``) and writes into
-  ``docs/_generated/results/<name>/``, which the page includes.
+  (``docs/results/<name>/``: its ``results.jsonl`` or ``results.jsonl.gz``, ``config.json`` and
+  ``meta.json``) and writes into ``docs/_generated/results/<name>/``, which the page includes (with the
+  pairs ``tta_results_compare`` names for it compared with the best of all).
 """
 
 from __future__ import annotations
@@ -88,21 +89,25 @@ class OptionsTable(Directive):
 
 
 def write_reports(app: Sphinx) -> None:
-    """Run ``tta-bench report`` on every committed results folder (``docs/results/<name>/results.jsonl``),
-    writing into ``docs/_generated/results/<name>/``, which the results pages include."""
+    """Run ``tta-bench report`` on every committed results folder (``docs/results/<name>/results.jsonl``, or
+    its archive ``results.jsonl.gz``), writing into ``docs/_generated/results/<name>/``, which the results
+    pages include. ``tta_results_compare`` (in ``conf.py``) maps a folder's name to the pairs its report
+    compares with the best of all (``tta-bench report --compare``)."""
     from tta_bench.cli import main
 
     source = Path(app.srcdir)
-    for results in sorted((source / "results").glob("*/results.jsonl")):
-        folder = results.parent
+    compare: dict[str, list[str]] = app.config.tta_results_compare
+    for folder in sorted({path.parent for path in (source / "results").glob("*/results.jsonl*")}):
         out = source / "_generated" / "results" / folder.name
+        pairs = [arg for pair in compare.get(folder.name, []) for arg in ("--compare", pair)]
         with contextlib.redirect_stdout(io.StringIO()):  # the tables it prints are in the files it writes
-            status = main(["report", str(folder), "--out", str(out)])
+            status = main(["report", str(folder), "--out", str(out), *pairs])
         if status != 0:
             raise RuntimeError(f"tta-bench report {folder} failed")
 
 
 def setup(app: Sphinx) -> dict[str, object]:
     app.add_directive("tta-options", OptionsTable)
+    app.add_config_value("tta_results_compare", {}, "env")
     app.connect("builder-inited", write_reports)
     return {"parallel_read_safe": True, "version": "1"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import os
 import re
@@ -126,6 +127,33 @@ def test_report_into_another_folder_writes_the_same_report_there_and_leaves_the_
     assert (out / "report.md").read_text() == (finished / "report.md").read_text()
     assert sorted(path.name for path in out.iterdir()) == ["errors.png", "report.md", "results.csv"]
     assert {path.name: path.read_bytes() for path in finished.iterdir() if path.is_file()} == before
+
+
+def test_report_compares_a_named_pair_and_refuses_one_without_results_before_writing(finished, tmp_path, capsys):
+    out = tmp_path / "compared"
+    assert cli.main(["report", str(finished), "--out", str(out), "--compare", "tbn"]) == 0
+    text = (out / "report.md").read_text()
+    best = text[text.index("## The best policy under each method") : text.index("## Error (%) per domain")]
+    assert "| tbn " in best.splitlines()[2]  # the header of the table names the pair
+    capsys.readouterr()
+    refused = tmp_path / "refused"
+    assert cli.main(["report", str(finished), "--out", str(refused), "--compare", "tbn+lame"]) == 2
+    assert "no results of 'tbn+lame' to compare" in capsys.readouterr().err
+    assert not refused.exists()
+
+
+def test_an_archived_folder_reports_the_same_and_refuses_to_be_resumed(finished, cache_dir, tmp_path, capsys):
+    archived = tmp_path / "archived"
+    archived.mkdir()
+    for name in ("config.json", "meta.json"):
+        (archived / name).write_bytes((finished / name).read_bytes())
+    (archived / "results.jsonl.gz").write_bytes(gzip.compress((finished / "results.jsonl").read_bytes()))
+    assert cli.main(["report", str(archived)]) == 0
+    assert (archived / "report.md").read_text() == (finished / "report.md").read_text()
+    capsys.readouterr()
+    assert cli.main(["run", *SMALL, "--cache-dir", str(cache_dir), "--out", str(archived)]) == 2
+    assert "archived (results.jsonl.gz)" in capsys.readouterr().err
+    assert not (archived / "results.jsonl").exists()
 
 
 def test_results_of_other_arguments_are_refused_not_mixed(finished, cache_dir, capsys):
@@ -845,7 +873,7 @@ def test_a_method_grid_names_the_method_in_each_line_and_reports_a_line_per_meth
     assert [line for line in printed.splitlines() if line.startswith("[")] == expected
     assert "(2 methods x 2 policies x 1 streams)" in printed
     report_md = (out / "report.md").read_text()
-    summary = report_md[report_md.index("**single, iid**") : report_md.index("## Error (%) per domain")]
+    summary = report_md[report_md.index("**single, iid**") : report_md.index("## The best policy under each method")]
     assert [line.split("|")[1].strip() for line in summary.splitlines() if line.startswith("| ")] == [
         "method",
         "none",

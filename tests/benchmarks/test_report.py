@@ -104,6 +104,54 @@ def test_with_methods_the_summary_is_a_table_per_order_with_a_line_per_method():
     assert cells(sorted_) == [["method", "source", "tbn"], ["none", "", "60.0"], ["tent", "", "42.0"]]
 
 
+def test_the_best_table_names_the_best_policy_under_each_method_and_of_all():
+    text = report.best_table(METHOD_ROWS, policies=["source", "tbn"], methods=["none", "tent"])
+    assert cells(text) == [
+        ["setting", "order", "source", "best, none", "best, tent", "best of all"],
+        # iid: source 25.0 (mean of seeds 15, 35), tbn 5.5; under tent source 10.0, tbn 4.5
+        ["single", "iid", "25.0", "5.5 (tbn)", "4.5 (tbn)", "4.5 (tbn + tent)"],
+        # sorted: source has no result, tbn 60.0 alone and 42.0 under tent
+        ["single", "sorted", "", "60.0 (tbn)", "42.0 (tbn)", "42.0 (tbn + tent)"],
+    ]
+
+
+def test_a_compared_pair_gets_its_error_and_its_distance_to_the_best_of_all():
+    text = report.best_table(
+        METHOD_ROWS, policies=["source", "tbn"], methods=["none", "tent"], compare=["source+tent", "tbn"]
+    )
+    table = cells(text)
+    assert table[0][-2:] == ["source + tent", "tbn"]
+    # iid: best of all 4.5 (tbn + tent); source + tent 10.0 is 5.5 from it, tbn alone 5.5 is 1.0 from it
+    assert table[1][-2:] == ["10.0 (+5.5)", "5.5 (+1.0)"]
+    # sorted: no source + tent; tbn alone 60.0, 18.0 from tbn + tent's 42.0
+    assert table[2][-2:] == ["", "60.0 (+18.0)"]
+
+
+def test_a_pair_to_compare_without_results_is_refused_naming_those_there():
+    with pytest.raises(ValueError, match=r"no results of 'tbn\+lame' to compare; the rows hold: source, source\+tent"):
+        report.compared_pairs(METHOD_ROWS, ["tbn+lame"])
+
+
+def test_the_best_table_leaves_out_incomplete_cells_and_breaks_ties_by_the_policy_order():
+    rows = [
+        with_method("none", row("source", "fog", 10)),
+        with_method("none", row("source", "snow", 20)),  # 15
+        with_method("none", row("tbn", "fog", 5)),
+        with_method("none", row("tbn", "snow", 25)),  # 15: a tie, source is listed first
+        with_method("lame", row("tbn", "fog", 1)),  # no snow: incomplete, never the best
+        with_method("lame", row("source", "fog", 12)),
+        with_method("lame", row("source", "snow", 16)),  # 14
+    ]
+    assert cells(report.best_table(rows, policies=["source", "tbn"], methods=["none", "lame"], config=None))[1] == [
+        "single",
+        "iid",
+        "15.0",
+        "15.0 (source)",
+        "14.0 (source)",
+        "14.0 (source + lame)",
+    ]
+
+
 def test_with_methods_the_domain_table_and_csv_name_the_method(tmp_path):
     table = cells(
         report.domain_table(

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import pytest
 
 from tta_bench import grid
-from tta_bench.results import ConfigMismatchError, ResultStore, read_rows
+from tta_bench.results import ConfigMismatchError, FolderFileError, ResultStore, read_results, read_rows, results_file
 
 
 def config(**overrides):
@@ -116,3 +117,19 @@ def test_a_line_that_is_no_row_is_an_error_naming_it(tmp_path, line):
         file.write(line + "\n")
     with pytest.raises(ValueError, match="line 2"):
         read_rows(tmp_path / "results.jsonl")
+
+
+def test_an_archive_is_read_as_the_file_it_compresses_and_the_plain_file_wins(tmp_path):
+    ResultStore.open(tmp_path, config()).append([row("source"), row("tbn"), row("tbn")])
+    plain = tmp_path / "results.jsonl"
+    (tmp_path / "results.jsonl.gz").write_bytes(gzip.compress(plain.read_bytes()))
+    assert results_file(tmp_path) == plain  # both there: the one runs append to
+    plain.unlink()
+    assert results_file(tmp_path) == tmp_path / "results.jsonl.gz"
+    assert read_results(results_file(tmp_path)) == ([row("source"), row("tbn")], [])
+
+
+def test_a_damaged_archive_is_an_error_naming_it(tmp_path):
+    (tmp_path / "results.jsonl.gz").write_bytes(gzip.compress(json.dumps(row()).encode() + b"\n")[:-6])
+    with pytest.raises(FolderFileError, match=r"results.jsonl.gz: not a complete gzip archive"):
+        read_results(tmp_path / "results.jsonl.gz")

@@ -1,5 +1,5 @@
-"""The label-free correlation measure: hand-computed distances, i.i.d. against sorted synthetic streams,
-errors."""
+"""The label-free correlation and imbalance measures: hand-computed distances and imbalance factors, i.i.d.,
+sorted and long-tailed synthetic streams, the verdicts, errors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from tta import CorrelationMeter
-from tta.correlation import expected_iid_distance
+from tta.correlation import expected_balanced_imbalance, expected_iid_distance, imbalance_factor
 from tta_streams.orderings import label_stats
 
 
@@ -114,3 +114,104 @@ def test_the_iid_level_is_that_of_the_batches_seen() -> None:
     meter.update(one_hot([0, 1, 0, 1]))
     meter.update(one_hot([0, 0, 1, 1]))  # reference after both: (1/2, 1/2), batches of 4
     assert meter.iid_level == pytest.approx(3 / 16)
+
+
+def test_imbalance_factor_by_hand() -> None:
+    # with the half count, (3.5, 0.5) is (4, 1): slope log 4 over one rank, IF = 4
+    assert imbalance_factor(torch.tensor([3.5, 0.5])) == pytest.approx(4.0)
+    # (15.5, 3.5, 0.5) is (16, 4, 1): geometric, a factor 4 per rank, IF = 4^2 = 16, in any class order
+    assert imbalance_factor(torch.tensor([3.5, 0.5, 15.5])) == pytest.approx(16.0)
+    # a least-squares fit: one empty class among equal ones does not decide alone. (8, 8, 8, 0) + 1/2: logs
+    # (l, l, l, 0) + log 0.5, l = log 17, centered ranks (-1.5, -0.5, 0.5, 1.5): slope 1.5 l / 5 = 0.3 l per rank,
+    # IF = exp(3 * 0.3 l) = 17^0.9, where the largest count over the smallest would read 17
+    assert imbalance_factor(torch.tensor([8.0, 8.0, 0.0, 8.0])) == pytest.approx(17**0.9)
+    assert imbalance_factor(torch.full((10,), 7.0)) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        imbalance_factor(torch.tensor([3.0]))
+
+
+def test_the_balanced_level_is_the_sampling_noise_of_a_uniform_histogram() -> None:
+    rng = np.random.default_rng(123)  # an independent simulation
+    draws = rng.multinomial(500, np.full(10, 0.1), size=2000)
+    simulated = np.mean([imbalance_factor(torch.from_numpy(row)) for row in draws])
+    assert expected_balanced_imbalance(10, 500) == pytest.approx(simulated, rel=0.03)
+    assert expected_balanced_imbalance(10, 500) == expected_balanced_imbalance(10, 500)  # one fixed seed
+    # the counts' relative noise falls as 1 / sqrt(n): the level tends to 1
+    assert expected_balanced_imbalance(10, 100) > expected_balanced_imbalance(10, 10_000) > 1.0
+    assert expected_balanced_imbalance(10, 1_000_000) < 1.02
+
+
+def geometric_prior(imbalance: float, classes: int = 10) -> np.ndarray:
+    weights = imbalance ** (-np.arange(classes) / (classes - 1))
+    return weights / weights.sum()
+
+
+def meter_of(labels: np.ndarray, batch: int = 50) -> CorrelationMeter:
+    meter = CorrelationMeter()
+    for start in range(0, len(labels), batch):
+        meter.update(one_hot(labels[start : start + batch].tolist(), 10))
+    return meter
+
+
+def test_an_iid_long_tailed_stream_reads_its_imbalance_factor() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.choice(10, size=20_000, p=geometric_prior(10.0))
+    meter = meter_of(labels)
+    assert meter.imbalance_factor == pytest.approx(10.0, rel=0.15)
+    assert meter.class_distribution.sum() == pytest.approx(1.0)
+    assert meter.verdict() == "imbalanced"  # the correlation reads i.i.d.: its level is that of the skewed prior
+    assert meter.value == pytest.approx(meter.iid_level, abs=0.02)
+
+
+@pytest.mark.parametrize("imbalance", [1.0, 10.0])
+def test_the_verdicts_tell_correlation_and_imbalance_apart(imbalance) -> None:
+    rng = np.random.default_rng(1)
+    prior = geometric_prior(imbalance)
+    # runs of one class (lengths 50 to 150) whose classes follow the prior: correlated, and as imbalanced as it
+    runs = [np.full(rng.integers(50, 151), rng.choice(10, p=prior)) for _ in range(300)]
+    shuffled = rng.permutation(np.concatenate(runs))
+    sorted_verdict, iid_verdict = meter_of(np.concatenate(runs)).verdict(), meter_of(shuffled).verdict()
+    if imbalance == 1.0:
+        assert (sorted_verdict, iid_verdict) == ("correlated", "i.i.d. and balanced")
+    else:
+        assert (sorted_verdict, iid_verdict) == ("correlated and imbalanced", "imbalanced")
+
+
+def test_the_imbalance_readings_before_any_batch_and_the_verdict_before_the_second() -> None:
+    meter = CorrelationMeter()
+    assert np.isnan(meter.imbalance_factor) and np.isnan(meter.balanced_level) and meter.class_distribution is None
+    meter.update(one_hot([0, 1, 1, 1], 3))
+    assert meter.class_distribution.tolist() == [0.25, 0.75, 0.0]
+    assert meter.balanced_level == expected_balanced_imbalance(3, 4)
+    with pytest.raises(ValueError, match="no reading before the second batch"):
+        meter.verdict()
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"correlated_margin": -0.1}, "correlated_margin must be a number in"),
+        ({"correlated_margin": 1.0}, "correlated_margin must be a number in"),
+        ({"correlated_margin": "0.1"}, "correlated_margin must be a number in"),
+        ({"imbalanced_factor": 1.0}, "imbalanced_factor must be a number above 1"),
+        ({"imbalanced_factor": float("nan")}, "imbalanced_factor must be a number above 1"),
+    ],
+)
+def test_bad_verdict_thresholds_are_refused(options, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        CorrelationMeter(**options)
+
+
+def test_the_verdict_thresholds_decide() -> None:
+    rng = np.random.default_rng(2)
+    labels = rng.choice(10, size=5_000, p=geometric_prior(4.0))
+    reading = meter_of(labels).imbalance_factor
+    assert 3.0 < reading < 6.0
+    strict, lenient = (
+        CorrelationMeter(imbalanced_factor=reading + 0.5),
+        CorrelationMeter(imbalanced_factor=reading - 0.5),
+    )
+    for meter in (strict, lenient):
+        for start in range(0, len(labels), 50):
+            meter.update(one_hot(labels[start : start + 50].tolist(), 10))
+    assert (strict.verdict(), lenient.verdict()) == ("i.i.d. and balanced", "imbalanced")
