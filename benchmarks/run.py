@@ -320,6 +320,7 @@ def run_grid(
             except ValueError as error:
                 raise RunError(f"--model {model_name or config.model}: {error}") from None
         source = images if images is not None else evaluate.load_source(config, data_dir=data_dir)
+        check_streams(config, source)
         try:
             batch = evaluate.first_batch(config, source, cache_dir=cache_dir)
         except ImportError as error:  # e.g. a corruption's package is not installed
@@ -378,6 +379,19 @@ def run_grid(
             meta=meta,
             report=paths,
         )
+
+
+def check_streams(config: GridConfig, source: Any) -> None:
+    """Draw the order of every stream of the grid (its indices only: no image is read or corrupted), so that
+    a stream its arguments cannot make (a Dirichlet draw that never balances on a few images per domain, a
+    Markov chain that misses a domain) fails before anything runs, naming its setting, order and seed."""
+    for stream in grid.expand(config):
+        try:
+            evaluate.build_stream(config, stream, source)
+        except ImportError as error:  # e.g. a corruption's package is not installed
+            raise RunError(str(error)) from None
+        except ValueError as error:
+            raise RunError(f"setting {stream.setting}, order {stream.order}, seed {stream.seed}: {error}") from None
 
 
 def _with_images(

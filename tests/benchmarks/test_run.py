@@ -138,6 +138,16 @@ def test_bad_arguments_are_a_run_error_and_leave_no_folder(tmp_path, config, arg
     assert not (tmp_path / "new").exists()
 
 
+def test_a_stream_its_arguments_cannot_draw_is_refused_before_anything_runs(tmp_path, cache_dir):
+    # NOTE's Dirichlet order fills one chunk per class with at least ten images each: 60 images per domain
+    # cannot. The grid is refused whole, naming the stream, and leaves no folder, though its first stream
+    # (i.i.d. order) could run.
+    config = grid.make_config(**{**CONFIG, "orders": ["iid", "dirichlet:1.0"], "n_examples": 60})
+    with pytest.raises(run.RunError, match=r"setting single, order dirichlet:1.0, seed 0: dirichlet:1.0: 60 samples"):
+        run.run_grid(config, tmp_path / "new", device="cpu", cache_dir=cache_dir)
+    assert not (tmp_path / "new").exists()
+
+
 def test_a_bad_config_is_a_config_error_naming_the_argument():
     with pytest.raises(grid.ConfigError, match="n-examples"):
         grid.make_config(**{**CONFIG, "n_examples": 0})
