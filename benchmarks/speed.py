@@ -138,7 +138,13 @@ def measure_speed(
     timings: dict[tuple[str, str], list[float]] = {name: [] for name in names}
     # Every copy of the model is a new graph of the same forward code: allow one per copy, plus one more
     # each for the batch-size check.
-    limit = torch._dynamo.config.patch(recompile_limit=2 * len(models) + 8) if compile else contextlib.nullcontext()
+    # Dynamo does not guard on a module's hooks by default, so a graph compiled for a copy without a method's
+    # hooks would be reused for a copy with them, skipping the hooks: guard on them (set before any compiles).
+    limit = (
+        torch._dynamo.config.patch(recompile_limit=2 * len(models) + 8, skip_nnmodule_hook_guards=False)
+        if compile
+        else contextlib.nullcontext()
+    )
     with limit, torch.inference_mode():
         for name, model_fn in models.items():
             start = time.perf_counter()

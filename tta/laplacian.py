@@ -152,6 +152,12 @@ class FeatureCapture:
         )
         if required and not fits:
             got = "no call" if features is None else f"an input of shape {tuple(features.shape)}"
+            if features is None:  # the one way a classifier that is called can miss its hook
+                got += (
+                    " (under torch.compile, a graph compiled before the hook was registered, for this model or another "
+                    "of its architecture, runs without it: attach the method before the compiled model's first call, "
+                    "or call torch._dynamo.reset() after attaching it)"
+                )
             raise ValueError(
                 f"{who} needs the (batch, {width or 'features'}) input of the model's last nn.Linear for a batch of "
                 f"{len(logits)}; it got {got}{hint}"

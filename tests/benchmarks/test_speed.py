@@ -84,8 +84,9 @@ def test_compiled_models_report_the_first_call_and_do_not_recompile_for_another_
         repeats=1,
         batches_per_repeat=1,
         compile=True,
-        methods=("none", "tent"),
+        methods=("none", "tent", "lame"),  # lame's hook: a copy of rbn without it is compiled first
     )
+    assert [result.method for result in results] == ["none", "tent", "lame"]
     for result in results:  # a method is attached to the compiled adapted model
         assert result.compile_s > 0 and result.images_per_s > 0 and math.isfinite(result.ratio_to_unadapted)
         assert result.recompiles_on_batch_change is False

@@ -27,3 +27,18 @@ def test_a_method_over_a_compiled_adapted_model_learns_as_the_eager_one(method: 
     assert int(eager.updates) >= 1 and any(not torch.equal(p, q) for p, q in zip(trained, initial))
     for ours, theirs in zip(trained, [p for p in compiled.parameters() if p.requires_grad]):
         torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-6)
+
+
+def test_a_hook_method_attached_after_a_compiled_first_call_names_the_cause_and_works_after_a_reset() -> None:
+    torch._dynamo.reset()
+    x = inputs("small_cnn", 16, 0)
+    compiled = torch.compile(tta.adapt(build("small_cnn"), "rbn"), fullgraph=True)
+    eager = tta.adapt(build("small_cnn"), "rbn")
+    with torch.no_grad():
+        compiled(x), eager(x)  # the compiled graph has no hook on the classifier
+        learner = tta.attach_method(compiled, "lame")
+        with pytest.raises(ValueError, match=r"call torch._dynamo.reset\(\) after attaching it"):
+            learner(x)  # the graph runs (and adapts) without LAME's hook
+        eager(x)
+        torch._dynamo.reset()  # the next call compiles a graph with the hook
+        torch.testing.assert_close(learner(x), tta.attach_method(eager, "lame")(x), rtol=1e-5, atol=1e-5)
