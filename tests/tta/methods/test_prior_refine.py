@@ -14,6 +14,7 @@ from torch import nn
 import tta
 import tta_streams
 from tests.tta.conftest import build, give_source_statistics, inputs
+from tests.tta.policies.test_rebalance import oracle_model, two_class_stream
 from tta.laplacian import laplacian_optimization
 from tta_bench.models import load_bundled_model
 
@@ -138,23 +139,6 @@ def test_it_stacks_on_other_policies(policy: str) -> None:
     assert int(learner.steps) == 4 and torch.isclose(learner.guess.sum(), torch.tensor(1.0))
 
 
-def one_class_runs(batch: int = 32, seed: int = 0) -> list[torch.Tensor]:
-    """One channel; class 0 ~ N(4, 1), class 1 ~ N(6, 1): ten mixed batches, then six runs of five one-class
-    batches (the stream of the policy's tests, on which rebalance detects no change)."""
-    generator = torch.Generator().manual_seed(seed)
-    labels = [torch.arange(batch) % 2] * 10 + [torch.full((batch,), r % 2) for r in range(6) for _ in range(5)]
-    return [4 + 2 * y.float()[:, None] + torch.randn(batch, 1, generator=generator) for y in labels]
-
-
-def oracle_model() -> nn.Module:
-    """BatchNorm1d, then logits (-v, v) of the normalized value v."""
-    head = nn.Linear(1, 2)
-    with torch.no_grad():
-        head.weight.copy_(torch.tensor([[-1.0], [1.0]]))
-        head.bias.zero_()
-    return nn.Sequential(nn.BatchNorm1d(1, affine=False), head).eval()
-
-
 @pytest.mark.parametrize("follow_restarts", [True, False])
 def test_over_rebalance_its_estimates_are_the_policy_s_and_restart_with_its_pool(follow_restarts: bool) -> None:
     """Both estimate from the same argmax with the same rates: after every batch the learner's composition,
@@ -164,7 +148,7 @@ def test_over_rebalance_its_estimates_are_the_policy_s_and_restart_with_its_pool
     model = tta.adapt(oracle_model(), "rebalance")
     learner = tta.attach_method(model, "prior_refine", follow_restarts=follow_restarts)
     layer = model[0]
-    stream = one_class_runs()
+    stream = [x for x, _ in two_class_stream(runs=6, run_length=5, batch=32)]  # rebalance detects no change
     with torch.no_grad():
         for x in [*stream, stream[-1] + 3.0, stream[-2] + 3.0]:
             learner(x)
